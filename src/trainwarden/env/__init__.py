@@ -1,0 +1,1 @@
+"""Placeholder for the env capability; replaced before commit."""

@@ -1,0 +1,1 @@
+"""Placeholder for the ledger capability; replaced before commit."""

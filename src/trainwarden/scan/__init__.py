@@ -1,0 +1,1 @@
+"""Placeholder for the scan capability; replaced before commit."""

@@ -1,0 +1,1 @@
+"""Placeholder for the sign capability; replaced before commit."""
