@@ -1,10 +1,234 @@
-"""Placeholder for the `scan` command group; replaced by its capability, never committed as is."""
+"""``trainwarden scan`` (static analysis of model files) and ``trainwarden demo``.
+
+Exit codes: 0 every file safe; 1 a file at or above ``--fail-on``, or one that could not be
+analysed; 2 usage or operational error (missing path, bad ``--allow``, bad configuration).
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainwarden.cli._common import add_format_arguments, emit_report
+from trainwarden.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainwarden.findings import Report
+    from trainwarden.scan import Limits
+
+__all__ = ["register"]
+
+_EPILOG = """\
+exit status: 0 every file safe; 1 a file at or above --fail-on, or one that could not be
+analysed; 2 usage or operational error.
+
+Formats are recognised from their bytes (never the extension): pickle, PyTorch zip and legacy
+checkpoints, TorchScript, NumPy .npy/.npz, joblib, zip/tar/7z/gzip/bz2/xz/lz4 (entered),
+safetensors, GGUF, Keras and Hugging Face config files. Nothing scanned is imported, executed
+or unpickled. The allowlist and profiles can also be set in pyproject.toml:
+[tool.trainwarden] allow = [...], profiles = [...].
+"""
+
+# Directory trees at least this large get a progress display on a terminal.
+_PROGRESS_MIN_FILES = 50
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register no commands yet."""
+    """Add the ``scan`` and ``demo`` commands."""
+    scan = subparsers.add_parser(
+        "scan",
+        help="statically scan model files for code that loading them would run",
+        description=(
+            "Statically scan model files and directories for code that loading them would\n"
+            "run. Every import a pickle would perform is checked against an allowlist;\n"
+            "known code-execution primitives are unsafe, anything else is unknown."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    add_format_arguments(scan)
+    scan.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="MODULE.NAME",
+        help="also allow this global (repeatable; dangerous globals are refused)",
+    )
+    scan.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="enable an allowlist profile, e.g. transformers, lightning, accelerate, sklearn "
+        "(repeatable)",
+    )
+    scan.add_argument(
+        "--fail-on",
+        choices=("unsafe", "unknown"),
+        default="unknown",
+        help="lowest verdict that makes the exit status 1 (default: unknown)",
+    )
+    scan.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        metavar="N",
+        help="worker processes (default: one per idle CPU for large trees)",
+    )
+    scan.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a resource limit, e.g. max_seconds=120 (repeatable)",
+    )
+    scan.add_argument("--no-progress", action="store_true", help="never show progress on stderr")
+    scan.set_defaults(handler=_run_scan)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="scan the bundled example checkpoints (one of them malicious)",
+        description=(
+            "Scan the example folder shipped with trainwarden: real checkpoints written by "
+            "torch, numpy and safetensors, and one malicious torch checkpoint (its payload "
+            "only runs `echo`). Exits 0 when the malicious file is caught and every other "
+            "file is safe."
+        ),
+    )
+    add_format_arguments(demo)
+    demo.set_defaults(handler=_run_demo)
+
+
+def parse_limits(items: list[str]) -> Limits:
+    """Parse ``NAME=VALUE`` overrides into :class:`~trainwarden.scan.Limits`."""
+    from trainwarden.scan import DEFAULT_LIMITS
+
+    changes: dict[str, int | float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise ConfigError(f"--limit expects NAME=VALUE, got {item!r}")
+        try:
+            value: int | float = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"--limit {name}: {text!r} is not a number") from None
+        changes[name] = value
+    try:
+        return DEFAULT_LIMITS.replace(**changes)
+    except ValueError as exc:
+        raise ConfigError(f"--limit: {exc}") from None
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from trainwarden.findings import Verdict
+    from trainwarden.scan import Policy, scan_path
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    limits = parse_limits(args.limit)
+    policy = Policy.from_pyproject(profiles=args.profile, allow=args.allow)
+    show = not args.no_progress and sys.stderr.isatty()
+    with _progress(show) as callback:
+        report = scan_path(
+            *args.paths, policy=policy, limits=limits, jobs=args.jobs, progress=callback
+        )
+    emit_report(report, args.format, args.output)
+    fail_on = Verdict.UNSAFE if args.fail_on == "unsafe" else Verdict.UNKNOWN
+    return 1 if report.fails(fail_on) else 0
+
+
+@contextmanager
+def _progress(show: bool) -> Iterator[Callable[[str], None] | None]:
+    """A progress callback drawing on stderr (rich), shown once a tree proves large."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("scanned {task.completed} file(s)"),
+        TextColumn("[dim]{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task("", total=None)
+    count = 0
+
+    def callback(path: str) -> None:
+        nonlocal count
+        count += 1
+        if count == _PROGRESS_MIN_FILES:
+            progress.start()
+        progress.update(task, advance=1, description=path[-60:])
+
+    try:
+        yield callback
+    finally:
+        progress.stop()
+
+
+def _examples_dir() -> str:
+    from importlib import resources
+
+    # The package is installed as plain files (package data), so the resource is a path.
+    return str(resources.files("trainwarden") / "examples" / "checkpoints")
+
+
+def _relabel(report: Report, root: str, label: str) -> Report:
+    """Show paths relative to the example folder rather than the install location."""
+
+    def fix(path: str) -> str:
+        return label + path[len(root) :] if path.startswith(root) else path
+
+    files = tuple(
+        replace(
+            f,
+            path=fix(f.path),
+            findings=tuple(
+                replace(x, location=replace(x.location, path=fix(x.location.path)))
+                for x in f.findings
+            ),
+        )
+        for f in report.files
+    )
+    return replace(report, files=files, command="demo")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from trainwarden.errors import InputError
+    from trainwarden.findings import Verdict
+    from trainwarden.scan import Policy, scan_path
+
+    root = _examples_dir()
+    if not Path(root).is_dir():
+        raise InputError(f"the bundled examples are missing ({root}); reinstall trainwarden")
+    report = _relabel(scan_path(root, policy=Policy.default()), root, "examples/checkpoints")
+    emit_report(report, args.format, args.output)
+    unsafe = [f for f in report.files if f.verdict is Verdict.UNSAFE]
+    others = [f for f in report.files if f.verdict is not Verdict.UNSAFE]
+    expected = (
+        len(unsafe) == 1
+        and "malicious" in Path(unsafe[0].path).name
+        and all(f.verdict is Verdict.SAFE for f in others)
+    )
+    if expected:
+        print(
+            f"demo: as expected: {unsafe[0].path} is unsafe, the other {len(others)} "
+            "file(s) are safe",
+            file=sys.stderr,
+        )
+        return 0
+    print("demo: UNEXPECTED result (see the report above)", file=sys.stderr)
+    return 1

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 
-from rich.console import Console
-from rich.markup import escape
-
 from trainwarden.findings import Report, Severity, Verdict
 
 _VERDICT_STYLE = {
@@ -26,6 +23,11 @@ _SEVERITY_STYLE = {
 
 def render_text(report: Report, *, color: bool = False, show_info: bool = False) -> str:
     """Render ``report`` as text; ANSI colour only when ``color`` is true."""
+    # rich is imported here, not at module level: JSON and SARIF output (CI) should not pay
+    # for it at start-up.
+    from rich.console import Console
+    from rich.markup import escape
+
     buffer = io.StringIO()
     console = Console(
         file=buffer,

@@ -1,0 +1,223 @@
+"""Shared plumbing of the format readers: random-access byte sources and the scan context.
+
+Readers see bytes only through a :class:`Blob`, so a tensor payload is never read unless a
+reader asks for exactly those bytes, and every finding goes through one :class:`Context`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from trainwarden.findings import Finding, Location, Severity, Verdict
+from trainwarden.scan._limits import Limits
+
+if TYPE_CHECKING:
+    from trainwarden.scan.policy import Policy
+
+__all__ = [
+    "Blob",
+    "Context",
+    "FileBlob",
+    "MemoryBlob",
+    "ScanAborted",
+    "SubBlob",
+    "join_member",
+]
+
+
+class ScanAborted(Exception):
+    """Internal: stop analysing the current top-level file (a finding says why)."""
+
+
+class Blob:
+    """Random-access, read-only bytes of known size."""
+
+    size: int = 0
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Return up to ``length`` bytes at ``offset`` (fewer at the end, none past it)."""
+        raise NotImplementedError
+
+    def head(self, length: int = 4096) -> bytes:
+        """The first ``length`` bytes as ``bytes``."""
+        return bytes(self.read(0, length))
+
+
+class MemoryBlob(Blob):
+    """Bytes already in memory; reads are zero-copy views."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.size = len(self._view)
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Return a slice of the buffer (a view when the buffer is a memoryview)."""
+        if offset >= self.size or length <= 0:
+            return b""
+        if isinstance(self._view, bytes):
+            return memoryview(self._view)[offset : offset + length]
+        return self._view[offset : offset + length]
+
+    @property
+    def data(self) -> bytes | memoryview:
+        """The whole buffer."""
+        return self._view
+
+
+class FileBlob(Blob):
+    """A file read with ``pread`` on demand, so untouched regions (tensors) cost nothing.
+
+    We do not mmap: a file truncated by someone else while we read it would kill the
+    process with SIGBUS, while ``pread`` simply returns fewer bytes.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+        self.bytes_read = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` (fewer at end of file)."""
+        if offset >= self.size or length <= 0:
+            return b""
+        length = min(length, self.size - offset)
+        chunks: list[bytes] = []
+        got = 0
+        while got < length:
+            chunk = os.pread(self._fd, length - got, offset + got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        self.bytes_read += got
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class SubBlob(Blob):
+    """A window ``[start, start + size)`` of another blob (a stored archive member)."""
+
+    def __init__(self, parent: Blob, start: int, size: int) -> None:
+        self._parent = parent
+        self._start = start
+        self.size = max(0, min(size, parent.size - start))
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Read from the parent, clamped to the window."""
+        if offset >= self.size or length <= 0:
+            return b""
+        return self._parent.read(self._start + offset, min(length, self.size - offset))
+
+
+def join_member(parent: str | None, name: str) -> str:
+    """Member chain ``parent!name`` (``name`` alone at top level)."""
+    return f"{parent}!{name}" if parent else name
+
+
+@dataclass
+class Context:
+    """Everything one top-level file's analysis shares: policy, limits, budgets, findings."""
+
+    path: str
+    policy: Policy
+    limits: Limits
+    deadline: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    decompressed: int = 0
+    members_seen: int = 0
+    details: dict[str, object] = field(default_factory=dict)
+    _expired: bool = False
+    _ticks: int = 0
+    sniffed: str = "data"  # the top-level format, kept for a report cut short by a limit
+    depth: int = 0  # nesting depth of the member being analysed (set by the dispatcher)
+
+    def __post_init__(self) -> None:
+        if not self.deadline:
+            self.deadline = time.monotonic() + self.limits.max_seconds
+
+    def location(self, member: str | None, offset: int | None = None) -> Location:
+        """A location in this file."""
+        return Location(self.path, member, offset)
+
+    def add(
+        self,
+        rule_id: str,
+        severity: Severity,
+        message: str,
+        member: str | None,
+        *,
+        verdict: Verdict,
+        offset: int | None = None,
+        evidence: str | None = None,
+    ) -> None:
+        """Record a finding."""
+        self.findings.append(
+            Finding(
+                rule_id=rule_id,
+                severity=severity,
+                message=message,
+                location=Location(self.path, member, offset),
+                evidence=evidence,
+                verdict=verdict,
+            )
+        )
+
+    def unknown(
+        self,
+        rule_id: str,
+        message: str,
+        member: str | None,
+        *,
+        offset: int | None = None,
+        evidence: str | None = None,
+        severity: Severity = Severity.MEDIUM,
+    ) -> None:
+        """Record a finding that keeps the file from being called safe."""
+        self.add(
+            rule_id,
+            severity,
+            message,
+            member,
+            verdict=Verdict.UNKNOWN,
+            offset=offset,
+            evidence=evidence,
+        )
+
+    def info(
+        self, rule_id: str, message: str, member: str | None, *, evidence: str | None = None
+    ) -> None:
+        """Record an informational finding (does not change the verdict)."""
+        self.add(rule_id, Severity.INFO, message, member, verdict=Verdict.SAFE, evidence=evidence)
+
+    def check_time(self, member: str | None) -> None:
+        """Abort the file's analysis once its time budget is spent (reported once)."""
+        # Reading the clock costs microseconds on some VMs; per-member calls are cheap
+        # steps, so every 16th call is enough to keep the overrun small.
+        self._ticks += 1
+        if self._ticks & 15 != 1 or time.monotonic() <= self.deadline:
+            return
+        if not self._expired:
+            self._expired = True
+            self.unknown(
+                "limit.seconds",
+                f"time budget of {self.limits.max_seconds:g} s per file spent; "
+                "the rest of the file was not analysed",
+                member,
+                evidence=f"max_seconds={self.limits.max_seconds:g}",
+            )
+        raise ScanAborted
+
+    def charge(self, nbytes: int, member: str | None) -> None:
+        """Count decompressed bytes against the per-file budget; abort when it is spent."""
+        self.decompressed += nbytes
+        if self.decompressed > self.limits.max_total_decompressed:
+            self.unknown(
+                "limit.decompressed",
+                "more decompressed data than the per-file budget allows (possible "
+                "decompression bomb); the rest was not analysed",
+                member,
+                evidence=f"max_total_decompressed={self.limits.max_total_decompressed}",
+            )
+            raise ScanAborted

@@ -1,0 +1,238 @@
+"""Bounded decompression of gzip, zlib, bz2, xz/lzma and lz4-frame streams.
+
+Output is produced in steps with ``max_length``, so a bomb stops at the cap (per member,
+per file, and by compression ratio) instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any, Protocol
+
+from trainwarden.scan._formats._base import Blob, Context
+
+__all__ = ["decompress_bounded", "stream_kind"]
+
+_IN_CHUNK = 1 << 20
+_OUT_STEP = 8 << 20
+# Below this output size the ratio is not checked: tiny members of zeros compress a lot.
+_RATIO_FLOOR = 4 << 20
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+
+class _Zlib:
+    """zlib's decompressobj behind the bz2/lzma decompressor protocol."""
+
+    def __init__(self, wbits: int) -> None:
+        self._d = zlib.decompressobj(wbits)
+        self._pending = b""
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        buf = self._pending + data
+        out = self._d.decompress(buf, max(0, max_length))
+        self._pending = self._d.unconsumed_tail
+        return out
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._d.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._pending
+
+
+class _Lz4:
+    def __init__(self) -> None:
+        import lz4.frame
+
+        self._d = lz4.frame.LZ4FrameDecompressor()
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        return bytes(self._d.decompress(data, max_length=max_length))
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._d.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return bytes(self._d.unused_data or b"")
+
+    @property
+    def needs_input(self) -> bool:
+        return bool(self._d.needs_input)
+
+
+def _zip_lzma(head: bytes) -> tuple[Any, int]:
+    import lzma
+
+    # Zip's LZMA method: 2 bytes version, 2 bytes property size, properties, raw LZMA1.
+    if len(head) < 4:
+        raise lzma.LZMAError("truncated zip lzma header")
+    (psize,) = struct.unpack("<H", head[2:4])
+    props = head[4 : 4 + psize]
+    if len(props) < 5 or struct.unpack("<I", props[1:5])[0] > _LZMA_MEMLIMIT:
+        raise lzma.LZMAError("zip lzma properties missing or dictionary too large")
+    filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # type: ignore[attr-defined]
+    return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters), 4 + psize
+
+
+# liblzma allocates the dictionary a stream header asks for; a hostile header can ask for
+# gigabytes. The decoder refuses streams needing more than this.
+_LZMA_MEMLIMIT = 128 << 20
+
+
+def _new(kind: str) -> Any:
+    if kind == "deflate":
+        return _Zlib(-15)
+    if kind == "zlib":
+        return _Zlib(15)
+    if kind == "gzip":
+        return _Zlib(31)
+    # bz2 and lzma are imported when a stream needs them: most scans never do.
+    if kind == "bz2":
+        import bz2
+
+        return bz2.BZ2Decompressor()
+    if kind in ("xz", "lzma"):
+        import lzma
+
+        return lzma.LZMADecompressor(lzma.FORMAT_AUTO, memlimit=_LZMA_MEMLIMIT)
+    if kind == "lz4":
+        return _Lz4()
+    raise ValueError(kind)
+
+
+def _stream_errors() -> tuple[type[Exception], ...]:
+    # What the decompressors raise on corrupt input (lzma's error type only exists once
+    # lzma is imported, which a corrupt xz stream has already done).
+    errors: tuple[type[Exception], ...] = (zlib.error, OSError, EOFError, ValueError, RuntimeError)
+    import sys
+
+    lzma = sys.modules.get("lzma")
+    return errors if lzma is None else (*errors, lzma.LZMAError)
+
+
+def stream_kind(head: bytes) -> str | None:
+    """The compressed-stream kind ``head`` starts with, or ``None``."""
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh" and len(head) > 3 and 0x31 <= head[3] <= 0x39:
+        return "bz2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[:4] == b"\x04\x22\x4d\x18":
+        return "lz4"
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
+        return "zlib"
+    if head[:3] == b"\x5d\x00\x00" and len(head) >= 13:
+        return "lzma"
+    return None
+
+
+def decompress_bounded(
+    ctx: Context, source: Blob, kind: str, member: str | None, *, cap: int
+) -> bytearray | None:
+    """Decompress all of ``source`` (concatenated streams included) up to ``cap`` bytes.
+
+    Returns ``None`` with a finding when the data is corrupt or a bound was hit: such a
+    member is never reported safe.
+    """
+    limits = ctx.limits
+    # Half the memory bound at most: the analysis of what we decompress needs memory too.
+    cap = min(cap, limits.max_member_bytes, limits.max_memory // 2)
+    out = bytearray()
+    consumed = 0
+    pos = 0
+    try:
+        if kind == "zip-lzma":
+            dec, skip = _zip_lzma(bytes(source.read(0, 64)))
+            pos = skip
+        else:
+            dec = _new(kind)
+        pending = b""
+        while True:
+            ctx.check_time(member)
+            if not pending and dec.needs_input:
+                pending = bytes(source.read(pos, _IN_CHUNK))
+                pos += len(pending)
+                consumed += len(pending)
+                if not pending:
+                    if not dec.eof:
+                        ctx.unknown(
+                            "archive.truncated",
+                            f"{kind} stream ends before its end marker",
+                            member,
+                        )
+                        return None
+                    break
+            room = cap - len(out)
+            chunk = dec.decompress(pending, max_length=min(_OUT_STEP, room + 1))
+            pending = b""
+            out += chunk
+            ctx.charge(len(chunk), member)
+            if len(out) > cap:
+                ctx.unknown(
+                    "limit.member-bytes",
+                    "decompressed member is larger than the scanner reads into memory; "
+                    "not analysed",
+                    member,
+                    evidence=f"> {cap} bytes",
+                )
+                return None
+            if len(out) > _RATIO_FLOOR and len(out) > limits.max_compression_ratio * max(
+                1, consumed
+            ):
+                ctx.unknown(
+                    "limit.compression-ratio",
+                    "compression ratio above the bound (a decompression bomb); not analysed",
+                    member,
+                    evidence=f"max_compression_ratio={limits.max_compression_ratio}",
+                )
+                return None
+            if dec.eof:
+                rest = dec.unused_data
+                more = rest or pos < source.size
+                if kind in ("gzip", "bz2", "xz", "lz4") and more:
+                    # Concatenated streams: gzip/bz2/lzma/lz4 readers continue with the next.
+                    tail = rest + bytes(source.read(pos, 16))
+                    if stream_kind(tail) == kind:
+                        dec = _new(kind)
+                        pending = rest
+                        continue
+                break
+    except ImportError:
+        ctx.unknown(
+            "archive.unsupported",
+            f"{kind} support is not installed (pip install lz4); not analysed",
+            member,
+        )
+        return None
+    except Exception as exc:
+        if not isinstance(exc, _stream_errors()):
+            raise
+        ctx.unknown(
+            "archive.corrupt-stream",
+            f"{kind} data could not be decompressed: {exc}",
+            member,
+        )
+        return None
+    return out  # no copy: the caller only reads it

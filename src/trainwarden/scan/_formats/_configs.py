@@ -1,0 +1,190 @@
+"""Configuration files that pull in code, and plain JSON, text and data.
+
+HF ``config.json`` (``auto_map``), Keras configs (Lambda layers, modules outside keras) and
+legacy Keras HDF5 files are reported when they make a loader import or run code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from trainwarden.findings import Severity, Verdict
+from trainwarden.scan._formats._base import Blob, Context
+
+__all__ = [
+    "analyse_hdf5",
+    "check_keras_config",
+    "classify_data",
+    "data_format",
+    "hdf5_model_config",
+]
+
+_JSON_MAX = 16 << 20
+_HDF5_WINDOW = 64 << 20
+_HF_KEYS = frozenset(
+    {
+        "model_type",
+        "architectures",
+        "auto_map",
+        "transformers_version",
+        "_name_or_path",
+        "tokenizer_class",
+    }
+)
+# Patterns are compiled on first use (re caches them): most scans never need them.
+_LAMBDA_RE = rb'"class_name"\s*:\s*"Lambda"'
+_MODULE_RE = rb'"module"\s*:\s*"([^"\\]{1,200})"'
+_ESCAPE_RE = rb"\\u([0-9a-fA-F]{4})"
+
+
+def _load_json(blob: Blob, head: bytes) -> Any:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] not in (b"{", b"[") or blob.size > _JSON_MAX:
+        return None
+    try:
+        return json.loads(bytes(blob.read(0, blob.size)))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_text(head: bytes) -> bool:
+    if not head:
+        return False
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the end of the window is still text.
+        if exc.start < len(head) - 4:
+            return False
+        decoded = head[: exc.start].decode("utf-8")
+    printable = sum(ch.isprintable() or ch in "\t\r\n\f" for ch in decoded)
+    return printable >= 0.95 * max(1, len(decoded))
+
+
+def data_format(blob: Blob, head: bytes) -> str:
+    """Name bytes no code-running loader accepts: ``hf-config``, ``json``, ``text`` or ``data``."""
+    doc = _load_json(blob, head)
+    if doc is not None:
+        return "hf-config" if isinstance(doc, dict) and _HF_KEYS & doc.keys() else "json"
+    return "text" if _is_text(head) else "data"
+
+
+def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> str:
+    """Like :func:`data_format`, reporting configuration that makes loaders fetch code."""
+    doc = _load_json(blob, head)
+    if doc is None:
+        return "text" if _is_text(head) else "data"
+    if isinstance(doc, dict):
+        _check_hf_config(ctx, doc, member)
+        if _HF_KEYS & doc.keys():
+            return "hf-config"
+    return "json"
+
+
+def _check_hf_config(ctx: Context, doc: dict[str, Any], member: str | None) -> None:
+    auto_map = doc.get("auto_map")
+    if auto_map:
+        refs = sorted(set(_strings(auto_map)))
+        # Module files the references name ("modeling_x.Cls" -> modeling_x.py; references
+        # into another repository, "org/repo--modeling_x.Cls", are fetched from there).
+        ctx.details["auto_map_modules"] = sorted(
+            {r.rsplit(".", 1)[0] + ".py" for r in refs if "--" not in r and "." in r}
+        )
+        ctx.unknown(
+            "hf.auto-map",
+            "config maps model classes to code in the repository (auto_map); loading it with "
+            "trust_remote_code=True imports and runs that code",
+            member,
+            evidence=", ".join(refs)[:200] or None,
+        )
+    for key in ("custom_pipelines", "trust_remote_code"):
+        if doc.get(key):
+            ctx.unknown(
+                "hf.remote-code",
+                f"config sets {key!r}: loaders pull in code from the repository",
+                member,
+                evidence=key,
+            )
+
+
+def _strings(value: Any, depth: int = 0) -> Iterator[str]:
+    if depth > 20:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, depth + 1)
+
+
+def _unescape(text: bytes) -> bytes:
+    # Keras parses the JSON, so "Lamb\u0064a" is "Lambda" to it: undo \uXXXX escapes before
+    # matching (an escaped name must not hide a layer).
+    return re.sub(
+        _ESCAPE_RE,
+        lambda m: chr(int(m.group(1), 16)).encode("utf-8", "replace"),
+        text.replace(b"\\/", b"/"),
+    )
+
+
+def check_keras_config(ctx: Context, text: bytes, member: str | None) -> None:
+    """Report Lambda layers (marshalled bytecode) and objects from modules outside keras."""
+    text = _unescape(text)
+    for match in re.finditer(_LAMBDA_RE, text):
+        ctx.add(
+            "keras.lambda-layer",
+            Severity.HIGH,
+            "Keras Lambda layer: its function is stored as marshalled Python bytecode that "
+            "runs when the model is loaded with safe_mode off (or by older Keras)",
+            member,
+            verdict=Verdict.UNSAFE,
+            offset=match.start(),
+            evidence="Lambda",
+        )
+    reported: set[str] = set()
+    for match in re.finditer(_MODULE_RE, text):
+        module = match.group(1).decode("utf-8", "replace")
+        top = module.split(".", 1)[0]
+        if top in ("keras", "keras_hub", "keras_nlp", "keras_cv", "tf_keras") or module in reported:
+            continue
+        reported.add(module)
+        ctx.unknown(
+            "keras.foreign-module",
+            "Keras config deserialises an object from a module outside keras; Keras imports "
+            "that module when loading",
+            member,
+            offset=match.start(),
+            evidence=module,
+        )
+
+
+def hdf5_model_config(blob: Blob) -> bytes | None:
+    """The window of a Keras HDF5 file that holds its ``model_config``, if it has one."""
+    window = bytes(blob.read(0, min(blob.size, _HDF5_WINDOW)))
+    return window if b"model_config" in window else None
+
+
+def analyse_hdf5(ctx: Context, blob: Blob, member: str | None) -> str:
+    """Legacy Keras ``.h5``: look for Lambda layers in the ``model_config`` text.
+
+    We read no HDF5 structure (no h5py): the config is JSON stored as plain bytes. When the
+    file is larger than the window and no config was seen, we cannot tell: unknown.
+    """
+    window = hdf5_model_config(blob)
+    if window is None:
+        if blob.size > _HDF5_WINDOW:
+            ctx.unknown(
+                "hdf5.unparsed",
+                "large HDF5 file: no Keras model_config in the part read; not fully analysed",
+                member,
+                evidence=f"read {_HDF5_WINDOW} of {blob.size} bytes",
+            )
+        return "data"
+    check_keras_config(ctx, window, member)
+    return "keras"

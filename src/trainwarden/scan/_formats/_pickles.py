@@ -1,0 +1,187 @@
+"""Pickle streams inside any container: run the symbolic machine and let the policy judge.
+
+Reads grow geometrically from a small window, so a pickle followed by gigabytes of raw
+storage bytes (the legacy torch format) costs only the pickle's bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from trainwarden.findings import Finding, Location, Severity, Verdict
+from trainwarden.scan._formats._base import Blob, Context, SubBlob, join_member
+
+if TYPE_CHECKING:
+    from trainwarden.scan._pickle import PickleAnalysis
+
+__all__ = ["analyse_stream", "judge", "report_trailing"]
+
+_FIRST_WINDOW = 1 << 20
+
+
+def judge(
+    ctx: Context,
+    analysis: PickleAnalysis,
+    member: str | None,
+    *,
+    base: int = 0,
+    source: Blob | None = None,
+) -> None:
+    """Add the policy's findings for one analysed pickle, nested payloads included.
+
+    ``base`` is added to the offsets when the analysed buffer started inside the member.
+    ``source`` is the blob the analysis offsets (plus ``base``) point into: the payloads
+    the pickle hands to nested loaders are read from it and analysed as members of their
+    own. Without it they are not analysed, and the nested loads stay unverified.
+    """
+    nested_safe = False
+    if analysis.nested and source is not None:
+        nested_safe = _analyse_nested(ctx, analysis, member, source, base)
+    findings = ctx.policy.judge(analysis, Location(ctx.path, member), nested_safe=nested_safe)
+    if base:
+        findings = tuple(_shift(f, base) for f in findings)
+    ctx.findings.extend(findings)
+
+
+def _analyse_nested(
+    ctx: Context, analysis: PickleAnalysis, member: str | None, source: Blob, base: int
+) -> bool:
+    """Analyse every payload handed to a nested loader; True when each one came out safe.
+
+    ``torch.storage._load_from_bytes`` (what ``pickle.dumps`` of a tensor writes) runs
+    ``torch.load(weights_only=False)`` on its bytes literal, so that literal is a file of its
+    own to the loader: it goes through the dispatcher like an archive member, one nesting
+    level deeper (``Limits.max_nesting`` bounds the recursion of payloads in payloads).
+    """
+    from trainwarden.scan._formats._dispatch import analyse
+
+    safe = True
+    done: set[tuple[int, int]] = set()
+    for payload in analysis.nested:
+        span = (payload.start, payload.end)
+        if span in done:
+            continue  # one literal loaded many times (memo GET): its findings are the same
+        done.add(span)
+        ctx.check_time(member)
+        start = base + payload.start
+        where = join_member(member, f"(nested@{start})")
+        before = len(ctx.findings)
+        sub = SubBlob(source, start, payload.end - payload.start)
+        if sub.size < payload.end - payload.start:
+            ctx.unknown("pickle.nested-truncated", "nested payload runs past the data", where)
+        else:
+            analyse(ctx, sub, where, ctx.depth + 1)
+        if any(f.verdict is not Verdict.SAFE for f in ctx.findings[before:]):
+            safe = False
+    return safe
+
+
+def _shift(finding: Finding, base: int) -> Finding:
+    loc = finding.location
+    if loc.offset is None:
+        return finding
+    return replace(finding, location=replace(loc, offset=loc.offset + base))
+
+
+def _ran_out(
+    ctx: Context,
+    data: bytes | memoryview,
+    analyses: list[PickleAnalysis],
+    end: int,
+    max_pickles: int,
+) -> bool:
+    """True when the window may have cut the pickle data short (a bigger one could help)."""
+    from trainwarden.scan._pickle import analyse_pickle
+
+    if not analyses:
+        return False
+    last = analyses[-1]
+    if not last.complete:
+        return _truncated(last)
+    if len(analyses) >= max_pickles:
+        return False
+    if end >= len(data):
+        return True  # complete pickles up to the window's end: more may follow beyond it
+    # The pickle that stopped the stream may only have been cut by the window.
+    return _truncated(analyse_pickle(data, end, limits=ctx.limits, deadline=ctx.deadline))
+
+
+def _truncated(analysis: PickleAnalysis) -> bool:
+    return any(
+        issue.rule_id in ("pickle.truncated", "limit.pickle-bytes") for issue in analysis.issues
+    )
+
+
+def analyse_stream(
+    ctx: Context,
+    blob: Blob,
+    member: str | None,
+    *,
+    start: int = 0,
+    max_pickles: int | None = None,
+    judge_all: bool = True,
+) -> tuple[list[PickleAnalysis], int]:
+    """Analyse consecutive pickles at ``start`` as repeated ``pickle.load`` calls would.
+
+    Returns the analyses and the offset (in ``blob``) where pickle data stopped. When not
+    even the first pickle gets to an import, the list holds that failed first pickle alone
+    (see ``PickleAnalysis.inert``). Every analysis is judged by the policy unless
+    ``judge_all`` is false (the caller judges).
+    """
+    from trainwarden.scan._pickle import analyse_pickle, analyse_pickle_stream
+
+    limits = ctx.limits
+    available = max(0, blob.size - start)
+    window = min(available, _FIRST_WINDOW)
+    # The window is held in memory while the machine runs: half the memory bound at most.
+    budget = min(limits.max_pickle_bytes, limits.max_memory // 2)
+    cap = min(available, budget)
+    if max_pickles is None:
+        max_pickles = limits.max_pickles_per_stream
+    while True:
+        ctx.check_time(member)
+        data = blob.read(start, window)
+        analyses, end = analyse_pickle_stream(
+            data, 0, limits=limits, max_pickles=max_pickles, deadline=ctx.deadline
+        )
+        if not analyses:
+            analyses = [analyse_pickle(data, 0, limits=limits, deadline=ctx.deadline)]
+            end = 0
+        ran_out = _ran_out(ctx, data, analyses, end, max_pickles)
+        if window >= cap or not ran_out:
+            break
+        window = min(cap, window * 8)
+    if window < available and ran_out:
+        ctx.unknown(
+            "limit.pickle-bytes",
+            "pickle data runs past the largest pickle the scanner reads; the rest was not analysed",
+            member,
+            offset=start + window,
+            evidence=f"read {budget} bytes (max_pickle_bytes={limits.max_pickle_bytes}, "
+            f"max_memory={limits.max_memory})",
+        )
+    if max_pickles < limits.max_pickles_per_stream and len(analyses) >= max_pickles:
+        # The format says how many pickles the loader reads (torch: one per record, five in
+        # the legacy format); stopping there is not a limit being hit.
+        analyses[-1] = replace(
+            analyses[-1],
+            issues=tuple(i for i in analyses[-1].issues if i.rule_id != "limit.pickles-per-stream"),
+        )
+    if judge_all:
+        for analysis in analyses:
+            judge(ctx, analysis, member, base=start, source=blob)
+    return analyses, start + end
+
+
+def report_trailing(ctx: Context, blob: Blob, member: str | None, end: int) -> None:
+    """Note bytes after the last pickle (informational: no unpickler reads them as code)."""
+    if end < blob.size:
+        ctx.add(
+            "pickle.trailing-data",
+            Severity.INFO,
+            f"{blob.size - end} byte(s) after the last pickle are not pickle data",
+            member,
+            verdict=Verdict.SAFE,
+            offset=end,
+        )

@@ -1,0 +1,170 @@
+"""`trainwarden scan` and `trainwarden demo`: exit codes, JSON and SARIF shapes, help text."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from trainwarden.cli import main
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("true",))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {
+        "safe": tmp_path / "safe.pkl",
+        "unsafe": tmp_path / "unsafe.pkl",
+        "unknown": tmp_path / "unknown.pkl",
+    }
+    out["safe"].write_bytes(pickle.dumps({"a": [1, 2]}))
+    out["unsafe"].write_bytes(pickle.dumps(_Payload()))
+    out["unknown"].write_bytes(b"ctrainwarden_cli_test\nThing\n)R.")
+    return out
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_safe_file_exits_0_with_contract_json(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["scan", str(files["safe"]), "--format", "json"]) == 0
+    doc = _json(capsys)
+    assert doc["schema_version"] == 1
+    (entry,) = doc["files"]  # type: ignore[misc]
+    assert entry["path"] == str(files["safe"])
+    assert entry["format"] == "pickle"
+    assert entry["verdict"] == "safe"
+    assert entry["findings"] == []
+    assert doc["summary"]["verdict"] == "safe"  # type: ignore[index]
+
+
+def test_unsafe_file_exits_1(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(files["unsafe"]), "--format", "json"]) == 1
+    (entry,) = _json(capsys)["files"]  # type: ignore[misc]
+    assert entry["verdict"] == "unsafe"
+    finding = entry["findings"][0]
+    assert set(finding) >= {"rule_id", "severity", "message", "evidence", "location"}
+    assert "system" in finding["evidence"]
+
+
+def test_fail_on_threshold(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(files["unknown"])]) == 1
+    assert main(["scan", str(files["unknown"]), "--fail-on", "unsafe"]) == 0
+    assert main(["scan", str(files["unsafe"]), "--fail-on", "unsafe"]) == 1
+    capsys.readouterr()
+
+
+def test_allow_flag_makes_unknown_safe(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["scan", str(files["unknown"]), "--allow", "trainwarden_cli_test.Thing"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scan", "{missing}"],
+        ["scan", "{safe}", "--allow", "not a name!"],
+        ["scan", "{safe}", "--allow", "os.system"],
+        ["scan", "{safe}", "--profile", "no-such-profile"],
+        ["scan", "{safe}", "--limit", "max_nesting=zero"],
+        ["scan", "{safe}", "--limit", "no_such_limit=3"],
+        ["scan", "{safe}", "--jobs", "0"],
+        ["scan", "{safe}", "--format", "yaml"],
+        ["scan"],
+    ],
+)
+def test_usage_and_operational_errors_exit_2(
+    files: dict[str, Path], tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a.format(missing=tmp_path / "missing.pt", safe=files["safe"]) for a in argv]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+
+
+def test_directory_and_output_file(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report.json"
+    assert main(["scan", str(tmp_path), "--format", "json", "--output", str(out), "-j", "2"]) == 1
+    assert capsys.readouterr().out == ""
+    doc = json.loads(out.read_text())
+    verdicts = {Path(f["path"]).name: f["verdict"] for f in doc["files"]}
+    assert verdicts == {"safe.pkl": "safe", "unsafe.pkl": "unsafe", "unknown.pkl": "unknown"}
+
+
+def test_sarif_shape(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(files["unsafe"]), str(files["safe"]), "--format", "sarif"]) == 1
+    log = _json(capsys)
+    assert log["version"] == "2.1.0"
+    (run,) = log["runs"]  # type: ignore[misc]
+    rules = run["tool"]["driver"]["rules"]
+    results = run["results"]
+    assert results
+    assert all(r["ruleId"] in {rule["id"] for rule in rules} for r in results)
+    assert results[0]["level"] == "error"
+    uri = results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri == str(files["unsafe"])
+
+
+def test_text_report(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(files["unsafe"]), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "UNSAFE" in out
+    assert "1 file(s)" in out
+
+
+def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--format",
+        "--output",
+        "--allow",
+        "--profile",
+        "--fail-on",
+        "--jobs",
+        "--limit",
+        "--no-progress",
+    ):
+        assert flag in text
+    assert "exit status" in text
+
+
+def test_demo_catches_the_malicious_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    verdicts = {Path(f["path"]).name: f["verdict"] for f in doc["files"]}
+    assert verdicts.pop("malicious_checkpoint.pt") == "unsafe"
+    assert verdicts
+    assert set(verdicts.values()) == {"safe"}
+    assert "as expected" in captured.err
+
+
+@pytest.mark.torch
+def test_bundled_malicious_example_really_runs_its_payload() -> None:
+    import subprocess
+    import sys
+    from importlib import resources
+
+    pytest.importorskip("torch")
+    path = resources.files("trainwarden") / "examples" / "checkpoints" / "malicious_checkpoint.pt"
+    code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "this checkpoint ran a shell command" in done.stdout

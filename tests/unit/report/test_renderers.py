@@ -1,0 +1,114 @@
+"""The report renderers: JSON (the contract's shape), SARIF 2.1.0 and text, exact and stable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainwarden import __version__
+from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
+from trainwarden.report import FORMATS, render, render_json, render_sarif, render_text
+
+
+def _report() -> Report:
+    bad = FileReport(
+        path="models/b.pt",
+        format="torch-zip",
+        findings=(
+            Finding(
+                "policy.dangerous-global",
+                Severity.CRITICAL,
+                "imports and calls posix.system",
+                Location("models/b.pt", "archive/data.pkl", 13),
+                evidence="posix.system",
+                verdict=Verdict.UNSAFE,
+            ),
+            Finding(
+                "pickle.trailing-data",
+                Severity.INFO,
+                "3 byte(s) after the last pickle",
+                Location("models/b.pt", None, 40),
+            ),
+        ),
+        size=100,
+    )
+    good = FileReport(path="models/a.safetensors", format="safetensors", size=10, sha256="ab" * 32)
+    return Report(files=(bad, good))
+
+
+def test_json_contract_shape_and_order() -> None:
+    doc = json.loads(render_json(_report()))
+    assert doc["schema_version"] == 1
+    assert doc["tool"] == {"name": "trainwarden", "version": __version__, "command": "scan"}
+    assert [f["path"] for f in doc["files"]] == ["models/a.safetensors", "models/b.pt"]
+    bad = doc["files"][1]
+    assert bad["verdict"] == "unsafe"
+    first = bad["findings"][0]
+    assert first == {
+        "rule_id": "policy.dangerous-global",
+        "severity": "critical",
+        "message": "imports and calls posix.system",
+        "evidence": "posix.system",
+        "location": {"path": "models/b.pt", "member": "archive/data.pkl", "offset": 13},
+        "verdict": "unsafe",
+    }
+    assert doc["summary"]["verdicts"] == {"safe": 1, "unknown": 0, "unsafe": 1, "error": 0}
+    assert doc["summary"]["verdict"] == "unsafe"
+
+
+def test_json_is_deterministic() -> None:
+    report = _report()
+    shuffled = Report(files=tuple(reversed(report.files)))
+    assert render_json(report) == render_json(shuffled)
+    assert render_json(report).endswith("\n")
+
+
+def test_sarif_log() -> None:
+    log = json.loads(render_sarif(_report()))
+    assert log["version"] == "2.1.0"
+    assert log["$schema"].endswith("sarif-2.1.0.json")
+    run = log["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == ["pickle.trailing-data", "policy.dangerous-global"]
+    by_rule = {r["ruleId"]: r for r in run["results"]}
+    danger = by_rule["policy.dangerous-global"]
+    assert danger["level"] == "error"
+    assert danger["ruleIndex"] == 1
+    assert danger["locations"][0]["logicalLocations"][0]["fullyQualifiedName"] == (
+        "archive/data.pkl"
+    )
+    assert "region" not in danger["locations"][0]["physicalLocation"]
+    trailing = by_rule["pickle.trailing-data"]
+    assert trailing["level"] == "note"
+    assert trailing["locations"][0]["physicalLocation"]["region"] == {"byteOffset": 40}
+    assert run["properties"]["summary"]["files"] == 2
+
+
+def test_text_plain() -> None:
+    text = render_text(_report())
+    lines = text.splitlines()
+    assert lines[0] == "SAFE    models/a.safetensors (safetensors)"
+    assert lines[1] == "UNSAFE  models/b.pt (torch-zip)"
+    assert "policy.dangerous-global posix.system" in lines[2]
+    assert "archive/data.pkl@13" in lines[2]
+    # Informational findings of an unsafe file are still listed; of safe files, hidden.
+    assert any("pickle.trailing-data" in line for line in lines)
+    assert lines[-1] == "2 file(s): 1 safe, 1 unsafe"
+    assert "\x1b[" not in text
+
+
+def test_text_color_and_markup_escaping() -> None:
+    report = Report(files=(FileReport(path="[bold]x[/bold].pt", format="data"),))
+    assert "[bold]x[/bold].pt" in render_text(report)
+    assert "\x1b[" in render_text(report, color=True)
+
+
+def test_render_dispatch() -> None:
+    report = _report()
+    assert FORMATS == ("text", "json", "sarif")
+    assert render(report, "json") == render_json(report)
+    with pytest.raises(ValueError, match="unknown format"):
+        render(report, "yaml")
+    with pytest.raises(TypeError):
+        render(object(), "json")
