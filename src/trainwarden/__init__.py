@@ -18,11 +18,25 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# `trainwarden.load` is both a subpackage and its main function. Importing the function here
-# rebinds the package attribute to the function after the submodule import set it to the
-# module, so `trainwarden.load(f)` is the drop-in for `torch.load`. The load package imports
-# torch lazily, so this stays cheap. Elsewhere, write `from trainwarden.load import ...`.
+from typing import TYPE_CHECKING, Any
+
 from trainwarden.errors import UnsafeModelError
-from trainwarden.load import load, protect
+
+if TYPE_CHECKING:
+    from trainwarden.load import load, protect
 
 __all__ = ["UnsafeModelError", "__version__", "load", "protect"]
+
+
+def __getattr__(name: str) -> Any:
+    # `load` and `protect` are imported on first use, so `trainwarden scan` does not pay for
+    # the loaders at start-up. `trainwarden.load` is both a subpackage and its main function:
+    # importing the subpackage may already have bound the attribute to the package, which is
+    # why the package itself is callable as `load` (see trainwarden/load/__init__.py).
+    if name in ("load", "protect"):
+        import importlib
+
+        package = importlib.import_module("trainwarden.load")
+        globals().update(load=package.load, protect=package.protect)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
