@@ -1,0 +1,610 @@
+"""``env.lock``: a snapshot of every file in the site directories, optionally signed.
+
+RECORD lives beside the code it describes, so whoever can edit ``torch/`` can edit its RECORD
+too. The lock is the trust anchor: written once from a verified environment, signed with a key
+the saboteur does not hold, and checked byte for byte before it is believed. Format: see
+``docs/env-lock.md``.
+"""
+
+# os.path on str is used on purpose: these paths are walked by the ten thousand and pathlib
+# objects would cost more than the hashing of small files.
+# ruff: noqa: PTH115, PTH117, PTH118
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from trainwarden.env._dists import KIND_FILE, KIND_LINK, read_regular
+from trainwarden.env._hashing import FileDigest, HashFailure
+from trainwarden.errors import InputError, VerificationError
+from trainwarden.findings import FileReport, Finding, Report, Severity, Verdict
+
+if TYPE_CHECKING:
+    from trainwarden.env._verify import SiteScan
+    from trainwarden.sign import PrivateKey, PublicKey
+
+__all__ = [
+    "LOCK_FORMAT",
+    "LOCK_VERSION",
+    "SIGNATURE_FORMAT",
+    "EnvLock",
+    "LockedFile",
+    "compare_lock",
+    "diff_locks",
+    "read_lock",
+    "signature_path",
+    "snapshot_environment",
+    "write_lock",
+]
+
+LOCK_FORMAT = "trainwarden.env-lock"
+LOCK_VERSION = 1
+SIGNATURE_FORMAT = "trainwarden.env-lock-signature"
+_PYC_PROBLEMS = frozenset({"env.pyc-forged", "env.pyc-unchecked-hash", "env.pyc-unreadable"})
+# A lock of a large environment is a few MB; refuse anything absurd before parsing it.
+_MAX_LOCK_BYTES = 512 << 20
+
+
+class LockedFile(NamedTuple):
+    """What the lock records for one file: digest, size and permission bits (or a link).
+
+    A tuple: a lock holds tens of thousands, compared field by field on every verification.
+    """
+
+    sha256: str | None
+    size: int
+    mode: int
+    link: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON object of this entry."""
+        if self.link is not None:
+            return {"link": self.link, "mode": self.mode}
+        return {"mode": self.mode, "sha256": self.sha256, "size": self.size}
+
+    def describe(self) -> str:
+        """Short human form for messages."""
+        if self.link is not None:
+            return f"symlink to {self.link}"
+        return f"sha256={self.sha256}, {self.size} bytes, mode {self.mode:o}"
+
+
+@dataclass(frozen=True)
+class EnvLock:
+    """A parsed lock: per root (an absolute site directory) every file by relative path.
+
+    ``signer`` is the fingerprint and identity of the key whose signature was verified when
+    the lock was read, ``None`` for a lock read without a key.
+    """
+
+    roots: tuple[str, ...]
+    files: Mapping[str, Mapping[str, LockedFile]]
+    distributions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    created: str = ""
+    python: Mapping[str, str] = field(default_factory=dict)
+    pyc_verified: bool = False
+    signer: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON document of this lock."""
+        return {
+            "format": LOCK_FORMAT,
+            "version": LOCK_VERSION,
+            "algorithm": "sha256",
+            "created": self.created,
+            "python": dict(self.python),
+            "pyc_verified": self.pyc_verified,
+            "roots": [
+                {
+                    "path": root,
+                    "distributions": dict(self.distributions.get(root, {})),
+                    "files": {rel: e.to_json() for rel, e in self.files[root].items()},
+                }
+                for root in self.roots
+            ],
+        }
+
+    def canonical_bytes(self) -> bytes:
+        """The exact bytes written to disk and signed: sorted keys, no spaces, UTF-8."""
+        return canonical_json(self.to_json())
+
+    @property
+    def file_count(self) -> int:
+        """Number of files over all roots."""
+        return sum(len(v) for v in self.files.values())
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Canonical JSON: keys sorted, no insignificant whitespace, UTF-8, no trailing newline."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def join_rel(root: str, rel: str) -> str:
+    """The absolute path of a lock entry (``rel`` uses ``/`` and was checked to be clean)."""
+    return f"{root}/{rel}" if os.sep == "/" else os.path.join(root, *rel.split("/"))
+
+
+def signature_path(lock_path: Path) -> Path:
+    """Where the detached signature of ``lock_path`` lives: ``<lock>.sig``."""
+    return lock_path.with_name(lock_path.name + ".sig")
+
+
+def _locked_entry(
+    path: str, kind: int, digest: FileDigest | HashFailure | None
+) -> LockedFile | str:
+    if kind == KIND_LINK:
+        try:
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            target = os.readlink(path)
+            if not _utf8(target):
+                return "link target is not valid UTF-8"
+            return LockedFile(None, 0, mode, link=target)
+        except OSError as exc:
+            return f"cannot read link: {exc.strerror}"
+    if kind != KIND_FILE:
+        return "not a regular file"
+    if digest is None:
+        return "not hashed"
+    if isinstance(digest, HashFailure):
+        return digest.reason
+    return LockedFile(digest.hexdigest, digest.size, stat.S_IMODE(digest.mode))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes (surrogate escapes) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def lock_entries(
+    scan: SiteScan, *, ordered: bool = True
+) -> tuple[dict[str, LockedFile], dict[str, str]]:
+    """Lock entries for every file of ``scan`` (its digests must cover all regular files).
+
+    Returns:
+        The entries by path relative to the site directory, and the files that could not be
+        recorded with the reason.
+    """
+    prefix = scan.layout.site + os.sep
+    entries: dict[str, LockedFile] = {}
+    failed: dict[str, str] = {}
+    for path, kind in scan.files.items():
+        rel = path[len(prefix) :].replace(os.sep, "/")
+        if not _utf8(rel):
+            # The lock is UTF-8 JSON; a name that is not UTF-8 cannot be anchored in it.
+            failed[_printable(rel)] = "file name is not valid UTF-8"
+            continue
+        entry = _locked_entry(path, kind, scan.digests.get(path))
+        if isinstance(entry, str):
+            failed[rel] = entry
+        else:
+            entries[rel] = entry
+    return (dict(sorted(entries.items())) if ordered else entries), failed
+
+
+def snapshot_environment(
+    site_dirs: Sequence[str] | None = None,
+    *,
+    workers: int | None = None,
+    check_pyc: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[EnvLock, Report]:
+    """Record every file of the site directories, after verifying them.
+
+    The verification report comes back with the lock so the caller can refuse to write a
+    lock that would enshrine a tampered environment (the CLI refuses unless told otherwise).
+
+    Raises:
+        InputError: a site directory cannot be read.
+    """
+    from trainwarden.env._verify import default_site_dirs, run_verification
+
+    dirs = tuple(site_dirs) if site_dirs else default_site_dirs()
+    report, scans = run_verification(
+        dirs,
+        lock=None,
+        hash_all=True,
+        check_pyc=check_pyc,
+        check_startup=True,
+        workers=workers,
+        progress=progress,
+    )
+    files: dict[str, Mapping[str, LockedFile]] = {}
+    dists: dict[str, Mapping[str, str]] = {}
+    problems: list[FileReport] = []
+    for scan in scans:
+        entries, failed = lock_entries(scan)
+        files[scan.layout.site] = entries
+        dists[scan.layout.site] = {
+            d.name: d.version for d in sorted(scan.layout.distributions, key=lambda d: d.name)
+        }
+        found = tuple(
+            Finding(
+                rule_id="env.lock-unrecorded",
+                severity=Severity.MEDIUM,
+                message=f"{rel} could not be recorded in the lock: {why}.",
+                location=_loc(os.path.join(scan.layout.site, rel)),
+                verdict=Verdict.ERROR,
+            )
+            for rel, why in sorted(failed.items())
+        )
+        if found:
+            problems.append(FileReport(scan.layout.site, "site-dir", found))
+    lock = EnvLock(
+        roots=tuple(files),
+        files=files,
+        distributions=dists,
+        created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        python=_python(),
+        # Only a snapshot that compared every pyc with its source, and found none forged,
+        # may vouch for pycs later (verify then skips compiling those that still match).
+        pyc_verified=check_pyc and not any(f.rule_id in _PYC_PROBLEMS for f in report.findings),
+    )
+    from trainwarden.env._verify import _merge
+
+    merged = _merge(report, problems)
+    return lock, Report(files=merged.files, command="env snapshot")
+
+
+def _python() -> dict[str, str]:
+    from trainwarden.env._verify import python_description
+
+    return python_description()
+
+
+def _loc(path: str, **extra: str | int) -> Any:
+    from trainwarden.findings import Location
+
+    return Location(path=_printable(path), extra=extra)
+
+
+def write_lock(lock: EnvLock, path: Path, *, key: PrivateKey | None = None) -> Path | None:
+    """Write ``lock`` to ``path`` (atomically) and, with ``key``, its signature beside it.
+
+    Returns:
+        The signature path when a key was given.
+
+    Raises:
+        InputError: the files cannot be written.
+    """
+    data = lock.canonical_bytes()
+    _atomic_write(path, data)
+    sig_path = signature_path(path)
+    if key is None:
+        # A stale signature next to a new unsigned lock would fail verification confusingly.
+        sig_path.unlink(missing_ok=True)
+        return None
+    public = key.public
+    document = {
+        "format": SIGNATURE_FORMAT,
+        "version": 1,
+        "algorithm": "ed25519",
+        "identity": public.identity,
+        "key_fingerprint": public.fingerprint,
+        "lock_sha256": hashlib.sha256(data).hexdigest(),
+        "signature": base64.b64encode(key.sign(data)).decode("ascii"),
+    }
+    _atomic_write(sig_path, canonical_json(document) + b"\n")
+    return sig_path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _verify_signature(data: bytes, sig_file: Path, key: PublicKey) -> str:
+    try:
+        raw = sig_file.read_bytes()
+    except FileNotFoundError:
+        raise VerificationError(
+            f"lock signature {sig_file} is missing: a key was given, so an unsigned lock is "
+            "not trusted"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {sig_file}: {exc.strerror}") from exc
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
+            raise ValueError("not a trainwarden env-lock signature")
+        if doc.get("algorithm") != "ed25519":
+            raise ValueError(f"unsupported algorithm {doc.get('algorithm')!r}")
+        signature = base64.b64decode(str(doc["signature"]), validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(f"lock signature {sig_file} is malformed: {exc}") from exc
+    # The signature covers the exact bytes of the lock file, checked before they are parsed.
+    key.verify(signature, data)
+    return f"{key.fingerprint} ({key.identity})"
+
+
+def read_lock(path: Path, *, key: PublicKey | None = None) -> EnvLock:
+    """Read a lock; with ``key``, first verify its detached signature over the exact bytes.
+
+    Raises:
+        InputError: the lock cannot be read or is not a lock.
+        VerificationError: ``key`` was given and the signature is missing, malformed or bad.
+    """
+    try:
+        data = read_regular(path, _MAX_LOCK_BYTES)
+    except OSError as exc:
+        raise InputError(f"cannot read lock {path}: {exc.strerror or exc}") from exc
+    signer = _verify_signature(data, signature_path(path), key) if key is not None else None
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path} is not a trainwarden env lock: invalid JSON ({exc})") from exc
+    return _parse(doc, path, signer)
+
+
+def _parse(doc: Any, path: Path, signer: str | None) -> EnvLock:
+    def bad(why: str) -> InputError:
+        return InputError(f"{path} is not a valid trainwarden env lock: {why}")
+
+    if not isinstance(doc, dict) or doc.get("format") != LOCK_FORMAT:
+        raise bad(f"format is not {LOCK_FORMAT!r}")
+    if doc.get("version") != LOCK_VERSION:
+        raise bad(f"unsupported version {doc.get('version')!r} (this reads {LOCK_VERSION})")
+    if doc.get("algorithm") != "sha256":
+        raise bad(f"unsupported algorithm {doc.get('algorithm')!r}")
+    roots = doc.get("roots")
+    if not isinstance(roots, list):
+        raise bad("roots is not a list")
+    files: dict[str, Mapping[str, LockedFile]] = {}
+    dists: dict[str, Mapping[str, str]] = {}
+    for root in roots:
+        if not isinstance(root, dict) or not isinstance(root.get("path"), str):
+            raise bad("a root has no path")
+        root_path = root["path"]
+        if not os.path.isabs(root_path) or root_path in files:
+            raise bad(f"root {root_path!r} is not absolute or appears twice")
+        raw_files = root.get("files")
+        if not isinstance(raw_files, dict):
+            raise bad(f"files of {root_path} is not an object")
+        entries: dict[str, LockedFile] = {}
+        for rel, value in raw_files.items():
+            entries[rel] = _parse_entry(rel, value, bad)
+        files[root_path] = entries
+        raw_dists = root.get("distributions", {})
+        if not isinstance(raw_dists, dict):
+            raise bad("distributions is not an object")
+        dists[root_path] = {str(k): str(v) for k, v in raw_dists.items()}
+    python = doc.get("python", {})
+    return EnvLock(
+        roots=tuple(files),
+        files=files,
+        distributions=dists,
+        created=str(doc.get("created", "")),
+        python={str(k): str(v) for k, v in python.items()} if isinstance(python, dict) else {},
+        pyc_verified=doc.get("pyc_verified") is True,
+        signer=signer,
+    )
+
+
+def _parse_entry(rel: str, value: Any, bad: Callable[[str], InputError]) -> LockedFile:
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or ".." in parts or "" in parts:
+        raise bad(f"file path {rel!r} is not a clean relative path")
+    if not isinstance(value, dict) or not isinstance(value.get("mode"), int):
+        raise bad(f"entry {rel!r} has no mode")
+    if "link" in value:
+        if not isinstance(value["link"], str):
+            raise bad(f"entry {rel!r} has a bad link")
+        return LockedFile(None, 0, value["mode"], link=value["link"])
+    digest, size = value.get("sha256"), value.get("size")
+    if not isinstance(digest, str) or len(digest) != 64 or not isinstance(size, int):
+        raise bad(f"entry {rel!r} has no valid sha256 and size")
+    try:
+        bytes.fromhex(digest)
+    except ValueError:
+        raise bad(f"entry {rel!r} has a non-hex sha256") from None
+    return LockedFile(digest.lower(), size, value["mode"])
+
+
+def _lock_finding(
+    rule: str, severity: Severity, message: str, path: str, **extra: str | int
+) -> Finding:
+    return Finding(
+        rule_id=f"env.{rule}",
+        severity=severity,
+        message=_printable(message),
+        location=_loc(path, **extra),
+        verdict=Verdict.UNSAFE,
+    )
+
+
+def compare_lock(lock: EnvLock, scans: Iterable[SiteScan]) -> list[FileReport]:
+    """Compare what is on disk with the lock: added, removed, changed files and modes.
+
+    Findings go to the report of the owning distribution (or the site directory).
+    """
+    out: dict[str, list[Finding]] = {}
+    scanned: set[str] = set()
+    for scan in scans:
+        root = scan.layout.site
+        scanned.add(root)
+        locked = lock.files.get(root)
+        if locked is None:
+            out.setdefault(root, []).append(
+                Finding(
+                    rule_id="env.lock-root-missing",
+                    severity=Severity.HIGH,
+                    message="This site directory is not in the lock, so nothing in it is anchored.",
+                    location=_loc(root),
+                    verdict=Verdict.UNKNOWN,
+                )
+            )
+            continue
+        current, failed = lock_entries(scan, ordered=False)
+        for rel, why in failed.items():
+            path = join_rel(root, rel)
+            if rel in locked:
+                out.setdefault(scan.owner_key(path), []).append(
+                    Finding(
+                        rule_id="env.lock-unreadable",
+                        severity=Severity.MEDIUM,
+                        message=_printable(f"{rel} cannot be compared with the lock: {why}."),
+                        location=_loc(path),
+                        verdict=Verdict.ERROR,
+                    )
+                )
+            else:
+                # Not in the lock and not even recordable (a FIFO, a name that is not UTF-8):
+                # new either way, and never silently ignored.
+                out.setdefault(scan.owner_key(path), []).append(
+                    _lock_finding(
+                        "lock-added",
+                        Severity.HIGH,
+                        f"{rel} is not in the lock ({why}).",
+                        path,
+                    )
+                )
+        for rel, before in locked.items():
+            now = current.get(rel)
+            if now == before:
+                continue
+            path = join_rel(root, rel)
+            if now is None:
+                if rel in failed:
+                    continue
+                out.setdefault(scan.owner_key(path), []).append(
+                    _lock_finding(
+                        "lock-removed",
+                        Severity.HIGH,
+                        f"{rel} is in the lock but no longer on disk.",
+                        path,
+                        expected=before.describe(),
+                    )
+                )
+            elif (now.sha256, now.size, now.link) != (before.sha256, before.size, before.link):
+                out.setdefault(scan.owner_key(path), []).append(
+                    _lock_finding(
+                        "lock-modified",
+                        Severity.HIGH,
+                        f"{rel} differs from the lock (locked {before.describe()}; "
+                        f"now {now.describe()}).",
+                        path,
+                        expected=before.describe(),
+                        actual=now.describe(),
+                    )
+                )
+            elif now.mode != before.mode:
+                out.setdefault(scan.owner_key(path), []).append(
+                    _lock_finding(
+                        "lock-mode-changed",
+                        Severity.MEDIUM,
+                        f"{rel} changed permissions from {before.mode:o} to {now.mode:o}.",
+                        path,
+                        expected=f"{before.mode:o}",
+                        actual=f"{now.mode:o}",
+                    )
+                )
+        for rel, now in current.items():
+            if rel not in locked:
+                path = join_rel(root, rel)
+                out.setdefault(scan.owner_key(path), []).append(
+                    _lock_finding(
+                        "lock-added",
+                        Severity.HIGH,
+                        f"{rel} is not in the lock ({now.describe()}).",
+                        path,
+                        actual=now.describe(),
+                    )
+                )
+    for root in lock.roots:
+        if root not in scanned:
+            out.setdefault(root, []).append(
+                Finding(
+                    rule_id="env.lock-root-not-checked",
+                    severity=Severity.LOW,
+                    message="This locked site directory was not part of this verification.",
+                    location=_loc(root),
+                    verdict=Verdict.SAFE,
+                )
+            )
+    return [FileReport(key, "lock", tuple(found)) for key, found in sorted(out.items())]
+
+
+def diff_locks(old: EnvLock, new: EnvLock) -> Report:
+    """Compare two locks: one report per root, a finding per added, removed or changed file."""
+    reports: list[FileReport] = []
+    for root in sorted(set(old.roots) | set(new.roots)):
+        a = old.files.get(root)
+        b = new.files.get(root)
+        found: list[Finding] = []
+        if a is None or b is None:
+            which = "first" if a is None else "second"
+            found.append(
+                Finding(
+                    rule_id="env.diff-root",
+                    severity=Severity.HIGH,
+                    message=f"This root is missing from the {which} lock.",
+                    location=_loc(root),
+                    verdict=Verdict.UNSAFE,
+                )
+            )
+            reports.append(FileReport(root, "lock-diff", tuple(found)))
+            continue
+        for rel in sorted(set(a) | set(b)):
+            path = join_rel(root, rel)
+            before, after = a.get(rel), b.get(rel)
+            if before is None and after is not None:
+                found.append(
+                    _lock_finding(
+                        "diff-added", Severity.HIGH, f"{rel} added.", path, actual=after.describe()
+                    )
+                )
+            elif after is None and before is not None:
+                found.append(
+                    _lock_finding(
+                        "diff-removed",
+                        Severity.HIGH,
+                        f"{rel} removed.",
+                        path,
+                        expected=before.describe(),
+                    )
+                )
+            elif before is not None and after is not None and before != after:
+                found.append(
+                    _lock_finding(
+                        "diff-changed",
+                        Severity.HIGH,
+                        f"{rel} changed ({before.describe()} -> {after.describe()}).",
+                        path,
+                        expected=before.describe(),
+                        actual=after.describe(),
+                    )
+                )
+        dist_a, dist_b = old.distributions.get(root, {}), new.distributions.get(root, {})
+        details = {
+            "files": [len(a), len(b)],
+            "distributions_changed": sorted(
+                f"{n}: {dist_a.get(n, '-')} -> {dist_b.get(n, '-')}"
+                for n in set(dist_a) | set(dist_b)
+                if dist_a.get(n) != dist_b.get(n)
+            ),
+        }
+        reports.append(FileReport(root, "lock-diff", tuple(found), details=details))
+    return Report(files=tuple(reports), command="env diff")
