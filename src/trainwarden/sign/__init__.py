@@ -1,1 +1,60 @@
-"""Placeholder for the sign capability; replaced before commit."""
+"""Keys, signed manifests of checkpoints, and lineage.
+
+Keys: :func:`generate_key`, :func:`load_private_key`, :func:`load_public_key` give
+:class:`PrivateKey` / :class:`PublicKey` (Ed25519; ours or OpenSSH).
+
+Signing: :func:`sign_path` hashes a file or checkpoint directory (per-file, per-shard SHA-256
+in parallel) and writes an OpenSSF model-signing bundle (Sigstore bundle, DSSE, in-toto
+Statement) carrying the signer, run, step and parent digest. :func:`verify_path` returns a
+:class:`Verification` or raises :class:`SignatureMismatch` with a report naming each file.
+:func:`verify_chain` checks that a run's checkpoints form one unbroken chain. With a ledger,
+signing records ``checkpoint.signed`` and verification detects rollback, swap and deletion.
+:func:`checkpoint_digest` recomputes a checkpoint's digest without a signature.
+"""
+
+from __future__ import annotations
+
+from trainwarden.sign._keys import (
+    PrivateKey,
+    PublicKey,
+    generate_key,
+    load_private_key,
+    load_public_key,
+)
+from trainwarden.sign._lineage import verify_chain
+from trainwarden.sign._manifest import DEFAULT_SHARD_SIZE, FileEntry, Manifest, Shard
+from trainwarden.sign._results import (
+    Lineage,
+    LineageError,
+    Signature,
+    SignatureMismatch,
+    Verification,
+)
+from trainwarden.sign._signature import (
+    checkpoint_digest,
+    default_sig_path,
+    sign_path,
+    verify_path,
+)
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "FileEntry",
+    "Lineage",
+    "LineageError",
+    "Manifest",
+    "PrivateKey",
+    "PublicKey",
+    "Shard",
+    "Signature",
+    "SignatureMismatch",
+    "Verification",
+    "checkpoint_digest",
+    "default_sig_path",
+    "generate_key",
+    "load_private_key",
+    "load_public_key",
+    "sign_path",
+    "verify_chain",
+    "verify_path",
+]

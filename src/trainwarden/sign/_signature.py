@@ -1,0 +1,624 @@
+"""Sign a file or checkpoint directory, and verify one against its signature and trusted keys."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from trainwarden.errors import ConfigError, InputError, VerificationError
+from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
+from trainwarden.sign._bundle import (
+    MAX_SHARD_SIZE,
+    MIN_SHARD_SIZE,
+    PAYLOAD_TYPE,
+    Statement,
+    build_bundle,
+    key_hint,
+    pae,
+    parse_bundle,
+    parse_statement,
+    read_bundle_file,
+    statement_payload,
+)
+from trainwarden.sign._keys import PrivateKey, PublicKey
+from trainwarden.sign._manifest import (
+    DEFAULT_SHARD_SIZE,
+    FileEntry,
+    Manifest,
+    ProgressCallback,
+    Tree,
+    hash_tree,
+    walk_tree,
+)
+from trainwarden.sign._results import Signature, SignatureMismatch, Verification
+
+__all__ = ["checkpoint_digest", "default_sig_path", "sign_path", "verify_path"]
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_COMMAND = "verify"
+
+
+def default_sig_path(path: Path) -> Path:
+    """``PATH.sig`` beside ``PATH`` (for a directory: next to it, never inside it)."""
+    path = Path(path)
+    if not path.name:  # "." or "/": name it after the absolute path
+        path = path.absolute()
+    return path.with_name(f"{path.name}.sig")
+
+
+def normalize_digest(value: str) -> str:
+    """Accept ``sha256:<hex>`` or bare hex; return ``sha256:<hex>``.
+
+    Raises:
+        ConfigError: Not a SHA-256 digest.
+    """
+    text = value.strip().lower()
+    if not text.startswith("sha256:"):
+        text = f"sha256:{text}"
+    if not _DIGEST.fullmatch(text):
+        raise ConfigError(f"not a checkpoint digest: {value!r} (expected sha256:<64 hex>)")
+    return text
+
+
+def sign_path(
+    path: Path,
+    key: PrivateKey,
+    *,
+    run: str | None = None,
+    step: int | None = None,
+    parent: str | None = None,
+    sig_path: Path | None = None,
+    ledger: Path | None = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> Signature:
+    """Sign a file or a checkpoint directory.
+
+    Args:
+        path: The file or directory to sign.
+        key: The signer's private key.
+        run: Name of the training run this checkpoint belongs to.
+        step: Training step of the checkpoint.
+        parent: Digest (``sha256:...``) of the previous checkpoint of the run.
+        sig_path: Where to write the signature; default ``PATH.sig`` beside ``PATH``.
+        ledger: A ledger directory; a ``checkpoint.signed`` event is appended to it.
+        workers: Hashing threads (default: the CPUs this process may use).
+        progress: Called with ``(bytes_done, bytes_total)`` while hashing.
+        shard_size: Bytes per shard (1 MiB to 1 TiB); the default is model-signing's.
+
+    Returns:
+        What was signed.
+
+    Raises:
+        ConfigError: Bad run/step/parent, or a signature path inside the signed directory.
+        InputError: The tree holds symlinks or special files, or cannot be read.
+    """
+    path = Path(path)
+    if (step is not None or parent is not None) and not run:
+        raise ConfigError("--step and --parent need --run: lineage is per run")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ConfigError(f"step must be a non-negative integer, not {step!r}")
+    if run is not None and (not run or any(c in run for c in "\r\n\0")):
+        raise ConfigError(f"invalid run name {run!r}")
+    parent = normalize_digest(parent) if parent is not None else None
+    if not MIN_SHARD_SIZE <= shard_size <= MAX_SHARD_SIZE:
+        raise ConfigError(f"shard_size must be between {MIN_SHARD_SIZE} and {MAX_SHARD_SIZE}")
+    sig = Path(sig_path) if sig_path is not None else default_sig_path(path)
+    tree = walk_tree(path)
+    _refuse_unsignable(tree)
+    if tree.is_dir and _is_within(sig, path):
+        raise ConfigError(f"the signature {sig} must not be inside the signed directory {path}")
+    result = hash_tree(tree, workers=workers, progress=progress, shard_size=shard_size)
+    if result.failed:
+        rel, reason = result.failed[0]
+        raise InputError(f"{_display(path, rel)} changed while it was being signed: {reason}")
+    name = path.name or path.absolute().name
+    manifest = Manifest(name=name, files=result.entries, shard_size=shard_size)
+    signed_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    payload = statement_payload(
+        manifest,
+        kind="directory" if tree.is_dir else "file",
+        key=key.public,
+        signed_at=signed_at,
+        run=run,
+        step=step,
+        parent=parent,
+    )
+    _write_atomic(sig, build_bundle(payload, key))
+    signature = Signature(
+        path=path,
+        sig_path=sig,
+        digest=manifest.digest,
+        identity=key.identity,
+        fingerprint=key.public.fingerprint,
+        signed_at=signed_at,
+        run=run,
+        step=step,
+        parent=parent,
+        manifest=manifest,
+    )
+    if ledger is not None:
+        from trainwarden.sign._lineage import record_signature
+
+        record_signature(Path(ledger), key, signature)
+    return signature
+
+
+def checkpoint_digest(
+    path: Path, *, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None
+) -> str:
+    """The digest ``sign_path`` would record for ``path`` now (``sha256:<root digest>``).
+
+    Computed exactly as for signing (same walk, same shards), without a key or a
+    signature: for comparing what is on disk with a digest recorded elsewhere (the ledger).
+
+    Raises:
+        InputError: The tree holds symlinks or special files, or cannot be read.
+    """
+    path = Path(path)
+    tree = walk_tree(path)
+    _refuse_unsignable(tree)
+    result = hash_tree(tree, workers=workers, shard_size=shard_size)
+    if result.failed:
+        rel, reason = result.failed[0]
+        raise InputError(f"cannot hash {_display(path, rel)}: {reason}")
+    name = path.name or path.absolute().name
+    return Manifest(name=name, files=result.entries, shard_size=shard_size).digest
+
+
+def _refuse_unsignable(tree: Tree) -> None:
+    problems = [f"{rel} is a symlink" for rel in tree.symlinks]
+    problems += [f"{rel} is not a regular file or directory" for rel in tree.special]
+    problems += [f"{rel}: {reason}" for rel, reason in tree.unreadable]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(
+            f"refusing to sign {tree.root}: {problems[0]}{more}; signatures cover regular "
+            "files only, and a symlink could point verification outside the checkpoint"
+        )
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
+        )
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write signature {path}: {exc.strerror or exc}") from exc
+
+
+def _display(root: Path, rel: str) -> str:
+    return str(root) if rel == "." else f"{root}/{rel}"
+
+
+def _finding(
+    rule: str,
+    message: str,
+    path: str,
+    *,
+    severity: Severity = Severity.HIGH,
+    verdict: Verdict = Verdict.UNSAFE,
+    offset: int | None = None,
+    evidence: str | None = None,
+) -> Finding:
+    return Finding(
+        rule_id=rule,
+        severity=severity,
+        message=message,
+        location=Location(path=path, offset=offset),
+        evidence=evidence,
+        verdict=verdict,
+    )
+
+
+def verify_path(
+    path: Path,
+    keys: PublicKey | Iterable[PublicKey],
+    *,
+    sig_path: Path | None = None,
+    ledger: Path | None = None,
+    ledger_keys: Iterable[PublicKey] | None = None,
+    run: str | None = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Verification:
+    """Verify a file or checkpoint directory against its signature and trusted keys.
+
+    Args:
+        path: The signed file or directory.
+        keys: The trusted public keys; the signature must verify with one of them.
+        sig_path: The signature; default ``PATH.sig`` beside ``PATH``.
+        ledger: A ledger directory; also detect rollback, swap and deletion through it.
+        ledger_keys: Keys trusted to write the ledger (default: ``keys``). The ledger must
+            verify under them, or lineage is reported as not verified.
+        run: The run this checkpoint must belong to.
+        workers: Hashing threads.
+        progress: Called with ``(bytes_done, bytes_total)`` while hashing.
+
+    Returns:
+        The verified checkpoint (only when everything matches).
+
+    Raises:
+        SignatureMismatch: Anything differs (carries the report naming each file).
+        InputError: The signature or the path cannot be read, or is malformed.
+        ConfigError: No trusted key was given.
+    """
+    path = Path(path)
+    trusted = [keys] if isinstance(keys, PublicKey) else list(keys)
+    if not trusted:
+        raise ConfigError("no trusted key given: verification needs at least one public key")
+    sig = Path(sig_path) if sig_path is not None else default_sig_path(path)
+    envelope = parse_bundle(read_bundle_file(sig))
+    sig_display = str(sig)
+    if envelope.payload_type != PAYLOAD_TYPE:
+        raise InputError(f"unsupported DSSE payload type {envelope.payload_type!r} in {sig}")
+    signer = _find_signer(envelope.payload, envelope.signatures, trusted)
+    if signer is None:
+        finding = _signer_failure(envelope.hint, envelope.signatures, trusted, sig_display)
+        raise SignatureMismatch(
+            Report(
+                files=(FileReport(path=sig_display, format="signature", findings=(finding,)),),
+                command=_COMMAND,
+            )
+        )
+    statement = parse_statement(envelope.payload)
+    sig_findings = list(_signer_findings(statement, signer, sig_display))
+    if run is not None and statement.run != run:
+        sig_findings.append(
+            _finding(
+                "lineage.wrong-run",
+                f"checkpoint belongs to run {statement.run!r}, expected run {run!r} "
+                "(swapped in from another run?)",
+                sig_display,
+                evidence=statement.run,
+            )
+        )
+    file_reports = _compare_tree(path, statement, workers=workers, progress=progress)
+    signature = Signature(
+        path=path,
+        sig_path=sig,
+        digest=statement.manifest.digest,
+        identity=statement.identity,
+        fingerprint=statement.fingerprint,
+        signed_at=statement.signed_at,
+        run=statement.run,
+        step=statement.step,
+        parent=statement.parent,
+        manifest=statement.manifest,
+    )
+    if ledger is not None:
+        from trainwarden.sign._lineage import check_against_ledger
+
+        writers = trusted if ledger_keys is None else list(ledger_keys)
+        sig_findings.extend(check_against_ledger(Path(ledger), writers, signature, sig_display))
+    details = {
+        "digest": signature.digest,
+        "signer": signer.identity,
+        "fingerprint": signer.fingerprint,
+        "claimed_identity": statement.identity,
+        "signed_at": statement.signed_at,
+        "run": statement.run,
+        "step": statement.step,
+        "parent": statement.parent,
+        "files": len(statement.manifest.files),
+        "bytes": statement.manifest.total_size if statement.extended else None,
+    }
+    sig_report = FileReport(
+        path=sig_display, format="signature", findings=tuple(sig_findings), details=details
+    )
+    report = Report(files=(sig_report, *file_reports), command=_COMMAND)
+    if any(f.verdict is not Verdict.SAFE for f in report.findings):
+        raise SignatureMismatch(report)
+    return Verification(
+        signature=signature, identity=signer.identity, fingerprint=signer.fingerprint, report=report
+    )
+
+
+def _find_signer(
+    payload: bytes, signatures: Sequence[tuple[str, bytes]], trusted: Sequence[PublicKey]
+) -> PublicKey | None:
+    message = pae(payload)
+    for _, sig in signatures:
+        for key in trusted:
+            try:
+                key.verify(sig, message)
+            except VerificationError:
+                continue
+            return key
+    return None
+
+
+def _signer_failure(
+    hint: str | None,
+    signatures: Sequence[tuple[str, bytes]],
+    trusted: Sequence[PublicKey],
+    sig_display: str,
+) -> Finding:
+    keyids = {keyid for keyid, _ in signatures if keyid}
+    for key in trusted:
+        if key.fingerprint in keyids or (hint is not None and hint == key_hint(key)):
+            return _finding(
+                "sign.bad-signature",
+                f"the signature does not verify with {key.identity}'s key {key.fingerprint} "
+                "that it names: the statement or the signature bytes were altered",
+                sig_display,
+                severity=Severity.CRITICAL,
+                evidence=key.fingerprint,
+            )
+    named = ", ".join(sorted(keyids)) or (f"key hint {hint}" if hint else "an unnamed key")
+    return _finding(
+        "sign.untrusted-key",
+        f"signed by {named}, which is none of the {len(trusted)} trusted key(s)",
+        sig_display,
+        severity=Severity.CRITICAL,
+        evidence=named,
+    )
+
+
+def _signer_findings(
+    statement: Statement, signer: PublicKey, sig_display: str
+) -> Iterable[Finding]:
+    if statement.fingerprint is not None and statement.fingerprint != signer.fingerprint:
+        # A trusted key signed a statement claiming another key: attribution forgery.
+        yield _finding(
+            "sign.signer-mismatch",
+            f"the statement claims key {statement.fingerprint} but was signed by "
+            f"{signer.identity}'s key {signer.fingerprint}",
+            sig_display,
+            severity=Severity.CRITICAL,
+            evidence=signer.fingerprint,
+        )
+    elif statement.identity is not None and statement.identity != signer.identity:
+        yield _finding(
+            "sign.identity-label",
+            f"the signer called itself {statement.identity!r}; the trusted key file names "
+            f"it {signer.identity!r} (attribution uses the key file)",
+            sig_display,
+            severity=Severity.INFO,
+            verdict=Verdict.SAFE,
+        )
+    if not statement.extended:
+        yield _finding(
+            "sign.foreign-bundle",
+            "signature written by another tool: no lineage fields"
+            + (
+                ", and empty files and sizes are not covered"
+                if statement.manifest.method == "shards"
+                else ""
+            ),
+            sig_display,
+            severity=Severity.INFO,
+            verdict=Verdict.SAFE,
+        )
+
+
+def _ignored(rel: str, ignore_paths: Sequence[str]) -> bool:
+    return any(rel == p.rstrip("/") or rel.startswith(p.rstrip("/") + "/") for p in ignore_paths)
+
+
+def _compare_tree(
+    path: Path,
+    statement: Statement,
+    *,
+    workers: int | None,
+    progress: ProgressCallback | None,
+) -> list[FileReport]:
+    """Compare the tree on disk with the signed manifest; one FileReport per file."""
+    manifest = statement.manifest
+    tree = walk_tree(path)
+    root = str(path)
+    findings: dict[str, list[Finding]] = {}
+
+    def add(rel: str, finding: Finding) -> None:
+        findings.setdefault(rel, []).append(finding)
+
+    signed_dir = statement.kind == "directory" or (
+        statement.kind == "unknown"
+        and not (len(manifest.files) == 1 and manifest.files[0].path == ".")
+    )
+    if signed_dir != tree.is_dir and tree.symlinks != (".",):
+        add(
+            ".",
+            _finding(
+                "sign.kind-changed",
+                f"signed as a {'directory' if signed_dir else 'file'}, now a "
+                f"{'directory' if tree.is_dir else 'file'}",
+                root,
+            ),
+        )
+    for rel in tree.symlinks:
+        add(
+            rel,
+            _finding(
+                "sign.symlink",
+                "is a symbolic link (never followed; signed checkpoints hold regular files only)",
+                _display(path, rel),
+                severity=Severity.CRITICAL,
+            ),
+        )
+    for rel in tree.special:
+        add(
+            rel,
+            _finding(
+                "sign.special-file",
+                "is not a regular file (device, FIFO or socket)",
+                _display(path, rel),
+            ),
+        )
+    for rel, reason in tree.unreadable:
+        add(
+            rel,
+            _finding(
+                "sign.unreadable",
+                f"directory could not be read: {reason}",
+                _display(path, rel),
+                verdict=Verdict.ERROR,
+            ),
+        )
+    ignore = statement.ignore_paths
+    signed = manifest.by_path()
+    present = {rel: size for rel, size in tree.files if not _ignored(rel, ignore)}
+    # A signed file now a symlink or a FIFO is reported as such, not also as missing.
+    replaced = set(tree.symlinks) | set(tree.special)
+    missing = {rel: e for rel, e in signed.items() if rel not in present and rel not in replaced}
+    extra = {rel: size for rel, size in present.items() if rel not in signed}
+    to_hash: list[tuple[str, int]] = []
+    for rel, entry in signed.items():
+        if rel not in present:
+            continue  # missing, or replaced by a symlink or special file: reported apart
+        size = present[rel]
+        if entry.size >= 0 and size != entry.size:
+            what = "truncated" if size < entry.size else "grew"
+            add(
+                rel,
+                _finding(
+                    "sign.size-changed",
+                    f"{what}: {size} bytes on disk, {entry.size} bytes signed",
+                    _display(path, rel),
+                    offset=min(size, entry.size),
+                    evidence=f"{entry.size}->{size}",
+                ),
+            )
+        elif size > 0 or manifest.method == "files":
+            to_hash.append((rel, size))
+    # Extra files of the same size as a missing one might be that file renamed: hash them.
+    missing_sizes = {e.size for e in missing.values()}
+    rename_candidates = [
+        (rel, size) for rel, size in extra.items() if size in missing_sizes or -1 in missing_sizes
+    ]
+    hashed = hash_tree(
+        tree,
+        paths=to_hash + rename_candidates,
+        method=manifest.method,
+        shard_size=manifest.shard_size,
+        workers=workers,
+        progress=progress,
+    )
+    by_rel = {e.path: e for e in hashed.entries}
+    for rel, reason in hashed.failed:
+        add(
+            rel,
+            _finding(
+                "sign.unreadable",
+                f"could not be read: {reason}",
+                _display(path, rel),
+                verdict=Verdict.ERROR,
+            ),
+        )
+    for rel, _ in to_hash:
+        got = by_rel.get(rel)
+        if got is None:
+            continue
+        want = signed[rel]
+        bad = [
+            (w, g) for w, g in zip(want.shards, got.shards, strict=False) if w.digest != g.digest
+        ]
+        if bad:
+            first = bad[0][0]
+            span = (
+                f"bytes {first.start}-{first.end} ({len(bad)} of {len(want.shards)} shards)"
+                if len(want.shards) > 1
+                else "content"
+            )
+            add(
+                rel,
+                _finding(
+                    "sign.modified",
+                    f"modified: {span} differs from the signed digest",
+                    _display(path, rel),
+                    offset=first.start,
+                    evidence=f"sha256:{got.shards[want.shards.index(first)].digest}",
+                ),
+            )
+    renamed_from: dict[str, str] = {}
+    for rel, _ in rename_candidates:
+        got = by_rel.get(rel)
+        if got is None:
+            continue
+        for old, entry in missing.items():
+            if old in renamed_from.values():
+                continue
+            if [s.digest for s in entry.shards] == [s.digest for s in got.shards] and (
+                entry.size in (-1, got.size)
+            ):
+                renamed_from[rel] = old
+                break
+    for rel, size in extra.items():
+        if rel in renamed_from:
+            add(
+                rel,
+                _finding(
+                    "sign.renamed",
+                    f"renamed: this is the signed file {renamed_from[rel]!r} under a new name",
+                    _display(path, rel),
+                    evidence=renamed_from[rel],
+                ),
+            )
+        else:
+            add(
+                rel,
+                _finding(
+                    "sign.extra",
+                    f"not in the signature (added after signing, {size} bytes)",
+                    _display(path, rel),
+                ),
+            )
+    renamed_to = {old: new for new, old in renamed_from.items()}
+    for rel in missing:
+        message = (
+            f"missing: renamed to {renamed_to[rel]!r}"
+            if rel in renamed_to
+            else "missing: signed but not on disk"
+        )
+        add(
+            rel,
+            _finding(
+                "sign.renamed" if rel in renamed_to else "sign.missing",
+                message,
+                _display(path, rel),
+                severity=Severity.HIGH,
+            ),
+        )
+    reports = []
+    for rel in sorted(set(signed) | set(present) | set(findings)):
+        signed_entry = signed.get(rel)
+        reports.append(
+            FileReport(
+                path=_display(path, rel),
+                format="file",
+                findings=tuple(findings.get(rel, ())),
+                size=present.get(rel, _known_size(signed_entry)),
+                sha256=_whole_digest(by_rel.get(rel) or signed_entry),
+            )
+        )
+    return reports
+
+
+def _known_size(entry: FileEntry | None) -> int | None:
+    return entry.size if entry is not None and entry.size >= 0 else None
+
+
+def _whole_digest(entry: FileEntry | None) -> str | None:
+    # A file hashed in one shard (or by the "files" method) has a plain SHA-256 to show.
+    if entry is None or len(entry.shards) != 1:
+        return None
+    return entry.shards[0].digest
