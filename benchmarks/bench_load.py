@@ -182,11 +182,14 @@ def main() -> int:
         "small": bench(small, args.repeat, mmap=False),
     }
     size_gb = big.stat().st_size / 1e9
+    # Other work on the machine skews wall-clock medians; say how busy it was.
+    busy = f"load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     lines = [
         "Loading torch checkpoints: `trainwarden.load` (scan + policy Unpickler over the same "
         "buffer) against `torch.load`, each run in a fresh interpreter after one warm-up load, "
         f"files in the page cache; median and best of {args.repeat} runs "
-        f"(`python benchmarks/bench_load.py`, {os.cpu_count()} CPUs).",
+        f"(`python benchmarks/bench_load.py`, {os.cpu_count()} CPUs"
+        f"{', ' + busy if busy else ''} at the end of the run).",
         "",
         *fmt_table(f"One {size_gb:.2f} GB checkpoint (64 tensors)", results["big"], mmap=False),
         *fmt_table(

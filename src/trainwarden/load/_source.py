@@ -168,8 +168,10 @@ def source_name(obj: object) -> str:
 
 
 @contextmanager
-def open_source(f: Any) -> Iterator[Source]:
+def open_source(f: Any, *, name: str = "<bytes>") -> Iterator[Source]:
     """Read ``f`` (path, path-like, file object or bytes) once and yield its :class:`Source`.
+
+    ``name`` names an in-memory buffer in reports (paths and file objects name themselves).
 
     Raises:
         InputError: the input cannot be opened or read, or is not binary.
@@ -179,10 +181,10 @@ def open_source(f: Any) -> Iterator[Source]:
             yield source
         return
     if isinstance(f, bytes):
-        yield Source("<bytes>", memoryview(f), raw=f)
+        yield Source(name, memoryview(f), raw=f)
         return
     if isinstance(f, (bytearray, memoryview)):
-        yield Source("<bytes>", memoryview(f).toreadonly().cast("B"))
+        yield Source(name, memoryview(f).toreadonly().cast("B"))
         return
     read = getattr(f, "read", None)
     if read is None:

@@ -12,14 +12,14 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from trainwarden.errors import ConfigError
-from trainwarden.findings import FileReport, Report
+from trainwarden.findings import FileReport, Report, Severity, Verdict
 from trainwarden.load._source import Source, open_source
-from trainwarden.load._unpickler import check_report, make_pickle_module
+from trainwarden.load._unpickler import check_report, make_pickle_module, refuse
 
 if TYPE_CHECKING:
     from trainwarden.scan import Policy
 
-__all__ = ["load_with_report", "original"]
+__all__ = ["load_nested", "load_with_report", "original"]
 
 _TRUE = ("1", "y", "yes", "true")
 
@@ -43,11 +43,13 @@ def load_with_report(
     policy: Policy,
     mode: str = "enforce",
     digest: bool = False,
+    name: str = "<bytes>",
     **pickle_load_args: Any,
 ) -> tuple[Any, FileReport]:
     """Scan then load ``f`` like ``torch.load``; return the object and the scan report.
 
-    The report's ``sha256`` is computed only with ``digest=True`` (or on refusal).
+    The report's ``sha256`` is computed only with ``digest=True`` (or on refusal); ``name``
+    names an in-memory ``f`` in reports and logs.
 
     Raises:
         UnsafeModelError: the policy refuses the checkpoint (enforce mode).
@@ -65,12 +67,13 @@ def load_with_report(
 
         mmap = bool(config.load.mmap)
     torch_load = original(torch.serialization.load)
-    with open_source(f) as source:
+    with open_source(f, name=name) as source:
         from trainwarden.scan import scan_bytes
 
         # The scan and the load below both read `source.data`: one read of the input.
         report = scan_bytes(source.data, name=source.name, policy=policy, digest=digest)
-        check_report(Report(files=(report,), command="load"), mode=mode, data=source.data)
+        if report.verdict is not Verdict.SAFE:
+            check_report(Report(files=(report,), command="load"), mode=mode, data=source.data)
         logger.debug("loading %s (%s, sha256 %s)", source.name, report.format, report.sha256)
         fmt = report.format
         if fmt == "safetensors":
@@ -109,6 +112,40 @@ def load_with_report(
             return torch_load(reader, map_location, mmap=False, **kwargs), report
         finally:
             reader.close()
+
+
+def load_nested(data: Any, *, policy: Policy, source: str, mode: str) -> Any:
+    """Do what ``torch.storage._load_from_bytes(data)`` does, under ``policy`` and ``mode``.
+
+    torch's function runs ``torch.load(io.BytesIO(data), weights_only=False)``: the bytes a
+    pickled tensor carries are a whole checkpoint of their own. They are scanned and loaded
+    like any checkpoint, so a malicious nested archive is refused before any of it runs.
+
+    Raises:
+        UnsafeModelError: the policy refuses the nested archive (enforce mode).
+    """
+    name = f"{source}!(nested)"
+    if not isinstance(data, bytes):
+        try:
+            # A private copy: the bytes judged are the bytes loaded, whatever owns the buffer.
+            data = memoryview(data).tobytes()
+        except TypeError:
+            refuse(
+                source=name,
+                sha256=None,
+                rule_id="load.nested-payload",
+                message="torch.storage._load_from_bytes called with a value that is not bytes",
+                evidence=type(data).__name__,
+                severity=Severity.HIGH,
+                verdict=Verdict.UNKNOWN,
+                mode=mode,
+            )
+            raise
+    # mmap=None and no map_location, exactly as torch's own call: same result, same errors.
+    obj, _ = load_with_report(
+        data, None, None, weights_only=False, mmap=None, policy=policy, mode=mode, name=name
+    )
+    return obj
 
 
 def _load_mmap(torch_load: Any, source: Source, map_location: Any, kwargs: dict[str, Any]) -> Any:

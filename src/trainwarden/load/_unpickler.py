@@ -32,6 +32,7 @@ __all__ = [
     "checked_import",
     "make_pickle_module",
     "make_unpickler",
+    "nested_torch_loader",
     "refuse",
 ]
 
@@ -324,10 +325,10 @@ def _validate_storage_pid(pid: tuple[Any, ...]) -> str | None:
     if not _is_storage_type(storage_type):
         return f"storage type is {type(storage_type).__name__}"
     key_text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
-    if not isinstance(key_text, (str, int)) or not _KEY.fullmatch(str(key_text)):
+    if not isinstance(key_text, (str, int)) or not _is_key(str(key_text)):
         return "storage key is not a short identifier"
     loc = location.decode("ascii", "replace") if isinstance(location, bytes) else location
-    if not isinstance(loc, str) or not _LOCATION.fullmatch(loc):
+    if not isinstance(loc, str) or not _is_location(loc):
         return "storage location is not a device name"
     if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
         return "storage size is not a non-negative integer"
@@ -342,20 +343,56 @@ def _validate_storage_pid(pid: tuple[Any, ...]) -> str | None:
     return None
 
 
+def _is_key(text: str) -> bool:
+    # Fast path for what torch writes ("0", "17"): ASCII letters and digits only is exactly
+    # what the pattern accepts without "_"; anything else goes through the pattern itself.
+    if 0 < len(text) <= 64 and text.isascii() and text.isalnum():
+        return True
+    return _KEY.fullmatch(text) is not None
+
+
+# Device names already seen to match _LOCATION (a checkpoint repeats "cpu" per storage).
+_GOOD_LOCATIONS: set[str] = set()
+
+
+def _is_location(loc: str) -> bool:
+    if loc in _GOOD_LOCATIONS:
+        return True
+    if _LOCATION.fullmatch(loc) is None:
+        return False
+    if len(_GOOD_LOCATIONS) < 256:
+        _GOOD_LOCATIONS.add(loc)
+    return True
+
+
+# (StorageType class or None, storage base classes): looked up once torch is imported.
+_STORAGE_CLASSES: tuple[Any, tuple[type, ...]] | None = None
+
+
+def _storage_classes() -> tuple[Any, tuple[type, ...]] | None:
+    global _STORAGE_CLASSES  # a cache of torch's classes, filled once
+    if _STORAGE_CLASSES is None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return None
+        legacy = getattr(torch.storage, "_LegacyStorage", None)
+        bases: tuple[type, ...] = (torch.UntypedStorage, torch.storage.TypedStorage)
+        if legacy is not None:
+            bases = (*bases, legacy)
+        _STORAGE_CLASSES = (getattr(torch.serialization, "StorageType", None), bases)
+    return _STORAGE_CLASSES
+
+
 def _is_storage_type(obj: Any) -> bool:
     # torch's UnpicklerWrapper turns "*Storage" globals into StorageType objects; newer saves
     # name torch.UntypedStorage or typed storage classes. Anything else is not a storage.
-    torch = sys.modules.get("torch")
-    if torch is None:
+    classes = _storage_classes()
+    if classes is None:
         return False
-    storage_type = getattr(torch.serialization, "StorageType", None)
+    storage_type, bases = classes
     if storage_type is not None and isinstance(obj, storage_type):
         return True
-    if isinstance(obj, type):
-        bases = (torch.UntypedStorage, torch.storage.TypedStorage)
-        legacy = getattr(torch.storage, "_LegacyStorage", None)
-        return issubclass(obj, bases) or (legacy is not None and issubclass(obj, legacy))
-    return False
+    return isinstance(obj, type) and issubclass(obj, bases)
 
 
 def _describe_pid(pid: Any) -> str:
@@ -406,6 +443,13 @@ def checked_import(
     if fix_imports:
         module, name = _map_py2_name(module, name)
     decision = policy.classify(module, name)
+    if (module, name) == _NESTED_TORCH_LOADER and _nested_load_allowed(decision):
+        # What `pickle.dumps(tensor)` writes: torch's own function would run
+        # torch.load(weights_only=False) on its argument, unchecked. We hand back a stand-in
+        # that loads those bytes through our own torch loader, scanned and unpickled under
+        # this same policy and mode, so a nested payload is judged like any file.
+        sys.audit("pickle.find_class", module, name)
+        return nested_torch_loader(policy, source=source, mode=mode)
     if decision.verdict is not Verdict.SAFE:
         refuse(
             source=source,
@@ -418,6 +462,32 @@ def checked_import(
             mode=mode,
         )
     return _import_global(module, name)
+
+
+# The one nested loader the policy treats as "as safe as its payload" (policy.nested-load).
+_NESTED_TORCH_LOADER: Final = ("torch.storage", "_load_from_bytes")
+
+
+def _nested_load_allowed(decision: Any) -> bool:
+    from trainwarden.scan.policy import RULE_NESTED
+
+    return decision.verdict is Verdict.SAFE or decision.rule_id == RULE_NESTED
+
+
+def nested_torch_loader(policy: Policy, *, source: str, mode: str) -> Callable[[Any], Any]:
+    """A stand-in for ``torch.storage._load_from_bytes`` that loads under ``policy``.
+
+    torch's function is ``torch.load(io.BytesIO(b), weights_only=False)``; ours reads the
+    same bytes with :func:`trainwarden.load._torch.load_nested`: scanned first, then
+    unpickled by the policy Unpickler, refusals raised (or logged in audit mode) as usual.
+    """
+
+    def _load_from_bytes(b: Any) -> Any:
+        from trainwarden.load._torch import load_nested
+
+        return load_nested(b, policy=policy, source=source, mode=mode)
+
+    return _load_from_bytes
 
 
 def pure_python_unpickler(
