@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from trainwarden.errors import InputError
+
 __all__ = [
     "KIND_FILE",
     "KIND_LINK",
@@ -319,6 +321,9 @@ def walk_files(root: str) -> Iterator[tuple[str, int]]:
     Symlinked directories are not followed (they are yielded as links themselves), so a link
     cannot pull a tree from elsewhere into the walk or make it loop. The kind comes from the
     directory entry itself, so no ``stat`` call is made per file.
+
+    Raises:
+        InputError: a directory in the tree cannot be listed (never skipped silently).
     """
     stack = [root]
     while stack:
@@ -326,8 +331,10 @@ def walk_files(root: str) -> Iterator[tuple[str, int]]:
         try:
             with os.scandir(current) as it:
                 entries = list(it)
-        except OSError:
-            continue
+        except OSError as exc:
+            # Fail closed: a directory we cannot list could hide added code, so the walk (and
+            # with it the verification) stops with an error instead of skipping it.
+            raise InputError(f"cannot list {current}: {exc.strerror or exc}") from exc
         for entry in entries:
             try:
                 if entry.is_symlink():

@@ -184,15 +184,23 @@ def lock_entries(
         recorded with the reason.
     """
     prefix = scan.layout.site + os.sep
+    cut = len(prefix)
+    posix = os.sep == "/"
+    digests = scan.digests
     entries: dict[str, LockedFile] = {}
     failed: dict[str, str] = {}
     for path, kind in scan.files.items():
-        rel = path[len(prefix) :].replace(os.sep, "/")
-        if not _utf8(rel):
+        rel = path[cut:] if posix else path[cut:].replace(os.sep, "/")
+        if not rel.isascii() and not _utf8(rel):
             # The lock is UTF-8 JSON; a name that is not UTF-8 cannot be anchored in it.
             failed[_printable(rel)] = "file name is not valid UTF-8"
             continue
-        entry = _locked_entry(path, kind, scan.digests.get(path))
+        digest = digests.get(path)
+        if kind == KIND_FILE and type(digest) is FileDigest:
+            # The common case, inlined: this loop runs once per file of the environment.
+            entries[rel] = LockedFile(digest.digest.hex(), digest.size, digest.mode & 0o7777)
+            continue
+        entry = _locked_entry(path, kind, digest)
         if isinstance(entry, str):
             failed[rel] = entry
         else:
@@ -435,10 +443,21 @@ def _lock_finding(
     )
 
 
-def compare_lock(lock: EnvLock, scans: Iterable[SiteScan]) -> list[FileReport]:
+def compare_lock(
+    lock: EnvLock,
+    scans: Iterable[SiteScan],
+    *,
+    current: Mapping[str, tuple[dict[str, LockedFile], dict[str, str]]] | None = None,
+) -> list[FileReport]:
     """Compare what is on disk with the lock: added, removed, changed files and modes.
 
     Findings go to the report of the owning distribution (or the site directory).
+
+    Args:
+        lock: The (signature-checked) lock.
+        scans: The site directories as scanned and hashed now.
+        current: :func:`lock_entries` of each scan by site directory, when the caller has
+            them already (they are computed from the scan otherwise).
     """
     out: dict[str, list[Finding]] = {}
     scanned: set[str] = set()
@@ -457,7 +476,8 @@ def compare_lock(lock: EnvLock, scans: Iterable[SiteScan]) -> list[FileReport]:
                 )
             )
             continue
-        current, failed = lock_entries(scan, ordered=False)
+        known = current.get(root) if current is not None else None
+        now_entries, failed = known if known is not None else lock_entries(scan, ordered=False)
         for rel, why in failed.items():
             path = join_rel(root, rel)
             if rel in locked:
@@ -482,7 +502,7 @@ def compare_lock(lock: EnvLock, scans: Iterable[SiteScan]) -> list[FileReport]:
                     )
                 )
         for rel, before in locked.items():
-            now = current.get(rel)
+            now = now_entries.get(rel)
             if now == before:
                 continue
             path = join_rel(root, rel)
@@ -521,7 +541,7 @@ def compare_lock(lock: EnvLock, scans: Iterable[SiteScan]) -> list[FileReport]:
                         actual=f"{now.mode:o}",
                     )
                 )
-        for rel, now in current.items():
+        for rel, now in now_entries.items():
             if rel not in locked:
                 path = join_rel(root, rel)
                 out.setdefault(scan.owner_key(path), []).append(

@@ -15,7 +15,7 @@ import os
 import site
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from trainwarden.errors import InputError
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
 
 if TYPE_CHECKING:
-    from trainwarden.env._lock import EnvLock
+    from trainwarden.env._lock import EnvLock, LockedFile
 
 __all__ = [
     "SiteScan",
@@ -141,6 +141,17 @@ def scan_site(site_dir: str, *, walk: bool = True) -> SiteScan:
     Raises:
         InputError: ``site_dir`` is not a readable directory.
     """
+    path = _site_path(site_dir)
+    layout = discover(path)
+    return SiteScan(layout, dict(walk_files(path)) if walk else {})
+
+
+def _site_path(site_dir: str) -> str:
+    """``site_dir`` made absolute and normal, after checking it is a readable directory.
+
+    Raises:
+        InputError: ``site_dir`` is not a readable directory.
+    """
     path = os.path.normpath(os.path.abspath(site_dir))
     if not os.path.isdir(path):
         raise InputError(f"site directory {site_dir} does not exist or is not a directory")
@@ -148,8 +159,7 @@ def scan_site(site_dir: str, *, walk: bool = True) -> SiteScan:
         os.listdir(path)
     except OSError as exc:
         raise InputError(f"cannot read site directory {site_dir}: {exc.strerror}") from exc
-    layout = discover(path)
-    return SiteScan(layout, dict(walk_files(path)) if walk else {})
+    return path
 
 
 def _record_algorithm_files(scan: SiteScan) -> dict[str, set[str]]:
@@ -358,14 +368,23 @@ def _check_unlisted(scan: SiteScan) -> list[PycCheck]:
     skip_tops = _unverifiable_tops(layout)
     pycs: list[PycCheck] = []
     unowned: dict[str, list[str]] = {}
-    for path, kind in scan.files.items():
-        rel = path[len(prefix) :]
+    files = scan.files
+    cache_dir = os.sep + "__pycache__"
+    cut = len(prefix)
+    for path, kind in files.items():
+        rel = path[cut:]
         top = rel.split(os.sep, 1)[0]
         is_listed = path in layout.owners
-        name = os.path.basename(path)
-        if name.endswith(".pyc") and os.path.basename(os.path.dirname(path)) == "__pycache__":
+        head, _, name = path.rpartition(os.sep)
+        if name.endswith(".pyc") and head.endswith(cache_dir):
             task = pyc_source(path)
-            if task is not None and os.path.exists(task.source):
+            # The walk already knows whether the source is a regular file; anything else
+            # (a link, a FIFO) is checked the way the import system would see it.
+            source_kind = files.get(task.source) if task is not None else None
+            if task is not None and (
+                source_kind == KIND_FILE
+                or (source_kind is not None and os.path.exists(task.source))
+            ):
                 pycs.append(task)
                 continue
             if task is not None and not is_listed and top not in skip_tops:
@@ -581,8 +600,13 @@ def verify_environment(
     return report
 
 
-def _trusted_by_lock(lock: EnvLock, scan: SiteScan, task: PycCheck) -> bool:
-    """True when both the pyc and its source are byte-identical to the (verified) lock."""
+def _trusted_by_lock(
+    lock: EnvLock, scan: SiteScan, task: PycCheck, now: Mapping[str, LockedFile]
+) -> bool:
+    """True when both the pyc and its source are byte-identical to the (verified) lock.
+
+    ``now`` holds the lock entries of the files as hashed in this run.
+    """
     locked = lock.files.get(scan.layout.site)
     if locked is None or not lock.pyc_verified:
         return False
@@ -590,9 +614,10 @@ def _trusted_by_lock(lock: EnvLock, scan: SiteScan, task: PycCheck) -> bool:
     for path in (task.pyc, task.source):
         if not path.startswith(prefix):
             return False
-        entry = locked.get(path[len(prefix) :].replace(os.sep, "/"))
-        now = scan.digests.get(path)
-        if entry is None or not isinstance(now, FileDigest) or entry.sha256 != now.hexdigest:
+        rel = path[len(prefix) :].replace(os.sep, "/")
+        entry = locked.get(rel)
+        seen = now.get(rel)
+        if entry is None or seen is None or entry.sha256 is None or entry.sha256 != seen.sha256:
             return False
     return True
 
@@ -611,7 +636,7 @@ def run_verification(
 
     ``hash_all`` hashes every regular file, not only those RECORD hashes (for a lock).
     """
-    from trainwarden.env._lock import compare_lock, join_rel
+    from trainwarden.env._lock import compare_lock, join_rel, lock_entries
 
     if not site_dirs:
         raise InputError("no site directory to verify")
@@ -621,7 +646,34 @@ def run_verification(
     # walk finds beyond those are hashed afterwards (for a lock, every file is hashed).
     # Only a snapshot without a lock must walk first: the walk is its only list.
     walk_first = hash_all and lock is None
-    scans = [scan_site(d, walk=walk_first) for d in dict.fromkeys(site_dirs)]
+    sites = list(dict.fromkeys(_site_path(d) for d in site_dirs))
+    scans: list[SiteScan] = []
+    digests: dict[str, FileDigest | HashFailure] = {}
+    # Site -> the __pycache__ pycs to compare; the unlisted-file check needs no digests, so
+    # the walking thread does it too while this one hashes.
+    pyc_tasks: dict[str, list[PycCheck]] = {}
+    walk_errors: list[BaseException] = []
+    if lock is not None:
+        # The lock names (nearly) every file: hash them at once, while another thread reads
+        # the RECORDs, walks the tree and looks for unlisted files. What RECORD names beyond
+        # the lock (scripts outside the site directory, files added since) is hashed below.
+        early = {
+            join_rel(site_path, rel): expected.size
+            for site_path in sites
+            for rel, expected in lock.files.get(site_path, {}).items()
+            if expected.link is None
+        }
+        walker = threading.Thread(
+            target=_discover_walk_all, args=(sites, scans, pyc_tasks, walk_errors), name="tw-walk"
+        )
+        walker.start()
+        try:
+            digests = hash_files(early, workers=workers, sizes=early)
+        finally:
+            walker.join()
+        _raise_walk_errors(walk_errors)
+    else:
+        scans = [scan_site(d, walk=walk_first) for d in sites]
     want: dict[str, int] = {}
     other: dict[str, set[str]] = {}
     for scan in scans:
@@ -631,41 +683,31 @@ def run_verification(
                 if not _within(entry.path, prefix):
                     continue  # never read files a RECORD points at outside the environment
                 if entry.algorithm == "sha256":
-                    want[entry.path] = entry.size or 0
+                    if entry.path not in digests:
+                        want[entry.path] = entry.size or 0
                 elif entry.algorithm is not None:
                     other.setdefault(entry.algorithm, set()).add(entry.path)
-        if lock is not None:
-            root = scan.layout.site
-            for rel, expected in lock.files.get(root, {}).items():
-                if expected.link is None:
-                    want.setdefault(join_rel(root, rel), expected.size)
         if walk_first:
             for p, kind in scan.files.items():
                 if kind == KIND_FILE:
                     want.setdefault(p, 0)
-    walker = None
-    # Site -> the __pycache__ pycs to compare; the unlisted-file check needs no digests, so
-    # the walking thread does it too while this one hashes.
-    pyc_tasks: dict[str, list[PycCheck]] = {}
-    walk_errors: list[BaseException] = []
-    if not walk_first:
-        walker = threading.Thread(
+    record_walker: threading.Thread | None = None
+    if lock is None and not walk_first:
+        # RECORD names the files to hash, so hashing starts now and the directory walk
+        # (syscall-bound, GIL released) runs beside it.
+        record_walker = threading.Thread(
             target=_walk_all, args=(scans, pyc_tasks, walk_errors), name="tw-walk"
         )
-        walker.start()
+        record_walker.start()
     try:
-        digests = hash_files(want, workers=workers, sizes=want)
+        digests.update(hash_files(want, workers=workers, sizes=want))
         extra: dict[str, FileDigest | HashFailure] = {}
         for algorithm, paths in other.items():
             extra.update(hash_files(sorted(paths), algorithm=algorithm, workers=workers))
     finally:
-        if walker is not None:
-            walker.join()
-    if walk_errors:
-        # A half walk is never "clean".
-        raise InputError(f"walking the site directories failed: {walk_errors[0]}") from walk_errors[
-            0
-        ]
+        if record_walker is not None:
+            record_walker.join()
+    _raise_walk_errors(walk_errors)
     if hash_all:
         # Files on disk that neither RECORD nor the lock named (added since): hash them too.
         late = [
@@ -677,8 +719,13 @@ def run_verification(
         digests.update(hash_files(late, workers=workers))
     note(f"hashed {len(digests)} of {sum(len(s.files) for s in scans)} files")
     all_pycs: list[tuple[SiteScan, list[PycCheck]]] = []
+    # The lock view of what was hashed, computed once: the pyc trust check and the lock
+    # comparison both need it.
+    current: dict[str, tuple[dict[str, LockedFile], dict[str, str]]] = {}
     for scan in scans:
         scan.digests = digests
+        if lock is not None:
+            current[scan.layout.site] = lock_entries(scan, ordered=False)
         _check_records(scan, extra, anchored=lock is not None)
         tasks = pyc_tasks.get(scan.layout.site)
         all_pycs.append((scan, tasks if tasks is not None else _check_unlisted(scan)))
@@ -696,17 +743,44 @@ def run_verification(
                 ),
             )
             continue
-        todo = [t for t in tasks if lock is None or not _trusted_by_lock(lock, scan, t)]
+        seen = current.get(scan.layout.site)
+        todo = [
+            t
+            for t in tasks
+            if lock is None or seen is None or not _trusted_by_lock(lock, scan, t, seen[0])
+        ]
         note(f"comparing {len(todo)} of {len(tasks)} pyc files with their sources")
         _check_pyc_results(scan, todo, workers)
     extra_reports: list[FileReport] = []
     if lock is not None:
-        extra_reports.extend(compare_lock(lock, scans))
+        extra_reports.extend(compare_lock(lock, scans, current=current))
     if check_startup:
         from trainwarden.env._startup import check_startup as startup_checks
 
         extra_reports.extend(startup_checks(scans))
     return _merge(_reports(scans, ()), extra_reports), scans
+
+
+def _raise_walk_errors(errors: list[BaseException]) -> None:
+    if errors:
+        # A half walk is never "clean".
+        raise InputError(f"walking the site directories failed: {errors[0]}") from errors[0]
+
+
+def _discover_walk_all(
+    sites: Sequence[str],
+    scans: list[SiteScan],
+    pyc_tasks: dict[str, list[PycCheck]],
+    errors: list[BaseException],
+) -> None:
+    try:
+        for site_path in sites:
+            scan = SiteScan(discover(site_path), {})
+            scans.append(scan)
+            scan.files = dict(walk_files(site_path))
+            pyc_tasks[site_path] = _check_unlisted(scan)
+    except BaseException as exc:  # handed to the waiting thread, re-raised
+        errors.append(exc)
 
 
 def _walk_all(
