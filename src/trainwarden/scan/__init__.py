@@ -36,7 +36,8 @@ def scan_path(
     """Scan files and directories (walked, archives entered) and return one report.
 
     Args:
-        *paths: files or directories. Symlinks met while walking are reported, not followed.
+        *paths: files or directories. Symlinks met while walking are reported; only a
+            link to a regular file outside the tree is followed (that file is scanned).
         policy: what is allowed; ``Policy.default()`` when ``None``.
         limits: bounds on the work done for each file.
         jobs: worker processes; ``None`` picks one per CPU for large trees, 1 otherwise.

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import _compat_pickle  # stdlib data tables (py2 -> py3 names); importing it runs no loader
 import codecs
+import gc
 import re
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -33,6 +35,7 @@ __all__ = [
     "analyse_pickle",
     "analyse_pickle_stream",
     "compat_name",
+    "gc_paused",
 ]
 
 #: Placeholder for a module or name the machine cannot know statically.
@@ -155,6 +158,9 @@ class PickleAnalysis:
             the scanner analyses them like files of their own.
         opaque_nested: nested loaders also called with a payload that is not a literal
             (computed at load time): what they load cannot be checked.
+        shared_memo: this pickle as an ``Unpickler`` reused for every earlier load of the
+            stream reads it (its memo kept), when that can differ from a fresh unpickler's
+            reading (the analysis itself); ``None`` for the first pickle of a stream.
     """
 
     start: int
@@ -169,6 +175,7 @@ class PickleAnalysis:
     read_end: int = -1
     nested: tuple[NestedPayload, ...] = ()
     opaque_nested: tuple[GlobalRef, ...] = ()
+    shared_memo: PickleAnalysis | None = None
 
     @property
     def imports(self) -> bool:
@@ -185,9 +192,19 @@ class PickleAnalysis:
         """True when every loader fails on these bytes before it could import or call.
 
         Only then may bytes that merely look like a pickle be treated as plain data. A limit
-        hit is never inert: what lies beyond it was not seen.
+        hit is never inert: what lies beyond it was not seen. A persistent id alone does not
+        count: the loaders that read a file from its first byte (``pickle.load``,
+        ``numpy.load``, ``joblib.load``, the first pickle of torch's legacy format) have no
+        ``persistent_load`` there and fail on it, and torch's own ``persistent_load`` (zip
+        and legacy records) only looks values up. This is what makes a PNG (byte 0x89 is
+        NEWFALSE, then "PNG" is PERSID) plain data.
         """
-        return not self.complete and not self.imports and not self.limited
+        return (
+            not self.complete
+            and self.first_import_offset is None
+            and not self.limited
+            and (self.shared_memo is None or self.shared_memo.inert)
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,6 +416,7 @@ class _Raw:
         "inferred_protocol",
         "issues",
         "limited",
+        "memo_dependent",
         "nested",
         "opcode_count",
         "pids",
@@ -423,6 +441,8 @@ class _Raw:
         self.first_import: int | None = None
         self.limited = False
         self.read_end = read_end
+        # Whether a memo left by earlier loads could change this reading (see run()).
+        self.memo_dependent = True
 
 
 class _Machine:
@@ -453,6 +473,10 @@ class _Machine:
         self.pids: list[object] = []
         self.nested: list[tuple[int, int, str, list[Any]]] = []
         self.memo_tainted = False
+        # MEMOIZE numbers entries by the memo's size, and a memo miss reads what an earlier
+        # load may have left: only these make a reused unpickler read differently.
+        self.memoized = False
+        self.memo_missed = False
         self.proto = 0
         self.first_proto: int | None = None
         self.inferred = 0
@@ -756,6 +780,7 @@ class _Machine:
         lim = self.limits.max_opcodes
         raw = _Raw(start=self.start)
         n = 0
+        memoized = False
         try:
             while True:
                 budget = min(_CHUNK, lim - done)
@@ -765,39 +790,49 @@ class _Machine:
                     op_at = pos
                     op = buf[pos]
                     pos += 1
-                    if op == 0x72:  # LONG_BINPUT
-                        if pos + 4 > end:
-                            pos, end = bound(pos, 4, "LONG_BINPUT")
-                        if len(stack) <= fence:
-                            raise _underflow()
-                        memo[u32(buf, pos)[0]] = stack[-1]
-                        pos += 4
-                    elif op == 0x71:  # BINPUT
-                        if len(stack) <= fence:
-                            raise _underflow()
-                        memo[buf[pos]] = stack[-1]
-                        pos += 1
-                    elif op == 0x4B:  # BININT1
-                        push(buf[pos])
-                        pos += 1
-                    elif op == 0x94:  # MEMOIZE
+                    if op == 0x94:  # MEMOIZE
                         if len(stack) <= fence:
                             raise _underflow()
                         memo[len(memo)] = stack[-1]
-                    elif op == 0x6A:  # LONG_BINGET
-                        if pos + 4 > end:
-                            pos, end = bound(pos, 4, "LONG_BINGET")
-                        v = memo_get(u32(buf, pos)[0], MISSING)
-                        if v is MISSING:
-                            v = self._memo_miss(u32(buf, pos)[0])
-                        push(v)
-                        pos += 4
+                        memoized = True  # a local: an attribute store per opcode is costly
                     elif op == 0x68:  # BINGET
                         v = memo_get(buf[pos], MISSING)
                         if v is MISSING:
                             v = self._memo_miss(buf[pos])
                         push(v)
                         pos += 1
+                    elif op == 0x71:  # BINPUT
+                        if len(stack) <= fence:
+                            raise _underflow()
+                        memo[buf[pos]] = stack[-1]
+                        pos += 1
+                    elif op == 0x72:  # LONG_BINPUT
+                        if pos + 4 > end:
+                            pos, end = bound(pos, 4, "LONG_BINPUT")
+                        if len(stack) <= fence:
+                            raise _underflow()
+                        memo[u32(buf, pos)[0]] = stack[-1]
+                        pos += 4
+                    elif op == 0x4B:  # BININT1
+                        push(buf[pos])
+                        pos += 1
+                    elif op == 0x4A:  # BININT
+                        if pos + 4 > end:
+                            pos, end = bound(pos, 4, "BININT")
+                        push(i32(buf, pos)[0])
+                        pos += 4
+                    elif op == 0x28:  # MARK
+                        fence = len(stack)
+                        marks.append(fence)
+                    elif op == 0x8C:  # SHORT_BINUNICODE
+                        ln = buf[pos]
+                        pos += 1
+                        e = pos + ln
+                        if e > end:
+                            pos, end = bound(pos, ln, "SHORT_BINUNICODE data")
+                            e = pos + ln
+                        push(str(buf[pos:e], "utf-8", "surrogatepass"))
+                        pos = e
                     elif op == 0x58:  # BINUNICODE
                         if pos + 4 > end:
                             pos, end = bound(pos, 4, "BINUNICODE length")
@@ -812,18 +847,6 @@ class _Machine:
                         else:
                             push(str(buf[pos:e], "utf-8", "surrogatepass"))
                         pos = e
-                    elif op == 0x8C:  # SHORT_BINUNICODE
-                        ln = buf[pos]
-                        pos += 1
-                        e = pos + ln
-                        if e > end:
-                            pos, end = bound(pos, ln, "SHORT_BINUNICODE data")
-                            e = pos + ln
-                        push(str(buf[pos:e], "utf-8", "surrogatepass"))
-                        pos = e
-                    elif op == 0x28:  # MARK
-                        fence = len(stack)
-                        marks.append(fence)
                     elif op == 0x74:  # TUPLE
                         if not marks:
                             raise _Fail(RULE_MALFORMED, "could not find MARK")
@@ -841,11 +864,6 @@ class _Machine:
                         if len(stack) - 1 < fence:
                             raise _underflow()
                         stack[-1] = (stack[-1],)
-                    elif op == 0x86:  # TUPLE2
-                        if len(stack) - 2 < fence:
-                            raise _underflow()
-                        b = stack.pop()
-                        stack[-1] = (stack[-1], b)
                     elif op == 0x52:  # REDUCE
                         if len(stack) - 2 < fence:
                             raise _underflow()
@@ -867,29 +885,39 @@ class _Machine:
                         # iterable: never stop here, or later opcodes would go unseen.
                         del args
                         push(res)
+                    elif op == 0x29:  # EMPTY_TUPLE
+                        if len(stack) < fence:
+                            raise _underflow()
+                        push(())
+                    elif op == 0x89:  # NEWFALSE
+                        push(False)
                     elif op == 0x51:  # BINPERSID
                         if len(stack) <= fence:
                             raise _underflow()
                         pids.append(stack[-1])
                         stack[-1] = Result(None, "persistent")
-                    elif op == 0x89:  # NEWFALSE
-                        push(False)
-                    elif op == 0x88:  # NEWTRUE
-                        push(True)
-                    elif op == 0x29:  # EMPTY_TUPLE
-                        if len(stack) < fence:
-                            raise _underflow()
-                        push(())
-                    elif op == 0x4A:  # BININT
-                        if pos + 4 > end:
-                            pos, end = bound(pos, 4, "BININT")
-                        push(i32(buf, pos)[0])
-                        pos += 4
+                    elif op == 0x4E:  # NONE
+                        push(None)
                     elif op == 0x4D:  # BININT2
                         if pos + 2 > end:
                             pos, end = bound(pos, 2, "BININT2")
                         push(u16(buf, pos)[0])
                         pos += 2
+                    elif op == 0x6A:  # LONG_BINGET
+                        if pos + 4 > end:
+                            pos, end = bound(pos, 4, "LONG_BINGET")
+                        v = memo_get(u32(buf, pos)[0], MISSING)
+                        if v is MISSING:
+                            v = self._memo_miss(u32(buf, pos)[0])
+                        push(v)
+                        pos += 4
+                    elif op == 0x88:  # NEWTRUE
+                        push(True)
+                    elif op == 0x86:  # TUPLE2
+                        if len(stack) - 2 < fence:
+                            raise _underflow()
+                        b = stack.pop()
+                        stack[-1] = (stack[-1], b)
                     elif op == 0x87:  # TUPLE3
                         if len(stack) - 3 < fence:
                             raise _underflow()
@@ -900,8 +928,6 @@ class _Machine:
                         push(_DICT)
                     elif op == 0x5D:  # EMPTY_LIST
                         push(_LIST)
-                    elif op == 0x4E:  # NONE
-                        push(None)
                     elif op == 0x75 or op == 0x65:  # SETITEMS / APPENDS
                         if not marks:
                             raise _Fail(RULE_MALFORMED, "could not find MARK")
@@ -984,6 +1010,7 @@ class _Machine:
         raw.pids = pids
         raw.nested = self.nested
         raw.first_import = self.first_import
+        raw.memo_dependent = memoized or self.memoized or self.memo_missed
         return raw
 
     def _frame_past_end(self, op_at: int, flen: int) -> None:
@@ -1344,6 +1371,7 @@ class _Machine:
 
     def _memo_miss(self, idx: int) -> object:
         """A GET of an index never stored: the loader fails, unless a PUT index was unknown."""
+        self.memo_missed = True
         if self.memo_tainted:
             return _Result(None, "memo")
         raise _Fail(RULE_MALFORMED, f"memo value not found at index {idx}")
@@ -1597,6 +1625,26 @@ def _freeze_all(raws: list[_Raw]) -> list[PickleAnalysis]:
     return out
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the machine runs (restored afterwards).
+
+    The machine allocates hundreds of thousands of small tracked objects (tuples, memo
+    entries) that form no cycles, and every collection walks all of them: on a 100k-tensor
+    state dict the collector took a quarter of the scan time. Pausing it lets the time bound
+    hold; nothing the machine builds needs it (no reference cycles), and a run is bounded by
+    ``Limits`` (opcodes, memo, seconds), so garbage of other threads waits at most that long.
+    """
+    if not gc.isenabled():
+        yield  # already paused (a nested call, or the caller's choice): leave it as it is
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def analyse_pickle(
     data: bytes | bytearray | memoryview,
     start: int = 0,
@@ -1618,9 +1666,10 @@ def analyse_pickle(
     """
     if deadline is None:
         deadline = time.monotonic() + limits.max_seconds
-    buf, end, real_end = _cut(_as_buffer(data), start, limits)
-    raw, _ = _run(buf, start, end, real_end, limits, deadline)
-    return _freeze_all([raw])[0]
+    with gc_paused():
+        buf, end, real_end = _cut(_as_buffer(data), start, limits)
+        raw, _ = _run(buf, start, end, real_end, limits, deadline)
+        return _freeze_all([raw])[0]
 
 
 def analyse_pickle_stream(
@@ -1633,46 +1682,85 @@ def analyse_pickle_stream(
 ) -> tuple[list[PickleAnalysis], int]:
     """Analyse consecutive pickles, as repeated ``pickle.load`` calls on one file read them.
 
-    The memo is carried from one pickle to the next (an ``Unpickler`` reused for several loads
-    keeps it), which only ever shows more than a fresh unpickler would run.
+    Each pickle is read as a fresh unpickler reads it (``pickle.load`` and ``torch.load``
+    create one per load); the reading of an ``Unpickler`` reused for every load (its memo
+    kept) is attached as ``shared_memo`` from the second pickle on.
 
     Returns:
         The analyses and the offset where pickle data stops (trailing data begins there).
-        Reading stops at the first pickle that fails before any import or persistent load
+        Reading stops at the first pickle that fails before any import in both readings
         (no loader can run code from it: it is trailing data, not part of the list), and after
         the first pickle that fails later (it is in the list, with its issue).
     """
     if deadline is None:
         deadline = time.monotonic() + limits.max_seconds
+    with gc_paused():
+        return _analyse_stream(data, start, limits, max_pickles, deadline)
+
+
+def _analyse_stream(
+    data: bytes | bytearray | memoryview,
+    start: int,
+    limits: Limits,
+    max_pickles: int | None,
+    deadline: float,
+) -> tuple[list[PickleAnalysis], int]:
     cap = limits.max_pickles_per_stream
     if max_pickles is not None:
         cap = min(cap, max_pickles)
-    raws: list[_Raw] = []
-    memo: dict[int, object] | None = None
+    analyses: list[PickleAnalysis] = []
+    # The reading of one Unpickler reused for every load: its memo is kept between loads,
+    # and MEMOIZE numbers entries by the memo's size, so from the second pickle on it can
+    # read different names than a fresh unpickler (what pickle.load and torch.load use).
+    # Both readings are kept; `shared[i]` is None where they cannot differ.
+    chain: list[_Raw] = []
+    shared: list[_Raw | None] = []
+    carried: dict[int, object] | None = None
     whole = _as_buffer(data)
     total = len(whole)
     pos = start
     hit_cap = False
     while pos < total:
-        if len(raws) >= cap:
+        if len(analyses) >= cap:
             hit_cap = True
             break
         buf, end, real_end = _cut(whole, pos, limits)
-        raw, memo = _run(buf, pos, end, real_end, limits, deadline, memo)
-        if not raw.complete and raw.first_import is None and not raw.pids and not raw.limited:
+        raw, memo = _run(buf, pos, end, real_end, limits, deadline)
+        # Frozen now: the reused reading below may mark this run's records as called.
+        fresh = _freeze_all([raw])[0]
+        other: _Raw | None = None
+        if carried and raw.memo_dependent:
+            other, carried = _run(buf, pos, end, real_end, limits, deadline, carried)
+            chain.append(other)
+        else:
+            # Nothing carried, or this pickle neither memoizes nor misses: its PUTs and GETs
+            # read the same entries either way, and the reused memo gains the same entries.
+            chain.append(raw)
+            carried = memo if not carried else {**carried, **memo}
+        if _inert_raw(raw) and (other is None or _inert_raw(other)):
             # The loader fails here before it could import or call anything.
             break
-        raws.append(raw)
+        analyses.append(fresh)
+        shared.append(other)
         pos = max(raw.end, raw.read_end)
         if not raw.complete:
             break
-    return _finish(raws, pos, hit_cap=hit_cap, limits=limits)
+    if any(s is not None for s in shared):
+        frozen = _freeze_all(chain)
+        for i, other in enumerate(shared):
+            if other is not None:
+                analyses[i] = replace(analyses[i], shared_memo=frozen[i])
+    return _finish(analyses, pos, hit_cap=hit_cap, limits=limits)
+
+
+def _inert_raw(raw: _Raw) -> bool:
+    # See PickleAnalysis.inert: a persistent id alone runs nothing.
+    return not raw.complete and raw.first_import is None and not raw.limited
 
 
 def _finish(
-    raws: list[_Raw], pos: int, *, hit_cap: bool, limits: Limits
+    analyses: list[PickleAnalysis], pos: int, *, hit_cap: bool, limits: Limits
 ) -> tuple[list[PickleAnalysis], int]:
-    analyses = _freeze_all(raws)
     if hit_cap and analyses:
         last = analyses[-1]
         issue = PickleIssue(

@@ -1,7 +1,8 @@
 """Orchestration: walk paths, scan each file once within its budgets, collect a report.
 
 Files are read with ``pread`` on demand; only small files are read whole (and hashed).
-Directories are walked without following symlinks; every entry is reported, none dropped.
+Directories are walked without following symlinks, except links to regular files outside
+the tree (scanned as the file a loader would read); every entry is reported, none dropped.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class _Item:
     path: str
     finding: Finding | None = None
     format: str = ""
-    follow: bool = False  # open through a symlink: only for paths the user named
+    follow: bool = False  # open through a symlink: paths the user named, links to files
+    link_target: str | None = None  # a walked link to a file outside the tree, scanned
 
 
 def walk(paths: Sequence[str | os.PathLike[str]]) -> list[_Item]:
@@ -136,14 +138,28 @@ def _entry_error(path: str, rule: str, message: str) -> _Item:
     )
 
 
+# Pseudo-filesystems: their files claim a size (or none) unrelated to what a read returns.
+_PSEUDO_ROOTS = ("/proc/", "/sys/", "/dev/")
+
+
 def _symlink(path: str, root: str) -> _Item:
-    # Links are never followed while walking: a link inside the tree points at something the
-    # walk reaches anyway; one leading outside would let the tree pull in unscanned files.
+    # A link inside the tree points at something the walk reaches anyway: noted, not
+    # followed. A link to a regular file outside it (the Hugging Face cache: snapshots/<rev>/
+    # config.json -> ../../blobs/<sha>) is what a loader opening this path reads, so that
+    # file is scanned and reported here. Links to directories or anything else are not
+    # followed (no walk escapes the tree).
     try:
         target = os.path.realpath(path)
     except OSError:
         target = ""
     inside = target == root or target.startswith(root.rstrip(os.sep) + os.sep)
+    if not inside and target and not target.startswith(_PSEUDO_ROOTS):
+        try:
+            st = os.stat(target)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return _Item(path, follow=True, link_target=target)
     if inside and os.path.exists(target):
         finding = Finding(
             "file.symlink",
@@ -227,11 +243,16 @@ def _analyse(
     path: str, blob: Blob, policy: Policy, limits: Limits, *, size: int, digest: str | None
 ) -> FileReport:
     from trainwarden.scan._formats._dispatch import analyse
+    from trainwarden.scan._pickle import gc_paused
 
     ctx = Context(path=path, policy=policy, limits=limits)
     fmt = "data"
     try:
-        fmt = analyse(ctx, blob, None, 0)
+        # The readers build large acyclic structures (zip directories of 100k entries, pickle
+        # memos): collector passes over them cost up to 40% of a scan. The analysis is
+        # bounded by Limits (members, bytes, seconds), so cyclic garbage waits that long.
+        with gc_paused():
+            fmt = analyse(ctx, blob, None, 0)
     except ScanAborted:
         fmt = ctx.sniffed
     except (RecursionError, MemoryError) as exc:
@@ -317,6 +338,18 @@ def scan_paths(
             reports[path] = scan_file(path, policy, limits, follow=follow)
             if progress is not None:
                 progress(path)
+    for item in items:
+        if item.link_target is not None:
+            got = reports[item.path]
+            note = Finding(
+                "file.symlink-followed",
+                Severity.INFO,
+                "symbolic link to a file outside the scanned tree: the file it leads to was "
+                "scanned (what a loader opening this path reads)",
+                Location(item.path),
+                evidence=item.link_target,
+            )
+            reports[item.path] = replace(got, findings=(note, *got.findings))
     out = [reports[item.path] if item.finding is None else _report_item(item) for item in items]
     return Report(files=tuple(_mark_remote_code(out)))
 

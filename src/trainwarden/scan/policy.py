@@ -263,9 +263,26 @@ def _is_dunder(part: str) -> bool:
     return len(part) > 4 and part.startswith("__") and part.endswith("__")
 
 
+# Exact names under a catalogued prefix that are plain data classes, not what the prefix
+# is catalogued for: torch.distributed.checkpoint writes its `.metadata` file as a pickle of
+# these dataclasses (FSDP / DCP checkpoints), and none of them opens a connection. Only the
+# exact names are exempt; their attributes (``Metadata.x``) still match the prefix.
+_NOT_CATALOGUED = frozenset(
+    f"torch.distributed.checkpoint.{name}"
+    for name in (
+        "metadata.Metadata", "metadata.TensorStorageMetadata", "metadata.TensorProperties",
+        "metadata.ChunkStorageMetadata", "metadata.BytesStorageMetadata",
+        "metadata.MetadataIndex", "metadata.StorageMeta", "metadata._MEM_FORMAT_ENCODING",
+        "filesystem._StorageInfo",
+    )
+)  # fmt: skip
+
+
 @functools.lru_cache(maxsize=65536)
 def _catalogue(full: str) -> tuple[Severity, str, str] | None:
     """Catalogue match for a full dotted name: (severity, reason, matched entry) or None."""
+    if full in _NOT_CATALOGUED:
+        return None
     parts = full.split(".")
     for i in range(len(parts), 0, -1):
         prefix = ".".join(parts[:i])

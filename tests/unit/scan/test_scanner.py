@@ -69,17 +69,23 @@ def test_symlink_inside_tree_is_noted_not_followed(tmp_path: Path) -> None:
     assert by_name["real.pkl"].format == "pickle"
 
 
-def test_symlink_leaving_tree_is_unknown(tmp_path: Path) -> None:
+def test_symlink_leaving_tree_is_scanned_or_unknown(tmp_path: Path) -> None:
     outside = tmp_path / "outside.pkl"
     outside.write_bytes(pickle.dumps(_Payload()))
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "escape.pkl").symlink_to(outside)
     (tree / "subdir-link").symlink_to(tmp_path, target_is_directory=True)
+    (tree / "dangling").symlink_to(tmp_path / "missing")
     report = scan_path(tree)
-    assert len(report.files) == 2
-    assert all(f.verdict is Verdict.UNKNOWN for f in report.files)
-    assert {f.findings[0].rule_id for f in report.files} == {"file.symlink-outside"}
+    by_name = {Path(f.path).name: f for f in report.files}
+    assert len(report.files) == 3
+    # A link to a file is what a loader opening it reads: the file it leads to is scanned.
+    assert by_name["escape.pkl"].verdict is Verdict.UNSAFE
+    assert by_name["escape.pkl"].findings[0].rule_id == "file.symlink-followed"
+    for name in ("subdir-link", "dangling"):
+        assert by_name[name].verdict is Verdict.UNKNOWN
+        assert by_name[name].findings[0].rule_id == "file.symlink-outside"
 
 
 def test_named_symlink_is_followed(tmp_path: Path) -> None:

@@ -37,10 +37,11 @@ def sniff_buffer(data: bytes | memoryview) -> str:
     if fmt != "unrecognised":
         return fmt
     from trainwarden.scan._formats._configs import data_format
+    from trainwarden.scan._formats._dispatch import is_plain_data
     from trainwarden.scan._formats._pickles import analyse_stream
 
     analyses, _ = analyse_stream(ctx, blob, None, judge_all=False)
-    if analyses and analyses[0].inert:
+    if analyses and is_plain_data(analyses[0]):
         return data_format(blob, head)
     for analysis in analyses:
         for ref in analysis.globals:

@@ -12,7 +12,7 @@ from trainwarden.scan._formats._sniff import is_tar_header, sniff_head
 if TYPE_CHECKING:
     from trainwarden.scan._pickle import PickleAnalysis
 
-__all__ = ["analyse", "analyse_unrecognised"]
+__all__ = ["analyse", "analyse_unrecognised", "is_plain_data"]
 
 _HEAD = 1024
 
@@ -74,7 +74,7 @@ def _polyglot(ctx: Context, blob: Blob, member: str | None) -> None:
 
     analyses, _ = analyse_stream(ctx, blob, member, judge_all=False)
     # A limit hit before the first import counts too: the import may lie beyond it.
-    if any(a.first_import_offset is not None or a.limited for a in analyses):
+    if any(_reaches_import(a) or a.limited for a in analyses):
         ctx.unknown(
             "format.pickle-polyglot",
             "the file is also a pickle that reaches an import from its first byte",
@@ -82,6 +82,13 @@ def _polyglot(ctx: Context, blob: Blob, member: str | None) -> None:
         )
         for analysis in analyses:
             judge(ctx, analysis, member, source=blob)
+
+
+def _reaches_import(analysis: PickleAnalysis) -> bool:
+    shared = analysis.shared_memo
+    return analysis.first_import_offset is not None or (
+        shared is not None and shared.first_import_offset is not None
+    )
 
 
 def _tar_polyglot(ctx: Context, blob: Blob, member: str | None, depth: int) -> None:
@@ -173,7 +180,7 @@ def analyse_unrecognised(
         return "pickle"
     # Only bytes every unpickler rejects before an import are data. A pickle cut short by
     # a limit is never data: what lies beyond the limit (an import) was not seen.
-    if analyses and analyses[0].inert:
+    if analyses and is_plain_data(analyses[0]):
         return _data(ctx, blob, member, head, depth)
     if any(_is_joblib(a) for a in analyses):
         from trainwarden.scan._formats._joblib import analyse_joblib_stream
@@ -185,6 +192,41 @@ def analyse_unrecognised(
         judge(ctx, analysis, member, source=blob)
     report_trailing(ctx, blob, member, end)
     return "pickle"
+
+
+def is_plain_data(analysis: PickleAnalysis) -> bool:
+    """True when no unpickler can run anything from the pickle read at the file's start.
+
+    Either it fails before any import (``PickleAnalysis.inert``), or its first import goes
+    through the copyreg extension registry, or names a module whose top-level name is not
+    a Python identifier. Text is often a protocol-0 pickle: ``compute_environment:
+    LOCAL_MACHINE`` (accelerate's config) is GLOBAL of module ``ompute_environment:
+    LOCAL_MACHINE``, ``import torch`` is INST of ``mport torch``. No installed package
+    provides such a module, so the import fails and the load stops there; only a file of
+    that exact odd name placed on ``sys.path`` could answer it, and whoever can place files
+    there runs code without any pickle.
+    """
+    if analysis.inert:
+        return True
+    # A complete pickle would let a stream go on to the next one: only a failed one counts.
+    if analysis.complete or analysis.limited or analysis.shared_memo is not None:
+        return False
+    if not analysis.globals:
+        return False
+    first = analysis.globals[0]
+    if first.offset != analysis.first_import_offset:
+        return False
+    if first.opcode in _EXT_OPCODES:
+        # The copyreg extension registry is filled by the running program, never by the
+        # file, and is empty unless the program itself registers codes (no library in
+        # common use does): the load fails there. msgpack maps of 2-4 keys (Flax's
+        # flax_model.msgpack) begin with these opcode bytes. In case a program did register
+        # the code, nothing else may be imported after it.
+        return len(analysis.globals) == 1
+    return first.resolved and not first.module.split(".", 1)[0].isidentifier()
+
+
+_EXT_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 
 
 def _judge_plain_view(ctx: Context, analyses: list[PickleAnalysis], member: str | None) -> None:

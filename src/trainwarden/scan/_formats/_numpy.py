@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import ast
+import io
 import re
 import struct
+import tokenize
 from typing import Any
 
 from trainwarden.scan._formats._base import Blob, Context
@@ -60,12 +62,39 @@ def parse_npy_header(blob: Blob) -> tuple[dict[str, Any] | None, int, str]:
                 start + length,
                 "",
             )
-        header = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:
+        try:
+            header = ast.literal_eval(text)
+        except SyntaxError:
+            if major > 2:
+                raise
+            header = ast.literal_eval(_drop_py2_long_suffix(text))
+    except (
+        ValueError,
+        SyntaxError,
+        MemoryError,
+        RecursionError,
+        TypeError,
+        tokenize.TokenError,
+    ) as exc:
         return None, 0, f"header is not a Python literal ({type(exc).__name__})"
     if not isinstance(header, dict) or not {"descr", "fortran_order", "shape"} <= header.keys():
         return None, 0, "header lacks descr/fortran_order/shape"
     return header, start + length, ""
+
+
+def _drop_py2_long_suffix(text: str) -> str:
+    # Python 2 wrote long integers as "2L": numpy.load reads such a version 1/2 header by
+    # dropping every NAME token "L" that follows a NUMBER token, then parses it again. Doing
+    # the same keeps both parsers on the same header (a file numpy loads is never malformed
+    # here, and what numpy parses is what we check for objects).
+    tokens = []
+    after_number = False
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if after_number and token.type == tokenize.NAME and token.string == "L":
+            continue
+        tokens.append(token)
+        after_number = token.type == tokenize.NUMBER
+    return tokenize.untokenize(tokens)
 
 
 # The dtype strings np.save writes (``dtype.str``): byte order, one type code, item size,

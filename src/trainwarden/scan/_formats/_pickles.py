@@ -1,7 +1,7 @@
 """Pickle streams inside any container: run the symbolic machine and let the policy judge.
 
-Reads grow geometrically from a small window, so a pickle followed by gigabytes of raw
-storage bytes (the legacy torch format) costs only the pickle's bytes.
+Data within the read budget is read and parsed once; past it, reads grow geometrically from
+a window, so a pickle followed by gigabytes of storage bytes (legacy torch) stays cheap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["analyse_stream", "judge", "report_trailing"]
 
-_FIRST_WINDOW = 1 << 20
+# Past the read budget, the first window: reading 16 MiB costs milliseconds, re-parsing a
+# pickle that outgrew a smaller window costs far more (most pickles fit in this one).
+_FIRST_WINDOW = 16 << 20
 
 
 def judge(
@@ -39,9 +41,43 @@ def judge(
     if analysis.nested and source is not None:
         nested_safe = _analyse_nested(ctx, analysis, member, source, base)
     findings = ctx.policy.judge(analysis, Location(ctx.path, member), nested_safe=nested_safe)
+    if analysis.shared_memo is not None:
+        findings += _shared_memo_findings(ctx, analysis.shared_memo, member, findings)
     if base:
         findings = tuple(_shift(f, base) for f in findings)
     ctx.findings.extend(findings)
+
+
+def _shared_memo_findings(
+    ctx: Context, shared: PickleAnalysis, member: str | None, seen: tuple[Finding, ...]
+) -> tuple[Finding, ...]:
+    """Findings of the reading by an Unpickler reused across loads (memo kept), not yet seen.
+
+    No common loader reads a file that way (pickle.load and torch.load make a fresh
+    unpickler for each pickle), and for legitimate streams of protocol 4+ it reads the
+    wrong memo entries (torch's legacy format saved with ``pickle_protocol=5`` turns into
+    calls of ``int.HalfStorage``). So when that reading is malformed (the loader stops with
+    an error) only its known-dangerous imports are reported; a well-formed reading counts
+    in full.
+    """
+    from trainwarden.scan._pickle import RULE_MALFORMED
+
+    well_formed = shared.complete and not any(i.rule_id == RULE_MALFORMED for i in shared.issues)
+    keys = {(f.rule_id, f.evidence) for f in seen}
+    out: list[Finding] = []
+    for finding in ctx.policy.judge(shared, Location(ctx.path, member)):
+        if (finding.rule_id, finding.evidence) in keys:
+            continue
+        if not well_formed and finding.verdict is not Verdict.UNSAFE:
+            continue
+        keys.add((finding.rule_id, finding.evidence))
+        out.append(
+            replace(
+                finding,
+                message=f"{finding.message} (when one Unpickler is reused for every pickle)",
+            )
+        )
+    return tuple(out)
 
 
 def _analyse_nested(
@@ -133,10 +169,15 @@ def analyse_stream(
 
     limits = ctx.limits
     available = max(0, blob.size - start)
-    window = min(available, _FIRST_WINDOW)
     # The window is held in memory while the machine runs: half the memory bound at most.
     budget = min(limits.max_pickle_bytes, limits.max_memory // 2)
     cap = min(available, budget)
+    # Reading is cheap next to parsing (the machine costs ~100x more per byte than a read),
+    # and a grown window re-parses everything before it: read all the data at once when it
+    # fits the budget (members and plain pickle files are pickle data to their end), and
+    # grow geometrically only past it (a legacy torch pickle followed by gigabytes of storage
+    # bytes then still costs only the pickle's bytes plus one budget-sized read).
+    window = cap if available <= budget else min(available, _FIRST_WINDOW)
     if max_pickles is None:
         max_pickles = limits.max_pickles_per_stream
     while True:

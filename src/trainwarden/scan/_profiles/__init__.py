@@ -206,6 +206,25 @@ def _torch() -> dict[tuple[str, str], Entry]:
         "FloatTensor", "HalfTensor", "IntTensor", "LongTensor", "ShortTensor",
     ]  # fmt: skip
     out.update(_entries("torch", tensor_types, "a legacy tensor type tag", value_only=True))
+    # torch.distributed.checkpoint (FSDP / DCP) writes its `.metadata` file as a pickle of
+    # these dataclasses. They sit under torch.distributed (catalogued as network access), but
+    # none touches the network: NEWOBJ makes an empty instance and BUILD fills __dict__ (or
+    # TensorProperties.__setstate__ unpacks a 5-tuple and maps an enum to a memory format).
+    dcp = "torch.distributed.checkpoint.metadata"
+    dcp_why = (
+        "a torch.distributed.checkpoint metadata dataclass (the .metadata file): rebuilt "
+        "with NEWOBJ and BUILD, which only store fields"
+    )
+    for name in (
+        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata",
+        "BytesStorageMetadata", "MetadataIndex", "StorageMeta",
+    ):  # fmt: skip
+        out[(dcp, name)] = (dcp_why, NEW)
+    out[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = (dcp_why, NEW)
+    out[(dcp, "_MEM_FORMAT_ENCODING")] = (
+        "an enum of three memory-format codes; calling it looks a member up by value",
+        CALL,
+    )
     return out
 
 
@@ -287,6 +306,13 @@ def _numpy() -> dict[tuple[str, str], Entry]:
             "StringDType",
         ):
             out[(mod, name)] = ("a numpy dtype class, used as a tag", VALUE)  # fmt: skip
+    # np.matrix pickles as _reconstruct(matrix, (0,), b"b") plus BUILD: the class is only
+    # the subtype handed to ndarray.__new__ (numbers, no code); calling it is not allowed.
+    for mod in ("numpy", "numpy.matrixlib.defmatrix"):
+        out[(mod, "matrix")] = (
+            "the np.matrix ndarray subclass, named as the subtype _reconstruct builds",
+            VALUE,
+        )
     return out
 
 
