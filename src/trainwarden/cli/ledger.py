@@ -48,21 +48,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("seal", help="sign a Merkle root over every writer's chain")
     p.add_argument("ledger", metavar="DIR", type=Path, help="ledger directory")
     p.add_argument("--key", required=True, type=Path, help="sealer's private key")
-    p.add_argument(
+    _paths_option(
+        p,
         "--writer-key",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PUB",
-        help="trusted writer public key (file, or directory of *.pub); repeatable",
+        "PUB",
+        "trusted writer public key (file, or directory of *.pub); repeatable",
     )
-    p.add_argument(
+    _paths_option(
+        p,
         "--seal-key",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PUB",
-        help="other trusted seal key whose seals this one must extend; repeatable",
+        "PUB",
+        "other trusted seal key whose seals this one must extend; repeatable",
     )
     p.add_argument(
         "--receipt",
@@ -84,29 +80,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     p.add_argument("ledger", metavar="PATH", type=Path, help="ledger directory or writer file")
-    p.add_argument(
-        "--key",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PUB",
-        help="trusted writer public key (file, or directory of *.pub); repeatable",
+    _paths_option(
+        p, "--key", "PUB", "trusted writer public key (file, or directory of *.pub); repeatable"
     )
-    p.add_argument(
+    _paths_option(
+        p,
         "--seal-key",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PUB",
-        help="trusted seal public key; requires at least one seal by it; repeatable",
+        "PUB",
+        "trusted seal public key; requires at least one seal by it; repeatable",
     )
-    p.add_argument(
+    _paths_option(
+        p,
         "--seal-receipt",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="FILE",
-        help="seal receipt kept off the ledger: detects seals rolled back; repeatable",
+        "FILE",
+        "seal receipt kept off the ledger: detects seals rolled back; repeatable",
     )
     p.add_argument(
         "--check-files",
@@ -346,3 +333,8 @@ def render_report(report: LedgerReport) -> str:
         out.append("notes:")
         out.extend(f"  {w.describe()}" for w in report.warnings)
     return "\n".join(out) + "\n"
+
+
+def _paths_option(parser: argparse.ArgumentParser, flag: str, metavar: str, text: str) -> None:
+    """Add a repeatable path option (keys, receipts) to ``parser``."""
+    parser.add_argument(flag, action="append", default=[], type=Path, metavar=metavar, help=text)

@@ -72,12 +72,12 @@ class Source:
         return io.BufferedReader(raw, buffer_size=1 << 16)
 
 
-class BufferReader(io.RawIOBase):
-    """A seekable, read-only file over a buffer, without copying it (``BytesIO`` would)."""
+class _SeekableReader(io.RawIOBase):
+    """A read-only, seekable raw file over ``size`` bytes; subclasses supply ``readinto``."""
 
-    def __init__(self, data: memoryview, name: str = "<bytes>") -> None:
+    def __init__(self, size: int, name: str) -> None:
         super().__init__()
-        self._data = data
+        self._size = size
         self._pos = 0
         self.name = name
 
@@ -96,7 +96,7 @@ class BufferReader(io.RawIOBase):
         elif whence == io.SEEK_CUR:
             pos = self._pos + offset
         elif whence == io.SEEK_END:
-            pos = len(self._data) + offset
+            pos = self._size + offset
         else:
             raise ValueError(f"invalid whence {whence}")
         if pos < 0:
@@ -104,44 +104,33 @@ class BufferReader(io.RawIOBase):
         self._pos = pos
         return pos
 
+
+class BufferReader(_SeekableReader):
+    """A seekable, read-only file over a buffer, without copying it (``BytesIO`` would)."""
+
+    def __init__(self, data: memoryview, name: str = "<bytes>") -> None:
+        super().__init__(len(data), name)
+        self._data = data
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), len(self._data) - self._pos))
+        n = max(0, min(len(view), self._size - self._pos))
         view[:n] = self._data[self._pos : self._pos + n]
         self._pos += n
         return n
 
     def readall(self) -> bytes:
         out = bytes(self._data[self._pos :])
-        self._pos = len(self._data)
+        self._pos = self._size
         return out
 
 
-class _DescriptorReader(io.RawIOBase):
+class _DescriptorReader(_SeekableReader):
     """A seekable reader over ``size`` bytes of a descriptor, by ``pread`` (no shared offset)."""
 
     def __init__(self, fd: int, size: int, name: str) -> None:
-        super().__init__()
+        super().__init__(size, name)
         self._fd = fd
-        self._size = size
-        self._pos = 0
-        self.name = name
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
