@@ -729,37 +729,20 @@ class _Verifier:
             )
             results.append(check)
             where = f"recorded by {entry.event} ({entry.writer} seq {entry.seq}, {entry.time})"
-            if status == "missing":
+            # Every status but "ok" is an issue. "unchecked" fails closed: a checkpoint made
+            # unreadable (chmod 000) after being changed must not pass as verified.
+            problem = {
+                "missing": ("file_missing", f"{path} is gone; {where}"),
+                "changed": (
+                    "file_changed",
+                    f"{path} now has digest {actual}, not {digest}; {where}",
+                ),
+                "unchecked": ("file_unchecked", f"{path} not checked: {reason}"),
+            }.get(status)
+            if problem is not None:
+                kind, message = problem
                 self.issues.append(
-                    LedgerIssue(
-                        "file_missing",
-                        f"{path} is gone; {where}",
-                        file=path,
-                        writer=entry.writer,
-                        seq=entry.seq,
-                    )
-                )
-            elif status == "changed":
-                self.issues.append(
-                    LedgerIssue(
-                        "file_changed",
-                        f"{path} now has digest {actual}, not {digest}; {where}",
-                        file=path,
-                        writer=entry.writer,
-                        seq=entry.seq,
-                    )
-                )
-            elif status == "unchecked":
-                # Fail closed: a checkpoint made unreadable (chmod 000) after being changed
-                # must not pass as verified.
-                self.issues.append(
-                    LedgerIssue(
-                        "file_unchecked",
-                        f"{path} not checked: {reason}",
-                        file=path,
-                        writer=entry.writer,
-                        seq=entry.seq,
-                    )
+                    LedgerIssue(kind, message, file=path, writer=entry.writer, seq=entry.seq)
                 )
         return results
 
