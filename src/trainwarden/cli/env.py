@@ -137,7 +137,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.lock is not None:
         key = None
         if args.key is not None:
-            from trainwarden.sign import load_public_key
+            from trainwarden.keys import load_public_key
 
             key = load_public_key(args.key)
         lock = read_lock(args.lock, key=key)
@@ -158,7 +158,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
     key = None
     if args.key is not None:
-        from trainwarden.sign import load_private_key
+        from trainwarden.keys import load_private_key
 
         # Load the key first: a bad key path should fail before minutes of hashing.
         key = load_private_key(args.key)
@@ -192,7 +192,7 @@ def _diff(args: argparse.Namespace) -> int:
 
     key = None
     if args.key is not None:
-        from trainwarden.sign import load_public_key
+        from trainwarden.keys import load_public_key
 
         key = load_public_key(args.key)
     report = diff_locks(read_lock(args.old, key=key), read_lock(args.new, key=key))

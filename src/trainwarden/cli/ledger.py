@@ -12,8 +12,8 @@ from trainwarden.cli._common import emit_report, write_output
 from trainwarden.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
+    from trainwarden.keys import PublicKey
     from trainwarden.ledger import Entry, LedgerReport
-    from trainwarden.sign import PublicKey
 
 EXIT_OK, EXIT_TAMPERED, EXIT_ERROR = 0, 1, 2
 
@@ -240,7 +240,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _load_keys(paths: list[Path]) -> list[PublicKey]:
-    from trainwarden.sign import load_public_key
+    from trainwarden.keys import load_public_key
 
     keys: list[PublicKey] = []
     for path in paths:

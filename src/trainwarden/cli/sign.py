@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from trainwarden.sign import generate_key, load_public_key
+    from trainwarden.keys import generate_key, load_public_key
 
     private, public = generate_key(args.path, identity=args.identity, overwrite=args.force)
     key = load_public_key(public)

@@ -30,7 +30,7 @@ from trainwarden.findings import FileReport, Finding, Report, Severity, Verdict
 
 if TYPE_CHECKING:
     from trainwarden.env._verify import SiteScan
-    from trainwarden.sign import PrivateKey, PublicKey
+    from trainwarden.keys import PrivateKey, PublicKey
 
 __all__ = [
     "LOCK_FORMAT",

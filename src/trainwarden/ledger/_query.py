@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from trainwarden.errors import InputError
+from trainwarden.keys import PublicKey
 from trainwarden.ledger._entry import Actor, Entry, MalformedEntry
 from trainwarden.ledger._files import read_records, resolve_layout
 from trainwarden.ledger._verify import verify_ledger
-from trainwarden.sign import PublicKey
 
 __all__ = [
     "CHECKPOINT_EVENTS",

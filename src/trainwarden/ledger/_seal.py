@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from trainwarden.errors import InputError
+from trainwarden.keys import PrivateKey, PublicKey, load_private_key
 from trainwarden.ledger._format import SEAL_EVENT, SEALS_DIR, canonical_json
 from trainwarden.ledger._merkle import leaf_bytes, merkle_root
 from trainwarden.ledger._report import LedgerTampered, SealedWriter, SealState
 from trainwarden.ledger._verify import inspect_ledger
 from trainwarden.ledger._writer import Ledger
-from trainwarden.sign import PrivateKey, PublicKey, load_private_key
 
 __all__ = ["seal_ledger"]
 

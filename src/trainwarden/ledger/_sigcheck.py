@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 from trainwarden.errors import VerificationError
-from trainwarden.sign import PublicKey
+from trainwarden.keys import PublicKey
 
 __all__ = ["PARALLEL_THRESHOLD", "check_signatures", "default_workers"]
 

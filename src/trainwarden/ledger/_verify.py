@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwarden.errors import ConfigError, InputError, VerificationError
+from trainwarden.keys import PublicKey
 from trainwarden.ledger._entry import Entry, MalformedEntry, parse_line
 from trainwarden.ledger._files import (
     FileRecords,
@@ -42,7 +43,6 @@ from trainwarden.ledger._report import (
     WriterState,
 )
 from trainwarden.ledger._sigcheck import check_signatures
-from trainwarden.sign import PublicKey
 
 __all__ = ["inspect_ledger", "verify_ledger"]
 

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from trainwarden.errors import ConfigError, InputError, VerificationError
+from trainwarden.keys import PrivateKey, load_private_key
 from trainwarden.ledger._entry import Actor, Entry, MalformedEntry, parse_line
 from trainwarden.ledger._files import fingerprint_tag, list_ledger_files, new_writer_id, safe_host
 from trainwarden.ledger._format import (
@@ -35,7 +36,6 @@ from trainwarden.ledger._format import (
     hash_body,
     signing_message,
 )
-from trainwarden.sign import PrivateKey, load_private_key
 
 __all__ = ["FSYNC_POLICIES", "FsyncPolicy", "Ledger"]
 

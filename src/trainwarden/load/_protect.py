@@ -5,16 +5,10 @@ Patches pickle, torch, numpy and joblib loaders; modules imported later are patc
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.abc
-import importlib.machinery
 import logging
 import os
 import pickle
-import sys
 import threading
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +23,7 @@ from trainwarden.load._unpickler import (
     make_unpickler,
     refuse,
 )
+from trainwarden.patching import PatchSet, Target, mark
 
 if TYPE_CHECKING:
     from trainwarden.scan import Policy
@@ -36,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["Protection", "active_protection", "protect", "protect_from_environment"]
 
 logger = logging.getLogger("trainwarden.load")
+
+#: The purpose under which protect()'s patches are registered in :mod:`trainwarden.patching`.
+PURPOSE = "protect"
 
 _TRUE = ("1", "y", "yes", "true", "on")
 
@@ -142,22 +140,17 @@ def _split(text: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- patch state
 
 
-@dataclass
-class _Patch:
-    owner: types.ModuleType
-    attr: str
-    original: Any
-    wrapper: Any
-
-
 class _State:
-    """Enabled protections and installed patches, behind one lock."""
+    """Enabled protections and the loader patches, behind one lock.
+
+    The patches themselves live in :mod:`trainwarden.patching` (one registry for every patch
+    trainwarden makes, so ``verify_runtime`` recognises them as ours by identity).
+    """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.stack: list[Protection] = []
-        self.patches: list[_Patch] = []
-        self.hook: _PatchOnImport | None = None
+        self.patch_set: PatchSet | None = None
 
     def current(self) -> Protection | None:
         # Reading the last element of a list is atomic; wrappers call this on every load.
@@ -173,126 +166,26 @@ class _State:
             if self.contains(protection):
                 raise ConfigError("this protection is already enabled")
             if not self.stack:
-                self._install()
+                self.patch_set = PatchSet(PURPOSE, _TARGETS).install()
             self.stack.append(protection)
 
     def remove(self, protection: Protection) -> None:
         with self.lock:
             # Out-of-order exits (threads, generators) remove the right entry, not the last.
             self.stack = [p for p in self.stack if p is not protection]
-            if not self.stack:
-                self._uninstall()
-
-    def on_import(self, name: str) -> None:
-        with self.lock:
-            if self.stack:
-                self._patch_module(name)
-
-    def _install(self) -> None:
-        self.hook = _PatchOnImport()
-        sys.meta_path.insert(0, self.hook)
-        for name in _TARGETS:
-            if name in sys.modules:
-                self._patch_module(name)
-
-    def _uninstall(self) -> None:
-        if self.hook is not None:
-            with contextlib.suppress(ValueError):
-                sys.meta_path.remove(self.hook)
-            self.hook = None
-        for patch in reversed(self.patches):
-            if getattr(patch.owner, patch.attr, None) is patch.wrapper:
-                setattr(patch.owner, patch.attr, patch.original)
-            else:
-                # Someone patched over us; restoring would drop their patch. Our wrapper
-                # stays reachable only through theirs and acts unprotected when disabled.
-                logger.warning(
-                    "not restoring %s.%s: replaced by someone else while protected",
-                    patch.owner.__name__,
-                    patch.attr,
-                )
-        self.patches.clear()
-
-    def _patch_module(self, name: str) -> None:
-        for module_name, attr, make in _TARGETS[name]:
-            owner = sys.modules.get(module_name)
-            current = getattr(owner, attr, None) if owner is not None else None
-            if owner is None or current is None:
-                continue
-            if getattr(current, "__trainwarden_wrapper__", False):
-                continue
-            wrapper = make(current)
-            setattr(owner, attr, wrapper)
-            self.patches.append(_Patch(owner, attr, current, wrapper))
+            if not self.stack and self.patch_set is not None:
+                self.patch_set.uninstall()
+                self.patch_set = None
 
 
 _STATE = _State()
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patch torch / numpy / joblib right after they are imported, if that happens later."""
-
-    _busy = threading.local()
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None,
-        target: types.ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in _TARGETS or getattr(self._busy, "active", False):
-            return None
-        self._busy.active = True
-        try:
-            spec = _find_spec_elsewhere(self, fullname, path, target)
-        finally:
-            self._busy.active = False
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _PatchingLoader(spec.loader, fullname)
-        return spec
-
-
-def _find_spec_elsewhere(
-    hook: object, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None
-) -> importlib.machinery.ModuleSpec | None:
-    for finder in sys.meta_path:
-        find = getattr(finder, "find_spec", None)
-        if finder is hook or find is None:
-            continue
-        spec: importlib.machinery.ModuleSpec | None = find(fullname, path, target)
-        if spec is not None:
-            return spec
-    return None
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    """Delegates to the real loader; patches the module once it has executed."""
-
-    def __init__(self, loader: Any, name: str) -> None:
-        self._tw_loader = loader
-        self._tw_name = name
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        create: Callable[..., types.ModuleType | None] | None = getattr(
-            self._tw_loader, "create_module", None
-        )
-        return create(spec) if create is not None else None
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        self._tw_loader.exec_module(module)
-        _STATE.on_import(self._tw_name)
-
-    def __getattr__(self, attr: str) -> Any:
-        # get_source, get_resource_reader, is_package...: the real loader answers.
-        return getattr(self._tw_loader, attr)
 
 
 # --------------------------------------------------------------------------- wrappers
 
 
 def _mark(wrapper: Any, original: Any) -> Any:
-    functools.update_wrapper(wrapper, original)
+    mark(wrapper, original, PURPOSE)
     wrapper.__trainwarden_wrapper__ = True
     return wrapper
 
@@ -448,20 +341,15 @@ def _wrap_joblib_load(original: Callable[..., Any]) -> Callable[..., Any]:
     return _mark(load, original)  # type: ignore[no-any-return]
 
 
-# Top-level module -> (module holding the attribute, attribute, wrapper factory).
-_TARGETS: dict[str, tuple[tuple[str, str, Callable[[Any], Any]], ...]] = {
-    "pickle": (
-        ("pickle", "load", _wrap_pickle_load),
-        ("pickle", "loads", _wrap_pickle_loads),
-        ("pickle", "Unpickler", _wrap_unpickler),
-    ),
-    "torch": (
-        ("torch", "load", _wrap_torch_load),
-        ("torch.serialization", "load", _wrap_torch_load),
-    ),
-    "numpy": (("numpy", "load", _wrap_numpy_load),),
-    "joblib": (
-        ("joblib", "load", _wrap_joblib_load),
-        ("joblib.numpy_pickle", "load", _wrap_joblib_load),
-    ),
-}
+# What protect() replaces. Each is patched once its top-level package has finished importing
+# (``trigger``), so a module imported after protection was enabled is covered too.
+_TARGETS: tuple[Target, ...] = (
+    Target("pickle", "load", _wrap_pickle_load),
+    Target("pickle", "loads", _wrap_pickle_loads),
+    Target("pickle", "Unpickler", _wrap_unpickler),
+    Target("torch", "load", _wrap_torch_load),
+    Target("torch.serialization", "load", _wrap_torch_load, trigger="torch"),
+    Target("numpy", "load", _wrap_numpy_load),
+    Target("joblib", "load", _wrap_joblib_load),
+    Target("joblib.numpy_pickle", "load", _wrap_joblib_load, trigger="joblib"),
+)

@@ -1,7 +1,8 @@
 """Keys, signed manifests of checkpoints, and lineage.
 
-Keys: :func:`generate_key`, :func:`load_private_key`, :func:`load_public_key` give
-:class:`PrivateKey` / :class:`PublicKey` (Ed25519; ours or OpenSSH).
+Keys (re-exported from :mod:`trainwarden.keys`): :func:`generate_key`,
+:func:`load_private_key`, :func:`load_public_key` give :class:`PrivateKey` /
+:class:`PublicKey` (Ed25519; ours or OpenSSH).
 
 Signing: :func:`sign_path` hashes a file or checkpoint directory (per-file, per-shard SHA-256
 in parallel) and writes an OpenSSF model-signing bundle (Sigstore bundle, DSSE, in-toto
@@ -14,7 +15,7 @@ signing records ``checkpoint.signed`` and verification detects rollback, swap an
 
 from __future__ import annotations
 
-from trainwarden.sign._keys import (
+from trainwarden.keys import (
     PrivateKey,
     PublicKey,
     generate_key,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from trainwarden.errors import InputError
-from trainwarden.sign._keys import PrivateKey, PublicKey
+from trainwarden.keys import PrivateKey, PublicKey
 from trainwarden.sign._manifest import DEFAULT_SHARD_SIZE, FileEntry, Manifest, Shard
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from trainwarden.errors import ConfigError
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
-from trainwarden.sign._keys import PrivateKey, PublicKey
+from trainwarden.keys import PrivateKey, PublicKey
 from trainwarden.sign._results import Lineage, LineageError, Signature, Verification
 
 if TYPE_CHECKING:

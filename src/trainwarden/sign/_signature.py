@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trainwarden.errors import ConfigError, InputError, VerificationError
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
+from trainwarden.keys import PrivateKey, PublicKey
 from trainwarden.sign._bundle import (
     MAX_SHARD_SIZE,
     MIN_SHARD_SIZE,
@@ -23,7 +24,6 @@ from trainwarden.sign._bundle import (
     read_bundle_file,
     statement_payload,
 )
-from trainwarden.sign._keys import PrivateKey, PublicKey
 from trainwarden.sign._manifest import (
     DEFAULT_SHARD_SIZE,
     FileEntry,

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from trainwarden.errors import InputError, VerificationError
+from trainwarden.keys import default_identity
 from trainwarden.sign import generate_key, load_private_key, load_public_key
-from trainwarden.sign._keys import default_identity
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
 
