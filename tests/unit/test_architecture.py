@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,15 +54,19 @@ def _imports(path: Path) -> list[tuple[str, int]]:
                 found.extend(
                     (a.name, child.lineno) for a in child.names if a.name.startswith("trainwarden")
                 )
-            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
-                if child.module.startswith("trainwarden"):
-                    found.append((child.module, child.lineno))
-                    # `from trainwarden.scan import _pickle` imports a private module too.
-                    found.extend(
-                        (f"{child.module}.{a.name}", child.lineno)
-                        for a in child.names
-                        if a.name.startswith("_") and not a.name.startswith("__")
-                    )
+            elif (
+                isinstance(child, ast.ImportFrom)
+                and child.module
+                and child.level == 0
+                and child.module.startswith("trainwarden")
+            ):
+                found.append((child.module, child.lineno))
+                # `from trainwarden.scan import _pickle` imports a private module too.
+                found.extend(
+                    (f"{child.module}.{a.name}", child.lineno)
+                    for a in child.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                )
             visit(child)
 
     visit(tree)
@@ -116,7 +121,7 @@ def test_packages_form_layers_without_cycles() -> None:
                 cycles.append(
                     " -> ".join(cycle)
                     + " ("
-                    + ", ".join(where[(a, b)] for a, b in zip(cycle, cycle[1:], strict=False))
+                    + ", ".join(where[(a, b)] for a, b in itertools.pairwise(cycle))
                     + ")"
                 )
             elif nxt not in state:
