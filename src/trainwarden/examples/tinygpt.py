@@ -1,5 +1,6 @@
-"""A small, real GPT-style training job on CPU: the job the drill, the guard's tests and the
-benchmarks run (one process, or several ranks under ``torchrun`` with DDP over gloo).
+"""A small, real GPT-style training job on CPU, for the drill, the guard's tests and benchmarks.
+
+It runs as one process, or as several ranks under ``torchrun`` with DDP over gloo.
 
 It is an ordinary training script with nothing of trainwarden in it: a causal transformer on a
 synthetic token stream, AdamW with weight decay, linear warm-up then cosine decay, gradient
@@ -146,7 +147,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.partial")
     torch.save(obj, tmp)
-    with open(tmp, "rb+") as fh:
+    with tmp.open("rb+") as fh:
         os.fsync(fh.fileno())
     tmp.replace(path)
 
@@ -246,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    print(json.dumps(result, sort_keys=True), file=sys.stderr)
+    sys.stderr.write(json.dumps(result, sort_keys=True) + "\n")
     return 0
 
 
