@@ -103,7 +103,8 @@ def build(cfg: Config) -> tuple[Any, Any, Any]:
 
         def forward(self, idx: Any) -> Any:
             x = self.tok(idx) + self.pos[:, : idx.shape[1]]
-            mask = self.mask[: idx.shape[1], : idx.shape[1]]
+            full: Any = self.mask
+            mask = full[: idx.shape[1], : idx.shape[1]]
             for block in self.blocks:
                 x = block(x, mask)
             return self.head(self.ln(x))
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     dataset = make_dataset(cfg)
-    sampler = torch.utils.data.DistributedSampler(
+    sampler: Any = torch.utils.data.DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch, sampler=sampler)
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logits.reshape(-1, cfg.vocab), targets.reshape(-1)
             )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             scheduler.step()
