@@ -8,18 +8,17 @@ diagnostics go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from trainwarden import __version__
+from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from trainwarden.errors import Error, UnsafeModelError, VerificationError
 
 __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "build_parser", "entry_point", "main"]
-
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_ERROR = 2
 
 # Command-group modules under trainwarden.cli, in the order `--help` lists them. Each exposes
 # `register(subparsers)`, which adds its sub-commands and sets `handler` on each to a function
@@ -49,8 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 0 for --help/--version and 2 for usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_ERROR
+    # The one mapping from outcomes to exit codes: handlers return EXIT_OK or EXIT_FINDINGS
+    # for results, and raise for everything else.
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        _flush_stdout()
     except (UnsafeModelError, VerificationError) as exc:
         print(f"trainwarden: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_FINDINGS
@@ -61,8 +63,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("trainwarden: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader of our output went away (`trainwarden scan ... | head`): not an error of ours.
+        # The reader of our output went away (`trainwarden scan ... | head`): not an error of
+        # ours. Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        _silence_stdout()
         return EXIT_OK
+    except OSError as exc:
+        # Writing output failed in a way a handler did not anticipate (a full stdout).
+        print(f"trainwarden: error: cannot write output: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        from trainwarden.errors import InputError
+
+        raise InputError(f"cannot write to standard output: {exc.strerror or exc}") from exc
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def entry_point() -> None:

@@ -1,14 +1,22 @@
-"""Helpers shared by the command modules: output formats, writing reports, progress."""
+"""Helpers shared by the command modules: exit codes, output formats, writing reports."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
+from trainwarden._fs import atomic_write
 from trainwarden.errors import InputError
 from trainwarden.findings import Report
+
+#: Exit codes of every command (the interface contract): 0 clean or verified; 1 findings at or
+#: above ``--fail-on``, tampering, or verification failed; 2 usage or operational error.
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
 
 REPORT_FORMATS = ("text", "json", "sarif")
 
@@ -40,18 +48,38 @@ def emit_report(report: Report, fmt: str, output: Path | None) -> None:
 
 
 def write_output(text: str, output: Path | None) -> None:
-    """Write ``text`` to ``output`` (atomically) or to stdout."""
-    if output is None:
+    """Write ``text`` to ``output`` (atomically, synced) or to stdout, and make sure it got there.
+
+    A report that could not be written completely (a full disk, ``> /dev/full``) is an error,
+    never a silent exit 0 with truncated output.
+
+    Raises:
+        InputError: The report could not be written.
+        BrokenPipeError: The reader of stdout went away (``| head``); ``main`` treats it as
+            success.
+    """
+    if output is None or str(output) == "-":
+        write_stdout(text)
+        return
+    atomic_write(output, text, what="report")
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout and flush, turning a failed write into :class:`InputError`."""
+    try:
         sys.stdout.write(text)
         sys.stdout.flush()
-        return
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(output)
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+        raise InputError(
+            f"cannot write the report to standard output: {exc.strerror or exc}"
+        ) from exc
+
+
+def is_write_failure(exc: OSError) -> bool:
+    """True for errors that mean output was lost (full disk, quota, I/O error)."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 def _stdout_is_color_terminal() -> bool:

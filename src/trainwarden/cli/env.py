@@ -7,12 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainwarden.cli._common import add_format_arguments, emit_report
+from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments, emit_report
 from trainwarden.errors import ConfigError
 from trainwarden.findings import Verdict
-
-EXIT_OK = 0
-EXIT_FINDINGS = 1
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -8,14 +8,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import emit_report, write_output
+from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, emit_report, write_output
 from trainwarden.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from trainwarden.keys import PublicKey
     from trainwarden.ledger import Entry, LedgerReport
-
-EXIT_OK, EXIT_TAMPERED, EXIT_ERROR = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -195,7 +193,7 @@ def _verify(args: argparse.Namespace) -> int:
         text = _dumps(report.to_dict()) + "\n" if args.format == "json" else render_report(report)
         write_output(text, args.output)
     if report.issues:
-        return EXIT_TAMPERED
+        return EXIT_FINDINGS
     if not report.signers_checked and not args.insecure_no_signer_check:
         # Fail closed: intact chains signed by unknown keys prove nothing about who wrote them.
         print(

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import add_format_arguments, emit_report
+from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments, emit_report
 from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _run_scan(args: argparse.Namespace) -> int:
         )
     emit_report(report, args.format, args.output)
     fail_on = Verdict.UNSAFE if args.fail_on == "unsafe" else Verdict.UNKNOWN
-    return 1 if report.fails(fail_on) else 0
+    return EXIT_FINDINGS if report.fails(fail_on) else EXIT_OK
 
 
 @contextmanager

@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import write_output
+from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, write_output
 
 if TYPE_CHECKING:
     from trainwarden.findings import Report
     from trainwarden.sign import Signature, Verification
-
-EXIT_OK, EXIT_TAMPERED, EXIT_ERROR = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -157,7 +155,7 @@ def _verify(args: argparse.Namespace) -> int:
     except SignatureMismatch as exc:
         _emit(exc.report, args.format, args.output, headline=None)
         print(f"trainwarden: NOT VERIFIED: {exc}", file=sys.stderr)
-        return EXIT_TAMPERED if exc.tampered else EXIT_ERROR
+        return EXIT_FINDINGS if exc.tampered else EXIT_ERROR
     _emit(result.report, args.format, args.output, headline=_verified_text(result))
     return EXIT_OK
 
