@@ -247,8 +247,13 @@ def read_run(
             _width=telemetry.width,
         )
         cmp_notes = []
-        if clean.verdict != "clean":
+        # Its checkpoints were not rehashed (not needed for a comparison): only what else
+        # could not be verified about it is worth a note.
+        doubts = [u for u in clean.unverified if "checkpoint" not in u]
+        if clean.verdict in ("compromised", "suspicious"):
             cmp_notes.append(f"the clean run itself is {clean.verdict}: {clean.headline}")
+        elif doubts:
+            cmp_notes.append("the clean run could not be fully verified: " + "; ".join(doubts))
         comparison = compare_facts(
             mine=facts,
             clean=clean.facts,
@@ -359,6 +364,8 @@ def _inspect(
 ) -> tuple[LedgerReport | None, str | None]:
     from trainwarden.ledger import inspect_ledger
 
+    if "\x00" in str(path):
+        return None, "the ledger path in run.json is not a valid file name"
     if not path.exists():
         return None, f"{path} does not exist"
     try:
@@ -370,6 +377,8 @@ def _inspect(
         )
     except (InputError, ConfigError) as exc:
         return None, exc.diagnostics()
+    except ValueError as exc:  # a path with a NUL byte, from a hostile run.json
+        return None, f"invalid ledger path: {exc}"
     return report, None
 
 

@@ -461,6 +461,10 @@ def _ledger_findings(
             )
             if issue.kind == "forged":
                 named = f"key {entry.actor.key} ({entry.actor.identity}), not a trusted key"
+        if issue.kind == "forged" and named is None:
+            writer = next((w for w in ledger.writers if w.writer == issue.writer), None)
+            if writer is not None and writer.key:
+                named = f"key {writer.key} ({writer.identity or '?'}), not a trusted key"
         tail = "; what it says now cannot be trusted" if issue.kind in ("altered", "forged") else ""
         out.append(
             RunFinding(

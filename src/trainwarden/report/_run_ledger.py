@@ -727,6 +727,8 @@ def file_status(
         return "missing", None, None
     except OSError as exc:
         return "unchecked", None, f"cannot stat: {exc.strerror or exc}"
+    except ValueError:  # a recorded "path" with a NUL byte: no file can have that name
+        return "unchecked", None, "the recorded path is not a valid file name"
     if stat.S_ISLNK(st.st_mode):
         return "changed", None, "is a symlink now"
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
@@ -756,7 +758,7 @@ def _owner_now(path: Path) -> tuple[str | None, str | None]:
 
     try:
         st = path.lstat()
-    except OSError:
+    except (OSError, ValueError):
         return None, None
     name = user_name(st.st_uid)
     owner = (
@@ -884,10 +886,12 @@ def select_run(entries: Sequence[Entry], run_dir: Path) -> tuple[str | None, str
         return None, "the ledger has no entry about any run"
     target = os.path.realpath(run_dir)
     for e in entries:
+        recorded = e.data.get("run_dir")
         if (
             e.event == "run.start"
-            and isinstance(e.data.get("run_dir"), str)
-            and os.path.realpath(e.data["run_dir"]) == target
+            and isinstance(recorded, str)
+            and "\x00" not in recorded
+            and os.path.realpath(recorded) == target
             and e.run is not None
         ):
             return e.run, None

@@ -98,8 +98,9 @@ def _decode_payload(payload: object) -> tuple[dict[str, Any] | None, str | None]
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        try:
-            data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        try:  # DSSE allows the URL-safe alphabet too
+            padded = payload + "=" * (-len(payload) % 4)
+            data = base64.b64decode(padded, altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             return None, "the payload is not base64"
     try:

@@ -54,6 +54,9 @@ _RANK_FILE = re.compile(r"rank-(0|[1-9][0-9]{0,6})\.jsonl")
 MAX_LINE = 64 << 10
 #: Most rank files read; more are listed as not read.
 MAX_RANKS = 8192
+#: Below this many bytes of telemetry, files are read in this process (starting worker
+#: processes costs more than it saves).
+PARALLEL_MIN_BYTES = 64 << 20
 # Bad lines named in the report per file (all are counted).
 _MAX_EXAMPLES = 5
 _CHUNK = 1 << 20
@@ -221,23 +224,27 @@ def read_telemetry(
     # First pass: lines and last step of each file (newline counting runs at memory speed),
     # so every rank is binned on one common grid without holding anything.
     sizes: dict[int, int] = {}
+    results: list[RankTelemetry] = []
+    readable: list[tuple[int, Path]] = []
     span = 1
     for rank, path in files:
         try:
             lines, last_step, size = _survey(path)
         except InputError as exc:
-            notes.append(str(exc))
+            results.append(RankTelemetry(rank=rank, path=str(path), error=exc.diagnostics()))
             continue
         sizes[rank] = size
+        readable.append((rank, path))
         span = max(span, lines, last_step or 0)
     if width is None or width < 1:
         width = max(1, math.ceil(span / bins))
     nbins = min(max(1, math.ceil(span / width)), 4 * bins)
     total = sum(sizes.values()) or 1
-    jobs = [(rank, str(path), width, nbins) for rank, path in files]
-    results: list[RankTelemetry] = []
+    jobs = [(rank, str(path), width, nbins) for rank, path in readable]
     done = 0
-    for result in _map(_summarise_file, jobs, workers=workers if total > (64 << 20) else 1):
+    for result in _map(
+        _summarise_file, jobs, workers=workers if total >= PARALLEL_MIN_BYTES else 1
+    ):
         results.append(result)
         done += result.size
         if progress is not None:
@@ -245,7 +252,7 @@ def read_telemetry(
     results.sort(key=lambda r: r.rank)
     for r in results:
         if r.error is not None:
-            notes.append(f"telemetry of rank {r.rank} ({r.path}) could not be read: {r.error}")
+            notes.append(f"telemetry of rank {r.rank} could not be read: {r.error}")
         elif r.bad:
             notes.append(
                 f"telemetry of rank {r.rank}: {r.bad} of {r.lines} line(s) were not valid "
