@@ -23,6 +23,8 @@ from trainwarden.report._run_findings import (
     build_findings,
     check_telemetry,
     headline_of,
+    telemetry_segments,
+    telemetry_sessions,
     verdict_of,
 )
 from trainwarden.report._run_ledger import (
@@ -182,15 +184,17 @@ def read_run(
         step("telemetry", done, total)
 
     step("telemetry")
+    sessions = telemetry_sessions(view)
     telemetry = read_telemetry(
         root / "telemetry",
         bins=bins,
         width=_width,
+        segments=telemetry_segments(sessions),
         workers=workers,
         progress=telemetry_progress,
     )
     notes.extend(telemetry.notes)
-    telemetry_checks = check_telemetry(view, telemetry)
+    telemetry_checks = check_telemetry(sessions, telemetry)
     not_attested = [rank for rank, s, _ in telemetry_checks if s in ("unattested", "unchecked")]
     if not_attested:
         unverified.append(
@@ -202,7 +206,11 @@ def read_run(
         if e.event == "provenance.signed" and isinstance(e.data.get("digest"), str):
             ledger_digest = e.data["digest"]
     provenance = read_provenance(
-        root / _PROVENANCE, keys=trusted, key_paths=key_paths, ledger_digest=ledger_digest
+        root / _PROVENANCE,
+        keys=trusted,
+        key_paths=key_paths,
+        ledger_digest=ledger_digest,
+        check_outputs=check_checkpoints,
     )
     if provenance.error:
         notes.append(f"provenance statement: {provenance.error}")

@@ -47,6 +47,8 @@ __all__ = [
     "build_findings",
     "check_telemetry",
     "headline_of",
+    "telemetry_segments",
+    "telemetry_sessions",
     "verdict_of",
 ]
 
@@ -499,49 +501,105 @@ def _ledger_findings(
     return out
 
 
-def check_telemetry(view: LedgerView, telemetry: Telemetry) -> tuple[tuple[int, str, str], ...]:
-    """Each rank's telemetry file against its ``guard.telemetry`` record.
-
-    Returns ``(rank, status, detail)``: ``ok``, ``changed`` (digest differs), ``missing``
-    (attested but gone), ``unattested`` (no record: the guard did not close, e.g. a killed
-    rank, so the file proves nothing).
-    """
-    attested: dict[int, Entry] = {}
+def telemetry_sessions(view: LedgerView) -> dict[int, list[Entry]]:
+    """Per rank, the ``guard.telemetry`` records of the sessions that wrote its file, in order."""
+    sessions: dict[int, list[Entry]] = defaultdict(list)
     for entry in view.entries:
         if entry.event == "guard.telemetry":
             rank = as_int(entry.data.get("rank"))
             if rank is not None:
-                attested[rank] = entry
+                sessions[rank].append(entry)
+    return dict(sessions)
+
+
+def telemetry_segments(sessions: Mapping[int, Sequence[Entry]]) -> dict[int, list[int]]:
+    """Per rank, the bytes each session attested, when every session of the rank says so."""
+    out = {}
+    for rank, entries in sessions.items():
+        sizes = [as_int(e.data.get("bytes")) for e in entries]
+        if sizes and all(b is not None and b >= 0 for b in sizes):
+            out[rank] = [b for b in sizes if b is not None]
+    return out
+
+
+def check_telemetry(
+    sessions: Mapping[int, Sequence[Entry]], telemetry: Telemetry
+) -> tuple[tuple[int, str, str], ...]:
+    """Each rank's telemetry file against the ``guard.telemetry`` records of its sessions.
+
+    Each guard session hashes what it appended; the file should be those byte ranges, in
+    order. Returns ``(rank, status, detail)``: ``ok``; ``changed`` (a range differs, or the
+    file is shorter than attested); ``missing`` (attested but gone); ``unattested`` (no
+    record, e.g. a killed rank whose guard never closed, or bytes after the attested ranges):
+    not verified, which is not the same as tampered.
+    """
+    segments = telemetry_segments(sessions)
     out = []
     seen = set()
     for r in telemetry.ranks:
         seen.add(r.rank)
-        record = attested.get(r.rank)
-        if record is None:
+        entries = list(sessions.get(r.rank, ()))
+        if not entries:
             out.append((r.rank, "unattested", "no guard.telemetry record: not verified"))
             continue
-        entry = record
-        want = _bare_digest(entry.data.get("sha256"))
-        lines = as_int(entry.data.get("lines"))
-        have = _bare_digest(r.sha256)
         if r.error is not None:
             out.append((r.rank, "unchecked", r.error))
-        elif want is None:
-            out.append((r.rank, "unattested", "the guard.telemetry record has no sha256"))
-        elif want == have:
-            out.append((r.rank, "ok", f"{r.lines} lines, sha256 matches"))
-        else:
-            claimed = short_digest(entry.data.get("sha256"))
-            detail = f"sha256 now {short_digest(r.sha256)}, attested {claimed}"
-            if lines is not None and lines != r.lines:
-                detail += f"; {r.lines} lines now, {lines} attested"
-            out.append((r.rank, "changed", detail))
-    for rank, entry in sorted(attested.items()):
+            continue
+        sizes = segments.get(r.rank)
+        if sizes is None:
+            out.append((r.rank, *_whole_file(r, entries)))
+            continue
+        out.append((r.rank, *_by_session(r, entries, sizes)))
+    for rank, recorded in sorted(sessions.items()):
         if rank not in seen:
-            path = as_text(entry.data.get("path")) or f"rank-{rank}.jsonl"
+            path = as_text(recorded[-1].data.get("path")) or f"rank-{rank}.jsonl"
             out.append((rank, "missing", f"{path} was attested by the guard and is gone"))
     out.sort()
     return tuple(out)
+
+
+def _whole_file(r: Any, entries: Sequence[Entry]) -> tuple[str, str]:
+    # Without byte counts, only a file written by one session can be checked whole.
+    entry = entries[-1]
+    want = _bare_digest(entry.data.get("sha256"))
+    lines = as_int(entry.data.get("lines"))
+    if want is None:
+        return "unattested", "the guard.telemetry record has no sha256"
+    if want == _bare_digest(r.sha256):
+        return "ok", f"{r.lines} lines, sha256 matches"
+    claimed = short_digest(entry.data.get("sha256"))
+    detail = f"sha256 now {short_digest(r.sha256)}, attested {claimed}"
+    if lines is not None and lines != r.lines:
+        detail += f"; {r.lines} lines now, {lines} attested"
+    if len(entries) > 1:
+        detail += f" ({len(entries)} guard sessions wrote it and recorded no byte counts)"
+        return "unattested", detail
+    return "changed", detail
+
+
+def _by_session(r: Any, entries: Sequence[Entry], sizes: Sequence[int]) -> tuple[str, str]:
+    got = r.segment_digests
+    start = 0
+    for i, (entry, size) in enumerate(zip(entries, sizes, strict=True)):
+        end = start + size
+        session = f"session {i + 1} of {len(entries)} (pid {entry.actor.pid}, {entry.time[:19]})"
+        if i >= len(got):
+            return (
+                "changed",
+                f"the file holds {r.size:,} bytes; the guard attested {sum(sizes):,} "
+                f"(cut inside {session})",
+            )
+        if _bare_digest(got[i]) != _bare_digest(entry.data.get("sha256")):
+            return "changed", f"bytes {start:,}-{end:,} differ from what {session} attested"
+        start = end
+    if r.size > start:
+        return (
+            "unattested",
+            f"{r.size - start:,} bytes after what the guard attested are not attested "
+            "(appended later, or by a session that did not close)",
+        )
+    n = len(entries)
+    return "ok", f"{r.lines} lines, sha256 of {n} session{'s' if n > 1 else ''} matches"
 
 
 def _bare_digest(value: object) -> str | None:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import importlib
+import inspect
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,7 @@ def read_provenance(
     keys: Iterable[Any] = (),
     key_paths: Iterable[str | os.PathLike[str]] = (),
     ledger_digest: str | None = None,
+    check_outputs: bool = True,
 ) -> Provenance:
     """Read and (when possible) verify the provenance statement at ``path``.
 
@@ -46,6 +48,7 @@ def read_provenance(
         keys: Trusted public keys (:class:`trainwarden.keys.PublicKey`).
         key_paths: Their files, for the provenance capability's verifier.
         ledger_digest: The digest ``provenance.signed`` recorded, if any.
+        check_outputs: Let the verifier rehash the statement's outputs too.
     """
     shown = str(path)
     if not path.exists() and not path.is_symlink():
@@ -88,7 +91,7 @@ def read_provenance(
     if statement is None:
         return Provenance(**fields, error=error, verification="not verified: malformed")
     fields.update(_statement_fields(statement))
-    verified, verification = _verify(path, list(keys), list(key_paths))
+    verified, verification = _verify(path, list(keys), list(key_paths), outputs=check_outputs)
     return Provenance(**fields, verified=verified, verification=verification)
 
 
@@ -191,7 +194,7 @@ def flatten(value: object, prefix: str = "", *, limit: int = _MAX_ROWS) -> list[
 
 
 def _verify(
-    path: Path, keys: list[Any], key_paths: list[str | os.PathLike[str]]
+    path: Path, keys: list[Any], key_paths: list[str | os.PathLike[str]], *, outputs: bool
 ) -> tuple[bool | None, str]:
     # The provenance capability is built separately and may not be in this installation:
     # look its verifier up at run time instead of importing it, and say so when it is
@@ -208,13 +211,20 @@ def _verify(
         return None, "not verified: trainwarden.provenance has no verify_provenance function"
     if not keys:
         return None, "not verified: no trusted key given (--key)"
+    options: dict[str, Any] = {}
     try:
-        verify(path, keys=keys)
+        if "check_outputs" in inspect.signature(verify).parameters:
+            options["check_outputs"] = outputs
+    except (TypeError, ValueError):
+        pass
+    try:
+        verify(path, keys=keys, **options)
     except VerificationError as exc:
-        return False, f"signature does not verify: {exc}"
+        return False, f"does not verify: {exc}"
     except Error as exc:
         return None, f"not verified: {exc}"
     except TypeError as exc:
         return None, f"not verified: the provenance verifier has another interface ({exc})"
     names = ", ".join(str(p) for p in key_paths) or f"{len(keys)} key(s)"
-    return True, f"signature verified against {names}"
+    what = "signature" if options.get("check_outputs") is False else "signature and outputs"
+    return True, f"{what} verified against {names}"

@@ -10,6 +10,7 @@ hostile input: bad lines are counted and named, never fatal.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import json.decoder
 import json.scanner
@@ -142,6 +143,8 @@ class RankTelemetry:
         metrics: Per metric (:data:`METRICS`), its bins.
         data_digests: Per bin, a digest of the data-order fingerprints of its steps (for the
             comparison with a clean run); ``None`` where the bin had none.
+        segment_digests: ``sha256:`` of each byte range asked for (``segments``), for the
+            ranges the file is long enough to hold.
         error: Why the file could not be read at all, else ``None``.
     """
 
@@ -162,6 +165,7 @@ class RankTelemetry:
     out_of_order: int = 0
     metrics: Mapping[str, Bins] = field(default_factory=dict)
     data_digests: tuple[str | None, ...] = ()
+    segment_digests: tuple[str, ...] = ()
     error: str | None = None
 
     def metric(self, name: str) -> Bins | None:
@@ -214,6 +218,7 @@ def read_telemetry(
     *,
     bins: int = 200,
     width: int | None = None,
+    segments: Mapping[int, Sequence[int]] | None = None,
     workers: int = 1,
     progress: ProgressCallback | None = None,
 ) -> Telemetry:
@@ -225,6 +230,8 @@ def read_telemetry(
         width: Steps per bin, instead of what ``bins`` implies (to put two runs on one grid
             for a comparison); the number of bins then follows from the run's length, up to
             ``4 * bins``.
+        segments: Per rank, the byte counts the guard sessions that wrote the file attested
+            (``guard.telemetry`` ``bytes``, in order): each range is hashed on its own.
         workers: Processes reading files in parallel (files are independent; worth it only
             for hundreds of MB). Started with ``spawn``: a script calling this with
             ``workers > 1`` needs an ``if __name__ == "__main__"`` guard.
@@ -260,7 +267,10 @@ def read_telemetry(
         width = max(1, math.ceil(span / bins))
     nbins = min(max(1, math.ceil(span / width)), 4 * bins)
     total = sum(sizes.values()) or 1
-    jobs = [(rank, str(path), width, nbins) for rank, path in readable]
+    jobs = [
+        (rank, str(path), width, nbins, tuple(segments.get(rank, ()) if segments else ()))
+        for rank, path in readable
+    ]
     done = 0
     for result in _map(
         _summarise_file, jobs, workers=workers if total >= PARALLEL_MIN_BYTES else 1
@@ -345,8 +355,8 @@ def _survey(path: Path) -> tuple[int, int | None, int]:
 
 
 def _map(
-    fn: Callable[[tuple[int, str, int, int]], RankTelemetry],
-    jobs: Sequence[tuple[int, str, int, int]],
+    fn: Callable[[_Job], RankTelemetry],
+    jobs: Sequence[_Job],
     *,
     workers: int,
 ) -> Iterable[RankTelemetry]:
@@ -367,10 +377,13 @@ def _map(
     return results()
 
 
-def _summarise_file(job: tuple[int, str, int, int]) -> RankTelemetry:
-    rank, path, width, nbins = job
+_Job = tuple[int, str, int, int, tuple[int, ...]]
+
+
+def _summarise_file(job: _Job) -> RankTelemetry:
+    rank, path, width, nbins, segments = job
     try:
-        return _Summariser(rank, width, nbins).run(path)
+        return _Summariser(rank, width, nbins, segments).run(path)
     except InputError as exc:
         return RankTelemetry(rank=rank, path=path, error=str(exc))
 
@@ -411,8 +424,10 @@ def _finite(value: object) -> float | None:
 class _Summariser:
     """Folds one rank's lines into bins; holds only the lines of bins still open."""
 
-    def __init__(self, rank: int, width: int, nbins: int) -> None:
+    def __init__(self, rank: int, width: int, nbins: int, segments: tuple[int, ...] = ()) -> None:
         self.rank = rank
+        # Ends of the byte ranges each guard session attested (its bytes written).
+        self.bounds = list(itertools.accumulate(segments))
         self.width = width
         self.nbins = nbins
         self.stats: dict[str, list[Any]] = {
@@ -442,6 +457,8 @@ class _Summariser:
 
     def run(self, path: str) -> RankTelemetry:
         digest = hashlib.sha256()
+        segment = hashlib.sha256()
+        segment_digests: list[str] = []
         size = 0
         fd = open_regular(path, what="telemetry file")
         # Read in large chunks and cut them into lines here: a line is bounded (MAX_LINE),
@@ -451,6 +468,18 @@ class _Summariser:
         try:
             while chunk := os.read(fd, _BLOCK):
                 digest.update(chunk)
+                # Each attested byte range is hashed on its own, as each guard session
+                # hashed what it appended.
+                offset = 0
+                while len(segment_digests) < len(self.bounds):
+                    end = self.bounds[len(segment_digests)]
+                    if size + len(chunk) < end:
+                        break
+                    segment.update(chunk[offset : end - size])
+                    segment_digests.append("sha256:" + segment.hexdigest())
+                    segment = hashlib.sha256()
+                    offset = end - size
+                segment.update(chunk[offset:])
                 size += len(chunk)
                 start = 0
                 if skipping:
@@ -483,6 +512,7 @@ class _Summariser:
             path=path,
             size=size,
             sha256="sha256:" + digest.hexdigest(),
+            segment_digests=tuple(segment_digests),
             lines=self.lines,
             records=self.records,
             bad=self.bad,

@@ -799,7 +799,9 @@ class _Writer:
                 rank=r,
                 path=str(path),
                 lines=data.count(b"\n"),
-                sha256="sha256:" + hashlib.sha256(data).hexdigest(),
+                # As the guard records it: the bare hex digest and the bytes it wrote.
+                sha256=hashlib.sha256(data).hexdigest(),
+                bytes=len(data),
             )
             w.append(
                 "guard.close",

@@ -296,6 +296,22 @@ def test_provenance_edited_after_signing(clean: SyntheticRun, provenance_verifie
     assert report.verdict == "compromised"
 
 
+def test_the_verifier_rehashes_outputs_only_when_checkpoints_are(
+    clean: SyntheticRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    def verify_provenance(path: Path, keys: object, *, check_outputs: bool = True) -> None:
+        seen.append(check_outputs)
+
+    module = types.ModuleType("trainwarden.provenance")
+    module.verify_provenance = verify_provenance  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "trainwarden.provenance", module)
+    assert _read(clean).provenance.verification.startswith("signature and outputs verified")
+    assert _read(clean, check_checkpoints=False).provenance.verified is True
+    assert seen == [True, False]
+
+
 def test_provenance_deleted(clean: SyntheticRun) -> None:
     (clean.run_dir / "provenance.intoto.json").unlink()
     report = _read(clean)
@@ -413,7 +429,7 @@ def test_every_kind_of_ledger_tampering_shows(clean: SyntheticRun, how: str) -> 
         assert "not a trusted key" in (forged.named or "")  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("how", ["edit", "append", "truncate", "delete"])
+@pytest.mark.parametrize("how", ["edit", "truncate", "delete", "append"])
 def test_every_kind_of_telemetry_tampering_shows(clean: SyntheticRun, how: str) -> None:
     path = clean.run_dir / "telemetry" / "rank-1.jsonl"
     data = path.read_bytes()
@@ -427,9 +443,74 @@ def test_every_kind_of_telemetry_tampering_shows(clean: SyntheticRun, how: str) 
         path.unlink()
     report = _read(clean)
     checks = {rank: status for rank, status, _ in report.telemetry_checks}
-    assert checks[1] == ("missing" if how == "delete" else "changed")
     assert {s for r, s in checks.items() if r != 1} == {"ok"}
+    if how == "append":
+        # Lines after what the guard attested prove nothing either way: not verified.
+        assert checks[1] == "unattested"
+        assert not any(f.technique == "T8" for f in report.findings)
+        assert report.verdict == "not-verified"
+        return
+    assert checks[1] == ("missing" if how == "delete" else "changed")
     assert any(f.technique == "T8" and f.rank == 1 for f in report.findings)
+
+
+def _sessions_run(tmp_path: Path, *, with_bytes: bool) -> tuple[Path, Path, Path]:
+    """A rank file written by two guard sessions (a resumed rank), each attesting its part."""
+    import hashlib
+
+    from trainwarden.keys import PrivateKey
+    from trainwarden.ledger import Ledger
+
+    run_dir = tmp_path / "run"
+    (run_dir / "telemetry").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"schema_version": 1, "run_id": "r"}))
+    key = PrivateKey.generate("job@x")
+    (tmp_path / "job.pub").write_text(key.public.to_pem())
+    parts = [
+        "".join(json.dumps({"step": s, "rank": 0, "loss": 1.0}) + "\n" for s in steps).encode()
+        for steps in (range(1, 51), range(51, 81))
+    ]
+    path = run_dir / "telemetry" / "rank-0.jsonl"
+    path.write_bytes(b"".join(parts))
+    with Ledger(run_dir / "ledger", key=key) as ledger:
+        for part in parts:
+            extra = {"bytes": len(part)} if with_bytes else {}
+            ledger.append(
+                "guard.telemetry",
+                run="r",
+                rank=0,
+                path=str(path),
+                lines=part.count(b"\n"),
+                sha256=hashlib.sha256(part).hexdigest(),
+                **extra,
+            )
+    return run_dir, tmp_path / "job.pub", path
+
+
+def test_a_file_written_by_two_sessions_is_checked_range_by_range(tmp_path: Path) -> None:
+    run_dir, key, path = _sessions_run(tmp_path, with_bytes=True)
+
+    def status() -> tuple[str, str]:
+        ((_, state, detail),) = read_run(run_dir, keys=[key]).telemetry_checks
+        return state, detail
+
+    assert status() == ("ok", "80 lines, sha256 of 2 sessions matches")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"step": 7,', b'"step": 8,', 1))
+    state, detail = status()
+    assert state == "changed"
+    assert "session 1 of 2" in detail
+    path.write_bytes(data[:-40])
+    state, detail = status()
+    assert state == "changed"
+    assert "cut inside session 2 of 2" in detail
+
+
+def test_without_byte_counts_two_sessions_cannot_be_verified(tmp_path: Path) -> None:
+    run_dir, key, _ = _sessions_run(tmp_path, with_bytes=False)
+    ((_, state, detail),) = read_run(run_dir, keys=[key]).telemetry_checks
+    assert state == "unattested"
+    assert "2 guard sessions" in detail
 
 
 # -- signals --------------------------------------------------------------------------------
