@@ -36,7 +36,7 @@ from trainwarden.report._html_svg import (
 from trainwarden.report._run import KeySource, Progress, read_run
 from trainwarden.report._run_findings import TECHNIQUES
 from trainwarden.report._run_ledger import rank_list, short_digest
-from trainwarden.report._run_model import RunFinding, RunReport, TimelineEvent
+from trainwarden.report._run_model import KillRow, RunFinding, RunReport, TimelineEvent
 from trainwarden.report._run_telemetry import RankTelemetry, Telemetry
 
 __all__ = ["render_report_html", "render_run_html", "write_run_report"]
@@ -259,7 +259,7 @@ def _summary(r: RunReport) -> str:
         if f.rank is not None:
             where.append(f"rank {f.rank}")
         if f.step is not None:
-            where.append(f"step {f.step}")
+            where.append(f"step {f.step:,}")
         named = f" — <strong>{escape(f.named)}</strong>" if f.named else ""
         happened.append(
             f'<li><span class="chip {chip} t">{escape(f.technique or "–")}</span>'
@@ -367,7 +367,12 @@ def _nav(r: RunReport) -> str:
         ("findings", "Findings", len(r.findings), bool(r.established)),
         ("timeline", "Timeline", len(r.timeline), False),
         ("telemetry", "Telemetry", len(r.telemetry.ranks), False),
-        ("kills", "Kills", len(r.kills), any(k.source != "supervisor" for k in r.kills)),
+        (
+            "kills",
+            "Kills",
+            sum(1 for k in r.kills if k.source != "supervisor"),
+            any(k.source != "supervisor" for k in r.kills),
+        ),
         (
             "checkpoints",
             "Checkpoints",
@@ -968,7 +973,17 @@ def _details(summary: str, body: str, *, open_: bool = False) -> str:
 
 def _kills_section(r: RunReport) -> str:
     rows = []
+    # The supervisor stopping many ranks at once is one row, not one per rank.
+    teardown: dict[tuple[str, int | None, str | None], list[KillRow]] = {}
     for k in r.kills:
+        if k.source == "supervisor" and k.rank is not None:
+            teardown.setdefault((k.signal, k.sender_pid, k.note), []).append(k)
+    grouped = {id(group[0]): group for group in teardown.values() if len(group) > 1}
+    skip = {id(k) for group in grouped.values() for k in group[1:]}
+    for k in r.kills:
+        if id(k) in skip:
+            continue
+        group = grouped.get(id(k), [k])
         outside = k.source != "supervisor"
         named = k.sender_pid is not None or k.signal in ("SIGKILL", "SIGTERM")
         integ = ""
@@ -979,10 +994,17 @@ def _kills_section(r: RunReport) -> str:
             uid = "?" if k.sender_uid is None else str(k.sender_uid)
             pid = "?" if k.sender_pid is None else str(k.sender_pid)
             sender = escape(f"{k.sender_user or '?'} (uid {uid}), pid {pid}")
+        if len(group) > 1:
+            ranks = rank_list([g.rank for g in group if g.rank is not None])
+            rank_cell = f'<span title="{escape(ranks)}">{len(group)} ranks</span>'
+            pid_cell = ""
+        else:
+            rank_cell = "supervisor" if k.rank is None else str(k.rank)
+            pid_cell = _opt(k.pid)
         cells = [
             _td(_link(k.anchor, escape(_when(k.time))), "nowrap"),
-            _td("supervisor" if k.rank is None else str(k.rank), "num"),
-            _td(_opt(k.pid), "num"),
+            _td(rank_cell, "num"),
+            _td(pid_cell, "num"),
             _td(f"<strong>{escape(k.signal)}</strong>{integ}"),
             _td(sender),
             _td(_code(k.sender_cmdline or "")),

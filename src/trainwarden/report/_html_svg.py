@@ -458,16 +458,22 @@ def heatmap_svg(
         f'<rect class="heat-frame" x="{frame.left}" y="{frame.top}" width="{frame.plot_w:.0f}" '
         f'height="{plot_h}"/>',
     ]
+    # Row labels at least 11 px apart: flagged rows first, then every k-th row where room is
+    # left, so a flagged rank's label is never hidden under its neighbours'.
     every = 1 if n <= 24 else (2 if n <= 48 else 4)
     flagged_set = set(flagged)
-    for i, label in enumerate(labels):
-        if i % every and i not in flagged_set:
-            continue
+    gap = max(1, math.ceil(11 / row_h))
+    placed: list[int] = []
+    for i in [*sorted(flagged_set), *(i for i in range(n) if i % every == 0)]:
+        room = i in flagged_set or all(abs(i - p) >= gap for p in placed)
+        if i < n and room and i not in placed:
+            placed.append(i)
+    for i in sorted(placed):
         cls = "tick flagged" if i in flagged_set else "tick"
         out.append(
             f'<text class="{cls}" x="{frame.left - 6}" '
             f'y="{frame.top + row_h * (i + 0.5) + 3.5:.1f}" '
-            f'text-anchor="end">{escape(label)}</text>'
+            f'text-anchor="end">{escape(labels[i])}</text>'
         )
     axis_frame = _Frame(height=frame.top + plot_h + 30, top=frame.top, left=frame.left, bottom=30)
     out.extend(_x_axis(axis_frame, bins=bins, width=width))
