@@ -2,15 +2,91 @@
 
 Every renderer is a pure function from a report to a string, so the same report reads the
 same everywhere and tests compare exact output.
+
+The forensic report of a run directory (``trainwarden report``): :func:`read_run` reads a
+run directory (``docs/events.md``) into a :class:`RunReport` (findings, timeline, kills,
+checkpoints, egress, provenance, ledger status, telemetry); :func:`render_report_html` renders
+it as one self-contained HTML page; :func:`render_run_html` and :func:`write_run_report` do
+both (the latter atomically to a file, refusing to write over the evidence). Those names are
+loaded on first use, so the scan renderers stay quick to import.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from trainwarden.report._json import render_json
 from trainwarden.report._sarif import render_sarif
 from trainwarden.report._text import render_text
 
-__all__ = ["FORMATS", "render", "render_json", "render_sarif", "render_text"]
+if TYPE_CHECKING:
+    from trainwarden.report._html import render_report_html, render_run_html, write_run_report
+    from trainwarden.report._run import read_run
+    from trainwarden.report._run_model import (
+        VERDICTS,
+        CheckpointRow,
+        KillRow,
+        LedgerStatus,
+        Provenance,
+        RunComparison,
+        RunFinding,
+        RunReport,
+        TimelineEvent,
+    )
+    from trainwarden.report._run_telemetry import RankTelemetry, Telemetry
+
+__all__ = [
+    "FORMATS",
+    "VERDICTS",
+    "CheckpointRow",
+    "KillRow",
+    "LedgerStatus",
+    "Provenance",
+    "RankTelemetry",
+    "RunComparison",
+    "RunFinding",
+    "RunReport",
+    "Telemetry",
+    "TimelineEvent",
+    "read_run",
+    "render",
+    "render_json",
+    "render_report_html",
+    "render_run_html",
+    "render_sarif",
+    "render_text",
+    "write_run_report",
+]
+
+# The run report's public names and the private modules that define them (loaded lazily).
+_LAZY = {
+    "render_report_html": "_html",
+    "render_run_html": "_html",
+    "write_run_report": "_html",
+    "read_run": "_run",
+    "VERDICTS": "_run_model",
+    "CheckpointRow": "_run_model",
+    "KillRow": "_run_model",
+    "LedgerStatus": "_run_model",
+    "Provenance": "_run_model",
+    "RunComparison": "_run_model",
+    "RunFinding": "_run_model",
+    "RunReport": "_run_model",
+    "TimelineEvent": "_run_model",
+    "RankTelemetry": "_run_telemetry",
+    "Telemetry": "_run_telemetry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 #: Output formats every reporting command accepts.
 FORMATS = ("text", "json", "sarif")
