@@ -22,7 +22,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _append(root: Path, key: Path, *args: str) -> int:
-    return main(["ledger", "append", str(root), "--key", str(key), *args])
+    return main(["ledger", "append", str(root), "--key", str(key), "--create", *args])
 
 
 def test_append_verify_show_roundtrip(tmp_path, keys, capsys):

@@ -158,6 +158,8 @@ def test_ledger_rollback_through_cli(
 
     key, pub = keys
     ledger = tmp_path / "ledger"
+    assert main(["ledger", "init", str(ledger)]) == 0
+    capsys.readouterr()
     latest = checkpoint(tmp_path / "latest")
     base = ["--key", str(key), "--ledger", str(ledger), "--run", "r"]
     assert main(["sign", str(latest), *base, "--step", "1", "--format", "json"]) == 0
