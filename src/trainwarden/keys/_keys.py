@@ -193,7 +193,7 @@ def generate_key(
         InputError: The path is empty or a directory, a file exists (without
             ``overwrite``), or a file cannot be written.
     """
-    if str(path) in ("", "."):
+    if str(path) == "":
         raise InputError("no key path given: name the private key file, e.g. keys/alice")
     path = Path(path)
     if path.is_dir():

@@ -352,10 +352,11 @@ class Ledger:
             sig=sig,
             file=str(self._path),
         )
+        if not self._buffer:
+            # The chain as the file ends now: what a failed write of the buffer returns to.
+            self._rollback = (seq, self._prev)
         self._seq = seq + 1
         self._prev = entry_hash
-        if not self._buffer:
-            self._rollback = (seq, self._prev)
         self._buffer.append(line)
         self._buffered += len(line)
         if self._batch_depth == 0:
