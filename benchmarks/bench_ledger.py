@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import median, write_section
 
+from trainwarden.keys import generate_key, load_private_key, load_public_key
 from trainwarden.ledger import Ledger, verify_ledger
-from trainwarden.sign import generate_key, load_private_key, load_public_key
 
 WORK = Path(__file__).parent / "_work" / "ledger"
 CPU_SECONDS: list[float] = []
@@ -222,6 +222,8 @@ def main() -> int:
     tw = median(rows["tw-batch trainwarden Ledger, batch() of 1000, fsync per batch"])
     tw_cpu = median(cpu_rows["tw-batch trainwarden Ledger, batch() of 1000, fsync per batch"])
     lines = [
+        "## ledger: signed appends and verification vs unsigned logs and git",
+        "",
         f"`python benchmarks/bench_ledger.py` ({n} events, {args.repeats} repeats, "
         f"medians; Python {platform.python_version()}, {os.cpu_count()} CPUs). "
         "Every trainwarden entry is Ed25519-signed and hash-chained.",

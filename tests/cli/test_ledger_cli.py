@@ -402,3 +402,45 @@ def test_show_escapes_what_could_forge_lines(tmp_path, capsys):
     assert "\x1b" not in out
     assert "\u2028" not in out
     assert "run=r\\n2026" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ledger", "init", ""],
+        ["ledger", "append", "", "--key", "{key}", "--event", "e", "--create"],
+        ["ledger", "verify", "", "--pubkey", "{pub}"],
+        ["ledger", "show", ""],
+        ["sign", "", "--key", "{key}"],
+        ["sign", "{root}", "--key", ""],
+        ["verify", "", "--pubkey", "{pub}"],
+        ["keygen", ""],
+    ],
+)
+def test_an_empty_path_never_means_the_current_directory(bad, argv, capsys, monkeypatch):
+    workdir = Path(bad["dir"])
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    assert main([a.format(**bad) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "empty path" in err or "no key path" in err
+    assert "Traceback" not in err
+    assert list(workdir.iterdir()) == []  # nothing created in the current directory
+
+
+def test_python_api_refuses_an_empty_path(keys):
+    from trainwarden.errors import ConfigError, InputError
+    from trainwarden.keys import load_private_key
+    from trainwarden.ledger import Ledger, init_ledger
+    from trainwarden.manifest import digest_path
+    from trainwarden.sign import sign_path
+
+    key = load_private_key(keys["alice"])
+    with pytest.raises(InputError, match="no ledger path"):
+        Ledger("", key=key)
+    with pytest.raises(InputError, match="no ledger path"):
+        init_ledger("")
+    with pytest.raises(ConfigError, match="no path"):
+        sign_path("", key)
+    with pytest.raises(ConfigError, match="no path"):
+        digest_path("")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
@@ -22,6 +21,7 @@ from trainwarden.cli.sign import (
     dumps,
     jobs,
     load_public_keys,
+    path_arg,
     progress_display,
     write_report,
 )
@@ -47,13 +47,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Create DIR with writers/ and seals/ (sticky, like /tmp: on a shared "
         "ledger each user can add files but only remove their own). Safe to repeat.",
     )
-    p.add_argument("ledger", metavar="DIR", type=Path, help="ledger directory to create")
+    p.add_argument("ledger", metavar="DIR", type=path_arg, help="ledger directory to create")
     add_output_arguments(p, ("text", "json"))
     p.set_defaults(handler=_init)
 
     p = sub.add_parser("append", help="sign and append one event")
-    p.add_argument("ledger", metavar="DIR", type=Path, help="ledger directory")
-    p.add_argument("--key", required=True, type=Path, metavar="KEY", help="writer's private key")
+    p.add_argument("ledger", metavar="DIR", type=path_arg, help="ledger directory")
+    p.add_argument(
+        "--key", required=True, type=path_arg, metavar="KEY", help="writer's private key"
+    )
     p.add_argument("--event", required=True, metavar="TYPE", help="event type, e.g. run.started")
     p.add_argument("--run", help="training run the event is about")
     p.add_argument("--data", metavar="JSON", help="event payload: a JSON object")
@@ -71,8 +73,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=_append)
 
     p = sub.add_parser("seal", help="sign a Merkle root over every writer's chain")
-    p.add_argument("ledger", metavar="DIR", type=Path, help="ledger directory")
-    p.add_argument("--key", required=True, type=Path, metavar="KEY", help="sealer's private key")
+    p.add_argument("ledger", metavar="DIR", type=path_arg, help="ledger directory")
+    p.add_argument(
+        "--key", required=True, type=path_arg, metavar="KEY", help="sealer's private key"
+    )
     add_key_list(
         p,
         "--pubkey",
@@ -87,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--receipt",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="also write the seal to FILE (keep it off the shared storage)",
     )
@@ -104,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "--insecure-no-signer-check."
         ),
     )
-    p.add_argument("ledger", metavar="PATH", type=Path, help="ledger directory or writer file")
+    p.add_argument("ledger", metavar="PATH", type=path_arg, help="ledger directory or writer file")
     add_key_list(
         p,
         "--pubkey",
@@ -121,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--seal-receipt",
         action="append",
         default=[],
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="seal receipt kept off the ledger: detects seals rolled back; repeatable",
     )
@@ -142,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("show", help="timeline of events with attribution (unverified)")
-    p.add_argument("ledger", metavar="PATH", type=Path, help="ledger directory or writer file")
+    p.add_argument("ledger", metavar="PATH", type=path_arg, help="ledger directory or writer file")
     p.add_argument("--run", help="only events about RUN")
     p.add_argument("--event", action="append", default=[], metavar="TYPE", help="only TYPE")
     add_output_arguments(p, ("text", "json"))

@@ -57,16 +57,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "OpenSSF model-signing bundle with the signer, run, step and parent checkpoint. "
         "A file that changes while it is hashed is an error, never signed.",
     )
-    sign.add_argument("path", metavar="PATH", type=Path, help="file or checkpoint directory")
+    sign.add_argument("path", metavar="PATH", type=path_arg, help="file or checkpoint directory")
     sign.add_argument(
         "--key",
         metavar="KEY",
-        type=Path,
+        type=path_arg,
         required=True,
         help="private key (ours, or an OpenSSH Ed25519 key)",
     )
     sign.add_argument(
-        "--sig", metavar="FILE", type=Path, help="signature path (default: PATH.sig beside PATH)"
+        "--sig",
+        metavar="FILE",
+        type=path_arg,
+        help="signature path (default: PATH.sig beside PATH)",
     )
     sign.add_argument("--run", metavar="RUN", help="training run the checkpoint belongs to")
     sign.add_argument("--step", metavar="N", type=int, help="training step of the checkpoint")
@@ -78,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     sign.add_argument(
         "--ledger",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="also record checkpoint.signed in this existing ledger",
     )
     add_work_arguments(sign, "hashing threads (default: the CPUs available)")
@@ -92,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "mismatch (modified, missing, extra, renamed, symlinked file, untrusted signer, bad "
         "signature, rollback, swap, deletion); 2 on errors.",
     )
-    verify.add_argument("path", metavar="PATH", type=Path, help="file or checkpoint directory")
+    verify.add_argument("path", metavar="PATH", type=path_arg, help="file or checkpoint directory")
     add_key_list(
         verify,
         "--pubkey",
@@ -100,12 +103,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         aliases=("--key",),
     )
     verify.add_argument(
-        "--sig", metavar="FILE", type=Path, help="signature path (default: PATH.sig beside PATH)"
+        "--sig",
+        metavar="FILE",
+        type=path_arg,
+        help="signature path (default: PATH.sig beside PATH)",
     )
     verify.add_argument(
         "--ledger",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="also detect rollback, swap and deletion through this ledger",
     )
     add_key_list(
@@ -121,6 +127,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 # -- options shared with the ledger commands -------------------------------------------------
+
+
+def path_arg(text: str) -> Path:
+    """An argparse type: a path, never the empty string (``Path("")`` would mean ``.``)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path is not a file name")
+    return Path(text)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, formats: Sequence[str]) -> None:

@@ -110,6 +110,9 @@ class Ledger:
         batch_size: int = 1000,
         create: bool = True,
     ) -> None:
+        if os.fspath(path) == "":
+            # Path("") is ".": an empty setting must not turn the current directory into a ledger.
+            raise InputError("no ledger path given")
         self._setup(Path(path), key, fsync, resume, batch_size, WRITERS_DIR, create)
 
     @classmethod
@@ -140,8 +143,6 @@ class Ledger:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, not {batch_size!r}")
-        if str(root) == "":
-            raise InputError("no ledger path given")
         self._fd = -1
         self._closed = True
         self._key = key if isinstance(key, PrivateKey) else load_private_key(Path(key))

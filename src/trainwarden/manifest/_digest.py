@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from trainwarden._fs import open_regular
-from trainwarden.errors import InputError
+from trainwarden.errors import ConfigError, InputError
 from trainwarden.manifest._model import DEFAULT_SHARD_SIZE, Manifest, check_shard_size
 from trainwarden.manifest._tree import ProgressCallback, Stamp, Tree, hash_tree, walk_tree
 
@@ -74,8 +74,11 @@ def digest_path(
         UnsupportedTree: The tree holds symlinks or special files, or cannot be read.
         TreeChanged: A file changed while it was hashed.
         InputError: ``path`` is missing or a file vanished or became unreadable.
-        ConfigError: A bad ``shard_size``, ``method`` or ``workers``.
+        ConfigError: A bad ``shard_size``, ``method`` or ``workers``, or an empty path.
     """
+    if os.fspath(path) == "":
+        # Path("") is "."; an empty setting must not digest the current directory.
+        raise ConfigError("no path given")
     path = Path(path)
     check_shard_size(shard_size)
     tree = walk_tree(path)

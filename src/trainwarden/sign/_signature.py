@@ -188,6 +188,8 @@ def sign_path(
             be written, or the ledger does not exist or cannot be written.
         SignatureNotRecorded: The signature was written but the ledger append failed.
     """
+    if os.fspath(path) == "":
+        raise ConfigError("no path to sign given")
     path = Path(path)
     if (step is not None or parent is not None) and not run:
         raise ConfigError("--step and --parent need --run: lineage is per run")
@@ -330,6 +332,8 @@ def verify_path(
         InputError: The signature or the path cannot be read, or is malformed.
         ConfigError: No trusted key was given.
     """
+    if os.fspath(path) == "":
+        raise ConfigError("no path to verify given")
     path = Path(path)
     trusted = [keys] if isinstance(keys, PublicKey) else list(keys)
     if not trusted:
