@@ -261,7 +261,15 @@ BAD_LEDGER_INPUTS = [
     *[["ledger", "seal", "{root}", "--key", "{sealer}", "--pubkey", f"{{{s}}}"] for s in _SLOTS],
     *[
         ["ledger", "seal", "{root}", "--key", "{sealer}", "--receipt", receipt]
-        for receipt in ["{dir}", "{fifo}", "{loop}", "{root}/receipt", "{missing}/x", "{writer}"]
+        for receipt in [
+            "{dir}",
+            "{fifo}",
+            "{loop}",
+            "{root}/receipt",
+            "{missing}/x",
+            "{writer}",
+            "{sealer}",
+        ]
     ],
     *[["ledger", "verify", f"{{{slot}}}", "--pubkey", "{pub}"] for slot in _LEDGERS],
     *[["ledger", "verify", "{root}", "--pubkey", f"{{{slot}}}"] for slot in [*_SLOTS, "key"]],
@@ -280,6 +288,8 @@ BAD_LEDGER_INPUTS = [
         for slot in _SLOTS
     ],
     ["ledger", "verify", "{root}", "--pubkey", "{pub}", "-o", "{writer}"],
+    ["ledger", "verify", "{root}", "--pubkey", "{pub}", "-o", "{pub}"],
+    ["ledger", "append", "{root}", "--key", "{key}", "--event", "e", "-o", "{key}"],
     ["ledger", "verify", "{root}", "--pubkey", "{pub}", "-o", "{root}/report.txt"],
     ["ledger", "verify", "{root}", "--pubkey", "{pub}", "--jobs", "-2"],
     *[["ledger", "show", f"{{{slot}}}"] for slot in _LEDGERS],

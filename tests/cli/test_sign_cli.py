@@ -275,6 +275,8 @@ BAD_SIGN_INPUTS = [
         for sig in ["{dir}", "{fifo}", "{loop}", "{ckpt}", "{model}", "{missing}/x"]
     ],
     (["sign", "{model}", "--key", "{key}", "--sig", "{model}"], 2),
+    (["sign", "{ckpt}", "--key", "{key}", "--sig", "{key}"], 2),
+    (["sign", "{ckpt}", "--key", "{key}", "-o", "{key}"], 2),
     *[
         (["sign", "{ckpt}", "--key", "{key}", "--ledger", f"{{{slot}}}"], 2)
         for slot in ["missing", "garbage", "fifo", "loop", "dir"]
@@ -292,6 +294,7 @@ BAD_SIGN_INPUTS = [
     (["verify", "{ckpt}", "--pubkey", "{pub}", "-o", "{ckpt}/report.txt"], 2),
     (["verify", "{ckpt}", "--pubkey", "{pub}", "-o", "{sig}"], 2),
     (["verify", "{ckpt}", "--pubkey", "{pub}", "-o", "{dir}"], 2),
+    (["verify", "{ckpt}", "--pubkey", "{pub}", "-o", "{pub}"], 2),
     *[
         (["verify", "{ckpt}", "--pubkey", "{pub}", "--ledger", f"{{{slot}}}"], 2)
         for slot in ["missing", "garbage", "fifo", "loop", "dir"]

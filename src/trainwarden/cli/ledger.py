@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from trainwarden._fs import check_output_path
 from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from trainwarden.cli.sign import (
     SCHEMA_VERSION,
@@ -25,7 +26,7 @@ from trainwarden.cli.sign import (
     progress_display,
     write_report,
 )
-from trainwarden.errors import ConfigError
+from trainwarden.errors import ConfigError, InputError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -184,7 +185,7 @@ def _append(args: argparse.Namespace) -> int:
         if not isinstance(parsed, dict):
             raise ConfigError("--data must be a JSON object")
         data = parsed
-    check_output(args.output, [args.ledger])
+    check_output(args.output, [args.ledger, args.key])
     key = load_private_key(args.key)
     with Ledger(args.ledger, key=key, resume=not args.new_writer, create=args.create) as ledger:
         entry = ledger.append_data(args.event, data, run=args.run)
@@ -202,7 +203,15 @@ def _seal(args: argparse.Namespace) -> int:
     from trainwarden.keys import load_private_key
     from trainwarden.ledger import seal_ledger
 
-    check_output(args.output, [args.ledger, args.receipt])
+    keys = [args.key, *args.pubkey, *args.seal_pubkey]
+    check_output(args.output, [args.ledger, args.receipt, *keys])
+    if args.receipt is not None:
+        # The receipt must not replace a key or a trusted public key (the library checks the
+        # ledger itself, and that the path is writable, before sealing).
+        try:
+            check_output_path(args.receipt, keys)
+        except InputError as exc:
+            raise InputError(f"the seal receipt {args.receipt} would replace a key") from exc
     key = load_private_key(args.key)
     seal = seal_ledger(
         args.ledger,
@@ -229,7 +238,7 @@ def _verify(args: argparse.Namespace) -> int:
     from trainwarden.report import render, render_ledger_report
 
     workers = jobs(args)
-    check_output(args.output, [args.ledger, *args.seal_receipt])
+    check_output(args.output, [args.ledger, *args.seal_receipt, *args.pubkey, *args.seal_pubkey])
     keys = load_public_keys(args.pubkey)
     if keys and args.insecure_no_signer_check:
         raise ConfigError("--insecure-no-signer-check makes no sense with --pubkey")

@@ -383,7 +383,13 @@ def _sign(args: argparse.Namespace) -> int:
 
     workers = jobs(args)
     sig = args.sig if args.sig is not None else default_sig_path(args.path)
-    check_output(args.output, [args.path, sig, args.ledger])
+    check_output(args.output, [args.path, sig, args.ledger, args.key])
+    # The signature must not replace the key either (the library checks it against the
+    # signed path; it never sees the key's file).
+    try:
+        check_output_path(sig, [args.key])
+    except InputError as exc:
+        raise InputError(f"the signature {sig} would replace the key {args.key}") from exc
     key = load_private_key(args.key)
     with progress_display(f"signing {args.path}", enabled=not args.no_progress) as progress:
         signature = sign_path(
@@ -417,7 +423,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise ConfigError("give at least one trusted public key with --pubkey PUB")
     workers = jobs(args)
     sig = args.sig if args.sig is not None else default_sig_path(args.path)
-    check_output(args.output, [args.path, sig, args.ledger])
+    check_output(args.output, [args.path, sig, args.ledger, *args.pubkey, *args.ledger_pubkey])
     keys = load_public_keys(args.pubkey)
     ledger_keys = load_public_keys(args.ledger_pubkey) if args.ledger_pubkey else None
     mismatch: SignatureMismatch | None = None
