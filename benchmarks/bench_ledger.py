@@ -1,8 +1,10 @@
 """Ledger append throughput: trainwarden (signed, chained) vs unsigned JSON lines, logging, git.
 
-Run: python benchmarks/bench_ledger.py [--events N] [--repeats R]
+Run: python benchmarks/bench_ledger.py [--events N] [--repeats R] [--ab REV]
 Writes the `ledger` section of benchmarks/RESULTS.md. All tools run in the same process and
 on the same disk, each `--repeats` times; medians are reported with the ratio to trainwarden.
+With `--ab REV`, the batched writer of git revision REV and this tree's run alternately
+(A B B A) in fresh processes: the regression check of a refactor.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import median, write_section
 
+from trainwarden.keys import generate_key, load_private_key, load_public_key
 from trainwarden.ledger import Ledger, verify_ledger
-from trainwarden.sign import generate_key, load_private_key, load_public_key
 
 WORK = Path(__file__).parent / "_work" / "ledger"
 CPU_SECONDS: list[float] = []
@@ -136,6 +138,68 @@ def fresh(name: str) -> Path:
     return path
 
 
+# One batched writer in a fresh process; prints "<events per CPU-second> <events per second>".
+_AB_CHILD = """
+import pathlib, shutil, sys, tempfile, time
+from trainwarden.ledger import Ledger
+try:
+    from trainwarden.keys import load_private_key
+except ImportError:  # revisions before the keys package
+    from trainwarden.sign import load_private_key
+key = load_private_key(pathlib.Path(sys.argv[1]))
+n = int(sys.argv[2])
+root = pathlib.Path(tempfile.mkdtemp(dir=sys.argv[3])) / "l"
+cpu, wall = time.process_time(), time.perf_counter()
+with Ledger(root, key=key, fsync="batch", batch_size=1000) as ledger:
+    for start in range(0, n, 1000):
+        with ledger.batch():
+            for i in range(start, min(n, start + 1000)):
+                ledger.append("guard.finding", run="bench", step=i, rank=i % 8, value=0.001 * i)
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+shutil.rmtree(root.parent)
+print(n / cpu, n / wall)
+"""
+
+
+def ab_rows(rev: str, key: Path, n: int, runs: int) -> list[str]:
+    """Events per CPU-second and per second of revision ``rev`` and this tree."""
+    old_src = WORK / f"ab-{rev}"
+    shutil.rmtree(old_src, ignore_errors=True)
+    old_src.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parents[1]), "archive", rev, "src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True)
+    envs = {
+        "old": {**os.environ, "PYTHONPATH": str(old_src / "src")},
+        "new": {k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    }
+    cpu: dict[str, list[float]] = {"old": [], "new": []}
+    wall: dict[str, list[float]] = {"old": [], "new": []}
+    for i in range(runs):
+        for side in ("old", "new") if i % 2 == 0 else ("new", "old"):
+            out = subprocess.run(
+                [sys.executable, "-c", _AB_CHILD, str(key), str(n), str(WORK)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=envs[side],
+            ).stdout.split()
+            cpu[side].append(float(out[0]))
+            wall[side].append(float(out[1]))
+    print(f"A/B {rev}: per CPU-s {cpu}, per s {wall}", file=sys.stderr)
+    o, nw = median(cpu["old"]), median(cpu["new"])
+    ow, nww = median(wall["old"]), median(wall["new"])
+    return [
+        f"Refactor check, fresh processes alternating A B B A, {n:,} batched appends, median "
+        f"of {runs}: revision `{rev}` {o:,.0f} events per CPU-second ({ow:,.0f}/s), this "
+        f"tree {nw:,.0f} ({nww:,.0f}/s): {nw / o:.2f}x per CPU-second, {nww / ow:.2f}x wall.",
+        "",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
@@ -144,6 +208,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--verify-events", type=int, default=100_000)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument("--ab", metavar="REV", help="also compare with git revision REV")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     keyfile = WORK / "key"
@@ -219,9 +284,12 @@ def main() -> int:
         verify_cpu[workers] = nv / median(CPU_SECONDS)
         print(f"verify workers={workers}: {verify_rows[workers]:.0f} entries/s", file=sys.stderr)
 
+    ab = ab_rows(args.ab, priv, n, max(args.repeats, 6)) if args.ab else []
     tw = median(rows["tw-batch trainwarden Ledger, batch() of 1000, fsync per batch"])
     tw_cpu = median(cpu_rows["tw-batch trainwarden Ledger, batch() of 1000, fsync per batch"])
     lines = [
+        "## ledger: signed appends and verification vs unsigned logs and git",
+        "",
         f"`python benchmarks/bench_ledger.py` ({n} events, {args.repeats} repeats, "
         f"medians; Python {platform.python_version()}, {os.cpu_count()} CPUs). "
         "Every trainwarden entry is Ed25519-signed and hash-chained.",
@@ -253,6 +321,7 @@ def main() -> int:
         f"| `verify_ledger(workers=2)` (CLI default: all CPUs) | {verify_rows[2]:,.0f} "
         f"| {verify_cpu[2]:,.0f} |",
         "",
+        *ab,
         f"Load average at the start of the run: {load_start:.1f}, at the end: "
         f"{os.getloadavg()[0]:.1f}. On a shared machine wall-clock rates move with the load; "
         "the per-CPU-second rates show the cost of the work itself.",

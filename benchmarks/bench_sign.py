@@ -8,13 +8,18 @@ SHA-256 limit (one thread per core hashing in-memory buffers) and states each ra
 model-signing signs offline only with a private key, and only EC keys (P-256 here): its
 `sign key` / `verify key` CLI is the comparison. trainwarden uses Ed25519.
 
-Usage: python benchmarks/bench_sign.py [--runs 3] [--no-write]
+With `--ab REV` the same run also times, in-process and interleaved (so load from other
+processes falls on both alike), the manifest hashing code of git revision REV against this
+tree's: the regression check of a refactor.
+
+Usage: python benchmarks/bench_sign.py [--runs 3] [--no-write] [--ab REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -100,10 +105,76 @@ def timed(cmd: list[str], *, expect: int = 0) -> float:
     return elapsed
 
 
+def hasher_at(rev: str):
+    """``(hash_tree, walk_tree)`` of the manifest code at git revision ``rev``."""
+    for rel in ("src/trainwarden/manifest/_tree.py", "src/trainwarden/sign/_manifest.py"):
+        proc = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{rel}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"no manifest code at revision {rev}")
+    path = WORK / f"ab_{rev}.py"
+    path.write_text(proc.stdout)
+    spec = importlib.util.spec_from_file_location(f"tw_ab_{rev}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module.hash_tree, module.walk_tree
+
+
+def _digests(result) -> list[tuple[str, int, int, str]]:
+    return [(e.path, s.start, s.end, s.digest) for e in result.entries for s in e.shards]
+
+
+def ab_rows(rev: str, datasets: dict[str, list[Path]], runs: int) -> list[str]:
+    """In-process timings of revision ``rev`` and this tree, one row a dataset.
+
+    Runs alternate A B B A, so neither side always follows the other (page cache, turbo),
+    and CPU-seconds are reported next to wall time: on a loaded machine the wall clock
+    measures the neighbours, the CPU time the work.
+    """
+    from trainwarden.manifest import hash_tree, walk_tree
+
+    old_hash, old_walk = hasher_at(rev)
+    sides = {"old": (old_hash, old_walk), "new": (hash_tree, walk_tree)}
+    rows = []
+    for name, files in datasets.items():
+        model = files[0].parent
+        warm(files)
+        wall: dict[str, list[float]] = {"old": [], "new": []}
+        cpu: dict[str, list[float]] = {"old": [], "new": []}
+        results = {}
+        for i in range(runs):
+            for side in ("old", "new") if i % 2 == 0 else ("new", "old"):
+                hash_fn, walk_fn = sides[side]
+                start, cpu_start = time.perf_counter(), time.process_time()
+                results[side] = hash_fn(walk_fn(model))
+                wall[side].append(time.perf_counter() - start)
+                cpu[side].append(time.process_time() - cpu_start)
+            # Same digests, or the comparison means nothing.
+            assert _digests(results["old"]) == _digests(results["new"])
+        print(f"A/B {name}: wall {wall}, cpu {cpu}", file=sys.stderr)
+        o, n = median(wall["old"]), median(wall["new"])
+        oc, nc = median(cpu["old"]), median(cpu["new"])
+        rows.append(
+            f"| {name} | {o:.2f} s ({oc:.2f} CPU-s) | {n:.2f} s ({nc:.2f} CPU-s) "
+            f"| {n / o:.2f}x | {nc / oc:.2f}x |"
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--ab", metavar="REV", help="also time the hashing code of git REV")
     args = parser.parse_args()
 
     need = 12 * GIB
@@ -151,6 +222,7 @@ def main() -> int:
     if not have_ms:
         print(f"model-signing not installed at {MS_BIN}; run tools/install-peers", file=sys.stderr)
 
+    load_start = os.getloadavg()[0]
     threads = cpu_count()
     limits = [sha256_limit(threads)]
     in_process: list[tuple[str, int, float]] = []
@@ -176,7 +248,7 @@ def main() -> int:
                 *TRAINWARDEN,
                 "verify",
                 str(model),
-                "--key",
+                "--pubkey",
                 f"{tw_key}.pub",
                 "--sig",
                 str(tw_sig),
@@ -210,7 +282,7 @@ def main() -> int:
             for key in sorted(commands, key=lambda k: (k[1] != "sign", k[0])):
                 times[key].append(timed(commands[key]))
         # The same hashing in-process (no interpreter start-up, no signature I/O).
-        from trainwarden.sign._manifest import hash_tree, walk_tree
+        from trainwarden.manifest import hash_tree, walk_tree
 
         api = []
         for _ in range(args.runs):
@@ -226,6 +298,7 @@ def main() -> int:
             tw = results[("trainwarden", op)]
             ms = results.get(("model-signing", op))
             rows.append((name, op, total, tw, ms))
+    ab = ab_rows(args.ab, datasets, max(args.runs, 6)) if args.ab else []
     # Other processes can only slow the measurement down: the best one is the machine's limit.
     limit = max(limits)
     print(
@@ -248,7 +321,9 @@ def main() -> int:
         [
             "## sign: `trainwarden sign/verify` vs `model_signing sign key/verify key`",
             "",
-            f"Warm page cache, {threads} CPUs, median of {args.runs} whole-process runs. "
+            f"Warm page cache, {threads} CPUs shared with other jobs (load average "
+            f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), median of "
+            f"{args.runs} whole-process runs. "
             f"Parallel SHA-256 limit measured in the same run: {limit / 1e9:.2f} GB/s "
             f"({threads} threads hashing in-memory buffers; {single / 1e9:.2f} GB/s on one). "
             "model-signing 1.1.1 with a P-256 key (its CLI signs with whole-file digests); "
@@ -266,14 +341,33 @@ def main() -> int:
             )
             + ".",
             "",
+            *(
+                [
+                    f"Refactor check, in-process, alternating A B B A: the manifest hashing "
+                    f"code of revision `{args.ab}` (before the change detection and the move "
+                    f"to `trainwarden.manifest`) against this tree's (same digests asserted), "
+                    f"median of {max(args.runs, 6)} each; CPU-seconds of the whole process.",
+                    "",
+                    f"| data | `{args.ab}` | this tree | wall: this / `{args.ab}` "
+                    f"| CPU: this / `{args.ab}` |",
+                    "|---|---|---|---|---|",
+                    *ab,
+                    "",
+                ]
+                if ab
+                else []
+            ),
             "Goal: faster than model-signing, and within 1.2x of the limit. Reproduce: "
             "`python benchmarks/bench_sign.py` (needs 12 GiB free under benchmarks/_work).",
             "",
             "The remaining gap to the limit is the copy from the page cache into each "
             "thread's buffer (positional `preadv`; memory-mapping would avoid it but a file "
             "truncated during verification would then kill the verifier with SIGBUS) plus "
-            "interpreter start-up. On a shared, loaded machine both tools slow down alike: "
-            "run it on a quiet one.",
+            "interpreter start-up. On a shared, loaded machine both tools slow down alike "
+            "and the limit drops with them, so compare the ratios, not the seconds. Every "
+            "shard also checks its file's identity (device, inode, size, mtime, ctime) "
+            "before and after it is read, so a file rewritten while it is hashed is refused "
+            "(two fstat calls per 256 MiB: not measurable here).",
         ]
     )
     print(body)

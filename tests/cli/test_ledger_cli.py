@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
+from test_sign_cli import TRAINWARDEN, run_cli
 
 from trainwarden.cli import main
 from trainwarden.sign import generate_key
@@ -22,7 +26,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _append(root: Path, key: Path, *args: str) -> int:
-    return main(["ledger", "append", str(root), "--key", str(key), *args])
+    return main(["ledger", "append", str(root), "--key", str(key), "--create", *args])
 
 
 def test_append_verify_show_roundtrip(tmp_path, keys, capsys):
@@ -188,3 +192,265 @@ def test_verify_sarif_points_at_the_tampered_line(tmp_path, keys, capsys):
     location = results[0]["locations"][0]["physicalLocation"]
     assert location["region"]["byteOffset"] == len(lines[0]) + len(lines[1])
     assert main(["ledger", "verify", str(root), "--insecure-no-signer-check", "-j", "1"]) == 1
+
+
+# -- hardening: creation is explicit, bad input, outputs, full disks, flags ------------------------
+
+
+def test_append_never_creates_a_ledger_by_accident(tmp_path, keys, capsys):
+    typo = tmp_path / "ledgr"
+    argv = ["ledger", "append", str(typo), "--key", str(keys["alice"]), "--event", "e"]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not typo.exists()
+    assert main([*argv, "--create"]) == 0
+    assert main(argv) == 0  # it exists now
+    other = tmp_path / "other"
+    capsys.readouterr()
+    assert main(["ledger", "init", str(other), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"schema_version": 1, "ledger": str(other), "created": True}
+    assert main(["ledger", "init", str(other)]) == 0
+    assert capsys.readouterr().out == f"already a ledger {other}\n"
+
+
+@pytest.fixture
+def bad(tmp_path, keys):
+    root = tmp_path / "ledger"
+    assert _append(root, keys["alice"], "--event", "e", "--run", "r") == 0
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "garbage").write_bytes(os.urandom(300))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "full-dir").mkdir()
+    (tmp_path / "full-dir" / "notes.txt").write_text("mine")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return {
+        "root": str(root),
+        "writer": str(next((root / "writers").iterdir())),
+        "key": str(keys["alice"]),
+        "pub": str(keys["alice.pub"]),
+        "sealer": str(keys["sealer"]),
+        "missing": str(tmp_path / "missing"),
+        "empty": str(tmp_path / "empty"),
+        "garbage": str(tmp_path / "garbage"),
+        "dir": str(tmp_path / "dir"),
+        "full-dir": str(tmp_path / "full-dir"),
+        "fifo": str(tmp_path / "fifo"),
+        "loop": str(tmp_path / "loop"),
+        "tmp": str(tmp_path),
+    }
+
+
+_SLOTS = ["missing", "empty", "dir", "fifo", "loop", "garbage"]
+_LEDGERS = ["missing", "empty", "fifo", "loop", "garbage", "full-dir"]
+BAD_LEDGER_INPUTS = [
+    *[["ledger", "init", f"{{{slot}}}"] for slot in ["empty", "fifo", "loop", "full-dir"]],
+    ["ledger", "init", "{root}", "-o", "{root}/out.txt"],
+    *[["ledger", "append", f"{{{slot}}}", "--key", "{key}", "--event", "e"] for slot in _LEDGERS],
+    *[
+        ["ledger", "append", "{root}", "--key", f"{{{slot}}}", "--event", "e"]
+        for slot in [*_SLOTS, "pub"]
+    ],
+    ["ledger", "append", "{root}", "--key", "{key}", "--event", "e", "--data", "[" * 100000],
+    ["ledger", "append", "{root}", "--key", "{key}", "--event", "bad event"],
+    ["ledger", "append", "{root}", "--key", "{key}", "--event", "e", "-o", "{writer}"],
+    *[["ledger", "seal", f"{{{slot}}}", "--key", "{sealer}"] for slot in _LEDGERS],
+    ["ledger", "seal", "{writer}", "--key", "{sealer}"],
+    *[["ledger", "seal", "{root}", "--key", f"{{{slot}}}"] for slot in [*_SLOTS, "pub"]],
+    *[["ledger", "seal", "{root}", "--key", "{sealer}", "--pubkey", f"{{{s}}}"] for s in _SLOTS],
+    *[
+        ["ledger", "seal", "{root}", "--key", "{sealer}", "--receipt", receipt]
+        for receipt in [
+            "{dir}",
+            "{fifo}",
+            "{loop}",
+            "{root}/receipt",
+            "{missing}/x",
+            "{writer}",
+            "{sealer}",
+        ]
+    ],
+    *[["ledger", "verify", f"{{{slot}}}", "--pubkey", "{pub}"] for slot in _LEDGERS],
+    *[["ledger", "verify", "{root}", "--pubkey", f"{{{slot}}}"] for slot in [*_SLOTS, "key"]],
+    *[
+        [
+            "ledger",
+            "verify",
+            "{root}",
+            "--pubkey",
+            "{pub}",
+            "--seal-pubkey",
+            "{pub}",
+            "--seal-receipt",
+            f"{{{slot}}}",
+        ]
+        for slot in _SLOTS
+    ],
+    ["ledger", "verify", "{root}", "--pubkey", "{pub}", "-o", "{writer}"],
+    ["ledger", "verify", "{root}", "--pubkey", "{pub}", "-o", "{pub}"],
+    ["ledger", "append", "{root}", "--key", "{key}", "--event", "e", "-o", "{key}"],
+    ["ledger", "verify", "{root}", "--pubkey", "{pub}", "-o", "{root}/report.txt"],
+    ["ledger", "verify", "{root}", "--pubkey", "{pub}", "--jobs", "-2"],
+    *[["ledger", "show", f"{{{slot}}}"] for slot in _LEDGERS],
+    ["ledger", "show", "{root}", "-o", "{root}/writers/timeline.txt"],
+]
+
+
+@pytest.mark.parametrize(
+    "argv", BAD_LEDGER_INPUTS, ids=[" ".join(a)[:80] for a in BAD_LEDGER_INPUTS]
+)
+def test_every_ledger_command_on_bad_input_exits_2_without_traceback(bad, argv, capsys):
+    writer = Path(bad["writer"])
+    before = writer.read_bytes()
+    capsys.readouterr()
+    assert run_cli([a.format(**bad) for a in argv], [Path(bad["fifo"])]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "trainwarden: error: " in err
+    assert writer.read_bytes() == before  # nothing appended, sealed or overwritten
+    assert not (Path(bad["root"]) / "seals").exists() or not any(
+        (Path(bad["root"]) / "seals").iterdir()
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ledger", "init", "{tmp}/new"],
+        ["ledger", "append", "{root}", "--key", "{key}", "--event", "e"],
+        ["ledger", "seal", "{root}", "--key", "{sealer}", "--format", "json"],
+        ["ledger", "verify", "{root}", "--pubkey", "{pub}"],
+        ["ledger", "verify", "{root}", "--pubkey", "{pub}", "--format", "sarif"],
+        ["ledger", "show", "{root}"],
+        ["ledger", "show", "{root}", "--format", "json"],
+    ],
+)
+def test_ledger_output_to_a_full_disk_is_exit_2(bad, argv):
+    args = [a.format(**bad) for a in argv]
+    with Path("/dev/full").open("wb") as full:
+        proc = subprocess.run(
+            [*TRAINWARDEN, *args], stdout=full, stderr=subprocess.PIPE, text=True, check=False
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+
+
+def test_every_ledger_json_output_carries_schema_version(bad, capsys):
+    receipt = Path(bad["tmp"]) / "receipt"
+    runs = [
+        ["ledger", "init", bad["root"], "--format", "json"],
+        ["ledger", "append", bad["root"], "--key", bad["key"], "--event", "e", "--format", "json"],
+        [
+            "ledger",
+            "seal",
+            bad["root"],
+            "--key",
+            bad["sealer"],
+            "--format",
+            "json",
+            "--receipt",
+            str(receipt),
+        ],
+        ["ledger", "verify", bad["root"], "--pubkey", bad["pub"], "--format", "json"],
+        ["ledger", "show", bad["root"], "--format", "json"],
+    ]
+    for argv in runs:
+        capsys.readouterr()
+        assert main(argv) == 0, argv
+        assert json.loads(capsys.readouterr().out)["schema_version"] == 1, argv
+
+
+def test_old_flag_spellings_still_work(bad, capsys):
+    receipt = Path(bad["tmp"]) / "receipt"
+    seal = ["ledger", "seal", bad["root"], "--key", bad["sealer"], "--receipt", str(receipt)]
+    assert main([*seal, "--writer-key", bad["pub"]]) == 0
+    sealer_pub = bad["sealer"] + ".pub"
+    for flags in (
+        ["--pubkey", bad["pub"], "--seal-pubkey", sealer_pub],
+        ["--key", bad["pub"], "--seal-key", sealer_pub],
+    ):
+        argv = ["ledger", "verify", bad["root"], *flags, "--seal-receipt", str(receipt)]
+        assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["ledger", "seal", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--pubkey PUB" in text
+    assert "--writer-key" not in text
+
+
+def test_show_escapes_what_could_forge_lines(tmp_path, capsys):
+    key = tmp_path / "k"
+    assert main(["keygen", str(key), "--identity", "eve\x1b[2Jmallory"]) == 0
+    root = tmp_path / "l"
+    forged = "r\n2026-01-01T00:00:00.000000Z  root(0)@admin  [admin]  run=x  ok"
+    assert (
+        main(
+            [
+                "ledger",
+                "append",
+                str(root),
+                "--key",
+                str(key),
+                "--create",
+                "--event",
+                "e",
+                "--run",
+                forged,
+                "--data",
+                '{"note": "a\\u001b[31m\\u2028b"}',
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["ledger", "show", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 2  # ledger.open and the one event: no forged line
+    assert "\x1b" not in out
+    assert "\u2028" not in out
+    assert "run=r\\n2026" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ledger", "init", ""],
+        ["ledger", "append", "", "--key", "{key}", "--event", "e", "--create"],
+        ["ledger", "verify", "", "--pubkey", "{pub}"],
+        ["ledger", "show", ""],
+        ["sign", "", "--key", "{key}"],
+        ["sign", "{root}", "--key", ""],
+        ["verify", "", "--pubkey", "{pub}"],
+        ["keygen", ""],
+    ],
+)
+def test_an_empty_path_never_means_the_current_directory(bad, argv, capsys, monkeypatch):
+    workdir = Path(bad["dir"])
+    monkeypatch.chdir(workdir)
+    capsys.readouterr()
+    assert main([a.format(**bad) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "empty path" in err or "no key path" in err
+    assert "Traceback" not in err
+    assert list(workdir.iterdir()) == []  # nothing created in the current directory
+
+
+def test_python_api_refuses_an_empty_path(keys):
+    from trainwarden.errors import ConfigError, InputError
+    from trainwarden.keys import load_private_key
+    from trainwarden.ledger import Ledger, init_ledger
+    from trainwarden.manifest import digest_path
+    from trainwarden.sign import sign_path
+
+    key = load_private_key(keys["alice"])
+    with pytest.raises(InputError, match="no ledger path"):
+        Ledger("", key=key)
+    with pytest.raises(InputError, match="no ledger path"):
+        init_ledger("")
+    with pytest.raises(ConfigError, match="no path"):
+        sign_path("", key)
+    with pytest.raises(ConfigError, match="no path"):
+        digest_path("")

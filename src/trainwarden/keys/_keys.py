@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from trainwarden._fs import atomic_write, open_regular
 from trainwarden.errors import InputError, VerificationError
 
 __all__ = [
@@ -170,16 +171,18 @@ def _check_identity(identity: str) -> str:
 
 
 def generate_key(
-    path: Path, *, identity: str | None = None, overwrite: bool = False
+    path: str | os.PathLike[str], *, identity: str | None = None, overwrite: bool = False
 ) -> tuple[Path, Path]:
     """Write a new Ed25519 private key to ``path`` (mode 0600) and its public key to ``path.pub``.
 
-    The private file is created with mode 0600 from its first byte (``O_EXCL``; with
-    ``overwrite`` a fresh 0600 file is renamed over the old one), so it is never readable by
-    others, not even briefly.
+    Both files are written with :func:`trainwarden._fs.atomic_write`: a fresh temporary
+    file created with mode 0600 (0644 for the public key) from its first byte, synced, then
+    linked (never overwriting) or, with ``overwrite``, renamed over the old file. So the
+    private key is never readable by others, not even briefly, and a symlink planted at
+    ``path`` is never written through.
 
     Args:
-        path: Where to write the private key.
+        path: Where to write the private key (a file path, not a directory).
         identity: Label of the key holder; default ``user@host``.
         overwrite: Replace existing key files instead of refusing.
 
@@ -187,58 +190,80 @@ def generate_key(
         The paths of the private and the public key files.
 
     Raises:
-        InputError: A file exists (without ``overwrite``) or cannot be written.
+        InputError: The path is empty or a directory, a file exists (without
+            ``overwrite``), or a file cannot be written.
     """
+    if str(path) == "":
+        raise InputError("no key path given: name the private key file, e.g. keys/alice")
     path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{path} is a directory; give a file path for the key, e.g. {path / 'id_trainwarden'}"
+        )
+    if not path.name or path.name in (".", ".."):
+        raise InputError(f"{path} is not a file name for a key")
     pub_path = path.with_name(path.name + ".pub")
+    if pub_path.is_dir():
+        raise InputError(f"{pub_path} is a directory; choose another key path")
     key = PrivateKey.generate(identity)
     if not overwrite:
         for existing in (path, pub_path):
             if existing.exists() or existing.is_symlink():
                 raise InputError(f"{existing} exists; use --force to overwrite it")
-    _write_exclusive(path, key.to_pem().encode("ascii"), mode=0o600, replace=overwrite)
-    _write_exclusive(pub_path, key.public.to_pem().encode("utf-8"), mode=0o644, replace=overwrite)
+    atomic_write(
+        path, key.to_pem().encode("ascii"), mode=0o600, exclusive=not overwrite, what="private key"
+    )
+    try:
+        atomic_write(
+            pub_path,
+            key.public.to_pem().encode("utf-8"),
+            mode=0o644,
+            exclusive=not overwrite,
+            what="public key",
+        )
+    except InputError:
+        # A private key without its public half is a trap (nobody can verify its
+        # signatures); remove the one this call just created.
+        if not overwrite:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
     return path, pub_path
 
 
-def _write_exclusive(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
-    target = path
-    if replace:
-        # Write a fresh file beside the target, then rename: the old file's mode (or a
-        # symlink planted at the target) never applies to the new key material.
-        target = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(target, flags, mode)
-    except OSError as exc:
-        raise InputError(f"cannot create {target}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # the umask may have removed bits we want (0644 pub)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            target.replace(path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            target.unlink()
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+def _read_key_file(path: Path, *, private: bool) -> tuple[str, os.stat_result]:
+    """Read a key file (never blocking on a FIFO or device) and its ``fstat``.
 
-
-def _read_key_file(path: Path) -> str:
-    path = Path(path)
+    The mode is taken from the same open descriptor the key is read from, so a file swapped
+    between the permission check and the read cannot slip through.
+    """
+    kind = "private key" if private else "public key"
+    fd = open_regular(path, what=kind)
     try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_KEY_FILE + 1)
+        st = os.fstat(fd)
+        if st.st_size > _MAX_KEY_FILE:
+            raise InputError(f"{path} is not a key file (larger than {_MAX_KEY_FILE} bytes)")
+        data = os.read(fd, _MAX_KEY_FILE + 1)
     except OSError as exc:
-        raise InputError(f"cannot read key {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read {kind} {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
     if len(data) > _MAX_KEY_FILE:
         raise InputError(f"{path} is not a key file (larger than {_MAX_KEY_FILE} bytes)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), st
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not a key file (not text)") from exc
+
+
+def _looks_public(text: str) -> bool:
+    stripped = text.lstrip()
+    first = stripped.split(None, 1)[0] if stripped else ""
+    return "-----BEGIN PUBLIC KEY-----" in text or first.startswith(("ssh-", "ecdsa-", "sk-"))
+
+
+def _looks_private(text: str) -> bool:
+    return "PRIVATE KEY-----" in text
 
 
 def _split_identity(text: str) -> tuple[str | None, str]:
@@ -265,8 +290,14 @@ def load_private_key(path: Path) -> PrivateKey:
             not a key.
     """
     path = Path(path)
-    text = _read_key_file(path)
-    _check_private_permissions(path)
+    text, st = _read_key_file(path, private=True)
+    if _looks_public(text) and not _looks_private(text):
+        # Said first: "chmod 600 alice.pub" would send the user the wrong way.
+        raise InputError(
+            f"{path} is a public key; signing needs the private key"
+            + (f" ({path.with_suffix('')})" if path.suffix == ".pub" else "")
+        )
+    _check_private_permissions(path, st)
     if _OPENSSH_PRIVATE_BEGIN in text:
         return _load_openssh_private(path, text)
     identity, pem = _split_identity(text)
@@ -289,11 +320,7 @@ def load_private_key(path: Path) -> PrivateKey:
     return PrivateKey(key, _check_identity(identity or default_identity()))
 
 
-def _check_private_permissions(path: Path) -> None:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise InputError(f"cannot stat key {path}: {exc.strerror or exc}") from exc
+def _check_private_permissions(path: Path, st: os.stat_result) -> None:
     if os.name == "posix" and stat.S_IMODE(st.st_mode) & 0o077:
         raise InputError(
             f"private key {path} is accessible by group or others "
@@ -385,13 +412,16 @@ def load_public_key(path: Path) -> PublicKey:
         InputError: The file is unreadable, not a public key, or not Ed25519.
     """
     path = Path(path)
-    text = _read_key_file(path)
+    text, _ = _read_key_file(path, private=False)
     stripped = text.strip()
-    if stripped.startswith("ssh-") or stripped.startswith("ecdsa-"):
+    if stripped.startswith(("ssh-", "ecdsa-", "sk-")):
         return _parse_openssh_public(path, stripped)
     identity, pem = _split_identity(text)
-    if "PRIVATE KEY" in pem.split("\n", 1)[0]:
-        raise InputError(f"{path} is a private key; give the public key ({path}.pub)")
+    if _looks_private(text):
+        raise InputError(
+            f"{path} is a private key; verification needs the public key ({path}.pub), "
+            "and a private key should never be handed to a verifier"
+        )
     if not pem.startswith("-----BEGIN PUBLIC KEY-----"):
         raise InputError(
             f"{path} is not a public key (expected PEM 'BEGIN PUBLIC KEY' or 'ssh-ed25519 ...')"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import fcntl
 import os
 import re
 import secrets
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainwarden._fs import describe_mode
 from trainwarden.errors import InputError
 from trainwarden.ledger._entry import Entry, MalformedEntry, parse_line
 from trainwarden.ledger._format import MAX_LINE, SEALS_DIR, SUFFIX, WRITER_ID_RE, WRITERS_DIR
@@ -19,7 +23,10 @@ from trainwarden.ledger._format import MAX_LINE, SEALS_DIR, SUFFIX, WRITER_ID_RE
 __all__ = [
     "FileRecords",
     "LedgerLayout",
+    "ensure_subdir",
     "fingerprint_tag",
+    "init_ledger",
+    "is_ledger",
     "list_ledger_files",
     "new_writer_id",
     "read_records",
@@ -91,6 +98,16 @@ class LedgerLayout:
         return list_ledger_files(self.seals_dir)
 
 
+def is_ledger(path: Path) -> bool:
+    """Whether ``path`` is a ledger directory (it holds ``writers/`` or ``seals/``)."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and not path.is_symlink()
+        and ((path / WRITERS_DIR).is_dir() or (path / SEALS_DIR).is_dir())
+    )
+
+
 def resolve_layout(path: Path) -> LedgerLayout:
     """Accept a ledger directory or one writer file inside ``<ledger>/writers/``.
 
@@ -98,20 +115,94 @@ def resolve_layout(path: Path) -> LedgerLayout:
         InputError: ``path`` does not exist or is neither.
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path} is a symlink loop, not a ledger") from exc
+        if exc.errno == errno.ENOENT and not path.is_symlink():
+            raise InputError(f"{path} does not exist") from exc
+        raise InputError(f"cannot read ledger {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(st.st_mode):
         if not (path / WRITERS_DIR).is_dir() and not (path / SEALS_DIR).is_dir():
             raise InputError(
                 f"{path} is not a ledger (no {WRITERS_DIR}/ or {SEALS_DIR}/ directory in it)"
             )
         return LedgerLayout(path)
-    if path.is_file() or path.is_symlink():
+    if stat.S_ISREG(st.st_mode) or path.is_symlink():
         if path.parent.name == SEALS_DIR:
             raise InputError(f"{path} is a seal file; give the ledger directory instead")
         if path.name.endswith(SUFFIX):
             root = path.parent.parent if path.parent.name == WRITERS_DIR else path.parent
             return LedgerLayout(root, only=path)
         raise InputError(f"{path} is not a ledger writer file (expected *{SUFFIX})")
-    raise InputError(f"{path} does not exist")
+    raise InputError(f"{path} is {describe_mode(st.st_mode)}, not a ledger")
+
+
+def ensure_subdir(root: Path, subdir: str) -> Path:
+    """Create ``root/subdir`` if missing (sticky bit, like ``/tmp``); ``root`` must exist.
+
+    Raises:
+        InputError: ``root`` or the sub-directory is a symlink, not a directory, or cannot
+            be created.
+    """
+    directory = root / subdir
+    for path in (root, directory):
+        if path.is_symlink():
+            # A planted symlink would send our entries somewhere the verifier never looks.
+            raise InputError(f"{path} is a symbolic link; a ledger directory must be real")
+    try:
+        directory.mkdir(mode=0o777)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise InputError(
+            f"cannot create ledger directory {directory}: {exc.strerror or exc}"
+        ) from exc
+    else:
+        # Sticky bit: on a shared ledger everyone may create files here, but only a file's
+        # owner may delete or rename it (like /tmp).
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(directory.stat().st_mode)
+            directory.chmod(mode | stat.S_ISVTX)
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory")
+    return directory
+
+
+def init_ledger(path: str | os.PathLike[str]) -> Path:
+    """Create an empty ledger at ``path`` (``writers/`` and ``seals/``); idempotent.
+
+    The one explicit way, with ``Ledger(..., create=True)``, to start a ledger: a mistyped
+    path must never quietly become a second ledger beside the real one.
+
+    Returns:
+        The ledger directory.
+
+    Raises:
+        InputError: ``path`` exists and is not a directory, is a directory that holds other
+            things but no ledger, or cannot be created.
+    """
+    root = Path(path)
+    if str(path) == "":
+        raise InputError("no ledger path given")
+    if root.is_symlink():
+        raise InputError(f"{root} is a symbolic link; a ledger directory must be real")
+    if root.exists():
+        if not root.is_dir():
+            raise InputError(f"{root} exists and is not a directory")
+        if not is_ledger(root) and any(root.iterdir()):
+            raise InputError(
+                f"{root} is a directory that holds other files but no ledger; "
+                "choose an empty or new directory"
+            )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create ledger directory {root}: {exc.strerror or exc}") from exc
+    ensure_subdir(root, WRITERS_DIR)
+    ensure_subdir(root, SEALS_DIR)
+    return root
 
 
 def list_ledger_files(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -141,12 +232,16 @@ class FileRecords:
             it is malformed.
         torn_bytes: Size of a final fragment without newline (an append in progress).
         error: Why the file could not be read at all, else ``None``.
+        writer_gone: With a torn fragment: ``True`` when no process holds the file's lock
+            (the fragment is a crash or a failed write, not an append in progress),
+            ``False`` when a writer holds it, ``None`` when that cannot be told.
     """
 
     path: Path
     records: tuple[tuple[int, int, Entry | MalformedEntry], ...]
     torn_bytes: int = 0
     error: str | None = None
+    writer_gone: bool | None = None
 
     @property
     def writer_id(self) -> str:
@@ -166,18 +261,21 @@ def read_records(path: Path) -> FileRecords:
     fragment without newline is not parsed: it is an append in progress (or a torn
     write), reported by size so the verifier can apply the torn-tail rule.
     """
+    # O_NOFOLLOW: a symlink could point a writer's name at another writer's file, or at a
+    # file the attacker controls elsewhere; a ledger holds regular files only. O_NONBLOCK:
+    # a FIFO planted under a writer's name must not hang the verifier; it is refused below.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
     try:
-        st = path.lstat()
+        fd = os.open(path, flags)
     except OSError as exc:
-        return FileRecords(path, (), error=f"cannot stat: {exc.strerror or exc}")
-    if not stat.S_ISREG(st.st_mode):
-        # A symlink could point a writer's name at another writer's file, or at a file the
-        # attacker controls elsewhere: a ledger holds regular files only.
-        return FileRecords(path, (), error="not a regular file (symlink or special file)")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
-    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return FileRecords(path, (), error="not a regular file (a symlink)")
         return FileRecords(path, (), error=f"cannot open: {exc.strerror or exc}")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return FileRecords(path, (), error=f"not a regular file ({describe_mode(st.st_mode)})")
+    os.set_blocking(fd, True)
     records: list[tuple[int, int, Entry | MalformedEntry]] = []
     torn = 0
     name = str(path)
@@ -210,4 +308,18 @@ def read_records(path: Path) -> FileRecords:
                 record = exc
             records.append((lineno, offset, record))
             offset += len(line)
-    return FileRecords(path, tuple(records), torn_bytes=torn)
+        gone = _writer_gone(fh.fileno()) if torn else None
+    return FileRecords(path, tuple(records), torn_bytes=torn, writer_gone=gone)
+
+
+def _writer_gone(fd: int) -> bool | None:
+    """Whether no writer holds the file (a live writer keeps an exclusive ``flock``)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        return None  # no flock on this filesystem
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return True

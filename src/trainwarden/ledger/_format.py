@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 from typing import Any
 
+from trainwarden._canonical import canonical_bytes as _canonical_bytes
+from trainwarden._canonical import canonical_json as _canonical_json
 from trainwarden.errors import InputError
 
 #: Version of the entry format (the ``v`` field of every entry).
@@ -53,38 +54,21 @@ TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
 
 def canonical_json(value: Any) -> str:
-    """Canonical JSON text: sorted keys, no spaces, raw UTF-8, no NaN/Infinity.
+    """Canonical JSON text (``trainwarden._canonical``): the bytes ``docs/ledger.md`` specifies.
 
     Raises:
         InputError: ``value`` holds something JSON cannot represent.
     """
-    try:
-        return json.dumps(
-            value,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_json_default,
-        )
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"ledger data is not JSON-serialisable: {exc}") from exc
+    return _canonical_json(value, what="ledger data")
 
 
 def canonical_bytes(value: Any) -> bytes:
-    """:func:`canonical_json` encoded as UTF-8 (lone surrogates are refused)."""
-    try:
-        return canonical_json(value).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"ledger data is not valid Unicode: {exc}") from exc
+    """:func:`canonical_json` encoded as UTF-8 (lone surrogates are refused).
 
-
-def _json_default(value: object) -> str:
-    # Paths are the one non-JSON type callers naturally pass (checkpoint paths); everything
-    # else must be converted by the caller so the recorded value is never a surprise.
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[no-any-return]
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    Raises:
+        InputError: As :func:`canonical_json`, or the text is not valid Unicode.
+    """
+    return _canonical_bytes(value, what="ledger data")
 
 
 def check_json_value(value: object, *, _depth: int = 0) -> None:

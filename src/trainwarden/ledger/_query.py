@@ -17,8 +17,10 @@ from trainwarden.ledger._verify import verify_ledger
 __all__ = [
     "CHECKPOINT_EVENTS",
     "CheckpointRecord",
+    "LedgerContents",
     "checkpoint_records",
     "entries_for_run",
+    "read_entries",
     "read_ledger",
 ]
 
@@ -50,6 +52,47 @@ def read_ledger(path: str | os.PathLike[str], *, run: str | None = None) -> list
                 entries.append(record)
     entries.sort(key=lambda e: (e.time, e.writer, e.seq))
     return entries
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerContents:
+    """Everything readable in a ledger's writer files, **unverified**, and what was not.
+
+    Attributes:
+        entries: Well-formed entries in timeline order (time, writer, seq).
+        problems: One line per file that could not be read or line that is not an entry
+            (``file:line: reason``).
+    """
+
+    entries: tuple[Entry, ...]
+    problems: tuple[str, ...]
+
+
+def read_entries(path: str | os.PathLike[str], *, run: str | None = None) -> LedgerContents:
+    """Read every well-formed writer entry, **unverified**, and list what could not be read.
+
+    Like :func:`read_ledger`, but a malformed line or an unreadable file is listed in
+    ``problems`` instead of stopping the read: for showing a damaged ledger (forensics).
+    Use :func:`verify_ledger` before trusting anything read here.
+
+    Raises:
+        InputError: ``path`` is not a ledger.
+    """
+    layout = resolve_layout(Path(path))
+    files, _ = layout.writer_files()
+    entries: list[Entry] = []
+    problems: list[str] = []
+    for file in files:
+        records = read_records(file)
+        if records.error is not None:
+            problems.append(f"{file}: {records.error}")
+        for lineno, _, record in records.records:
+            if isinstance(record, MalformedEntry):
+                problems.append(f"{file}:{lineno}: {record}")
+            elif run is None or record.run == run:
+                entries.append(record)
+    entries.sort(key=lambda e: (e.time, e.writer, e.seq))
+    return LedgerContents(entries=tuple(entries), problems=tuple(problems))
 
 
 def entries_for_run(

@@ -4,18 +4,78 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from trainwarden._fs import atomic_write, check_output_path, describe_mode
 from trainwarden.errors import InputError
 from trainwarden.keys import PrivateKey, PublicKey, load_private_key
+from trainwarden.ledger._entry import Entry
+from trainwarden.ledger._files import resolve_layout
 from trainwarden.ledger._format import SEAL_EVENT, SEALS_DIR, canonical_json
 from trainwarden.ledger._merkle import leaf_bytes, merkle_root
 from trainwarden.ledger._report import LedgerTampered, SealedWriter, SealState
 from trainwarden.ledger._verify import inspect_ledger
 from trainwarden.ledger._writer import Ledger
 
-__all__ = ["seal_ledger"]
+__all__ = ["SealReceiptNotWritten", "check_receipt_path", "seal_ledger"]
+
+
+class SealReceiptNotWritten(InputError):
+    """The seal was appended to the ledger, but writing its receipt failed afterwards.
+
+    ``seal`` is the seal that was made and ``line`` its entry, exactly the bytes the receipt
+    would have held: save them elsewhere by hand, or seal again with ``--receipt``.
+    """
+
+    def __init__(self, seal: SealState, line: bytes, message: str) -> None:
+        self.seal = seal
+        self.line = line
+        super().__init__(message)
+
+    def diagnostics(self) -> str:
+        """The message, then the seal entry to keep as the receipt."""
+        return f"{self}\nthe seal entry (save it as the receipt):\n{self.line.decode().rstrip()}"
+
+
+def check_receipt_path(receipt: Path, ledger: Path) -> None:
+    """Refuse a receipt path that cannot work, before anything is sealed.
+
+    The receipt must not be inside the ledger (it is there to survive a rollback of the
+    ledger's storage), an existing path there must be a regular file (never a directory,
+    FIFO or symlink, which would be written through), and its directory must accept a
+    new file.
+
+    Raises:
+        InputError: The receipt path is unusable; nothing was sealed.
+    """
+    try:
+        check_output_path(receipt, [ledger])
+    except InputError as exc:
+        raise InputError(
+            f"the seal receipt {receipt} must be kept outside the ledger {ledger} "
+            "(it exists to detect a rollback of the ledger's storage)"
+        ) from exc
+    try:
+        st = os.lstat(receipt)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"cannot write seal receipt {receipt}: {exc.strerror or exc}") from exc
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else describe_mode(st.st_mode)
+        raise InputError(f"seal receipt {receipt} is {what}; give a regular file path")
+    probe = receipt.parent / f".{receipt.name}.{secrets.token_hex(6)}.probe"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(probe, flags, 0o600)
+    except OSError as exc:
+        raise InputError(f"cannot write seal receipt {receipt}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def seal_ledger(
@@ -46,10 +106,18 @@ def seal_ledger(
 
     Raises:
         LedgerTampered: The ledger did not verify; nothing was sealed.
-        InputError: The ledger or receipt cannot be read or written.
+        InputError: The ledger cannot be read or written, or the receipt path is unusable
+            (checked before sealing: nothing was sealed).
+        SealReceiptNotWritten: The seal was appended but its receipt could not be written.
     """
     private = key if isinstance(key, PrivateKey) else load_private_key(Path(key))
     root = Path(path)
+    layout = resolve_layout(root)
+    if layout.only is not None:
+        raise InputError(f"{root} is a writer file; seal the ledger directory {layout.root}")
+    receipt_path = Path(receipt) if receipt is not None else None
+    if receipt_path is not None:
+        check_receipt_path(receipt_path, root)
     sealers = [private.public, *seal_keys]
     writer_keys = tuple(writer_keys)
     report = inspect_ledger(
@@ -87,9 +155,7 @@ def seal_ledger(
             internal=True,
         )
         line = _entry_line(entry)
-    if receipt is not None:
-        _write_receipt(Path(receipt), line)
-    return SealState(
+    seal = SealState(
         sealer=entry.writer,
         seq=entry.seq,
         time=entry.time,
@@ -100,26 +166,20 @@ def seal_ledger(
         trusted=True,
         hash=entry.hash,
     )
+    if receipt_path is not None:
+        try:
+            atomic_write(receipt_path, line, what="seal receipt")
+        except InputError as exc:
+            raise SealReceiptNotWritten(
+                seal,
+                line,
+                f"seal {seal.name} appended to ledger {root}; writing the receipt "
+                f"{receipt_path} failed: {exc}",
+            ) from exc
+    return seal
 
 
-def _entry_line(entry: object) -> bytes:
-    from trainwarden.ledger._entry import Entry
-
-    assert isinstance(entry, Entry)
+def _entry_line(entry: Entry) -> bytes:
     obj = entry.body()
     obj["sig"] = entry.sig
     return (canonical_json(obj) + "\n").encode("utf-8")
-
-
-def _write_receipt(path: Path, line: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise InputError(f"cannot write seal receipt {path}: {exc.strerror or exc}") from exc

@@ -6,13 +6,15 @@ or a writer file dropped after the last trusted seal shows up too.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainwarden._fs import read_regular
+from trainwarden._system import cpu_count
 from trainwarden.errors import ConfigError, InputError, VerificationError
 from trainwarden.keys import PublicKey
 from trainwarden.ledger._entry import Entry, MalformedEntry, parse_line
@@ -26,6 +28,7 @@ from trainwarden.ledger._files import (
 )
 from trainwarden.ledger._format import (
     HASH_PREFIX,
+    MAX_LINE,
     OPEN_EVENT,
     SEAL_EVENT,
     b64decode,
@@ -42,9 +45,20 @@ from trainwarden.ledger._report import (
     SealState,
     WriterState,
 )
-from trainwarden.ledger._sigcheck import check_signatures
+from trainwarden.ledger._sigcheck import MAX_WORKERS, check_signatures
+from trainwarden.manifest import (
+    DEFAULT_SHARD_SIZE,
+    Manifest,
+    check_shard_size,
+    file_digest,
+    hash_tree,
+    walk_tree,
+)
 
-__all__ = ["inspect_ledger", "verify_ledger"]
+__all__ = ["VerifyProgress", "inspect_ledger", "verify_ledger"]
+
+#: ``progress(files_done, files_total, entries_done)``, called after each ledger file.
+VerifyProgress = Callable[[int, int, int], None]
 
 
 def verify_ledger(
@@ -55,7 +69,8 @@ def verify_ledger(
     seal_receipts: Iterable[str | os.PathLike[str]] = (),
     check_files: bool = False,
     insecure_skip_signer_check: bool = False,
-    workers: int = 1,
+    workers: int | None = 1,
+    progress: VerifyProgress | None = None,
 ) -> LedgerReport:
     """Verify a ledger directory (or one writer file) and return the report if intact.
 
@@ -73,9 +88,11 @@ def verify_ledger(
             against the keys the files name themselves, which proves integrity only
             against someone without any key (``signers_checked`` is then false).
         workers: Processes that check signatures (most of the cost) for files with many
-            entries; 1 checks in this process. Workers are started with ``spawn``, so a
-            script calling this with ``workers > 1`` needs an ``if __name__ == "__main__"``
-            guard.
+            entries; 1 checks in this process, ``None`` uses the CPUs this process may run
+            on (at most 8). Workers are started with ``spawn``, so a script calling this
+            with ``workers > 1`` needs an ``if __name__ == "__main__"`` guard.
+        progress: Called with ``(files_done, files_total, entries_done)`` after each
+            ledger file is checked.
 
     Returns:
         The report of an intact ledger.
@@ -94,6 +111,7 @@ def verify_ledger(
         check_files=check_files,
         insecure_skip_signer_check=insecure_skip_signer_check,
         workers=workers,
+        progress=progress,
     )
     if report.issues:
         raise LedgerTampered(report)
@@ -108,9 +126,14 @@ def inspect_ledger(
     seal_receipts: Iterable[str | os.PathLike[str]] = (),
     check_files: bool = False,
     insecure_skip_signer_check: bool = False,
-    workers: int = 1,
+    workers: int | None = 1,
+    progress: VerifyProgress | None = None,
 ) -> LedgerReport:
     """Like :func:`verify_ledger`, but return the report whatever it found (forensics)."""
+    if workers is None:
+        workers = cpu_count(cap=MAX_WORKERS)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be at least 1 (or None for all CPUs), not {workers!r}")
     trusted = {k.fingerprint: k for k in keys}
     if not trusted and not insecure_skip_signer_check:
         raise ConfigError(
@@ -122,7 +145,8 @@ def inspect_ledger(
     if receipts and not sealers:
         raise ConfigError("seal receipts need the seal keys that signed them")
     layout = resolve_layout(Path(path))
-    return _Verifier(layout, trusted or None, sealers or None, workers).run(receipts, check_files)
+    verifier = _Verifier(layout, trusted or None, sealers or None, workers, progress)
+    return verifier.run(receipts, check_files)
 
 
 @dataclass
@@ -147,8 +171,13 @@ class _Verifier:
         trusted: Mapping[str, PublicKey] | None,
         sealers: Mapping[str, PublicKey] | None,
         workers: int = 1,
+        progress: VerifyProgress | None = None,
     ) -> None:
         self.workers = workers
+        self.progress = progress
+        self.files_done = 0
+        self.files_total = 0
+        self.entries_done = 0
         self.layout = layout
         self.trusted = trusted
         self.sealers = sealers
@@ -171,6 +200,7 @@ class _Verifier:
         seal_paths, unexpected_seals = self.layout.seal_files()
         seal_records = [read_records(p) for p in seal_paths]
         writer_paths, unexpected = self.layout.writer_files()
+        self.files_total = len(seal_paths) + len(writer_paths)
         for path in unexpected + unexpected_seals:
             self.warnings.append(
                 LedgerIssue("unexpected_file", "not a ledger file; ignored", file=str(path))
@@ -179,10 +209,14 @@ class _Verifier:
         for path in writer_paths:
             chain = self._check_file(read_records(path), "writer", self.trusted, self.issues)
             chains[chain.records.writer_id] = chain
+            self._advance(chain)
         # Seal files by untrusted (or unchecked) keys are no evidence either way: their
         # problems are notes, never tampering, so nobody can plant a seal to accuse others.
         seal_sink = self.issues if self.sealers is not None else self.warnings
-        seal_chains = [self._check_file(r, "sealer", self.sealers, seal_sink) for r in seal_records]
+        seal_chains = []
+        for records in seal_records:
+            seal_chains.append(self._check_file(records, "sealer", self.sealers, seal_sink))
+            self._advance(seal_chains[-1])
         seals = self._collect_seals(seal_chains)
         if self.sealers is not None:
             seals.extend(self._load_receipts(receipts, seal_chains, seals))
@@ -237,6 +271,12 @@ class _Verifier:
             seals_checked=self.sealers is not None,
         )
 
+    def _advance(self, chain: _Chain) -> None:
+        self.files_done += 1
+        self.entries_done += len(chain.records.records)
+        if self.progress is not None:
+            self.progress(self.files_done, self.files_total, self.entries_done)
+
     # -- one file ---------------------------------------------------------------------------
 
     def _check_file(
@@ -275,11 +315,15 @@ class _Verifier:
             issue("unreadable", records.error)
             return chain
         if records.torn_bytes:
+            if records.writer_gone:
+                why = "a write torn by a crash or a failed write: no writer holds the file"
+            else:
+                why = "an append in progress or a torn write"
             self.warnings.append(
                 LedgerIssue(
                     "in_progress",
-                    f"final {records.torn_bytes} bytes are an incomplete entry (an append in "
-                    "progress or a torn write); ignored",
+                    f"final {records.torn_bytes} bytes are an incomplete entry ({why}); "
+                    "ignored, and never counted as recorded",
                     file=name,
                     writer=writer_id,
                 )
@@ -591,10 +635,7 @@ class _Verifier:
         known = {s.hash for s in seals if s.trusted}
         extra = []
         for path in receipts:
-            try:
-                text = path.read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read seal receipt {path}: {exc.strerror or exc}") from exc
+            text = read_regular(path, limit=MAX_LINE, what="seal receipt")
             try:
                 entry = parse_line(text.rstrip(b"\n"), file=str(path), lineno=1)
             except MalformedEntry as exc:
@@ -750,22 +791,24 @@ class _Verifier:
 def _file_status(
     path: Path, digest: str, shard_size: int | None
 ) -> tuple[str, str | None, str | None]:
-    if not path.exists() and not path.is_symlink():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return "missing", None, None
+    except OSError as exc:
+        return "unchecked", None, f"cannot stat: {exc.strerror or exc}"
     if not digest.startswith(HASH_PREFIX):
         return "unchecked", None, f"unsupported digest format {digest.split(':')[0]!r}"
-    if shard_size is not None or path.is_dir():
+    if shard_size is not None or stat.S_ISDIR(st.st_mode):
         return _manifest_status(path, digest, shard_size)
-    if path.is_symlink() or not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         return "changed", None, "no longer a regular file"
-    h = hashlib.sha256()
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    except OSError as exc:
-        return "unchecked", None, f"cannot read: {exc.strerror or exc}"
-    actual = HASH_PREFIX + h.hexdigest()
+        # Opened without blocking and checked to be regular: a FIFO swapped in after the
+        # lstat cannot hang the verifier; a file rewritten while read is not verified.
+        actual = file_digest(path)
+    except InputError as exc:
+        return "unchecked", None, exc.diagnostics()
     return ("ok" if actual == digest else "changed"), actual, None
 
 
@@ -773,11 +816,6 @@ def _manifest_status(
     path: Path, digest: str, shard_size: int | None
 ) -> tuple[str, str | None, str | None]:
     """Compare with the checkpoint digest ``trainwarden sign`` records (manifest root)."""
-    # The sign capability defines checkpoint digests (a root over per-shard SHA-256s); we
-    # recompute exactly its definition rather than keep a second copy of it here.
-    from trainwarden.sign import DEFAULT_SHARD_SIZE, Manifest
-    from trainwarden.sign._manifest import hash_tree, walk_tree
-
     try:
         tree = walk_tree(path)
     except InputError as exc:
@@ -787,7 +825,11 @@ def _manifest_status(
         return "changed", None, f"holds symlinks or special files now ({odd})"
     if tree.unreadable:
         return "unchecked", None, f"cannot read {tree.unreadable[0][0]}: {tree.unreadable[0][1]}"
-    size = shard_size or DEFAULT_SHARD_SIZE
+    size = shard_size if shard_size is not None else DEFAULT_SHARD_SIZE
+    try:
+        check_shard_size(size)
+    except ConfigError as exc:
+        return "unchecked", None, f"recorded shard_size is unusable: {exc}"
     result = hash_tree(tree, shard_size=size)
     if result.failed:
         return "unchecked", None, f"cannot hash {result.failed[0][0]}: {result.failed[0][1]}"

@@ -15,10 +15,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from trainwarden._fs import fsync_directory
 from trainwarden.errors import ConfigError, InputError, VerificationError
 from trainwarden.keys import PrivateKey, load_private_key
 from trainwarden.ledger._entry import Actor, Entry, MalformedEntry, parse_line
-from trainwarden.ledger._files import fingerprint_tag, list_ledger_files, new_writer_id, safe_host
+from trainwarden.ledger._files import (
+    ensure_subdir,
+    fingerprint_tag,
+    is_ledger,
+    list_ledger_files,
+    new_writer_id,
+    safe_host,
+)
 from trainwarden.ledger._format import (
     EVENT_RE,
     FORMAT_VERSION,
@@ -83,10 +91,12 @@ class Ledger:
             each). Only a file whose last entry verifies under ``key`` and that ends cleanly
             is resumed.
         batch_size: Entries per write inside :meth:`batch`.
+        create: Create the ledger directory if it does not exist (see above); with
+            ``False`` it must be an existing ledger (see :func:`init_ledger`).
 
     Raises:
-        InputError: The directory or file cannot be created or written, or the key cannot
-            be loaded.
+        InputError: The directory or file cannot be created or written, the key cannot
+            be loaded, or (``create=False``) there is no ledger at ``path``.
         ConfigError: An option is invalid.
     """
 
@@ -98,8 +108,12 @@ class Ledger:
         fsync: FsyncPolicy = "always",
         resume: bool = False,
         batch_size: int = 1000,
+        create: bool = True,
     ) -> None:
-        self._setup(Path(path), key, fsync, resume, batch_size, WRITERS_DIR)
+        if os.fspath(path) == "":
+            # Path("") is ".": an empty setting must not turn the current directory into a ledger.
+            raise InputError("no ledger path given")
+        self._setup(Path(path), key, fsync, resume, batch_size, WRITERS_DIR, create)
 
     @classmethod
     def _for_role(
@@ -112,7 +126,7 @@ class Ledger:
     ) -> Ledger:
         """Open a file in ``subdir`` (``writers`` or ``seals``); used by the sealer."""
         self = cls.__new__(cls)
-        self._setup(path, key, "always", resume, 1, subdir)
+        self._setup(path, key, "always", resume, 1, subdir, False)
         return self
 
     def _setup(
@@ -123,11 +137,12 @@ class Ledger:
         resume: bool,
         batch_size: int,
         subdir: str,
+        create: bool,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, not {batch_size!r}")
         self._fd = -1
         self._closed = True
         self._key = key if isinstance(key, PrivateKey) else load_private_key(Path(key))
@@ -151,7 +166,11 @@ class Ledger:
         self._locked = False
         self._seq = 0
         self._prev: str | None = None
-        directory = _ensure_dir(root, subdir)
+        # Bytes of complete, acknowledged writes, and the chain state before the first
+        # buffered entry: what a failed write is rolled back to.
+        self._size = 0
+        self._rollback: tuple[int, str | None] = (0, None)
+        directory = _ensure_dir(root, subdir, create=create)
         if not (resume and self._try_resume(directory)):
             self._create(directory)
 
@@ -334,6 +353,9 @@ class Ledger:
             sig=sig,
             file=str(self._path),
         )
+        if not self._buffer:
+            # The chain as the file ends now: what a failed write of the buffer returns to.
+            self._rollback = (seq, self._prev)
         self._seq = seq + 1
         self._prev = entry_hash
         self._buffer.append(line)
@@ -350,6 +372,7 @@ class Ledger:
                 self._sync()
             return
         data = b"".join(self._buffer)
+        count = len(self._buffer)
         self._buffer.clear()
         self._buffered = 0
         try:
@@ -360,12 +383,40 @@ class Ledger:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
-            # The chain state already counts these entries; the file may hold part of them.
-            # Fail closed: this writer stops, a new one starts a fresh, consistent file.
-            self._failed = f"write failed: {exc.strerror or exc}"
-            raise InputError(f"cannot write ledger file {self._path}: {self._failed}") from exc
+            self._undo_write(exc, count)
+        self._size += len(data)
         if sync:
             self._sync()
+
+    def _undo_write(self, exc: OSError, count: int) -> None:
+        """Roll the file and the chain back to the last complete write, then raise.
+
+        A failed write (ENOSPC, EDQUOT, EIO) may have left some of the batch's lines on
+        disk: complete, validly signed lines that nobody was told were recorded. They are
+        cut off again, so the file holds exactly the acknowledged entries and the chain
+        continues from there. If the file cannot be cut back, the writer is failed for
+        good (its state would no longer match the file) and the error says what may
+        remain.
+        """
+        seq, prev = self._rollback
+        reason = exc.strerror or str(exc)
+        first, last = seq, seq + count - 1
+        entries = f"seq {first}" if count == 1 else f"seq {first}..{last}"
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+        except OSError as undo_exc:
+            self._failed = (
+                f"write failed ({reason}) and the partial write could not be removed "
+                f"({undo_exc.strerror or undo_exc}): entries {entries} after byte "
+                f"{self._size} may be partly on disk but were never recorded"
+            )
+            raise InputError(f"cannot write ledger file {self._path}: {self._failed}") from exc
+        self._seq, self._prev = seq, prev
+        raise InputError(
+            f"cannot write ledger file {self._path}: {reason}; entries {entries} were not "
+            "recorded (the file was cut back to its last complete write)"
+        ) from exc
 
     def _sync(self) -> None:
         try:
@@ -424,10 +475,21 @@ class Ledger:
             "key": b64encode(self._public.raw),
             "role": role,
         }
-        self._append(OPEN_EVENT, None, open_data, internal=True)
+        try:
+            self._append(OPEN_EVENT, None, open_data, internal=True)
+            if self._fsync != "never":
+                self._sync()
+        except InputError:
+            # A writer file without its ledger.open entry is no use to anyone: remove it.
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         if self._fsync != "never":
-            self._sync()
-            _sync_dir(directory)
+            # Persist the new file's directory entry too (best effort).
+            fsync_directory(directory)
 
     def _try_resume(self, directory: Path) -> bool:
         host = safe_host()
@@ -469,6 +531,7 @@ class Ledger:
         self._locked = True
         self._seq = entry.seq + 1
         self._prev = entry.hash
+        self._size = st.st_size
         return True
 
 
@@ -518,39 +581,21 @@ def _current_actor(fingerprint: str, identity: str) -> Actor:
     )
 
 
-def _ensure_dir(root: Path, subdir: str) -> Path:
-    directory = root / subdir
-    for path in (root, directory):
-        if path.is_symlink():
-            # A planted symlink would send our entries somewhere the verifier never looks.
-            raise InputError(f"{path} is a symbolic link; a ledger directory must be real")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        if not directory.is_dir():
-            try:
-                directory.mkdir(mode=0o777)
-            except FileExistsError:
-                pass
-            else:
-                # Sticky bit: on a shared ledger everyone may create files here, but only a
-                # file's owner may delete or rename it (like /tmp).
-                with contextlib.suppress(OSError):
-                    mode = stat.S_IMODE(directory.stat().st_mode)
-                    directory.chmod(mode | stat.S_ISVTX)
-    except OSError as exc:
-        raise InputError(
-            f"cannot create ledger directory {directory}: {exc.strerror or exc}"
-        ) from exc
-    if not directory.is_dir():
-        raise InputError(f"{directory} is not a directory")
-    return directory
-
-
-def _sync_dir(directory: Path) -> None:
-    # Persist the new file's directory entry too; best effort (not all filesystems allow it).
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+def _ensure_dir(root: Path, subdir: str, *, create: bool) -> Path:
+    if root.is_symlink():
+        # A planted symlink would send our entries somewhere the verifier never looks.
+        raise InputError(f"{root} is a symbolic link; a ledger directory must be real")
+    if create:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"cannot create ledger directory {root}: {exc.strerror or exc}"
+            ) from exc
+    elif not is_ledger(root):
+        what = "does not exist" if not root.exists() else "is not a ledger"
+        raise InputError(
+            f"{root} {what}; create a ledger explicitly (`trainwarden ledger init {root}`, "
+            "`--create`, or Ledger(..., create=True))"
+        )
+    return ensure_subdir(root, subdir)

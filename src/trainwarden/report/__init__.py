@@ -1,5 +1,8 @@
 """Renderings of a :class:`~trainwarden.findings.Report`: text, JSON and SARIF 2.1.0.
 
+Ledger results have their own text renderings: :func:`render_ledger_report` (a verification)
+and :func:`render_ledger_timeline` (the events, as ``ledger show`` prints them).
+
 Every renderer is a pure function from a report to a string, so the same report reads the
 same everywhere and tests compare exact output.
 
@@ -17,6 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from trainwarden.report._json import render_json
+from trainwarden.report._ledger import render_ledger_report, render_ledger_timeline, text_safe
 from trainwarden.report._sarif import render_sarif
 from trainwarden.report._text import render_text
 
@@ -52,10 +56,13 @@ __all__ = [
     "read_run",
     "render",
     "render_json",
+    "render_ledger_report",
+    "render_ledger_timeline",
     "render_report_html",
     "render_run_html",
     "render_sarif",
     "render_text",
+    "text_safe",
     "write_run_report",
 ]
 

@@ -5,11 +5,14 @@ Keys (re-exported from :mod:`trainwarden.keys`): :func:`generate_key`,
 :class:`PublicKey` (Ed25519; ours or OpenSSH).
 
 Signing: :func:`sign_path` hashes a file or checkpoint directory (per-file, per-shard SHA-256
-in parallel) and writes an OpenSSF model-signing bundle (Sigstore bundle, DSSE, in-toto
+in parallel, through :mod:`trainwarden.manifest`; a file rewritten while it is hashed raises
+:class:`TreeChanged`) and writes an OpenSSF model-signing bundle (Sigstore bundle, DSSE, in-toto
 Statement) carrying the signer, run, step and parent digest. :func:`verify_path` returns a
 :class:`Verification` or raises :class:`SignatureMismatch` with a report naming each file.
-:func:`verify_chain` checks that a run's checkpoints form one unbroken chain. With a ledger,
-signing records ``checkpoint.signed`` and verification detects rollback, swap and deletion.
+:func:`verify_chain` checks that a run's checkpoints form one unbroken chain. With a ledger
+(an existing ledger directory, or an open :class:`~trainwarden.ledger.Ledger`), signing records
+``checkpoint.signed`` (:class:`SignatureNotRecorded` when only that step failed) and
+verification detects rollback, swap and deletion.
 :func:`checkpoint_digest` recomputes a checkpoint's digest without a signature.
 """
 
@@ -22,13 +25,14 @@ from trainwarden.keys import (
     load_private_key,
     load_public_key,
 )
+from trainwarden.manifest import DEFAULT_SHARD_SIZE, FileEntry, Manifest, Shard, TreeChanged
 from trainwarden.sign._lineage import verify_chain
-from trainwarden.sign._manifest import DEFAULT_SHARD_SIZE, FileEntry, Manifest, Shard
 from trainwarden.sign._results import (
     Lineage,
     LineageError,
     Signature,
     SignatureMismatch,
+    SignatureNotRecorded,
     Verification,
 )
 from trainwarden.sign._signature import (
@@ -49,6 +53,8 @@ __all__ = [
     "Shard",
     "Signature",
     "SignatureMismatch",
+    "SignatureNotRecorded",
+    "TreeChanged",
     "Verification",
     "checkpoint_digest",
     "default_sig_path",

@@ -19,9 +19,17 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from trainwarden._fs import read_regular
 from trainwarden.errors import InputError
 from trainwarden.keys import PrivateKey, PublicKey
-from trainwarden.sign._manifest import DEFAULT_SHARD_SIZE, FileEntry, Manifest, Shard
+from trainwarden.manifest import (
+    DEFAULT_SHARD_SIZE,
+    MAX_SHARD_SIZE,
+    MIN_SHARD_SIZE,
+    FileEntry,
+    Manifest,
+    Shard,
+)
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -43,7 +51,6 @@ EXTENSION_VERSION = 1
 # A manifest of a million files is ~150 MB of JSON; anything larger is not ours.
 MAX_SIGNATURE_BYTES = 256 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-MIN_SHARD_SIZE, MAX_SHARD_SIZE = 1 << 20, 1 << 40
 
 
 def pae(payload: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
@@ -98,7 +105,12 @@ def statement_payload(
     step: int | None,
     parent: str | None,
 ) -> bytes:
-    """Serialize the in-toto Statement (canonical JSON: sorted keys, no spaces)."""
+    """Serialize the in-toto Statement (sorted keys, no spaces, ASCII-only JSON escapes).
+
+    ASCII escapes rather than raw UTF-8: a file name that is not valid UTF-8 (Linux allows
+    any bytes) is carried as escaped surrogates and still names the same file on
+    verification, where raw UTF-8 could not encode it at all.
+    """
     algorithm = "sha256" if manifest.method == "files" else f"sha256-sharded-{manifest.shard_size}"
     serialization_args: dict[str, Any] = {
         "method": manifest.method,
@@ -156,19 +168,13 @@ def build_bundle(payload: bytes, key: PrivateKey) -> bytes:
 
 
 def read_bundle_file(path: Path) -> bytes:
-    """Read a signature file with a size bound.
+    """Read a signature file with a size bound, never blocking on a FIFO or device.
 
     Raises:
-        InputError: Missing, unreadable or too large.
+        InputError: Missing, unreadable, not a regular file (FIFO, directory, symlink loop)
+            or too large.
     """
-    try:
-        with Path(path).open("rb") as fh:
-            data = fh.read(MAX_SIGNATURE_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read signature {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_SIGNATURE_BYTES:
-        raise InputError(f"signature {path} is larger than {MAX_SIGNATURE_BYTES} bytes")
-    return data
+    return read_regular(path, limit=MAX_SIGNATURE_BYTES, what="signature")
 
 
 def _b64(value: object, what: str) -> bytes:

@@ -6,20 +6,33 @@ signature. The ledger remembers every checkpoint signed, so it can.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from trainwarden.errors import ConfigError
+from trainwarden.errors import ConfigError, InputError
+from trainwarden.events import EventSink
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
 from trainwarden.keys import PrivateKey, PublicKey
+from trainwarden.ledger import (
+    CheckpointRecord,
+    Ledger,
+    LedgerTampered,
+    checkpoint_records,
+    verify_ledger,
+)
 from trainwarden.sign._results import Lineage, LineageError, Signature, Verification
 
-if TYPE_CHECKING:
-    from trainwarden.ledger import CheckpointRecord
-
-__all__ = ["check_against_ledger", "record_signature", "verify_chain"]
+__all__ = [
+    "LedgerTarget",
+    "check_against_ledger",
+    "open_ledger_target",
+    "record_signature",
+    "verify_chain",
+]
 
 
 def _finding(rule: str, message: str, path: str, evidence: str | None = None) -> Finding:
@@ -129,32 +142,74 @@ def verify_chain(checkpoints: Sequence[Signature | Verification]) -> Lineage:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerTarget:
+    """Where a signature is recorded: an open sink and its name for messages."""
+
+    sink: EventSink
+    name: str
+
+
+@contextlib.contextmanager
+def open_ledger_target(
+    ledger: str | os.PathLike[str] | EventSink | None, key: PrivateKey
+) -> Iterator[LedgerTarget | None]:
+    """Open the ledger a signature will be recorded in, before any work is done.
+
+    A path must name an existing ledger (a mistyped path must not start a new one next to
+    the real ledger); a writer is opened in it with ``key`` and closed on exit. An event
+    sink (the caller's open :class:`~trainwarden.ledger.Ledger`) is used as is.
+
+    Raises:
+        InputError: The path is not an existing ledger, or no writer can be opened in it.
+    """
+    if ledger is None:
+        yield None
+        return
+    if not isinstance(ledger, (str, os.PathLike)):
+        if not isinstance(ledger, EventSink):
+            raise ConfigError(
+                f"ledger must be a ledger directory or an event sink, not {type(ledger).__name__}"
+            )
+        name = str(getattr(ledger, "root", None) or type(ledger).__name__)
+        yield LedgerTarget(ledger, name)
+        return
+    root = Path(ledger)
+    try:
+        writer = Ledger(root, key=key, resume=True, create=False)
+    except InputError as exc:
+        raise InputError(f"cannot record the signature in ledger {root}: {exc}") from exc
+    with writer:
+        yield LedgerTarget(writer, str(root))
+
+
 def _ledger_path(path: Path) -> str:
     # Recorded and compared in resolved form, so "ckpt", "./ckpt" and "/abs/ckpt" agree.
     return str(Path(path).resolve())
 
 
-def record_signature(ledger: Path, key: PrivateKey, signature: Signature) -> None:
-    """Append a ``checkpoint.signed`` event for ``signature`` to the ledger at ``ledger``.
+def record_signature(sink: EventSink, signature: Signature) -> None:
+    """Append a ``checkpoint.signed`` event for ``signature`` to ``sink``.
+
+    The data is what :func:`~trainwarden.ledger.checkpoint_records` reads (``path``,
+    ``digest``, ``step``, ``parent``) plus ``signature``, ``files``, ``bytes`` and
+    ``shard_size`` (see ``docs/events.md``).
 
     Raises:
-        InputError: The ledger cannot be written.
+        InputError: The sink could not record it.
     """
-    from trainwarden.ledger import Ledger
-
-    with Ledger(ledger, key=key, resume=True) as writer:
-        writer.append(
-            "checkpoint.signed",
-            run=signature.run,
-            path=_ledger_path(signature.path),
-            digest=signature.digest,
-            step=signature.step,
-            parent=signature.parent,
-            signature=_ledger_path(signature.sig_path),
-            files=signature.files,
-            bytes=signature.size,
-            shard_size=signature.manifest.shard_size,
-        )
+    sink.append(
+        "checkpoint.signed",
+        run=signature.run,
+        path=_ledger_path(signature.path),
+        digest=signature.digest,
+        step=signature.step,
+        parent=signature.parent,
+        signature=_ledger_path(signature.sig_path),
+        files=signature.files,
+        bytes=signature.size,
+        shard_size=signature.manifest.shard_size,
+    )
 
 
 def check_against_ledger(
@@ -170,8 +225,6 @@ def check_against_ledger(
     Raises:
         InputError: ``ledger`` is not a ledger.
     """
-    from trainwarden.ledger import LedgerTampered, checkpoint_records, verify_ledger
-
     try:
         report = verify_ledger(ledger, keys=trusted)
     except LedgerTampered as exc:

@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainwarden.errors import VerificationError
+from trainwarden.errors import InputError, VerificationError
 from trainwarden.findings import Report, Verdict
-from trainwarden.sign._manifest import Manifest
+from trainwarden.manifest import Manifest
 
-__all__ = ["Lineage", "LineageError", "Signature", "SignatureMismatch", "Verification"]
+__all__ = [
+    "Lineage",
+    "LineageError",
+    "Signature",
+    "SignatureMismatch",
+    "SignatureNotRecorded",
+    "Verification",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,19 @@ class SignatureMismatch(VerificationError):
 
 class LineageError(SignatureMismatch):
     """Checkpoints do not form one unbroken chain of their run."""
+
+
+class SignatureNotRecorded(InputError):
+    """The signature was written, but recording it in the ledger failed afterwards.
+
+    ``signature`` is what was signed and written (valid on its own); only the ledger's
+    ``checkpoint.signed`` entry is missing, so lineage checks will call the checkpoint
+    unrecorded until it is recorded (sign it again with the ledger).
+    """
+
+    def __init__(self, signature: Signature, message: str) -> None:
+        self.signature = signature
+        super().__init__(message)
 
 
 def _summary(report: Report) -> str:

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
+import secrets
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from trainwarden._fs import atomic_write, check_output_path, describe_mode
 from trainwarden.errors import ConfigError, InputError, VerificationError
+from trainwarden.events import EventSink
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
 from trainwarden.keys import PrivateKey, PublicKey
+from trainwarden.manifest import (
+    DEFAULT_SHARD_SIZE,
+    FileEntry,
+    ProgressCallback,
+    check_shard_size,
+    digest_path,
+    hash_tree,
+    walk_tree,
+)
+from trainwarden.manifest import (
+    checkpoint_digest as _manifest_checkpoint_digest,
+)
 from trainwarden.sign._bundle import (
-    MAX_SHARD_SIZE,
-    MIN_SHARD_SIZE,
     PAYLOAD_TYPE,
     Statement,
     build_bundle,
@@ -24,16 +39,18 @@ from trainwarden.sign._bundle import (
     read_bundle_file,
     statement_payload,
 )
-from trainwarden.sign._manifest import (
-    DEFAULT_SHARD_SIZE,
-    FileEntry,
-    Manifest,
-    ProgressCallback,
-    Tree,
-    hash_tree,
-    walk_tree,
+from trainwarden.sign._lineage import (
+    LedgerTarget,
+    check_against_ledger,
+    open_ledger_target,
+    record_signature,
 )
-from trainwarden.sign._results import Signature, SignatureMismatch, Verification
+from trainwarden.sign._results import (
+    Signature,
+    SignatureMismatch,
+    SignatureNotRecorded,
+    Verification,
+)
 
 __all__ = ["checkpoint_digest", "default_sig_path", "sign_path", "verify_path"]
 
@@ -41,11 +58,13 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _COMMAND = "verify"
 
 
-def default_sig_path(path: Path) -> Path:
+def default_sig_path(path: str | os.PathLike[str]) -> Path:
     """``PATH.sig`` beside ``PATH`` (for a directory: next to it, never inside it)."""
     path = Path(path)
     if not path.name:  # "." or "/": name it after the absolute path
         path = path.absolute()
+    if not path.name:
+        raise ConfigError(f"cannot name a signature beside {path}: give --sig FILE")
     return path.with_name(f"{path.name}.sig")
 
 
@@ -63,20 +82,86 @@ def normalize_digest(value: str) -> str:
     return text
 
 
+def check_signature_output(sig: Path, signed: Path) -> None:
+    """Refuse a signature path that would destroy or hide what it signs, before any work.
+
+    The signature must not be the signed file (``sign FILE --sig FILE`` would replace the
+    checkpoint by its own signature), nor lie inside the signed directory (it would sign
+    itself), and an existing path there must be a regular file we may replace: a directory,
+    FIFO, device or symlink (a loop included) is an error, never written through. The
+    directory must accept a new file, so that a failure cannot come after the hashing.
+
+    Raises:
+        ConfigError: The path is the signed file or inside the signed directory.
+        InputError: The path exists and is not a regular file, or its directory is not
+            writable.
+    """
+    try:
+        check_output_path(sig, [signed])
+    except InputError as exc:
+        if signed.is_dir() and not _same_path(sig, signed):
+            where = f"inside the signed directory {signed}"
+        else:
+            where = f"the signed {'directory' if signed.is_dir() else 'file'} {signed} itself"
+        raise ConfigError(
+            f"the signature {sig} must not be {where}: that would destroy or hide what it "
+            "signs; choose another --sig FILE"
+        ) from exc
+    try:
+        st = os.lstat(sig)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"cannot write signature {sig}: {exc.strerror or exc}") from exc
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else describe_mode(st.st_mode)
+        raise InputError(
+            f"signature path {sig} is {what}; remove it or choose another --sig FILE "
+            "(trainwarden never writes through a link or into a special file)"
+        )
+    _probe_directory(sig)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return a.absolute() == b.absolute()
+
+
+def _probe_directory(target: Path) -> None:
+    """Create and remove a file beside ``target``: the directory exists and is writable."""
+    directory = target.parent
+    probe = directory / f".{target.name}.{secrets.token_hex(6)}.probe"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(probe, flags, 0o600)
+    except OSError as exc:
+        raise InputError(f"cannot write signature {target}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        probe.unlink()
+
+
 def sign_path(
-    path: Path,
+    path: str | os.PathLike[str],
     key: PrivateKey,
     *,
     run: str | None = None,
     step: int | None = None,
     parent: str | None = None,
-    sig_path: Path | None = None,
-    ledger: Path | None = None,
+    sig_path: str | os.PathLike[str] | None = None,
+    ledger: str | os.PathLike[str] | EventSink | None = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> Signature:
     """Sign a file or a checkpoint directory.
+
+    Everything that can be checked is checked before hashing: the arguments, the signature
+    path (not the input, not inside it, its directory writable) and the ledger (it exists
+    and a writer can be opened in it). A step that still fails afterwards says exactly what
+    was done (:class:`SignatureNotRecorded`).
 
     Args:
         path: The file or directory to sign.
@@ -85,7 +170,9 @@ def sign_path(
         step: Training step of the checkpoint.
         parent: Digest (``sha256:...``) of the previous checkpoint of the run.
         sig_path: Where to write the signature; default ``PATH.sig`` beside ``PATH``.
-        ledger: A ledger directory; a ``checkpoint.signed`` event is appended to it.
+        ledger: Record a ``checkpoint.signed`` event: an existing ledger directory (a
+            writer is opened in it with ``key``), or any open event sink, e.g. the
+            caller's own :class:`~trainwarden.ledger.Ledger`.
         workers: Hashing threads (default: the CPUs this process may use).
         progress: Called with ``(bytes_done, bytes_total)`` while hashing.
         shard_size: Bytes per shard (1 MiB to 1 TiB); the default is model-signing's.
@@ -94,9 +181,15 @@ def sign_path(
         What was signed.
 
     Raises:
-        ConfigError: Bad run/step/parent, or a signature path inside the signed directory.
-        InputError: The tree holds symlinks or special files, or cannot be read.
+        ConfigError: Bad run/step/parent/shard size, or a signature path that is the signed
+            file or inside the signed directory.
+        InputError: The tree holds symlinks or special files, cannot be read, changed while
+            it was hashed (:class:`~trainwarden.manifest.TreeChanged`), the signature cannot
+            be written, or the ledger does not exist or cannot be written.
+        SignatureNotRecorded: The signature was written but the ledger append failed.
     """
+    if os.fspath(path) == "":
+        raise ConfigError("no path to sign given")
     path = Path(path)
     if (step is not None or parent is not None) and not run:
         raise ConfigError("--step and --parent need --run: lineage is per run")
@@ -105,105 +198,82 @@ def sign_path(
     if run is not None and (not run or any(c in run for c in "\r\n\0")):
         raise ConfigError(f"invalid run name {run!r}")
     parent = normalize_digest(parent) if parent is not None else None
-    if not MIN_SHARD_SIZE <= shard_size <= MAX_SHARD_SIZE:
-        raise ConfigError(f"shard_size must be between {MIN_SHARD_SIZE} and {MAX_SHARD_SIZE}")
+    check_shard_size(shard_size)
+    if not isinstance(key, PrivateKey):
+        raise ConfigError(f"key must be a PrivateKey, not {type(key).__name__}")
     sig = Path(sig_path) if sig_path is not None else default_sig_path(path)
-    tree = walk_tree(path)
-    _refuse_unsignable(tree)
-    if tree.is_dir and _is_within(sig, path):
-        raise ConfigError(f"the signature {sig} must not be inside the signed directory {path}")
-    result = hash_tree(tree, workers=workers, progress=progress, shard_size=shard_size)
-    if result.failed:
-        rel, reason = result.failed[0]
-        raise InputError(f"{_display(path, rel)} changed while it was being signed: {reason}")
-    name = path.name or path.absolute().name
-    manifest = Manifest(name=name, files=result.entries, shard_size=shard_size)
-    signed_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    payload = statement_payload(
-        manifest,
-        kind="directory" if tree.is_dir else "file",
-        key=key.public,
-        signed_at=signed_at,
-        run=run,
-        step=step,
-        parent=parent,
-    )
-    _write_atomic(sig, build_bundle(payload, key))
-    signature = Signature(
-        path=path,
-        sig_path=sig,
-        digest=manifest.digest,
-        identity=key.identity,
-        fingerprint=key.public.fingerprint,
-        signed_at=signed_at,
-        run=run,
-        step=step,
-        parent=parent,
-        manifest=manifest,
-    )
-    if ledger is not None:
-        from trainwarden.sign._lineage import record_signature
-
-        record_signature(Path(ledger), key, signature)
+    check_signature_output(sig, path)
+    with open_ledger_target(ledger, key) as target:
+        manifest = digest_path(
+            path, shard_size=shard_size, workers=workers, progress=progress, verb="sign"
+        )
+        # A single file is listed under "." (no directory can hold an entry of that name).
+        single = len(manifest.files) == 1 and manifest.files[0].path == "."
+        kind = "file" if single else "directory"
+        signed_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        payload = statement_payload(
+            manifest,
+            kind=kind,
+            key=key.public,
+            signed_at=signed_at,
+            run=run,
+            step=step,
+            parent=parent,
+        )
+        atomic_write(sig, build_bundle(payload, key), what="signature")
+        signature = Signature(
+            path=path,
+            sig_path=sig,
+            digest=manifest.digest,
+            identity=key.identity,
+            fingerprint=key.public.fingerprint,
+            signed_at=signed_at,
+            run=run,
+            step=step,
+            parent=parent,
+            manifest=manifest,
+        )
+        if target is not None:
+            _record(target, signature)
     return signature
 
 
+def _record(target: LedgerTarget, signature: Signature) -> None:
+    try:
+        record_signature(target.sink, signature)
+    except Exception as exc:
+        # The signature is on disk and valid; only its record is missing. Say exactly that,
+        # so nobody signs twice or believes the ledger holds it.
+        reason = (
+            exc.diagnostics() if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        )
+        raise SignatureNotRecorded(
+            signature,
+            f"signature written to {signature.sig_path} ({signature.digest}); recording it "
+            f"in ledger {target.name} failed: {reason}",
+        ) from exc
+
+
 def checkpoint_digest(
-    path: Path, *, shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> str:
     """The digest ``sign_path`` would record for ``path`` now (``sha256:<root digest>``).
 
     Computed exactly as for signing (same walk, same shards), without a key or a
     signature: for comparing what is on disk with a digest recorded elsewhere (the ledger).
+    The same function as :func:`trainwarden.manifest.checkpoint_digest`.
 
     Raises:
-        InputError: The tree holds symlinks or special files, or cannot be read.
+        InputError: The tree holds symlinks or special files, cannot be read, or changed
+            while it was hashed.
     """
-    path = Path(path)
-    tree = walk_tree(path)
-    _refuse_unsignable(tree)
-    result = hash_tree(tree, workers=workers, shard_size=shard_size)
-    if result.failed:
-        rel, reason = result.failed[0]
-        raise InputError(f"cannot hash {_display(path, rel)}: {reason}")
-    name = path.name or path.absolute().name
-    return Manifest(name=name, files=result.entries, shard_size=shard_size).digest
-
-
-def _refuse_unsignable(tree: Tree) -> None:
-    problems = [f"{rel} is a symlink" for rel in tree.symlinks]
-    problems += [f"{rel} is not a regular file or directory" for rel in tree.special]
-    problems += [f"{rel}: {reason}" for rel, reason in tree.unreadable]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InputError(
-            f"refusing to sign {tree.root}: {problems[0]}{more}; signatures cover regular "
-            "files only, and a symlink could point verification outside the checkpoint"
-        )
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
-        )
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write signature {path}: {exc.strerror or exc}") from exc
+    return _manifest_checkpoint_digest(
+        path, shard_size=shard_size, workers=workers, progress=progress
+    )
 
 
 def _display(root: Path, rel: str) -> str:
@@ -231,11 +301,11 @@ def _finding(
 
 
 def verify_path(
-    path: Path,
+    path: str | os.PathLike[str],
     keys: PublicKey | Iterable[PublicKey],
     *,
-    sig_path: Path | None = None,
-    ledger: Path | None = None,
+    sig_path: str | os.PathLike[str] | None = None,
+    ledger: str | os.PathLike[str] | None = None,
     ledger_keys: Iterable[PublicKey] | None = None,
     run: str | None = None,
     workers: int | None = None,
@@ -262,10 +332,18 @@ def verify_path(
         InputError: The signature or the path cannot be read, or is malformed.
         ConfigError: No trusted key was given.
     """
+    if os.fspath(path) == "":
+        raise ConfigError("no path to verify given")
     path = Path(path)
     trusted = [keys] if isinstance(keys, PublicKey) else list(keys)
     if not trusted:
         raise ConfigError("no trusted key given: verification needs at least one public key")
+    for key in trusted:
+        if not isinstance(key, PublicKey):
+            raise ConfigError(
+                f"trusted keys must be public keys, not {type(key).__name__} "
+                "(verification never needs a private key)"
+            )
     sig = Path(sig_path) if sig_path is not None else default_sig_path(path)
     envelope = parse_bundle(read_bundle_file(sig))
     sig_display = str(sig)
@@ -306,8 +384,6 @@ def verify_path(
         manifest=statement.manifest,
     )
     if ledger is not None:
-        from trainwarden.sign._lineage import check_against_ledger
-
         writers = trusted if ledger_keys is None else list(ledger_keys)
         sig_findings.extend(check_against_ledger(Path(ledger), writers, signature, sig_display))
     details = {
@@ -515,11 +591,15 @@ def _compare_tree(
     )
     by_rel = {e.path: e for e in hashed.entries}
     for rel, reason in hashed.failed:
+        changing = rel in hashed.changed
         add(
             rel,
             _finding(
-                "sign.unreadable",
-                f"could not be read: {reason}",
+                "sign.changing" if changing else "sign.unreadable",
+                f"changed while it was being verified ({reason}): not verified, try again "
+                "once nothing writes it"
+                if changing
+                else f"could not be read: {reason}",
                 _display(path, rel),
                 verdict=Verdict.ERROR,
             ),

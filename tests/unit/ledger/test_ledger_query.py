@@ -97,9 +97,10 @@ def test_merkle_root_matches_rfc6962_test_vectors():
 
 
 def test_check_files_recomputes_the_digests_sign_records(tmp_path, keys):
+    from trainwarden.ledger import init_ledger
     from trainwarden.sign import sign_path
 
-    root = tmp_path / "l"
+    root = init_ledger(tmp_path / "l")
     ckpt_dir = tmp_path / "ckpt-1"
     ckpt_dir.mkdir()
     (ckpt_dir / "model.safetensors").write_bytes(b"w" * 3000)

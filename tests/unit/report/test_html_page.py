@@ -283,6 +283,7 @@ def test_a_report_never_overwrites_the_evidence(tmp_path: Path) -> None:
 
 def test_a_checkpoint_outside_the_run_directory_is_protected_too(tmp_path: Path) -> None:
     from trainwarden.keys import PrivateKey
+    from trainwarden.ledger import init_ledger
     from trainwarden.sign import sign_path
 
     run_dir = tmp_path / "run"
@@ -292,6 +293,7 @@ def test_a_checkpoint_outside_the_run_directory_is_protected_too(tmp_path: Path)
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"weights")
     key = PrivateKey.generate("job@x")
+    init_ledger(run_dir / "ledger")
     sign_path(ckpt, key, run="r", step=1, ledger=run_dir / "ledger")
     with pytest.raises(InputError, match="refusing to write"):
         write_run_report(run_dir, ckpt, keys=[key.public])

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sign_helpers import KeyPair, flip_byte, make_checkpoint
 
 from trainwarden.findings import Verdict
+from trainwarden.manifest import Manifest, hash_tree, walk_tree
 from trainwarden.sign import SignatureMismatch, sign_path, verify_path
 from trainwarden.sign._bundle import parse_bundle, parse_statement
-from trainwarden.sign._manifest import Manifest, hash_tree, walk_tree
 
 REPO = Path(__file__).resolve().parents[3]
 PEERS = Path(os.environ.get("TRAINWARDEN_PEERS", REPO / ".peers"))

@@ -174,7 +174,7 @@ def test_private_key_given_as_public_key(tmp_path: Path) -> None:
 
 
 def test_missing_key_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="cannot open public key"):
         load_public_key(tmp_path / "nope.pub")
 
 

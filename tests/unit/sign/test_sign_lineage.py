@@ -82,7 +82,9 @@ def test_chain_fork_and_unanchored(tmp_path: Path, alice: KeyPair) -> None:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:
-    return tmp_path / "ledger"
+    from trainwarden.ledger import init_ledger
+
+    return init_ledger(tmp_path / "ledger")
 
 
 def test_sign_records_in_ledger_and_verify_passes(

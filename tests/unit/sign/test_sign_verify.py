@@ -291,7 +291,7 @@ def test_truncated_signature_file(checkpoint: Path, alice: KeyPair) -> None:
 
 
 def test_missing_signature_and_missing_path(checkpoint: Path, alice: KeyPair) -> None:
-    with pytest.raises(InputError, match="cannot read signature"):
+    with pytest.raises(InputError, match="cannot open signature"):
         verify_path(checkpoint, [alice.public])
     sign_path(checkpoint, alice.private)
     shutil.rmtree(checkpoint)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trainwarden.errors import InputError
-from trainwarden.sign._manifest import Manifest, _open_beneath, hash_tree, walk_tree
+from trainwarden.manifest import Manifest, hash_tree, walk_tree
+from trainwarden.manifest._tree import open_beneath
 
 
 def test_walk_lists_regular_files_and_reports_the_rest(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_directory_replaced_by_symlink_after_walk_is_not_followed(tmp_path: Path
     (tmp_path / "ckpt" / "sub").rmdir()
     (tmp_path / "ckpt" / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     with pytest.raises(OSError):
-        _open_beneath(tmp_path / "ckpt", True, "sub/w")
+        open_beneath(tmp_path / "ckpt", True, "sub/w")
     assert [rel for rel, _ in hash_tree(tree).failed] == ["sub/w"]
 
 
@@ -93,4 +94,5 @@ def test_file_truncated_after_walk_is_reported(tmp_path: Path) -> None:
     os.truncate(tmp_path / "w", 10)
     result = hash_tree(tree)
     assert result.failed
-    assert "shorter" in result.failed[0][1]
+    assert "size changed from 1000 to 10 bytes" in result.failed[0][1]
+    assert result.changed == {"w"}
