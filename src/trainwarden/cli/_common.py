@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -47,11 +48,15 @@ def emit_report(report: Report, fmt: str, output: Path | None) -> None:
     write_output(render(report, fmt, color=color), output)
 
 
-def write_output(text: str, output: Path | None) -> None:
-    """Write ``text`` to ``output`` (atomically, synced) or to stdout, and make sure it got there.
+def write_output(text: str, output: str | os.PathLike[str] | None) -> None:
+    """Write ``text`` to ``output`` or to stdout, and make sure all of it got there.
 
-    A report that could not be written completely (a full disk, ``> /dev/full``) is an error,
-    never a silent exit 0 with truncated output.
+    A regular file (or a new path) is replaced atomically and synced. Anything else that
+    already exists (``/dev/stdout``, ``/dev/null``, ``/dev/full``, a FIFO, a terminal) is
+    written to as a stream, never replaced: renaming a file over ``/dev/null`` as root would
+    break the machine. A FIFO nobody reads is an error, not a hang. A report that could not be
+    written completely (a full disk, ``-o /dev/full``) is an error, never a silent exit 0 with
+    truncated output.
 
     Raises:
         InputError: The report could not be written.
@@ -61,7 +66,46 @@ def write_output(text: str, output: Path | None) -> None:
     if output is None or str(output) == "-":
         write_stdout(text)
         return
-    atomic_write(output, text, what="report")
+    path = Path(output)
+    if _is_stream(path):
+        _write_stream(path, text.encode("utf-8"))
+        return
+    atomic_write(path, text, what="report")
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether ``path`` names something to write into rather than a file to replace."""
+    try:
+        lst = os.lstat(path)
+    except OSError:
+        return False  # a new file
+    if stat.S_ISLNK(lst.st_mode):
+        # /dev/stdout, /dev/fd/N, /proc/self/fd/N name an open descriptor: replacing the
+        # link (as root, in /dev) would break the machine and lose the redirected output.
+        # Other symlinks are replaced, never written through (trainwarden._fs).
+        return str(path.absolute()).startswith(("/dev/", "/proc/"))
+    return not stat.S_ISREG(lst.st_mode)
+
+
+def _write_stream(path: Path, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        regular = False
+    try:
+        fd = os.open(path, flags | os.O_TRUNC if regular else flags)
+    except OSError as exc:
+        raise InputError(f"cannot write the output to {path}: {exc.strerror or exc}") from exc
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise InputError(f"cannot write the output to {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def write_stdout(text: str) -> None:

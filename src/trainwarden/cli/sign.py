@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import stat
 import sys
 import threading
 import time
@@ -203,63 +202,9 @@ def check_output(output: str | None, inputs: Sequence[str | os.PathLike[str] | N
         raise InputError(f"--output {output} is a directory")
 
 
-def write_report(text: str, output: str | None) -> None:
-    """Write ``text`` to ``output`` (or stdout), failing loudly when it does not all get there.
-
-    A regular file (or a new path) is replaced atomically. Anything else that already exists
-    (``/dev/stdout``, ``/dev/null``, ``/dev/full``, a FIFO, a terminal) is written to as a
-    stream, never replaced: renaming a file over ``/dev/null`` as root would break the
-    machine. A FIFO nobody reads is an error, not a hang.
-
-    Raises:
-        InputError: The output could not be written completely (a full disk: exit 2).
-    """
-    if output is None or output == "-":
-        write_output(text, None)
-        return
-    path = Path(output)
-    if _is_stream(path):
-        _write_stream(path, text.encode("utf-8"))
-        return
-    write_output(text, path)
-
-
-def _is_stream(path: Path) -> bool:
-    """Whether ``path`` names something to write into rather than a file to replace."""
-    try:
-        lst = os.lstat(path)
-    except OSError:
-        return False  # a new file
-    if stat.S_ISLNK(lst.st_mode):
-        # /dev/stdout, /dev/fd/N, /proc/self/fd/N name an open descriptor: replacing the
-        # link (as root, in /dev) would break the machine and lose the redirected output.
-        # Other symlinks are replaced, never written through (trainwarden._fs).
-        return str(path.absolute()).startswith(("/dev/", "/proc/"))
-    return not stat.S_ISREG(lst.st_mode)
-
-
-def _write_stream(path: Path, data: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags | os.O_TRUNC if _is_regular(path) else flags)
-    except OSError as exc:
-        raise InputError(f"cannot write the output to {path}: {exc.strerror or exc}") from exc
-    try:
-        os.set_blocking(fd, True)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError as exc:
-        raise InputError(f"cannot write the output to {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-
-
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
+def write_report(text: str, output: str | os.PathLike[str] | None) -> None:
+    """Write ``text`` to ``output`` or stdout (see :func:`trainwarden.cli._common.write_output`)."""
+    write_output(text, None if output is None else Path(output))
 
 
 def dumps(value: Any) -> str:
