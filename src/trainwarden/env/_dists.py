@@ -428,8 +428,9 @@ def walk_files(root: str) -> Iterator[tuple[str, int]]:
 def walk_importable(root: str, *, exclude: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
     """Like :func:`walk_files`, for a directory on ``sys.path`` that is not a site directory.
 
-    Only what ``import`` can reach from ``root`` is listed: top-level entries whose name (or
-    stem) is a Python identifier, and everything below those directories. A project checkout
+    Only what ``import`` can reach from ``root`` is listed: top-level directories whose name
+    is a Python identifier (packages, namespace packages) with everything below them, and
+    top-level code files (modules, extensions) whose stem is one. A project checkout
     added by an editable install also holds ``.git``, build output, perhaps a virtual
     environment: none of it is importable from there, so none of it is walked. Directories
     that hold, or lie inside, one of ``exclude`` (site directories checked on their own) are
@@ -454,10 +455,8 @@ def walk_importable(root: str, *, exclude: tuple[str, ...] = ()) -> Iterator[tup
                 if "." in entry.name or _overlaps(entry.path, exclude):
                     continue
                 yield from walk_files(entry.path)
-            elif entry.is_file(follow_symlinks=False):
-                yield entry.path, KIND_FILE
-            else:
-                yield entry.path, KIND_OTHER
+            elif is_code_file(entry.name):
+                yield entry.path, KIND_FILE if entry.is_file(follow_symlinks=False) else KIND_OTHER
         except OSError:  # an entry that vanished mid-walk is skipped
             continue
 

@@ -114,12 +114,13 @@ def package_digest(
     Two kinds, compare like with like:
 
     - ``content=True`` hashes every byte (sha256): proof of what the files hold, comparable
-      across machines. For torch (about 1 GB, 15,000 files) this takes about 1 s with 2 hash
-      threads and a warm page cache: fine every few minutes, in a background thread.
+      across machines. For torch 2.13 (716 MiB, 14,000 files) this takes 0.8-1.2 s with 2
+      hash threads and a warm page cache: fine every few minutes, in a background thread.
     - ``content=False`` digests each file's metadata (size, mtime, ctime, inode, mode):
-      about 50 ms for torch. Any write, rename, chmod or replacement of a file changes its
-      ctime, which an unprivileged user cannot set back, so on one machine it detects every
-      change an ordinary insider can make; root (or a changed clock) can forge it.
+      about 0.2 s for torch (one ``lstat`` a file). Any write, rename, chmod or replacement
+      of a file changes its ctime, which an unprivileged user cannot set back, so on one
+      machine it detects every change an ordinary insider can make; root (or a changed
+      clock) can forge it.
 
     Args:
         name: A top-level package, or a module already imported.
