@@ -150,3 +150,20 @@ def test_an_editable_tree_that_disappears_shows_every_file_removed(
     report = verify_environment(lock=lock, check_pyc=False)
     removed = {p for rule, p in _bad(report) if rule == "env.lock-removed"}
     assert str(editable.flat_pkg / "util.py") in removed
+
+
+def test_the_cli_names_the_editable_installs_and_the_way_to_verify_them(
+    editable: Editable, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainwarden.cli import main
+
+    site = str(editable.site)
+    assert main(["env", "verify", "--path", site, "--skip-pyc"]) == 1
+    err = capsys.readouterr().err
+    assert "2 editable install(s) not verified (twflatpkg 0.1, twsrcpkg 0.1)" in err
+    assert "trainwarden env snapshot --lock env.lock" in err
+    lock = tmp_path / "env.lock"
+    assert main(["env", "snapshot", "--path", site, "--lock", str(lock)]) == 0
+    assert "2 editable source tree(s)" in capsys.readouterr().err
+    assert main(["env", "verify", "--lock", str(lock)]) == 0
+    assert "editable" not in capsys.readouterr().err
