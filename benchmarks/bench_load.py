@@ -2,7 +2,9 @@
 
 Cases: one ~2 GB checkpoint, and many small ones. Loaders: torch.load(weights_only=False),
 torch.load(weights_only=True), trainwarden.load; plus mmap=True for both with the memory the
-process gained (RSS) after loading and after reading every tensor once.
+process gained (RSS) after loading and after reading every tensor once. Conversion:
+``trainwarden.load.convert`` (scan, policy load, safetensors, atomic synced write) against the
+usual recipe ``safetensors.torch.save_file(torch.load(p, weights_only=True), out)``.
 
 Each measurement runs in a fresh interpreter (torch imported before the clock starts), so no
 run benefits from another's warm heap; the files are in the page cache for all of them.
@@ -66,6 +68,46 @@ if touch:
 print(json.dumps({{"seconds": seconds, "first": first, "rss_load": after_load - before,
                   "rss_touch": rss() - before, "check": total}}))
 """
+
+
+CONVERTERS = {
+    "save_file(torch.load(weights_only=True))": (
+        "import safetensors.torch\n"
+        "safetensors.torch.save_file(torch.load(src, weights_only=True), dst)"
+    ),
+    "trainwarden convert": "trainwarden.load.convert(src, dst)",
+}
+
+CONVERT_CHILD = r"""
+import os, sys, time
+import torch, trainwarden, trainwarden.load, trainwarden.scan, safetensors.torch
+src, dst = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+{code}
+seconds = time.perf_counter() - t0
+os.unlink(dst)
+print(seconds)
+"""
+
+
+def bench_convert(src: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """Whole conversions in fresh interpreters (torch imported before the clock starts)."""
+    dst = WORK / "converted.safetensors"
+    times: dict[str, list[float]] = {name: [] for name in CONVERTERS}
+    for r in range(repeat):
+        names = list(CONVERTERS) if r % 2 == 0 else list(reversed(CONVERTERS))
+        for name in names:
+            code = CONVERT_CHILD.format(code=CONVERTERS[name])
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(src), str(dst)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr)
+            times[name].append(float(proc.stdout.strip().splitlines()[-1]))
+    return {n: {"median": median(t), "min": min(t)} for n, t in times.items()}
 
 
 def make_big(path: Path, gigabytes: float) -> None:
@@ -180,6 +222,7 @@ def main() -> int:
         "big": bench([big], args.repeat, mmap=False),
         "big-mmap": bench([big], args.repeat, mmap=True),
         "small": bench(small, args.repeat, mmap=False),
+        "convert": bench_convert(big, max(1, min(3, args.repeat))),
     }
     size_gb = big.stat().st_size / 1e9
     # Other work on the machine skews wall-clock medians; say how busy it was.
@@ -203,6 +246,19 @@ def main() -> int:
             results["small"],
             mmap=False,
         ),
+        f"**Converting the {size_gb:.2f} GB checkpoint to safetensors** (median of "
+        f"{max(1, min(3, args.repeat))}; trainwarden scans first, loads under the policy, and "
+        "writes through a synced atomic write: fsync of file and directory; save_file does "
+        "not sync)",
+        "",
+        "| converter | median s | min s | vs save_file(torch.load) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {row['median']:.3f} | {row['min']:.3f} | "
+            f"{row['median'] / results['convert'][next(iter(CONVERTERS))]['median']:.2f}x |"
+            for name, row in results["convert"].items()
+        ),
+        "",
         "One-time cost per process (first load of a tiny checkpoint, lazy imports included; "
         "excluded above): "
         + ", ".join(f"{n} {r['first'] * 1000:.0f} ms" for n, r in results["small"].items())
