@@ -13,7 +13,8 @@ import json
 import math
 import os
 import pickle
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,16 +105,15 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _import_torch() -> tuple[Any, Any]:
+def _import_torch() -> Any:
     try:
-        import safetensors.torch
         import torch
     except ImportError as exc:
         raise ConfigError(
-            f"convert needs torch and safetensors ({exc.name or exc} is not installed): "
+            f"convert needs torch ({exc.name or exc} is not installed): "
             "pip install 'trainwarden[torch]' (install the torch build you want first)"
         ) from None
-    return torch, safetensors.torch
+    return torch
 
 
 def convert_checkpoint(
@@ -152,7 +152,7 @@ def convert_checkpoint(
     target = _target(Path(dst))
     # Before anything is read: never write over the checkpoint being converted.
     check_output_path(target, [src_path])
-    torch, st = _import_torch()
+    torch = _import_torch()
 
     from trainwarden import __version__
     from trainwarden.load._torch import load_with_report
@@ -204,7 +204,7 @@ def convert_checkpoint(
     shards = _plan_shards(stored, shard_size)
     total = sum(t.numel() * t.element_size() for t in stored.values())
     if len(shards) == 1:
-        _write_shard(st, stored, target, metadata, src_path)
+        _write_shard(torch, stored, target, metadata, src_path)
         files: tuple[Path, ...] = (target,)
         index = None
     else:
@@ -220,7 +220,7 @@ def convert_checkpoint(
         written: list[Path] = []
         try:
             for path, shard in zip(names, shards, strict=True):
-                _write_shard(st, {k: stored[k] for k in shard}, path, metadata, src_path)
+                _write_shard(torch, {k: stored[k] for k in shard}, path, metadata, src_path)
                 written.append(path)
                 weight_map.update(dict.fromkeys(shard, path.name))
             document = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
@@ -495,15 +495,82 @@ def _target(dst: Path) -> Path:
     return dst
 
 
+# safetensors dtype names (the format's own, as in safetensors.torch) of the torch dtypes.
+_DTYPES = (
+    ("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"),
+    ("int64", "I64"), ("int32", "I32"), ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"),
+    ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"), ("bool", "BOOL"),
+    ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
+    ("float8_e4m3fnuz", "F8_E4M3FNUZ"), ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+    ("complex64", "C64"),
+)  # fmt: skip
+
+
+def _dtype_names(torch: Any) -> dict[Any, str]:
+    return {getattr(torch, t): n for t, n in _DTYPES if hasattr(torch, t)}
+
+
+def _safetensors_chunks(
+    torch: Any, tensors: Mapping[str, Any], metadata: Mapping[str, str]
+) -> tuple[bytes, list[Any]]:
+    """The safetensors header and the tensors in file order, ready to be written.
+
+    The format (huggingface/safetensors): an 8-byte little-endian header length, a JSON header
+    (``{"__metadata__": {...}, name: {"dtype", "shape", "data_offsets": [begin, end]}}``,
+    padded with spaces to a multiple of 8), then every tensor's bytes, contiguous, little
+    endian. Tensors are laid out by element size, largest first, then by name, so every
+    tensor starts aligned to its element size (as the library itself does).
+
+    Raises:
+        InputError: a dtype safetensors cannot store.
+    """
+    names = _dtype_names(torch)
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        dtype = names.get(tensor.dtype)
+        if dtype is None:
+            raise InputError(f"{name}: safetensors cannot store {tensor.dtype} tensors")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text, [tensors[n] for n in order]
+
+
+def _tensor_bytes(torch: Any, tensor: Any) -> memoryview:
+    """A view of ``tensor``'s bytes (no copy for a contiguous CPU tensor)."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
 def _write_shard(
-    st: Any, tensors: dict[str, Any], path: Path, meta: dict[str, str], src: Path
+    torch: Any, tensors: dict[str, Any], path: Path, meta: dict[str, str], src: Path
 ) -> None:
+    # The format is written here, streaming from the tensors' own memory: no second copy of
+    # the tensor bytes (safetensors' save() builds one buffer of them all).
     check_output_path(path, [src])
-    try:
-        data = st.save(tensors, metadata=meta)
-    except (ValueError, TypeError, RuntimeError) as exc:  # an unsupported dtype, say
-        raise InputError(f"safetensors cannot store these tensors: {exc}") from exc
-    atomic_write(path, data, what="safetensors file")
+    header, ordered = _safetensors_chunks(torch, tensors, meta)
+    if sys.byteorder != "little":  # safetensors is little-endian; so are all torch targets
+        raise InputError("writing safetensors needs a little-endian machine")
+
+    def chunks() -> Iterator[Any]:
+        yield header
+        for tensor in ordered:
+            if tensor.numel():
+                yield _tensor_bytes(torch, tensor)
+
+    # One atomic write: a fresh temporary file, fsync, rename, directory fsync.
+    atomic_write(path, chunks(), what="safetensors file")
 
 
 def _remove(path: Path) -> bool:

@@ -287,3 +287,48 @@ def test_real_lightning_checkpoint_converts_with_its_training_state(tmp_path: Pa
     assert extra["hyper_parameters"] == {"lr": 0.1}
     assert {"loops", "lr_schedulers", "optimizer_states.0.param_groups"} <= set(result.kept)
     assert result.left_out == {}
+
+
+def test_written_files_read_back_exactly_with_the_safetensors_library(tmp_path: Path) -> None:
+    # The writer streams the format itself (no second copy of the tensors): check it against
+    # the reference implementation on every dtype and shape it must handle.
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {
+        "f32": base,
+        "t": base.t(),  # non-contiguous view, copied out
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "f16": torch.randn(7).half(),
+        "f64": torch.randn(2, 2, dtype=torch.float64),
+        "i8": torch.tensor([-1, 2, -3], dtype=torch.int8),
+        "u8": torch.tensor([255, 0], dtype=torch.uint8),
+        "i64": torch.tensor(2**40),  # 0-dim
+        "flag": torch.tensor([True, False, True]),
+        "empty": torch.empty(0, 3),
+        "c64": torch.randn(2, dtype=torch.complex64),
+    }
+    src = tmp_path / "mixed.pt"
+    torch.save(state, src)
+    result = convert(src, tmp_path / "mixed.safetensors")
+    tensors, meta = _read(tmp_path / "mixed.safetensors")
+    assert set(tensors) == set(state)
+    for name, value in state.items():
+        assert tensors[name].dtype == value.dtype, name
+        assert torch.equal(tensors[name], value), name
+    assert meta == dict(result.metadata)
+    # Byte for byte, what the library itself reads as a whole buffer.
+    loaded = safetensors_torch.load((tmp_path / "mixed.safetensors").read_bytes())
+    assert all(torch.equal(loaded[n], state[n]) for n in state)
+
+
+def test_a_device_path_is_never_replaced(tmp_path: Path) -> None:
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("creating a device node needs root")
+    src = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2)}, src)
+    node = tmp_path / "null.safetensors"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a private /dev/null
+    with pytest.raises(InputError, match="device"):
+        convert(src, node)
+    assert stat.S_ISCHR(node.stat().st_mode)
