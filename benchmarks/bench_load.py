@@ -142,14 +142,25 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
-def run(expr: str, paths: list[Path], *, mmap: bool, touch: bool = False) -> dict[str, float]:
+# --baseline SRC adds "trainwarden.load (<label>)": the same loader from another source tree
+# (PYTHONPATH puts it before the installed one), measured in the same run.
+BASELINE: dict[str, str] = {}
+
+
+def run(
+    expr: str, paths: list[Path], *, mmap: bool, touch: bool = False, name: str = ""
+) -> dict[str, float]:
     code = CHILD.format(expr=expr.format(mm=", mmap=True" if mmap else ""))
     argv = [json.dumps([str(p) for p in paths]), str(int(mmap)), str(int(touch)), str(WARMUP)]
+    env = dict(os.environ)
+    if name in BASELINE:
+        env["PYTHONPATH"] = BASELINE[name]
     proc = subprocess.run(
         [sys.executable, "-c", code, *argv],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
@@ -164,7 +175,7 @@ def bench(paths: list[Path], repeat: int, *, mmap: bool) -> dict[str, dict[str, 
         # Alternate the order so drift on a shared machine hits every loader alike.
         names = list(LOADERS) if r % 2 == 0 else list(reversed(LOADERS))
         for name in names:
-            out = run(LOADERS[name], paths, mmap=mmap, touch=mmap and r == 0)
+            out = run(LOADERS[name], paths, mmap=mmap, touch=mmap and r == 0, name=name)
             times[name].append(out["seconds"])
             firsts[name].append(out["first"])
             if mmap and r == 0:
@@ -205,7 +216,13 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--baseline", metavar="SRC", help="src dir of a version to compare with")
+    parser.add_argument("--baseline-label", default="baseline")
     args = parser.parse_args()
+    if args.baseline:
+        name = f"trainwarden.load ({args.baseline_label})"
+        LOADERS[name] = LOADERS["trainwarden.load"]
+        BASELINE[name] = args.baseline
     WORK.mkdir(parents=True, exist_ok=True)
     big = WORK / f"big-{args.big_gb:g}gb.pt"
     if not big.exists():

@@ -340,6 +340,9 @@ def _verify(
     checked = 0
     deferred = 0
     deadline = None if source_budget is None else time.perf_counter() + source_budget
+    # Our installed replacements, once per check: most attributes are not ours, and a set
+    # lookup per attribute is the cheapest way to say so (identity, as patching.lookup).
+    replacements = {id(p.replacement) for p in patching.installed_patches()}
     for name, (module, path) in critical_targets().items():
         try:
             obj = resolve(module, path)
@@ -355,7 +358,7 @@ def _verify(
                 )
             continue
         checked += 1
-        current, ours = _underlying(obj)
+        current, ours = _underlying(obj) if id(obj) in replacements else (obj, [])
         parts = parts_of(current)
         before = ref.refs.get(name)
         if before is None:

@@ -7,6 +7,7 @@ of a callable (its code, defaults, closure and the functions it wraps).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import threading
@@ -162,12 +163,17 @@ def _mro_lookup(cls: type, name: str) -> Any:
     raise AttributeError(name)
 
 
+@functools.lru_cache(maxsize=8192)
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
 def resolve(module_name: str, path: str) -> Any:
     """Resolve ``module:path`` without triggering descriptors (a classmethod stays raw)."""
     obj: Any = sys.modules.get(module_name)
     if obj is None:
         raise LookupError(module_name)
-    for part in path.split("."):
+    for part in _split(path):
         obj = _mro_lookup(obj, part) if isinstance(obj, type) else getattr(obj, part)
     return obj
 
