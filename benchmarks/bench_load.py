@@ -283,6 +283,13 @@ def main() -> int:
         "",
         f"Total benchmark time: {time.time() - started:.0f} s.",
     ]
+    if args.baseline:
+        lines += [
+            "",
+            f"`trainwarden.load ({args.baseline_label})` is the same loader from that version's "
+            "source, measured in the same run in alternating order: on a machine this busy, "
+            "compare it with `trainwarden.load` by the best runs (min) as much as by medians.",
+        ]
     text = "\n".join(lines)
     print(text)
     print(json.dumps(results, indent=2), file=sys.stderr)
