@@ -18,6 +18,9 @@ import pytest
 from trainwarden.env import read_lock, snapshot_environment, verify_environment, write_lock
 from trainwarden.findings import Report, Verdict
 
+# pip builds two real editable installs once (setuptools from the package index): seconds.
+pytestmark = pytest.mark.slow
+
 
 @dataclass(frozen=True)
 class Editable:
