@@ -2,7 +2,9 @@
 
 Cases: one ~2 GB checkpoint, and many small ones. Loaders: torch.load(weights_only=False),
 torch.load(weights_only=True), trainwarden.load; plus mmap=True for both with the memory the
-process gained (RSS) after loading and after reading every tensor once.
+process gained (RSS) after loading and after reading every tensor once. Conversion:
+``trainwarden.load.convert`` (scan, policy load, safetensors, atomic synced write) against the
+usual recipe ``safetensors.torch.save_file(torch.load(p, weights_only=True), out)``.
 
 Each measurement runs in a fresh interpreter (torch imported before the clock starts), so no
 run benefits from another's warm heap; the files are in the page cache for all of them.
@@ -68,6 +70,46 @@ print(json.dumps({{"seconds": seconds, "first": first, "rss_load": after_load - 
 """
 
 
+CONVERTERS = {
+    "save_file(torch.load(weights_only=True))": (
+        "import safetensors.torch\n"
+        "safetensors.torch.save_file(torch.load(src, weights_only=True), dst)"
+    ),
+    "trainwarden convert": "trainwarden.load.convert(src, dst)",
+}
+
+CONVERT_CHILD = r"""
+import os, sys, time
+import torch, trainwarden, trainwarden.load, trainwarden.scan, safetensors.torch
+src, dst = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+{code}
+seconds = time.perf_counter() - t0
+os.unlink(dst)
+print(seconds)
+"""
+
+
+def bench_convert(src: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """Whole conversions in fresh interpreters (torch imported before the clock starts)."""
+    dst = WORK / "converted.safetensors"
+    times: dict[str, list[float]] = {name: [] for name in CONVERTERS}
+    for r in range(repeat):
+        names = list(CONVERTERS) if r % 2 == 0 else list(reversed(CONVERTERS))
+        for name in names:
+            code = CONVERT_CHILD.format(code=CONVERTERS[name])
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(src), str(dst)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr)
+            times[name].append(float(proc.stdout.strip().splitlines()[-1]))
+    return {n: {"median": median(t), "min": min(t)} for n, t in times.items()}
+
+
 def make_big(path: Path, gigabytes: float) -> None:
     import torch
 
@@ -100,14 +142,25 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
-def run(expr: str, paths: list[Path], *, mmap: bool, touch: bool = False) -> dict[str, float]:
+# --baseline SRC adds "trainwarden.load (<label>)": the same loader from another source tree
+# (PYTHONPATH puts it before the installed one), measured in the same run.
+BASELINE: dict[str, str] = {}
+
+
+def run(
+    expr: str, paths: list[Path], *, mmap: bool, touch: bool = False, name: str = ""
+) -> dict[str, float]:
     code = CHILD.format(expr=expr.format(mm=", mmap=True" if mmap else ""))
     argv = [json.dumps([str(p) for p in paths]), str(int(mmap)), str(int(touch)), str(WARMUP)]
+    env = dict(os.environ)
+    if name in BASELINE:
+        env["PYTHONPATH"] = BASELINE[name]
     proc = subprocess.run(
         [sys.executable, "-c", code, *argv],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
@@ -122,7 +175,7 @@ def bench(paths: list[Path], repeat: int, *, mmap: bool) -> dict[str, dict[str, 
         # Alternate the order so drift on a shared machine hits every loader alike.
         names = list(LOADERS) if r % 2 == 0 else list(reversed(LOADERS))
         for name in names:
-            out = run(LOADERS[name], paths, mmap=mmap, touch=mmap and r == 0)
+            out = run(LOADERS[name], paths, mmap=mmap, touch=mmap and r == 0, name=name)
             times[name].append(out["seconds"])
             firsts[name].append(out["first"])
             if mmap and r == 0:
@@ -163,7 +216,13 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--baseline", metavar="SRC", help="src dir of a version to compare with")
+    parser.add_argument("--baseline-label", default="baseline")
     args = parser.parse_args()
+    if args.baseline:
+        name = f"trainwarden.load ({args.baseline_label})"
+        LOADERS[name] = LOADERS["trainwarden.load"]
+        BASELINE[name] = args.baseline
     WORK.mkdir(parents=True, exist_ok=True)
     big = WORK / f"big-{args.big_gb:g}gb.pt"
     if not big.exists():
@@ -180,6 +239,7 @@ def main() -> int:
         "big": bench([big], args.repeat, mmap=False),
         "big-mmap": bench([big], args.repeat, mmap=True),
         "small": bench(small, args.repeat, mmap=False),
+        "convert": bench_convert(big, max(1, min(3, args.repeat))),
     }
     size_gb = big.stat().st_size / 1e9
     # Other work on the machine skews wall-clock medians; say how busy it was.
@@ -203,6 +263,19 @@ def main() -> int:
             results["small"],
             mmap=False,
         ),
+        f"**Converting the {size_gb:.2f} GB checkpoint to safetensors** (median of "
+        f"{max(1, min(3, args.repeat))}; trainwarden scans first, loads under the policy, and "
+        "writes through a synced atomic write: fsync of file and directory; save_file does "
+        "not sync)",
+        "",
+        "| converter | median s | min s | vs save_file(torch.load) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {row['median']:.3f} | {row['min']:.3f} | "
+            f"{row['median'] / results['convert'][next(iter(CONVERTERS))]['median']:.2f}x |"
+            for name, row in results["convert"].items()
+        ),
+        "",
         "One-time cost per process (first load of a tiny checkpoint, lazy imports included; "
         "excluded above): "
         + ", ".join(f"{n} {r['first'] * 1000:.0f} ms" for n, r in results["small"].items())
@@ -210,6 +283,13 @@ def main() -> int:
         "",
         f"Total benchmark time: {time.time() - started:.0f} s.",
     ]
+    if args.baseline:
+        lines += [
+            "",
+            f"`trainwarden.load ({args.baseline_label})` is the same loader from that version's "
+            "source, measured in the same run in alternating order: on a machine this busy, "
+            "compare it with `trainwarden.load` by the best runs (min) as much as by medians.",
+        ]
     text = "\n".join(lines)
     print(text)
     print(json.dumps(results, indent=2), file=sys.stderr)

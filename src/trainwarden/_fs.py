@@ -13,8 +13,12 @@ import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeAlias
 
 from trainwarden.errors import InputError
+
+#: What ``atomic_write`` writes piece by piece: anything the buffer protocol exposes as bytes.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = [
     "atomic_write",
@@ -31,7 +35,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 def atomic_write(
     path: str | os.PathLike[str],
-    data: bytes | str,
+    data: bytes | str | Iterable[Buffer],
     *,
     mode: int = 0o644,
     exclusive: bool = False,
@@ -45,8 +49,11 @@ def atomic_write(
     over ``path``, and the directory is ``fsync``-ed so the rename itself survives a crash.
 
     Args:
-        path: The destination. A symlink at ``path`` is replaced, never written through.
-        data: Bytes, or text written as UTF-8.
+        path: The destination. A symlink at ``path`` is replaced, never written through. An
+            existing device, FIFO or socket (``/dev/full``, ``/dev/stdout``) is refused: a
+            rename would replace the node itself with a regular file.
+        data: Bytes, text written as UTF-8, or an iterable of byte buffers written in turn
+            (for large files produced piece by piece, without one buffer of them all).
         mode: Permission bits of the new file (``0o600`` for secrets).
         exclusive: Refuse when ``path`` already exists (for files that must never be
             overwritten, such as a new key). Checked with a hard link, which is atomic.
@@ -57,10 +64,19 @@ def atomic_write(
 
     Raises:
         InputError: The file cannot be written (full disk, permissions, ``path`` is a
-            directory, or it exists and ``exclusive`` is set). Nothing is left behind.
+            directory or a special file, or it exists and ``exclusive`` is set). Nothing is
+            left behind; an exception raised by ``data``'s iterator propagates, also leaving
+            nothing behind.
     """
     target = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    chunks: Iterable[Buffer]
+    if isinstance(data, str):
+        chunks = (data.encode("utf-8"),)
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        chunks = (data,)
+    else:
+        chunks = data
+    _refuse_special(target, what)
     directory = target.parent
     tmp = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
@@ -70,11 +86,17 @@ def atomic_write(
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fsync(fd)
+        except BaseException:
+            # Not only OSError: the data's iterator may fail; nothing may be left behind.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         finally:
             os.close(fd)
         if exclusive:
@@ -91,6 +113,18 @@ def atomic_write(
             tmp.unlink()
         raise InputError(f"cannot write {what} {target}: {_reason(exc)}") from exc
     return target
+
+
+def _refuse_special(target: Path, what: str) -> None:
+    try:
+        info = target.stat()  # follows links: /dev/stdout -> /proc/self/fd/1 -> a pipe
+    except (OSError, ValueError):
+        return  # absent, a dangling link, or unreadable: the write itself says what fails
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise InputError(
+            f"cannot write {what} {target}: it is {describe_mode(info.st_mode)}; refusing to "
+            "replace it with a regular file"
+        )
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "Target",
     "TrackedHook",
     "hooks",
+    "import_hooks",
     "installed_patches",
     "installed_sets",
     "lookup",
@@ -274,6 +275,16 @@ def hooks() -> tuple[TrackedHook, ...]:
     """Every hook trainwarden has registered and not removed."""
     with _REGISTRY.lock:
         return tuple(_REGISTRY.hooks.values())
+
+
+def import_hooks() -> tuple[Any, ...]:
+    """The ``sys.meta_path`` finders this registry installed (to watch imports), if any.
+
+    Verification code (``trainwarden.env``'s import-hook check) recognises them by identity;
+    a finder that merely claims to come from this module is not one of them.
+    """
+    with _REGISTRY.lock:
+        return (_REGISTRY.finder,) if _REGISTRY.finder is not None else ()
 
 
 def _restore(patch: Patch) -> None:

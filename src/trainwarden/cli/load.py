@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import write_output
+from trainwarden.cli._common import EXIT_OK
+from trainwarden.cli._output import write_text
+
+if TYPE_CHECKING:
+    from trainwarden.load import Conversion
 
 __all__ = ["register"]
+
+#: ``schema_version`` of ``convert --format json``.
+SCHEMA_VERSION = 1
+
+_EPILOG = """\
+exit status: 0 written; 1 SRC refused (it would run code, or holds what the policy does not
+allow); 2 error (SRC missing or not a checkpoint, DST not writable or the same file as SRC,
+torch not installed).
+
+Whole training checkpoints convert too: tensors under their dotted key paths
+(model.fc.weight, optimizer.state.0.exp_avg), plain values (param groups, step,
+hyper-parameters) as JSON in the safetensors metadata (trainwarden.non_tensor), and objects
+that are neither are listed as left out (trainwarden.left_out), never dropped silently.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -19,10 +36,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "convert",
         help="convert a checkpoint judged safe to safetensors",
         description=(
-            "Load SRC under the policy (refusing it if unsafe) and write its tensors to DST as "
-            "safetensors, sharded with a model.safetensors.index.json when larger than "
-            "--shard-size. Exit 0: written; 1: SRC refused; 2: error."
+            "Load SRC under the policy (refusing it if unsafe) and write its tensors to DST as\n"
+            "safetensors, sharded with a model.safetensors.index.json when larger than\n"
+            "--shard-size."
         ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("src", metavar="SRC", type=Path, help="checkpoint to convert")
     parser.add_argument(
@@ -48,45 +67,93 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default="5GB",
         help="largest shard, e.g. 5GB (default), 500MiB, 1000000",
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text", help="summary format")
+    parser.add_argument(
+        "--select",
+        metavar="KEY.PATH",
+        help="convert only the subtree at this dotted key path, e.g. state_dict or model",
+    )
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="summary format (default: text)"
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        type=Path,
+        help="write the summary to FILE instead of stdout",
+    )
     parser.set_defaults(handler=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from trainwarden._fs import check_output_path
     from trainwarden.errors import ConfigError
-    from trainwarden.load import convert
-    from trainwarden.load._convert import parse_size
+    from trainwarden.load import convert, parse_size
     from trainwarden.scan import Policy
 
     try:
         shard_size = parse_size(args.shard_size)
     except ValueError as exc:
         raise ConfigError(f"--shard-size: {exc}") from None
+    # The summary must not land on the checkpoint either (checked before any work).
+    check_output_path(args.output, [args.src])
     policy = Policy.from_pyproject(profiles=tuple(args.profile), allow=tuple(args.allow))
-    result = convert(args.src, args.dst, policy=policy, shard_size=shard_size)
+    result = convert(args.src, args.dst, policy=policy, shard_size=shard_size, select=args.select)
     if args.format == "json":
-        document = {
-            "source": str(args.src),
-            "source_sha256": result.source_sha256,
-            "files": [str(p) for p in result.files],
-            "index": str(result.index) if result.index else None,
-            "tensors": result.tensors,
-            "total_bytes": result.total_bytes,
-            "aliases": dict(sorted(result.aliases.items())),
-            "cloned": list(result.cloned),
-        }
-        write_output(json.dumps(document, indent=2, sort_keys=True) + "\n", None)
-        return 0
+        text = json.dumps(_document(args, result), indent=2, sort_keys=True) + "\n"
+        write_text(text, args.output)
+        return EXIT_OK
+    write_text(_text(args, result), args.output)
+    return EXIT_OK
+
+
+def _document(args: argparse.Namespace, result: Conversion) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": str(args.src),
+        "source_sha256": result.source_sha256,
+        "selected": args.select,
+        "files": [str(p) for p in result.files],
+        "index": str(result.index) if result.index else None,
+        "tensors": result.tensors,
+        "total_bytes": result.total_bytes,
+        "aliases": dict(sorted(result.aliases.items())),
+        "cloned": list(result.cloned),
+        "kept": list(result.kept),
+        "left_out": dict(sorted(result.left_out.items())),
+        "from_numpy": list(result.from_numpy),
+    }
+
+
+def _shown(text: object) -> str:
+    """``text`` with control characters escaped: a file or key name cannot forge a line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _text(args: argparse.Namespace, result: Conversion) -> str:
     lines = [
-        f"converted {args.src} -> {', '.join(str(p) for p in result.files)}",
+        f"converted {_shown(args.src)} -> {', '.join(_shown(p) for p in result.files)}",
         f"  {result.tensors} tensors, {result.total_bytes} bytes, "
         f"source sha256 {result.source_sha256}",
     ]
     if result.index is not None:
-        lines.append(f"  index: {result.index}")
+        lines.append(f"  index: {_shown(result.index)}")
     if result.aliases:
         lines.append(f"  {len(result.aliases)} shared tensor(s) stored once (see metadata)")
     if result.cloned:
         lines.append(f"  {len(result.cloned)} tensor(s) copied out of shared storage")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
+    if result.from_numpy:
+        lines.append(f"  {len(result.from_numpy)} NumPy array(s) stored as tensors")
+    if result.kept:
+        shown = ", ".join(map(_shown, result.kept[:6])) + (", ..." if len(result.kept) > 6 else "")
+        lines.append(
+            f"  {len(result.kept)} plain value(s) kept as JSON metadata "
+            f"(trainwarden.non_tensor): {shown}"
+        )
+    if result.left_out:
+        lines.append(
+            f"  LEFT OUT: {len(result.left_out)} value(s) that are neither tensors nor plain "
+            "data (listed in trainwarden.left_out):"
+        )
+        lines.extend(f"    {_shown(k)}: {_shown(v)}" for k, v in result.left_out.items())
+    return "\n".join(lines) + "\n"

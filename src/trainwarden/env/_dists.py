@@ -6,7 +6,7 @@ against accidents and careless edits, not a trust anchor; the signed lock is the
 
 # os.path on str is used on purpose: these paths are walked by the ten thousand and pathlib
 # objects would cost more than the hashing of small files.
-# ruff: noqa: PTH100, PTH112, PTH118, PTH119, PTH208
+# ruff: noqa: PTH100, PTH112, PTH118, PTH119, PTH120, PTH208
 
 from __future__ import annotations
 
@@ -26,13 +26,17 @@ __all__ = [
     "KIND_FILE",
     "KIND_LINK",
     "KIND_OTHER",
+    "SCOPE_IMPORTABLE",
+    "SCOPE_TREE",
     "Distribution",
     "RecordEntry",
     "SiteLayout",
     "discover",
+    "editable_sources",
     "is_code_file",
     "read_regular",
     "walk_files",
+    "walk_importable",
 ]
 
 # Hash algorithms a RECORD may name (PEP 376 / the wheel spec forbid md5 and sha1).
@@ -267,6 +271,78 @@ def _is_editable(meta_dir: Path) -> bool:
     return bool(isinstance(dir_info, dict) and dir_info.get("editable"))
 
 
+#: An editable source directory on ``sys.path``: only what ``import`` reaches from it counts.
+SCOPE_IMPORTABLE = "importable"
+#: An editable package directory: all of it is the package.
+SCOPE_TREE = "tree"
+
+
+def editable_sources(dist: Distribution) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """The directories an editable install runs its code from, and why none were found.
+
+    Read from the install's own files, never imported: the path lines of the ``.pth`` files its
+    RECORD lists (what ``site`` appends to ``sys.path``; scope ``importable``) and the
+    ``MAPPING`` literal of a setuptools ``__editable___*_finder.py`` (package name -> package
+    directory; scope ``tree``).
+
+    Returns:
+        The existing directories (absolute, normalised, sorted) with their scope, and a reason
+        when there are none.
+    """
+    site_dir = dist.site
+    found: dict[str, str] = {}
+    unreadable: list[str] = []
+    for entry in dist.entries:
+        if os.path.dirname(entry.path) != site_dir:
+            continue
+        name = os.path.basename(entry.path)
+        try:
+            if name.endswith(".pth"):
+                for directory in _pth_directories(entry.path, site_dir):
+                    found.setdefault(directory, SCOPE_IMPORTABLE)
+            elif name.startswith("__editable__") and name.endswith("_finder.py"):
+                for directory in _finder_directories(entry.path):
+                    found.setdefault(directory, SCOPE_TREE)
+        except (OSError, UnicodeDecodeError, ValueError, SyntaxError, RecursionError) as exc:
+            unreadable.append(f"{name}: {exc}")
+    roots = tuple(sorted((p, scope) for p, scope in found.items() if os.path.isdir(p)))
+    if roots:
+        return roots, None
+    if unreadable:
+        return (), "its path files cannot be read (" + "; ".join(unreadable) + ")"
+    return (), "no source directory is named by its .pth or editable finder files"
+
+
+def _pth_directories(path: str, site_dir: str) -> list[str]:
+    # site.addpackage: blank lines and comments are skipped, "import" lines run, every other
+    # line is a directory (relative ones to the site directory) added when it exists.
+    text = read_regular(path, 1 << 20).decode("utf-8")
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#") or line.startswith(("import ", "import\t")):
+            continue
+        out.append(os.path.normpath(os.path.join(site_dir, line.rstrip())))
+    return out
+
+
+def _finder_directories(path: str) -> list[str]:
+    import ast
+
+    tree = ast.parse(read_regular(path, 1 << 20).decode("utf-8"))
+    for node in tree.body:
+        target = value = None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        if isinstance(target, ast.Name) and target.id == "MAPPING" and value is not None:
+            mapping = ast.literal_eval(value)
+            if not isinstance(mapping, dict):
+                raise ValueError("MAPPING is not a dict")
+            return [os.path.normpath(str(v)) for v in mapping.values() if isinstance(v, str)]
+    return []
+
+
 def discover(site: str) -> SiteLayout:
     """Read every ``*.dist-info`` / ``*.egg-info`` of ``site`` and index their RECORDs."""
     site = os.path.normpath(os.path.abspath(site))
@@ -347,3 +423,44 @@ def walk_files(root: str) -> Iterator[tuple[str, int]]:
                     yield entry.path, KIND_OTHER
             except OSError:  # noqa: PERF203  # an entry that vanished mid-walk is skipped
                 continue
+
+
+def walk_importable(root: str, *, exclude: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
+    """Like :func:`walk_files`, for a directory on ``sys.path`` that is not a site directory.
+
+    Only what ``import`` can reach from ``root`` is listed: top-level directories whose name
+    is a Python identifier (packages, namespace packages) with everything below them, and
+    top-level code files (modules, extensions) whose stem is one. A project checkout
+    added by an editable install also holds ``.git``, build output, perhaps a virtual
+    environment: none of it is importable from there, so none of it is walked. Directories
+    that hold, or lie inside, one of ``exclude`` (site directories checked on their own) are
+    skipped too.
+
+    Raises:
+        InputError: a directory in the tree cannot be listed (never skipped silently).
+    """
+    try:
+        with os.scandir(root) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise InputError(f"cannot list {root}: {exc.strerror or exc}") from exc
+    for entry in entries:
+        stem = entry.name.split(".", 1)[0]
+        if not stem.isidentifier():
+            continue
+        try:
+            if entry.is_symlink():
+                yield entry.path, KIND_LINK
+            elif entry.is_dir(follow_symlinks=False):
+                if "." in entry.name or _overlaps(entry.path, exclude):
+                    continue
+                yield from walk_files(entry.path)
+            elif is_code_file(entry.name):
+                yield entry.path, KIND_FILE if entry.is_file(follow_symlinks=False) else KIND_OTHER
+        except OSError:  # an entry that vanished mid-walk is skipped
+            continue
+
+
+def _overlaps(path: str, others: tuple[str, ...]) -> bool:
+    prefix = path + os.sep
+    return any(o == path or o.startswith(prefix) or path.startswith(o + os.sep) for o in others)

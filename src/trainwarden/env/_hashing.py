@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from trainwarden._system import cpu_count
+
 __all__ = [
     "FileDigest",
     "HashFailure",
@@ -71,8 +73,8 @@ class HashFailure:
 
 
 def default_workers() -> int:
-    """Threads to hash with: one a CPU (hashing is CPU-bound once the page cache is warm)."""
-    return max(1, min(32, os.cpu_count() or 1))
+    """Threads to hash with: one a usable CPU (hashing is CPU-bound once the page cache is warm)."""
+    return cpu_count(cap=32)
 
 
 def _buffer() -> bytearray:
@@ -231,7 +233,8 @@ def hash_files(
         algorithm: A :mod:`hashlib` algorithm name.
         workers: Threads (default: one a CPU); 1 hashes everything in the calling thread.
         sizes: Expected sizes (from RECORD or a lock), used only to split and order the work.
-        progress: Called with the number of files done, now and then.
+        progress: Called with the number of files done, now and then (always from the
+            calling thread).
 
     Returns:
         A mapping from each path to its digest, or to the reason it could not be read.
@@ -256,16 +259,23 @@ def hash_files(
     # takes the next task from a shared counter (next() on it is atomic under the GIL).
     counter = itertools.count()
     outputs: list[list[FileDigest | HashFailure]] = []
+    finished = [0]  # files done by all threads (+= on a list item under the GIL is a race,
+    finished_lock = threading.Lock()  # so under a lock; taken once a task, not a file)
 
-    def work() -> None:
+    def work(report: Callable[[int], None] | None = None) -> None:
         done: list[FileDigest | HashFailure] = []
         while (index := next(counter)) < len(tasks):
             done.extend(_hash_batch(tasks[index], algorithm))
+            with finished_lock:
+                finished[0] += len(tasks[index])
+                so_far = finished[0]
+            if report is not None:
+                report(so_far)
         outputs.append(done)
 
     with ThreadPoolExecutor(max_workers=n_workers - 1, thread_name_prefix="tw-hash") as pool:
         futures = [pool.submit(work) for _ in range(n_workers - 1)]
-        work()
+        work(progress)
         for future in futures:
             future.result()
     for done in outputs:

@@ -13,36 +13,47 @@ the saboteur does not hold, and checked byte for byte before it is believed. For
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trainwarden.env._dists import KIND_FILE, KIND_LINK, read_regular
+from trainwarden._canonical import canonical_bytes
+from trainwarden._fs import atomic_write
+from trainwarden.env._dists import (
+    KIND_FILE,
+    KIND_LINK,
+    SCOPE_IMPORTABLE,
+    SCOPE_TREE,
+    read_regular,
+)
 from trainwarden.env._hashing import FileDigest, HashFailure
+from trainwarden.env._site import SiteScan
 from trainwarden.errors import InputError, VerificationError
-from trainwarden.findings import FileReport, Finding, Report, Severity, Verdict
+from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
 
 if TYPE_CHECKING:
-    from trainwarden.env._verify import SiteScan
     from trainwarden.keys import PrivateKey, PublicKey
 
 __all__ = [
     "LOCK_FORMAT",
     "LOCK_VERSION",
+    "SCOPE_IMPORTABLE",
+    "SCOPE_TREE",
     "SIGNATURE_FORMAT",
+    "EditableRoot",
     "EnvLock",
     "LockedFile",
     "compare_lock",
     "diff_locks",
+    "join_rel",
+    "lock_entries",
     "read_lock",
     "signature_path",
-    "snapshot_environment",
     "write_lock",
 ]
 
@@ -78,10 +89,30 @@ class LockedFile(NamedTuple):
         return f"sha256={self.sha256}, {self.size} bytes, mode {self.mode:o}"
 
 
+@dataclass(frozen=True, slots=True)
+class EditableRoot:
+    """A lock root that is the source tree of editable installs, not a site directory.
+
+    Attributes:
+        distributions: The editable distributions whose code is imported from this tree.
+        scope: ``"importable"`` (only entries ``import`` can reach from a ``sys.path`` entry
+            were recorded) or ``"tree"`` (the whole directory, a package's own).
+    """
+
+    distributions: tuple[str, ...]
+    scope: str = SCOPE_IMPORTABLE
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON object of this entry."""
+        return {"distributions": list(self.distributions), "scope": self.scope}
+
+
 @dataclass(frozen=True)
 class EnvLock:
-    """A parsed lock: per root (an absolute site directory) every file by relative path.
+    """A parsed lock: per root (an absolute directory) every file by relative path.
 
+    Roots are site directories, and (``editable``) the source trees of editable installs,
+    whose code lives outside every site directory and which RECORD cannot cover.
     ``signer`` is the fingerprint and identity of the key whose signature was verified when
     the lock was read, ``None`` for a lock read without a key.
     """
@@ -93,9 +124,21 @@ class EnvLock:
     python: Mapping[str, str] = field(default_factory=dict)
     pyc_verified: bool = False
     signer: str | None = None
+    editable: Mapping[str, EditableRoot] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The canonical JSON document of this lock."""
+        roots = []
+        for root in self.roots:
+            item: dict[str, Any] = {
+                "path": root,
+                "distributions": dict(self.distributions.get(root, {})),
+                "files": {rel: e.to_json() for rel, e in self.files[root].items()},
+            }
+            editable = self.editable.get(root)
+            if editable is not None:
+                item["editable"] = editable.to_json()
+            roots.append(item)
         return {
             "format": LOCK_FORMAT,
             "version": LOCK_VERSION,
@@ -103,31 +146,28 @@ class EnvLock:
             "created": self.created,
             "python": dict(self.python),
             "pyc_verified": self.pyc_verified,
-            "roots": [
-                {
-                    "path": root,
-                    "distributions": dict(self.distributions.get(root, {})),
-                    "files": {rel: e.to_json() for rel, e in self.files[root].items()},
-                }
-                for root in self.roots
-            ],
+            "roots": roots,
         }
 
     def canonical_bytes(self) -> bytes:
-        """The exact bytes written to disk and signed: sorted keys, no spaces, UTF-8."""
-        return canonical_json(self.to_json())
+        """The exact bytes written to disk and signed: sorted keys, no spaces, UTF-8.
+
+        Raises:
+            InputError: the document holds text that is not valid Unicode.
+        """
+        # The lock holds strings and integers only, so the shared canonical form (which also
+        # refuses NaN) gives exactly the bytes docs/env-lock.md specifies.
+        return canonical_bytes(self.to_json(), what="env lock")
+
+    @property
+    def site_roots(self) -> tuple[str, ...]:
+        """The roots that are site directories (not editable source trees)."""
+        return tuple(r for r in self.roots if r not in self.editable)
 
     @property
     def file_count(self) -> int:
         """Number of files over all roots."""
         return sum(len(v) for v in self.files.values())
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Canonical JSON: keys sorted, no insignificant whitespace, UTF-8, no trailing newline."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
 
 
 def join_rel(root: str, rel: str) -> str:
@@ -208,79 +248,7 @@ def lock_entries(
     return (dict(sorted(entries.items())) if ordered else entries), failed
 
 
-def snapshot_environment(
-    site_dirs: Sequence[str] | None = None,
-    *,
-    workers: int | None = None,
-    check_pyc: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[EnvLock, Report]:
-    """Record every file of the site directories, after verifying them.
-
-    The verification report comes back with the lock so the caller can refuse to write a
-    lock that would enshrine a tampered environment (the CLI refuses unless told otherwise).
-
-    Raises:
-        InputError: a site directory cannot be read.
-    """
-    from trainwarden.env._verify import default_site_dirs, run_verification
-
-    dirs = tuple(site_dirs) if site_dirs else default_site_dirs()
-    report, scans = run_verification(
-        dirs,
-        lock=None,
-        hash_all=True,
-        check_pyc=check_pyc,
-        check_startup=True,
-        workers=workers,
-        progress=progress,
-    )
-    files: dict[str, Mapping[str, LockedFile]] = {}
-    dists: dict[str, Mapping[str, str]] = {}
-    problems: list[FileReport] = []
-    for scan in scans:
-        entries, failed = lock_entries(scan)
-        files[scan.layout.site] = entries
-        dists[scan.layout.site] = {
-            d.name: d.version for d in sorted(scan.layout.distributions, key=lambda d: d.name)
-        }
-        found = tuple(
-            Finding(
-                rule_id="env.lock-unrecorded",
-                severity=Severity.MEDIUM,
-                message=f"{rel} could not be recorded in the lock: {why}.",
-                location=_loc(os.path.join(scan.layout.site, rel)),
-                verdict=Verdict.ERROR,
-            )
-            for rel, why in sorted(failed.items())
-        )
-        if found:
-            problems.append(FileReport(scan.layout.site, "site-dir", found))
-    lock = EnvLock(
-        roots=tuple(files),
-        files=files,
-        distributions=dists,
-        created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        python=_python(),
-        # Only a snapshot that compared every pyc with its source, and found none forged,
-        # may vouch for pycs later (verify then skips compiling those that still match).
-        pyc_verified=check_pyc and not any(f.rule_id in _PYC_PROBLEMS for f in report.findings),
-    )
-    from trainwarden.env._verify import _merge
-
-    merged = _merge(report, problems)
-    return lock, Report(files=merged.files, command="env snapshot")
-
-
-def _python() -> dict[str, str]:
-    from trainwarden.env._verify import python_description
-
-    return python_description()
-
-
-def _loc(path: str, **extra: str | int) -> Any:
-    from trainwarden.findings import Location
-
+def _loc(path: str, **extra: str | int) -> Location:
     return Location(path=_printable(path), extra=extra)
 
 
@@ -294,11 +262,19 @@ def write_lock(lock: EnvLock, path: Path, *, key: PrivateKey | None = None) -> P
         InputError: the files cannot be written.
     """
     data = lock.canonical_bytes()
-    _atomic_write(path, data)
+    # The lock is a trust anchor: written through the one atomic write (fsync of the file
+    # and of the directory), so a crash never leaves a half lock that later reads as valid.
+    atomic_write(path, data, what="env lock")
     sig_path = signature_path(path)
     if key is None:
         # A stale signature next to a new unsigned lock would fail verification confusingly.
-        sig_path.unlink(missing_ok=True)
+        try:
+            sig_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"wrote {path}, but cannot remove the stale signature {sig_path}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         return None
     public = key.public
     document = {
@@ -310,38 +286,36 @@ def write_lock(lock: EnvLock, path: Path, *, key: PrivateKey | None = None) -> P
         "lock_sha256": hashlib.sha256(data).hexdigest(),
         "signature": base64.b64encode(key.sign(data)).decode("ascii"),
     }
-    _atomic_write(sig_path, canonical_json(document) + b"\n")
-    return sig_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        atomic_write(sig_path, canonical_bytes(document) + b"\n", what="env lock signature")
+    except InputError as exc:
+        # Say exactly what happened: the lock is on disk, its signature is not.
+        raise InputError(
+            f"wrote {path}, but not its signature: {exc}; the lock is unsigned "
+            f"(and a signature left at {sig_path} does not match it)"
+        ) from exc
+    return sig_path
 
 
 def _verify_signature(data: bytes, sig_file: Path, key: PublicKey) -> str:
     try:
-        raw = sig_file.read_bytes()
+        # A FIFO or device planted as the signature must fail, not block the verification.
+        raw = read_regular(sig_file, 1 << 20)
     except FileNotFoundError:
         raise VerificationError(
             f"lock signature {sig_file} is missing: a key was given, so an unsigned lock is "
             "not trusted"
         ) from None
     except OSError as exc:
-        raise InputError(f"cannot read {sig_file}: {exc.strerror}") from exc
+        raise InputError(f"cannot read lock signature {sig_file}: {_os_reason(exc)}") from exc
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
             raise ValueError("not a trainwarden env-lock signature")
         if doc.get("algorithm") != "ed25519":
             raise ValueError(f"unsupported algorithm {doc.get('algorithm')!r}")
         signature = base64.b64decode(str(doc["signature"]), validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise VerificationError(f"lock signature {sig_file} is malformed: {exc}") from exc
     # The signature covers the exact bytes of the lock file, checked before they are parsed.
     key.verify(signature, data)
@@ -358,13 +332,23 @@ def read_lock(path: Path, *, key: PublicKey | None = None) -> EnvLock:
     try:
         data = read_regular(path, _MAX_LOCK_BYTES)
     except OSError as exc:
-        raise InputError(f"cannot read lock {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read lock {path}: {_os_reason(exc)}") from exc
     signer = _verify_signature(data, signature_path(path), key) if key is not None else None
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"{path} is not a trainwarden env lock: invalid JSON ({exc})") from exc
     return _parse(doc, path, signer)
+
+
+def _os_reason(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a symlink loop)"
+    if exc.errno == errno.EISDIR:
+        return "it is a directory"
+    return exc.strerror or str(exc)
 
 
 def _parse(doc: Any, path: Path, signer: str | None) -> EnvLock:
@@ -382,6 +366,7 @@ def _parse(doc: Any, path: Path, signer: str | None) -> EnvLock:
         raise bad("roots is not a list")
     files: dict[str, Mapping[str, LockedFile]] = {}
     dists: dict[str, Mapping[str, str]] = {}
+    editable: dict[str, EditableRoot] = {}
     for root in roots:
         if not isinstance(root, dict) or not isinstance(root.get("path"), str):
             raise bad("a root has no path")
@@ -399,6 +384,8 @@ def _parse(doc: Any, path: Path, signer: str | None) -> EnvLock:
         if not isinstance(raw_dists, dict):
             raise bad("distributions is not an object")
         dists[root_path] = {str(k): str(v) for k, v in raw_dists.items()}
+        if "editable" in root:
+            editable[root_path] = _parse_editable(root["editable"], root_path, bad)
     python = doc.get("python", {})
     return EnvLock(
         roots=tuple(files),
@@ -408,7 +395,20 @@ def _parse(doc: Any, path: Path, signer: str | None) -> EnvLock:
         python={str(k): str(v) for k, v in python.items()} if isinstance(python, dict) else {},
         pyc_verified=doc.get("pyc_verified") is True,
         signer=signer,
+        editable=editable,
     )
+
+
+def _parse_editable(value: Any, root: str, bad: Callable[[str], InputError]) -> EditableRoot:
+    if not isinstance(value, dict):
+        raise bad(f"editable of {root} is not an object")
+    names = value.get("distributions")
+    scope = value.get("scope")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+        raise bad(f"editable distributions of {root} is not a list of names")
+    if scope not in (SCOPE_IMPORTABLE, SCOPE_TREE):
+        raise bad(f"editable scope of {root} is {scope!r}")
+    return EditableRoot(tuple(names), scope)
 
 
 def _parse_entry(rel: str, value: Any, bad: Callable[[str], InputError]) -> LockedFile:

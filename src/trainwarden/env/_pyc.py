@@ -18,10 +18,11 @@ import marshal
 import os
 import stat
 import sys
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import CodeType
+
+from trainwarden._system import cpu_count
 
 __all__ = ["PycCheck", "PycResult", "check_pycs", "pyc_source"]
 
@@ -166,13 +167,26 @@ def _check_chunk(tasks: list[PycCheck]) -> list[PycResult]:
     return [_check_one(t) for t in tasks]
 
 
-def check_pycs(tasks: Iterable[PycCheck], *, workers: int | None = None) -> list[PycResult]:
-    """Check pycs, compiling sources in parallel processes (compile holds the GIL)."""
+def check_pycs(
+    tasks: Iterable[PycCheck],
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[PycResult]:
+    """Check pycs, compiling sources in parallel processes (compile holds the GIL).
+
+    ``progress`` is called with the number of pycs checked so far, after each chunk.
+    """
     todo = list(tasks)
-    n_workers = workers or (os.cpu_count() or 1)
-    if n_workers <= 1 or len(todo) < _POOL_THRESHOLD:
-        return _check_chunk(todo)
+    n_workers = workers or cpu_count()
     chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+    if n_workers <= 1 or len(todo) < _POOL_THRESHOLD:
+        done: list[PycResult] = []
+        for chunk in chunks:
+            done.extend(_check_chunk(chunk))
+            if progress is not None:
+                progress(len(done))
+        return done
     import multiprocessing
     import threading
 
@@ -185,8 +199,14 @@ def check_pycs(tasks: Iterable[PycCheck], *, workers: int | None = None) -> list
     else:
         method = "forkserver" if "forkserver" in methods else "spawn"
     context = multiprocessing.get_context(method)
+    # Imported here: the process pool pulls in multiprocessing, which the runtime checks
+    # (imported into every guarded training process) never need.
+    from concurrent.futures import ProcessPoolExecutor
+
     results: list[PycResult] = []
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
         for chunk_result in pool.map(_check_chunk, chunks):
             results.extend(chunk_result)
+            if progress is not None:
+                progress(len(results))
     return results

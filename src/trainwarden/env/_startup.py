@@ -14,13 +14,12 @@ import site
 import sys
 import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from trainwarden import patching
 from trainwarden.env._dists import SiteLayout, read_regular
+from trainwarden.env._site import SiteScan, default_site_dirs, finding
 from trainwarden.findings import FileReport, Finding, Severity, Verdict
-
-if TYPE_CHECKING:
-    from trainwarden.env._verify import SiteScan
 
 __all__ = [
     "ENVIRONMENT_REPORT",
@@ -57,8 +56,6 @@ def _finding(
     path: str,
     evidence: str | None = None,
 ) -> Finding:
-    from trainwarden.env._verify import finding
-
     return finding(rule, severity, verdict, message, path, evidence=evidence)
 
 
@@ -427,11 +424,14 @@ def check_import_hooks(
 ) -> list[Finding]:
     """Finders in ``sys.meta_path`` and hooks in ``sys.path_hooks`` nobody verified installs.
 
-    A hook is known when it comes from the import system itself, or when the module that
+    A hook is known when it comes from the import system itself, when it *is* (by identity) a
+    finder trainwarden's patch registry installed (:func:`trainwarden.patching.import_hooks`;
+    a class that only claims trainwarden's module name is not), or when the module that
     defines it is a file listed in the RECORD of a distribution in ``scans`` (that RECORD
     check vouches for its content). Anything else can rewrite every later import.
     """
     out: list[Finding] = []
+    ours = patching.import_hooks()
     layouts = [s.layout for s in scans]
     metas = sys.meta_path if meta_path is None else meta_path
     paths = sys.path_hooks if path_hooks is None else path_hooks
@@ -442,6 +442,19 @@ def check_import_hooks(
         if builtin:
             continue
         label = f"{module_name}.{qualname}"
+        if any(hook is own for own in ours):
+            out.append(
+                _finding(
+                    "import-hook-trainwarden",
+                    Severity.INFO,
+                    Verdict.SAFE,
+                    f"{where} holds {label}, trainwarden's own finder (it patches modules "
+                    "imported after protect() or the guard was enabled).",
+                    PROCESS_REPORT,
+                    label,
+                )
+            )
+            continue
         module = sys.modules.get(module_name)
         origin = getattr(module, "__file__", None) if module is not None else None
         origin = os.path.normpath(origin) if isinstance(origin, str) else None
@@ -477,12 +490,13 @@ def check_startup(
 ) -> list[FileReport]:
     """All startup-vector findings for the scanned site directories and this process."""
     reports: list[FileReport] = []
+    # Only site directories process .pth files and run sitecustomize; an editable source
+    # tree is an ordinary sys.path entry (its code is compared with the lock instead).
+    scans = [s for s in scans if s.is_site]
     for scan in scans:
         found = _check_pth(scan)
         if found:
             reports.append(FileReport(scan.layout.site, "site-dir", tuple(found)))
-    from trainwarden.env._verify import default_site_dirs
-
     scanned = [s.layout.site for s in scans]
     # The running interpreter's sys.path and import hooks only speak for the environment
     # being verified when that environment is this interpreter's own.

@@ -7,159 +7,61 @@ verified is never reported as intact.
 
 # os.path on str is used on purpose: these paths are walked by the ten thousand and pathlib
 # objects would cost more than the hashing of small files.
-# ruff: noqa: PTH100, PTH110, PTH112, PTH118, PTH119, PTH120, PTH208
+# ruff: noqa: PTH110, PTH112, PTH118, PTH119, PTH120
 
 from __future__ import annotations
 
 import os
-import site
-import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 
 from trainwarden.env._dists import (
     KIND_FILE,
     KIND_LINK,
+    SCOPE_IMPORTABLE,
     Distribution,
     SiteLayout,
     discover,
+    editable_sources,
     is_code_file,
     walk_files,
+    walk_importable,
 )
 from trainwarden.env._hashing import FileDigest, HashFailure, hash_files, record_digest
+from trainwarden.env._lock import (
+    EditableRoot,
+    EnvLock,
+    LockedFile,
+    compare_lock,
+    join_rel,
+    lock_entries,
+)
 from trainwarden.env._pyc import PycCheck, check_pycs, pyc_source
+from trainwarden.env._site import (
+    VERIFY_COMMAND,
+    SiteScan,
+    default_site_dirs,
+    finding,
+    install_prefix,
+    merge_reports,
+    site_path,
+    within,
+)
+from trainwarden.env._startup import check_startup as startup_checks
 from trainwarden.errors import InputError
-from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
-
-if TYPE_CHECKING:
-    from trainwarden.env._lock import EnvLock, LockedFile
+from trainwarden.findings import FileReport, Finding, Report, Severity, Verdict
 
 __all__ = [
-    "SiteScan",
-    "default_site_dirs",
-    "finding",
+    "editable_roots",
     "run_verification",
-    "scan_site",
     "verify_environment",
 ]
 
-COMMAND = "env verify"
+Progress = Callable[[str], None]
+
+COMMAND = VERIFY_COMMAND
 # Judged (with their own explanation) by the startup checks, not as unowned code.
 _STARTUP_MODULES = frozenset({"sitecustomize", "usercustomize"})
-
-
-def default_site_dirs() -> tuple[str, ...]:
-    """The running interpreter's site directories, plus the user site when it is enabled."""
-    dirs = list(site.getsitepackages())
-    if site.ENABLE_USER_SITE:
-        user = site.getusersitepackages()
-        if os.path.isdir(user):
-            dirs.append(user)
-    seen: dict[str, None] = {}
-    for d in dirs:
-        if os.path.isdir(d):
-            seen.setdefault(os.path.normpath(os.path.abspath(d)), None)
-    return tuple(seen)
-
-
-def finding(
-    rule: str,
-    severity: Severity,
-    verdict: Verdict,
-    message: str,
-    path: str,
-    *,
-    evidence: str | None = None,
-    **extra: str | int,
-) -> Finding:
-    """Build a finding with the ``env.`` rule prefix.
-
-    File names are attacker-chosen bytes: undecodable ones are shown with U+FFFD so every
-    report format can be written.
-    """
-    return Finding(
-        rule_id=f"env.{rule}",
-        severity=severity,
-        message=printable(message),
-        location=Location(path=printable(path), extra=extra),
-        evidence=printable(evidence) if evidence is not None else None,
-        verdict=verdict,
-    )
-
-
-def printable(text: str) -> str:
-    """``text`` with surrogate escapes (undecodable file-name bytes) replaced by U+FFFD."""
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-@dataclass
-class SiteScan:
-    """What was seen in one site directory: its layout, its files and their digests."""
-
-    layout: SiteLayout
-    files: dict[str, int]
-    digests: dict[str, FileDigest | HashFailure] = field(default_factory=dict)
-    # Findings keyed by the report they belong to (a dist-info path, or the site itself).
-    findings: dict[str, list[Finding]] = field(default_factory=dict)
-
-    def add(self, key: str, item: Finding) -> None:
-        """File ``item`` under the report ``key``."""
-        self.findings.setdefault(key, []).append(item)
-
-    def dist_of(self, key: str) -> Distribution | None:
-        """The distribution whose report is ``key`` (``None`` for the site directory)."""
-        for dist in self.layout.distributions:
-            if dist.metadata_dir == key:
-                return dist
-        return None
-
-    def owner_key(self, path: str) -> str:
-        """The report a file's findings go to: its distribution, else the site directory."""
-        owners = self.layout.owners.get(path)
-        if owners:
-            return owners[0].metadata_dir
-        parent = os.path.dirname(path)
-        site_dir = self.layout.site
-        while parent.startswith(site_dir + os.sep):
-            dist = self.layout.dir_owner.get(parent)
-            if dist is not None:
-                return dist.metadata_dir
-            parent = os.path.dirname(parent)
-        return site_dir
-
-
-def scan_site(site_dir: str, *, walk: bool = True) -> SiteScan:
-    """Discover distributions and list every file under ``site_dir`` (no hashing yet).
-
-    With ``walk=False`` the file listing is left empty, for the caller to fill in (in
-    parallel with hashing).
-
-    Raises:
-        InputError: ``site_dir`` is not a readable directory.
-    """
-    path = _site_path(site_dir)
-    layout = discover(path)
-    return SiteScan(layout, dict(walk_files(path)) if walk else {})
-
-
-def _site_path(site_dir: str) -> str:
-    """``site_dir`` made absolute and normal, after checking it is a readable directory.
-
-    Raises:
-        InputError: ``site_dir`` is not a readable directory.
-    """
-    path = os.path.normpath(os.path.abspath(site_dir))
-    if not os.path.isdir(path):
-        raise InputError(f"site directory {site_dir} does not exist or is not a directory")
-    try:
-        os.listdir(path)
-    except OSError as exc:
-        raise InputError(f"cannot read site directory {site_dir}: {exc.strerror}") from exc
-    return path
 
 
 def _record_algorithm_files(scan: SiteScan) -> dict[str, set[str]]:
@@ -172,12 +74,19 @@ def _record_algorithm_files(scan: SiteScan) -> dict[str, set[str]]:
 
 
 def _check_records(
-    scan: SiteScan, extra: dict[str, FileDigest | HashFailure], *, anchored: bool = False
+    scan: SiteScan,
+    extra: dict[str, FileDigest | HashFailure],
+    *,
+    anchored: bool = False,
+    editables: set[str] | frozenset[str] = frozenset(),
+    snapshot: bool = False,
 ) -> None:
     """Compare every RECORD row with what is on disk.
 
     With ``anchored`` (a lock is compared too), what RECORD cannot vouch for is still
     covered by the lock, so it is reported as information instead of "cannot verify".
+    ``editables`` names the editable installs whose source trees this run hashed (against
+    the lock, or to record in a new one with ``snapshot``).
     """
     unknown_sev, unknown = (
         (Severity.INFO, Verdict.SAFE)
@@ -216,22 +125,11 @@ def _check_records(
                 ),
             )
         if dist.editable:
-            scan.add(
-                key,
-                finding(
-                    "editable-install",
-                    Severity.MEDIUM,
-                    Verdict.UNKNOWN,
-                    f"{dist.label} is an editable install: its source lives outside the site "
-                    "directory and no RECORD covers it.",
-                    dist.metadata_dir,
-                    evidence=dist.label,
-                ),
-            )
+            scan.add(key, _editable_finding(dist, editables, anchored=anchored, snapshot=snapshot))
         record_path = os.path.join(dist.metadata_dir, "RECORD")
         prefix = install_prefix(scan.layout.site)
         for entry in dist.entries:
-            if not _within(entry.path, prefix):
+            if not within(entry.path, prefix):
                 # A RECORD is untrusted input: a row naming /etc/shadow or a huge file
                 # elsewhere must not make us read it (nor print its digest).
                 scan.add(
@@ -322,22 +220,39 @@ def _check_records(
                 )
 
 
-def install_prefix(site_dir: str) -> str:
-    """The environment a site directory belongs to (``<prefix>/lib/pythonX.Y/site-packages``).
-
-    RECORD rows may leave the site directory for scripts and data (``../../../bin/x``), but
-    not the installation prefix; for other layouts the site directory itself is the bound.
-    """
-    parent = os.path.dirname(site_dir)
-    if os.path.basename(site_dir) in ("site-packages", "dist-packages") and (
-        os.path.basename(parent).startswith("python")
-    ):
-        return os.path.dirname(os.path.dirname(parent))
-    return site_dir
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+def _editable_finding(
+    dist: Distribution, editables: set[str] | frozenset[str], *, anchored: bool, snapshot: bool
+) -> Finding:
+    where = ", ".join(d for d, _ in editable_sources(dist)[0]) or "a location not recorded here"
+    if dist.name in editables:
+        message = f"{dist.label} is an editable install; its source tree ({where}) " + (
+            "is recorded in the lock file by file."
+            if snapshot
+            else "was compared with the lock file by file."
+        )
+        return finding(
+            "editable-install",
+            Severity.INFO,
+            Verdict.SAFE,
+            message,
+            dist.metadata_dir,
+            evidence=dist.label,
+        )
+    how = (
+        "the lock does not record its source tree: take a new snapshot"
+        if anchored
+        else "verify it against a lock, which records that tree too: `trainwarden env snapshot "
+        "--lock env.lock`, then `trainwarden env verify --lock env.lock`"
+    )
+    return finding(
+        "editable-install",
+        Severity.MEDIUM,
+        Verdict.UNKNOWN,
+        f"{dist.label} is an editable install: its code lives outside the site directory "
+        f"({where}), where no RECORD reaches, so it cannot be verified here; {how}.",
+        dist.metadata_dir,
+        evidence=dist.label,
+    )
 
 
 def _rel(scan: SiteScan, path: str) -> str:
@@ -361,7 +276,13 @@ def _unverifiable_tops(layout: SiteLayout) -> set[str]:
 
 
 def _check_unlisted(scan: SiteScan) -> list[PycCheck]:
-    """Report files no RECORD lists; return the ``__pycache__`` pycs to compare with source."""
+    """Report files no RECORD lists; return the ``__pycache__`` pycs to compare with source.
+
+    An editable source tree has no RECORD (the lock vouches for its files): only its pycs
+    are collected.
+    """
+    if not scan.is_site:
+        return _editable_pycs(scan)
     layout = scan.layout
     site_dir = layout.site
     prefix = site_dir + os.sep
@@ -477,8 +398,30 @@ def _check_unlisted(scan: SiteScan) -> list[PycCheck]:
     return pycs
 
 
-def _check_pyc_results(scan: SiteScan, tasks: list[PycCheck], workers: int | None) -> None:
-    for result in check_pycs(tasks, workers=workers):
+def _editable_pycs(scan: SiteScan) -> list[PycCheck]:
+    files = scan.files
+    cache_dir = os.sep + "__pycache__"
+    pycs: list[PycCheck] = []
+    for path in files:
+        head, _, name = path.rpartition(os.sep)
+        if not (name.endswith(".pyc") and head.endswith(cache_dir)):
+            continue
+        task = pyc_source(path)
+        if task is None:
+            continue
+        source_kind = files.get(task.source)
+        if source_kind == KIND_FILE or (source_kind is not None and os.path.exists(task.source)):
+            pycs.append(task)
+    return pycs
+
+
+def _check_pyc_results(
+    scan: SiteScan,
+    tasks: list[PycCheck],
+    workers: int | None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    for result in check_pycs(tasks, workers=workers, progress=progress):
         key = scan.owner_key(result.pyc)
         if result.status == "forged":
             scan.add(
@@ -534,6 +477,16 @@ def _check_pyc_results(scan: SiteScan, tasks: list[PycCheck], workers: int | Non
 def _reports(scans: Sequence[SiteScan], extra_reports: Iterable[FileReport]) -> Report:
     files: list[FileReport] = []
     for scan in scans:
+        if not scan.is_site:
+            files.append(
+                FileReport(
+                    scan.layout.site,
+                    "editable-source",
+                    tuple(scan.findings.get(scan.layout.site, ())),
+                    details={"distributions": list(scan.editable_of), "files": len(scan.files)},
+                )
+            )
+            continue
         dists = {d.metadata_dir: d for d in scan.layout.distributions}
         keys = set(scan.findings) | set(dists) | {scan.layout.site}
         for key in sorted(keys):
@@ -564,21 +517,27 @@ def verify_environment(
     check_pyc: bool = True,
     check_startup: bool = True,
     workers: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Verify site directories against RECORD (and ``lock`` when given).
 
+    Editable installs keep their code outside the site directory, where no RECORD reaches:
+    without a lock they are ``unknown`` (not verifiable). A lock taken by
+    :func:`snapshot_environment` records their source trees too, and with it they are
+    compared file by file like everything else.
+
     Args:
-        site_dirs: Directories to verify (default: the lock's roots when a lock is given,
-            else :func:`default_site_dirs`).
+        site_dirs: Directories to verify (default: the lock's site directories when a lock is
+            given, else :func:`default_site_dirs`).
         lock: A lock read (and signature-checked) by :func:`trainwarden.env.read_lock`; every
-            file is then also compared with its recorded digest, size and mode.
+            file is then also compared with its recorded digest, size and mode, including
+            the source trees of the editable installs of the verified site directories.
         check_pyc: Compare each ``__pycache__`` pyc with a fresh compile of its source. With
             a lock, pycs whose bytes and source bytes both match the lock are not compiled
             again (the snapshot compiled them before recording them).
         check_startup: Look for startup-code vectors (``.pth``, sitecustomize, environment).
         workers: Threads for hashing and processes for compiling (default: one a CPU).
-        progress: Called with short progress messages (for stderr).
+        progress: Called with short progress messages (for stderr), a few a second at most.
 
     Returns:
         One report per distribution and per site directory, ``command="env verify"``.
@@ -586,8 +545,11 @@ def verify_environment(
     Raises:
         InputError: a site directory does not exist or cannot be read.
     """
+    editable: Mapping[str, EditableRoot] | None = None
+    if lock is not None:
+        editable = lock.editable
     if not site_dirs:
-        site_dirs = lock.roots if lock is not None else default_site_dirs()
+        site_dirs = lock.site_roots if lock is not None else default_site_dirs()
     report, _ = run_verification(
         site_dirs,
         lock=lock,
@@ -596,8 +558,55 @@ def verify_environment(
         check_startup=check_startup,
         workers=workers,
         progress=progress,
+        editable=editable,
     )
     return report
+
+
+def editable_roots(scans: Iterable[SiteScan]) -> tuple[dict[str, EditableRoot], list[FileReport]]:
+    """The source trees of the editable installs in ``scans``, to record in a lock.
+
+    A tree inside a scanned site directory is covered already and left out.
+
+    Returns:
+        The roots (directory -> the distributions and scope), and reports about editable
+        installs whose source could not be located (they stay unverifiable).
+    """
+    sites = [s.layout.site for s in scans if s.is_site]
+    roots: dict[str, tuple[list[str], str]] = {}
+    problems: list[FileReport] = []
+    for scan in scans:
+        for dist in scan.layout.distributions:
+            if not dist.editable:
+                continue
+            found, problem = editable_sources(dist)
+            if problem is not None:
+                problems.append(
+                    FileReport(
+                        dist.metadata_dir,
+                        "distribution",
+                        (
+                            finding(
+                                "editable-source-unknown",
+                                Severity.MEDIUM,
+                                Verdict.UNKNOWN,
+                                f"The source of the editable install {dist.label} cannot be "
+                                f"located ({problem}): the lock cannot anchor it.",
+                                dist.metadata_dir,
+                                evidence=dist.label,
+                            ),
+                        ),
+                    )
+                )
+            for directory, scope in found:
+                if any(within(directory, site) for site in sites):
+                    continue
+                names, _ = roots.setdefault(directory, ([], scope))
+                names.append(dist.name)
+    return (
+        {d: EditableRoot(tuple(sorted(set(n))), scope) for d, (n, scope) in sorted(roots.items())},
+        problems,
+    )
 
 
 def _trusted_by_lock(
@@ -630,14 +639,16 @@ def run_verification(
     check_pyc: bool,
     check_startup: bool,
     workers: int | None,
-    progress: Callable[[str], None] | None,
+    progress: Progress | None,
+    editable: Mapping[str, EditableRoot] | None = None,
 ) -> tuple[Report, list[SiteScan]]:
     """Run a verification and return the report with the scans (digests included).
 
     ``hash_all`` hashes every regular file, not only those RECORD hashes (for a lock).
+    ``editable`` names editable source trees to walk and hash as well (those of the lock, or
+    ``None`` to find them in the scanned site directories, for a snapshot); only the trees
+    of editable installs found in the scanned site directories are used.
     """
-    from trainwarden.env._lock import compare_lock, join_rel, lock_entries
-
     if not site_dirs:
         raise InputError("no site directory to verify")
     note = progress or (lambda _msg: None)
@@ -646,41 +657,52 @@ def run_verification(
     # walk finds beyond those are hashed afterwards (for a lock, every file is hashed).
     # Only a snapshot without a lock must walk first: the walk is its only list.
     walk_first = hash_all and lock is None
-    sites = list(dict.fromkeys(_site_path(d) for d in site_dirs))
+    sites = list(dict.fromkeys(site_path(d) for d in site_dirs))
     scans: list[SiteScan] = []
     digests: dict[str, FileDigest | HashFailure] = {}
     # Site -> the __pycache__ pycs to compare; the unlisted-file check needs no digests, so
     # the walking thread does it too while this one hashes.
     pyc_tasks: dict[str, list[PycCheck]] = {}
     walk_errors: list[BaseException] = []
+    unlocated: list[FileReport] = []
     if lock is not None:
         # The lock names (nearly) every file: hash them at once, while another thread reads
         # the RECORDs, walks the tree and looks for unlisted files. What RECORD names beyond
         # the lock (scripts outside the site directory, files added since) is hashed below.
+        early_roots = [*sites, *(editable or {})]
         early = {
-            join_rel(site_path, rel): expected.size
-            for site_path in sites
-            for rel, expected in lock.files.get(site_path, {}).items()
+            join_rel(root, rel): expected.size
+            for root in early_roots
+            for rel, expected in lock.files.get(root, {}).items()
             if expected.link is None
         }
         walker = threading.Thread(
-            target=_discover_walk_all, args=(sites, scans, pyc_tasks, walk_errors), name="tw-walk"
+            target=_discover_walk_all,
+            args=(sites, editable or {}, scans, pyc_tasks, walk_errors),
+            name="tw-walk",
         )
         walker.start()
         try:
-            digests = hash_files(early, workers=workers, sizes=early)
+            digests = hash_files(
+                early, workers=workers, sizes=early, progress=_counter(note, "hashing", early)
+            )
         finally:
             walker.join()
         _raise_walk_errors(walk_errors)
     else:
-        scans = [scan_site(d, walk=walk_first) for d in sites]
+        scans = [_scan_site(d, walk=walk_first) for d in sites]
+        if walk_first:
+            # A snapshot records the source trees of editable installs too: their code is
+            # imported like any other and no RECORD covers it.
+            found, unlocated = editable_roots(scans)
+            scans.extend(_editable_scan(root, entry, sites) for root, entry in found.items())
     want: dict[str, int] = {}
     other: dict[str, set[str]] = {}
     for scan in scans:
         prefix = install_prefix(scan.layout.site)
         for dist in scan.layout.distributions:
             for entry in dist.entries:
-                if not _within(entry.path, prefix):
+                if not within(entry.path, prefix):
                     continue  # never read files a RECORD points at outside the environment
                 if entry.algorithm == "sha256":
                     if entry.path not in digests:
@@ -700,7 +722,9 @@ def run_verification(
         )
         record_walker.start()
     try:
-        digests.update(hash_files(want, workers=workers, sizes=want))
+        digests.update(
+            hash_files(want, workers=workers, sizes=want, progress=_counter(note, "hashing", want))
+        )
         extra: dict[str, FileDigest | HashFailure] = {}
         for algorithm, paths in other.items():
             extra.update(hash_files(sorted(paths), algorithm=algorithm, workers=workers))
@@ -716,8 +740,9 @@ def run_verification(
             for p, kind in s.files.items()
             if kind == KIND_FILE and p not in digests
         ]
-        digests.update(hash_files(late, workers=workers))
+        digests.update(hash_files(late, workers=workers, progress=_counter(note, "hashing", late)))
     note(f"hashed {len(digests)} of {sum(len(s.files) for s in scans)} files")
+    anchored = {name for s in scans for name in s.editable_of}
     all_pycs: list[tuple[SiteScan, list[PycCheck]]] = []
     # The lock view of what was hashed, computed once: the pyc trust check and the lock
     # comparison both need it.
@@ -726,9 +751,12 @@ def run_verification(
         scan.digests = digests
         if lock is not None:
             current[scan.layout.site] = lock_entries(scan, ordered=False)
-        _check_records(scan, extra, anchored=lock is not None)
+        _check_records(
+            scan, extra, anchored=lock is not None, editables=anchored, snapshot=walk_first
+        )
         tasks = pyc_tasks.get(scan.layout.site)
         all_pycs.append((scan, tasks if tasks is not None else _check_unlisted(scan)))
+    todo_by_scan: list[tuple[SiteScan, list[PycCheck]]] = []
     for scan, tasks in all_pycs:
         if not check_pyc:
             scan.add(
@@ -749,16 +777,58 @@ def run_verification(
             for t in tasks
             if lock is None or seen is None or not _trusted_by_lock(lock, scan, t, seen[0])
         ]
-        note(f"comparing {len(todo)} of {len(tasks)} pyc files with their sources")
-        _check_pyc_results(scan, todo, workers)
-    extra_reports: list[FileReport] = []
+        todo_by_scan.append((scan, todo))
+    if todo_by_scan:
+        total = sum(len(t) for _, t in todo_by_scan)
+        skipped = sum(len(t) for _, t in all_pycs) - total
+        note(
+            f"comparing {total} pyc file(s) with a fresh compile of their source"
+            + (f" ({skipped} vouched for by the lock)" if skipped else "")
+        )
+        done = 0
+        for scan, todo in todo_by_scan:
+            base = done
+
+            def report_pycs(count: int, base: int = base) -> None:
+                note(f"compared {base + count} of {total} pyc files with their sources")
+
+            _check_pyc_results(scan, todo, workers, report_pycs)
+            done += len(todo)
+    extra_reports: list[FileReport] = list(unlocated)
     if lock is not None:
         extra_reports.extend(compare_lock(lock, scans, current=current))
     if check_startup:
-        from trainwarden.env._startup import check_startup as startup_checks
-
         extra_reports.extend(startup_checks(scans))
-    return _merge(_reports(scans, ()), extra_reports), scans
+    return merge_reports(_reports(scans, ()), extra_reports, command=COMMAND), scans
+
+
+def _counter(note: Progress, what: str, items: Sized) -> Callable[[int], None]:
+    total = len(items)
+
+    def count(done: int) -> None:
+        note(f"{what}: {done} of {total} files")
+
+    return count
+
+
+def _scan_site(site_dir: str, *, walk: bool) -> SiteScan:
+    layout = discover(site_dir)
+    return SiteScan(layout, dict(walk_files(site_dir)) if walk else {})
+
+
+def _editable_scan(root: str, entry: EditableRoot, sites: Sequence[str]) -> SiteScan:
+    """Walk an editable source tree (only what ``import`` reaches for a sys.path entry).
+
+    Raises:
+        InputError: the tree cannot be listed (its absence shows as removed files against a
+            lock; a snapshot cannot record a tree it cannot read).
+    """
+    path = site_path(root)
+    if entry.scope == SCOPE_IMPORTABLE:
+        files = dict(walk_importable(path, exclude=tuple(sites)))
+    else:
+        files = dict(walk_files(path))
+    return SiteScan(SiteLayout(path, ()), files, editable_of=entry.distributions, scope=entry.scope)
 
 
 def _raise_walk_errors(errors: list[BaseException]) -> None:
@@ -769,16 +839,37 @@ def _raise_walk_errors(errors: list[BaseException]) -> None:
 
 def _discover_walk_all(
     sites: Sequence[str],
+    editable: Mapping[str, EditableRoot],
     scans: list[SiteScan],
     pyc_tasks: dict[str, list[PycCheck]],
     errors: list[BaseException],
 ) -> None:
     try:
-        for site_path in sites:
-            scan = SiteScan(discover(site_path), {})
+        for site_dir in sites:
+            scan = SiteScan(discover(site_dir), {})
             scans.append(scan)
-            scan.files = dict(walk_files(site_path))
-            pyc_tasks[site_path] = _check_unlisted(scan)
+            scan.files = dict(walk_files(site_dir))
+            pyc_tasks[site_dir] = _check_unlisted(scan)
+        # The lock's editable source trees of the editable installs found here (a tree
+        # whose distribution is not in the verified site directories is not this run's).
+        names = {d.name for s in list(scans) for d in s.layout.distributions if d.editable}
+        for root, entry in editable.items():
+            if not names.intersection(entry.distributions):
+                continue
+            if not os.path.isdir(root):
+                # Gone: every file it held shows as removed against the lock.
+                scans.append(
+                    SiteScan(
+                        SiteLayout(root, ()),
+                        {},
+                        editable_of=entry.distributions,
+                        scope=entry.scope,
+                    )
+                )
+                continue
+            scan = _editable_scan(root, entry, sites)
+            scans.append(scan)
+            pyc_tasks[root] = _check_unlisted(scan)
     except BaseException as exc:  # handed to the waiting thread, re-raised
         errors.append(exc)
 
@@ -794,32 +885,3 @@ def _walk_all(
             pyc_tasks[scan.layout.site] = _check_unlisted(scan)
     except BaseException as exc:  # handed to the waiting thread, re-raised
         errors.append(exc)
-
-
-def _merge(base: Report, extra: Iterable[FileReport]) -> Report:
-    """Fold extra per-path findings into the reports of the same path."""
-    by_path: dict[str, FileReport] = {f.path: f for f in base.files}
-    for item in extra:
-        current = by_path.get(item.path)
-        if current is None:
-            by_path[item.path] = item
-        else:
-            details = dict(current.details)
-            details.update(item.details)
-            by_path[item.path] = FileReport(
-                current.path,
-                current.format,
-                current.findings + item.findings,
-                details=details,
-            )
-    return Report(files=tuple(by_path.values()), command=COMMAND)
-
-
-def python_description() -> dict[str, str]:
-    """The interpreter a verification ran under (for lock files and reports)."""
-    return {
-        "implementation": sys.implementation.name,
-        "version": ".".join(str(v) for v in sys.version_info[:3]),
-        "cache_tag": sys.implementation.cache_tag or "",
-        "executable": sys.executable,
-    }

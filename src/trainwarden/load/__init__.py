@@ -11,20 +11,24 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from trainwarden.load._convert import Conversion, parse_size
+from trainwarden.load._policy import MODES
 from trainwarden.load._protect import (
     Protection,
     active_protection,
     protect,
     protect_from_environment,
 )
+from trainwarden.load._torch import load_nested
+from trainwarden.load._unpickler import set_nested_loader
 
 if TYPE_CHECKING:
     import os
 
-    from trainwarden.load._convert import Conversion
     from trainwarden.scan import Policy
 
 __all__ = [
+    "MODES",
     "Conversion",
     "Protection",
     "active_protection",
@@ -32,11 +36,17 @@ __all__ = [
     "joblib_load",
     "load",
     "numpy_load",
+    "parse_size",
     "pickle_load",
     "pickle_loads",
     "protect",
     "protect_from_environment",
 ]
+
+# The unpickler checks a checkpoint nested in a pickle (``torch.storage._load_from_bytes``)
+# with the torch loader, which is built on the unpickler: the package wires the two together
+# once, so neither module imports the other.
+set_nested_loader(load_nested)
 
 
 def load(
@@ -197,27 +207,40 @@ def convert(
     profiles: Sequence[str] | str = (),
     policy: Policy | None = None,
     shard_size: int = 5 * 10**9,
+    select: str | None = None,
 ) -> Conversion:
     """Write ``src`` (a checkpoint judged safe) as safetensors at ``dst``; see ``docs/load.md``.
 
+    Tensors are stored under their dotted key paths (``model.fc.weight``,
+    ``optimizer.state.0.exp_avg``); plain values (param groups, step, hyper-parameters) go
+    to the metadata as JSON (``trainwarden.non_tensor``); objects that are neither are listed
+    in ``Conversion.left_out`` and the metadata, never dropped silently.
+
+    Args:
+        src: The checkpoint.
+        dst: A ``.safetensors`` file or a directory.
+        allow: Extra globals to allow (``"module.name"``).
+        profiles: Allowlist profiles (``"lightning"``...).
+        policy: A ready policy instead of the default one.
+        shard_size: Largest shard in bytes (see :func:`parse_size`).
+        select: Convert only the subtree at this dotted key path (``"state_dict"``).
+
     Raises:
         trainwarden.errors.UnsafeModelError: the policy refuses ``src``.
-        trainwarden.errors.InputError: ``src`` holds something safetensors cannot store.
+        trainwarden.errors.InputError: ``src`` is not a checkpoint or holds a tensor
+            safetensors cannot store, or ``dst`` cannot be written or is ``src``.
+        trainwarden.errors.ConfigError: torch/safetensors missing, ``select`` names nothing.
     """
     from trainwarden.load._convert import convert_checkpoint
     from trainwarden.load._policy import resolve_policy
 
     return convert_checkpoint(
-        src, dst, policy=resolve_policy(policy, allow, profiles), shard_size=shard_size
+        src,
+        dst,
+        policy=resolve_policy(policy, allow, profiles),
+        shard_size=shard_size,
+        select=select,
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Conversion":
-        from trainwarden.load._convert import Conversion
-
-        return Conversion
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _CallablePackage(types.ModuleType):

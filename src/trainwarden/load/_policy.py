@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -11,9 +12,13 @@ from trainwarden.errors import ConfigError
 if TYPE_CHECKING:
     from trainwarden.scan import Policy
 
-__all__ = ["MODES", "check_mode", "resolve_policy"]
+__all__ = ["DEPRECATED_AUDIT", "MODES", "check_mode", "resolve_policy"]
 
-MODES = ("enforce", "audit")
+#: ``"enforce"`` refuses; ``"unsafe-audit"`` logs a refusal and loads anyway (the refused code
+#: runs: the name says so).
+MODES = ("enforce", "unsafe-audit")
+#: The old name of ``"unsafe-audit"``, still accepted with a DeprecationWarning.
+DEPRECATED_AUDIT = "audit"
 
 
 def resolve_policy(
@@ -47,12 +52,23 @@ def _default_policy(allow: tuple[str, ...], profiles: tuple[str, ...]) -> Policy
     return Policy.default(profiles=profiles, allow=allow)
 
 
-def check_mode(mode: str) -> str:
-    """Validate a protection mode.
+def check_mode(mode: str, *, stacklevel: int = 3) -> str:
+    """Validate a protection mode and return its current name.
+
+    ``"audit"`` (the old name of ``"unsafe-audit"``) is accepted with a DeprecationWarning:
+    a mode that lets refused pickles run must say so where it is chosen.
 
     Raises:
-        ConfigError: ``mode`` is neither ``"enforce"`` nor ``"audit"``.
+        ConfigError: ``mode`` is neither ``"enforce"`` nor ``"unsafe-audit"``.
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode must be 'enforce' or 'audit', not {mode!r}")
+    if mode == DEPRECATED_AUDIT:
+        warnings.warn(
+            "protection mode 'audit' is deprecated: it loads (and runs) what the policy "
+            "refuses; call it 'unsafe-audit'",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        return MODES[1]
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ConfigError(f"mode must be 'enforce' or 'unsafe-audit', not {mode!r}")
     return mode

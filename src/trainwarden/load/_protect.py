@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainwarden.errors import ConfigError
 from trainwarden.findings import Severity, Verdict
-from trainwarden.load._policy import check_mode, resolve_policy
+from trainwarden.load._policy import DEPRECATED_AUDIT, check_mode, resolve_policy
 from trainwarden.load._source import source_name
 from trainwarden.load._unpickler import (
     ENFORCE,
@@ -49,11 +49,17 @@ class Protection:
 
     Attributes:
         policy: what loaders may import.
-        mode: ``"enforce"`` refuses and raises; ``"audit"`` logs what it would refuse and loads.
+        mode: ``"enforce"`` refuses and raises; ``"unsafe-audit"`` logs what it would refuse
+            and loads it anyway (so the refused code runs).
     """
 
     policy: Policy
     mode: str = ENFORCE
+
+    def __post_init__(self) -> None:
+        # Validated here too, so a Protection built directly cannot carry a mode that the
+        # loaders would treat as anything but enforce (they fail closed on unknown modes).
+        self.mode = check_mode(self.mode, stacklevel=4)
 
     @property
     def enabled(self) -> bool:
@@ -94,25 +100,29 @@ def protect(
         with trainwarden.protect(profiles=("transformers",)):
             trainer.train(resume_from_checkpoint=True)
 
-        trainwarden.protect(mode="audit").enable()   # for the rest of the process
+        trainwarden.protect().enable()   # for the rest of the process
 
     Args:
         allow: extra globals to allow, ``"module.name"``.
         profiles: allowlist profiles to enable (``"transformers"``, ``"lightning"``...).
         policy: a ready policy instead of the default one (``allow`` extends it).
-        mode: ``"enforce"`` (refuse and raise) or ``"audit"`` (log and load anyway).
+        mode: ``"enforce"`` (refuse and raise) or ``"unsafe-audit"`` (log what would be
+            refused and load it anyway: the refused code runs; use it only to learn what a
+            trusted job loads). ``"audit"`` is the deprecated name of ``"unsafe-audit"``.
 
     Raises:
         ConfigError: an invalid mode, profile or allow entry.
     """
-    return Protection(resolve_policy(policy, allow, profiles), check_mode(mode))
+    checked = check_mode(mode, stacklevel=3)
+    return Protection(resolve_policy(policy, allow, profiles), checked)
 
 
 def protect_from_environment(environ: dict[str, str] | None = None) -> Protection | None:
     """Enable protection when ``TRAINWARDEN_PROTECT`` is truthy; return it (else ``None``).
 
-    ``TRAINWARDEN_PROTECT_MODE`` (enforce/audit), ``TRAINWARDEN_PROTECT_ALLOW`` and
-    ``TRAINWARDEN_PROTECT_PROFILES`` (comma-separated) configure it.
+    ``TRAINWARDEN_PROTECT_MODE`` (``enforce``, ``unsafe-audit``; ``audit`` is deprecated),
+    ``TRAINWARDEN_PROTECT_ALLOW`` and ``TRAINWARDEN_PROTECT_PROFILES`` (comma-separated)
+    configure it.
 
     Raises:
         ConfigError: a variable has an invalid value.
@@ -120,11 +130,21 @@ def protect_from_environment(environ: dict[str, str] | None = None) -> Protectio
     env = os.environ if environ is None else environ
     if env.get("TRAINWARDEN_PROTECT", "").strip().lower() not in _TRUE:
         return None
-    protection = protect(
-        allow=_split(env.get("TRAINWARDEN_PROTECT_ALLOW", "")),
-        profiles=_split(env.get("TRAINWARDEN_PROTECT_PROFILES", "")),
-        mode=env.get("TRAINWARDEN_PROTECT_MODE", ENFORCE).strip().lower() or ENFORCE,
-    )
+    mode = env.get("TRAINWARDEN_PROTECT_MODE", ENFORCE).strip().lower() or ENFORCE
+    if mode == DEPRECATED_AUDIT:
+        # Set by a person, not by code: a DeprecationWarning alone is hidden by default.
+        logger.warning(
+            "TRAINWARDEN_PROTECT_MODE=audit is deprecated: it loads (and runs) what the "
+            "policy refuses; set TRAINWARDEN_PROTECT_MODE=unsafe-audit"
+        )
+    try:
+        protection = protect(
+            allow=_split(env.get("TRAINWARDEN_PROTECT_ALLOW", "")),
+            profiles=_split(env.get("TRAINWARDEN_PROTECT_PROFILES", "")),
+            mode=mode,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"TRAINWARDEN_PROTECT_*: {exc}") from exc
     return protection.enable()
 
 

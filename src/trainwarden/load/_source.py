@@ -190,7 +190,8 @@ def open_source(f: Any, *, name: str = "<bytes>") -> Iterator[Source]:
 @contextmanager
 def _open_path(path: str) -> Iterator[Source]:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO planted where a checkpoint was expected must not hang.
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
     except OSError as exc:
         raise os_input_error(exc) from exc
     mapping: mmap.mmap | None = None
@@ -199,7 +200,13 @@ def _open_path(path: str) -> Iterator[Source]:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise os_input_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path))
-        if stat.S_ISREG(info.st_mode) and info.st_size > SNAPSHOT_BYTES:
+        if not stat.S_ISREG(info.st_mode):
+            # A FIFO blocks or never ends, a device (/dev/zero) never ends: neither is a file
+            # that can be scanned and then loaded as the same bytes.
+            raise InputError(f"{path} is {_describe(info.st_mode)}, not a regular file")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        if info.st_size > SNAPSHOT_BYTES:
             # A read-only mapping of the inode we opened: zero-copy, and a rename or replace
             # of the path cannot change it. Every import is still re-checked at unpickle time,
             # so even an in-place writer can change data, never what code runs.
@@ -218,6 +225,20 @@ def _open_path(path: str) -> Iterator[Source]:
             with contextlib.suppress(BufferError):
                 mapping.close()
         os.close(fd)
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 def _read_all(fd: int, path: str) -> bytes:

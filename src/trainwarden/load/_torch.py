@@ -9,9 +9,10 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.errors import ConfigError
+from trainwarden.errors import ConfigError, InputError
 from trainwarden.findings import FileReport, Report, Severity, Verdict
 from trainwarden.load._source import Source, open_source
 from trainwarden.load._unpickler import check_report, make_pickle_module, refuse
@@ -44,17 +45,19 @@ def load_with_report(
     mode: str = "enforce",
     digest: bool = False,
     name: str = "<bytes>",
+    accept: Collection[str] | None = None,
     **pickle_load_args: Any,
 ) -> tuple[Any, FileReport]:
     """Scan then load ``f`` like ``torch.load``; return the object and the scan report.
 
     The report's ``sha256`` is computed only with ``digest=True`` (or on refusal); ``name``
-    names an in-memory ``f`` in reports and logs.
+    names an in-memory ``f`` in reports and logs; ``accept`` lists the formats (as the
+    scanner names them) the caller reads, anything else is an input error before loading.
 
     Raises:
         UnsafeModelError: the policy refuses the checkpoint (enforce mode).
         ConfigError: a custom ``pickle_module`` was given (it would bypass the policy).
-        InputError: the input cannot be read.
+        InputError: the input cannot be read, or its format is not in ``accept``.
     """
     import torch
 
@@ -74,6 +77,9 @@ def load_with_report(
         report = scan_bytes(source.data, name=source.name, policy=policy, digest=digest)
         if report.verdict is not Verdict.SAFE:
             check_report(Report(files=(report,), command="load"), mode=mode, data=source.data)
+        if accept is not None and report.format not in accept:
+            kind = "an empty file" if report.format == "empty" else f"format {report.format}"
+            raise InputError(f"{source.name} is not a checkpoint ({kind})")
         logger.debug("loading %s (%s, sha256 %s)", source.name, report.format, report.sha256)
         fmt = report.format
         if fmt == "safetensors":

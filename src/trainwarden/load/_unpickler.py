@@ -16,7 +16,7 @@ import re
 import sys
 import types
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 from trainwarden.errors import UnsafeModelError
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
@@ -34,12 +34,14 @@ __all__ = [
     "make_unpickler",
     "nested_torch_loader",
     "refuse",
+    "set_nested_loader",
 ]
 
 logger = logging.getLogger("trainwarden.load")
 
 ENFORCE: Final = "enforce"
-AUDIT: Final = "audit"
+#: The mode that logs what it would refuse and loads it anyway: the refused code runs.
+AUDIT: Final = "unsafe-audit"
 
 # A torch device string ("cpu", "cuda:0", "meta", "privateuseone:3"): persistent ids carry one.
 _LOCATION = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(:[0-9]{1,6})?")
@@ -70,7 +72,7 @@ def refuse(
         severity: how serious the refused thing is.
         verdict: what the refusal means for the file.
         fmt: the file's format as the report shows it.
-        mode: ``"enforce"`` raises; ``"audit"`` only logs.
+        mode: ``"enforce"`` raises; ``"unsafe-audit"`` only logs.
 
     Raises:
         UnsafeModelError: in enforce mode, always.
@@ -89,7 +91,7 @@ def check_report(
 
     Args:
         report: the scan report of what is about to be loaded.
-        mode: ``"enforce"`` or ``"audit"``.
+        mode: ``"enforce"`` or ``"unsafe-audit"`` (any other value enforces).
         data: the scanned bytes: hashed only when something is refused, so the log and the
             report carry the digest without every safe load paying for it.
 
@@ -110,13 +112,14 @@ def check_report(
         evidence = sorted({f.evidence for f in file.findings if f.evidence})[:8]
         logger.warning(
             "%s %s (sha256 %s): %s%s",
-            "refused" if mode == ENFORCE else "audit: would refuse",
+            "unsafe-audit: would refuse, loading anyway" if mode == AUDIT else "refused",
             file.path,
             file.sha256 or "unknown",
             file.verdict.value,
             f": {', '.join(evidence)}" if evidence else "",
         )
-    if mode == ENFORCE:
+    # Fail closed: only the explicitly unsafe mode lets a refused file through.
+    if mode != AUDIT:
         raise UnsafeModelError(report)
 
 
@@ -474,18 +477,49 @@ def _nested_load_allowed(decision: Any) -> bool:
     return decision.verdict is Verdict.SAFE or decision.rule_id == RULE_NESTED
 
 
+class NestedLoader(Protocol):
+    """Loads the bytes of a checkpoint nested in a pickle (``_torch.load_nested``)."""
+
+    def __call__(self, data: Any, *, policy: Policy, source: str, mode: str) -> Any:
+        """Scan and load ``data`` under ``policy`` and ``mode``."""
+
+
+# The torch loader sits above this module (it builds its pickle module from here), so it is
+# handed down once by the package (``trainwarden.load.__init__``) instead of imported back.
+_nested_loader: NestedLoader | None = None
+
+
+def set_nested_loader(loader: NestedLoader) -> None:
+    """Install the function that loads nested checkpoints (called once, by the package)."""
+    global _nested_loader
+    _nested_loader = loader
+
+
 def nested_torch_loader(policy: Policy, *, source: str, mode: str) -> Callable[[Any], Any]:
     """A stand-in for ``torch.storage._load_from_bytes`` that loads under ``policy``.
 
     torch's function is ``torch.load(io.BytesIO(b), weights_only=False)``; ours reads the
-    same bytes with :func:`trainwarden.load._torch.load_nested`: scanned first, then
-    unpickled by the policy Unpickler, refusals raised (or logged in audit mode) as usual.
+    same bytes with the loader set by :func:`set_nested_loader` (``_torch.load_nested``):
+    scanned first, then unpickled by the policy Unpickler, refusals raised (or logged in
+    unsafe-audit mode) as usual.
     """
 
     def _load_from_bytes(b: Any) -> Any:
-        from trainwarden.load._torch import load_nested
-
-        return load_nested(b, policy=policy, source=source, mode=mode)
+        loader = _nested_loader
+        if loader is None:
+            # Fail closed: without our loader the bytes would go to torch's, unchecked.
+            refuse(
+                source=f"{source}!(nested)",
+                sha256=None,
+                rule_id="load.nested-payload",
+                message="a nested checkpoint cannot be checked here (no nested loader set)",
+                evidence="torch.storage._load_from_bytes",
+                severity=Severity.HIGH,
+                verdict=Verdict.UNKNOWN,
+                mode=ENFORCE,
+            )
+            return None  # not reached: refuse() raises in enforce mode
+        return loader(b, policy=policy, source=source, mode=mode)
 
     return _load_from_bytes
 

@@ -210,3 +210,82 @@ def test_undecodable_file_names_are_reported_not_crashed_on(venv: Venv, tmp_path
 
     for fmt in ("text", "json", "sarif"):
         render(verified, fmt).encode("utf-8")  # every format can be written
+
+
+def test_lock_bytes_are_the_documented_canonical_form_with_non_ascii_names(
+    tmp_path: Path,
+) -> None:
+    from trainwarden.env import EditableRoot, EnvLock, LockedFile
+
+    lock = EnvLock(
+        roots=("/opt/venv/site-packages", "/src/proj"),
+        files={
+            "/opt/venv/site-packages": {
+                "pkg/münchen.py": LockedFile("ab" * 32, 3, 0o644),
+                "lib/x.so": LockedFile(None, 0, 0o777, link="x.so.1"),
+            },
+            "/src/proj": {"proj/__init__.py": LockedFile("cd" * 32, 0, 0o644)},
+        },
+        distributions={"/opt/venv/site-packages": {"pkg": "1.0"}},
+        created="2026-01-01T00:00:00Z",
+        python={"version": "3.11.7"},
+        pyc_verified=True,
+        editable={"/src/proj": EditableRoot(("proj",), "importable")},
+    )
+    data = lock.canonical_bytes()
+    doc = json.loads(data)
+    # docs/env-lock.md: exactly this, so locks signed by earlier versions still verify.
+    assert (
+        data == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    assert "münchen".encode() in data
+    path = tmp_path / "env.lock"
+    write_lock(lock, path)
+    assert path.read_bytes() == data
+    assert read_lock(path).editable == lock.editable
+
+
+def test_lock_is_written_through_a_fresh_temporary_file(venv: Venv, tmp_path: Path) -> None:
+    # The old writer used a predictable temporary name and followed a symlink planted there:
+    # anyone who can write the lock's directory could make it overwrite another file.
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "env.lock"
+    (tmp_path / f".env.lock.tmp{os.getpid()}").symlink_to(victim)
+    _snapshot(venv, out)
+    assert victim.read_text() == "precious"
+    assert json.loads(out.read_bytes())["format"] == LOCK_FORMAT
+    assert not out.is_symlink()
+
+
+def test_a_lock_signed_before_still_verifies(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    # A lock and signature as an earlier version wrote them, byte for byte.
+    private, public = keys
+    doc = {
+        "algorithm": "sha256",
+        "created": "2025-12-01T00:00:00Z",
+        "format": LOCK_FORMAT,
+        "pyc_verified": False,
+        "python": {},
+        "roots": [{"distributions": {}, "files": {}, "path": str(tmp_path)}],
+        "version": 1,
+    }
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    lock_path = tmp_path / "old.lock"
+    lock_path.write_bytes(data)
+    key = load_private_key(private)
+    signature = {
+        "algorithm": "ed25519",
+        "format": "trainwarden.env-lock-signature",
+        "identity": key.public.identity,
+        "key_fingerprint": key.public.fingerprint,
+        "lock_sha256": hashlib.sha256(data).hexdigest(),
+        "signature": base64.b64encode(key.sign(data)).decode(),
+        "version": 1,
+    }
+    signature_path(lock_path).write_text(json.dumps(signature))
+    lock = read_lock(lock_path, key=load_public_key(public))
+    assert lock.roots == (str(tmp_path),)
+    assert lock.canonical_bytes() == data

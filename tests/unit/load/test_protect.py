@@ -15,7 +15,7 @@ import pytest
 
 from canary import Canary
 from trainwarden.errors import ConfigError, UnsafeModelError
-from trainwarden.load import active_protection, protect
+from trainwarden.load import active_protection, protect, protect_from_environment
 
 
 class _System:
@@ -60,7 +60,7 @@ def test_restored_after_an_exception_and_nested_use(canary: Canary) -> None:
     assert _originals() == before
     outer = protect()
     with outer:
-        with protect(mode="audit") as inner:
+        with protect(mode="unsafe-audit") as inner:
             assert active_protection() is inner
         assert active_protection() is outer
         with pytest.raises(UnsafeModelError):
@@ -124,7 +124,7 @@ def test_refusal_is_logged_with_the_digest(
     assert any(digest in r.getMessage() and r.name == "trainwarden.load" for r in caplog.records)
 
 
-def test_audit_mode_logs_and_loads(
+def test_unsafe_audit_mode_logs_and_loads(
     tmp_path: Path, canary: Canary, caplog: pytest.LogCaptureFixture
 ) -> None:
     import torch
@@ -132,11 +132,66 @@ def test_audit_mode_logs_and_loads(
     path = tmp_path / "evil.pt"
     torch.save({"x": _System(canary.shell_command)}, path)
     caplog.set_level(logging.WARNING, logger="trainwarden.load")
-    with protect(mode="audit"):
+    with protect(mode="unsafe-audit"):
         torch.load(path, weights_only=False)
-    # Audit mode refuses nothing: the (harmless) payload ran, and the log says so.
+    # The unsafe mode refuses nothing: the (harmless) payload ran, and the log says so.
     canary.assert_present()
-    assert any("audit: would refuse" in r.getMessage() for r in caplog.records)
+    assert any("unsafe-audit: would refuse" in r.getMessage() for r in caplog.records)
+
+
+def test_the_old_audit_name_still_works_with_a_deprecation_warning(canary: Canary) -> None:
+    with pytest.warns(DeprecationWarning, match="unsafe-audit"):
+        protection = protect(mode="audit")
+    assert protection.mode == "unsafe-audit"
+    with protection:
+        pickle.loads(pickle.dumps(_System(canary.shell_command)))
+    canary.assert_present()  # it still means what it meant: load anyway
+
+
+def test_env_variable_audit_is_deprecated_too(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="trainwarden.load")
+    environ = {"TRAINWARDEN_PROTECT": "1", "TRAINWARDEN_PROTECT_MODE": "audit"}
+    with pytest.warns(DeprecationWarning, match="unsafe-audit"):
+        protection = protect_from_environment(environ)
+    assert protection is not None
+    try:
+        assert protection.mode == "unsafe-audit"
+    finally:
+        protection.disable()
+    assert any("TRAINWARDEN_PROTECT_MODE=unsafe-audit" in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_modes_never_let_anything_through(canary: Canary) -> None:
+    from trainwarden.load import Protection
+    from trainwarden.scan import Policy
+
+    with pytest.raises(ConfigError):
+        protect(mode="log")
+    with pytest.raises(ConfigError):
+        Protection(Policy.default(), mode="permissive")
+    # Below the public API, an unexpected mode string enforces (fails closed).
+    from trainwarden.load._pickle import safe_pickle_loads
+
+    with pytest.raises(UnsafeModelError):
+        safe_pickle_loads(
+            pickle.dumps(_System(canary.shell_command)), policy=Policy.default(), mode="log"
+        )
+    canary.assert_absent()
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "module"])
+def test_runner_refuses_what_it_cannot_run_with_exit_2(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "train.py"
+    if kind == "directory":
+        target = tmp_path / "pkg"
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    args = ["-m", "no_such_module_tw"] if kind == "module" else [str(target)]
+    proc = _run("-m", "trainwarden.protect", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("trainwarden: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -201,7 +256,7 @@ def test_python_m_trainwarden_protect_audit_and_module_form(tmp_path: Path) -> N
         "-m",
         "json.tool",
         "--help",
-        env={"TRAINWARDEN_PROTECT_MODE": "audit"},
+        env={"TRAINWARDEN_PROTECT_MODE": "unsafe-audit"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "json.tool" in proc.stdout or "usage" in proc.stdout
