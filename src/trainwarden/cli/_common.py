@@ -74,29 +74,27 @@ def write_output(text: str, output: str | os.PathLike[str] | None) -> None:
 
 
 def _is_stream(path: Path) -> bool:
-    """Whether ``path`` names something to write into rather than a file to replace."""
+    """Whether ``path`` names something to write into rather than a file to replace.
+
+    Devices, FIFOs and sockets, reached directly or through a symlink (``/dev/stdout`` ->
+    ``/proc/self/fd/1`` -> a pipe), are written into, as a shell redirection would. Regular
+    files, and symlinks to them, are replaced atomically (never written through).
+    """
     try:
-        lst = os.lstat(path)
-    except OSError:
-        return False  # a new file
-    if stat.S_ISLNK(lst.st_mode):
-        # /dev/stdout, /dev/fd/N, /proc/self/fd/N name an open descriptor: replacing the
-        # link (as root, in /dev) would break the machine and lose the redirected output.
-        # Other symlinks are replaced, never written through (trainwarden._fs).
-        return str(path.absolute()).startswith(("/dev/", "/proc/"))
-    return not stat.S_ISREG(lst.st_mode)
+        info = path.stat()  # follows links
+    except (OSError, ValueError):
+        return False  # a new file, a dangling link: the atomic write says what fails
+    return not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode))
 
 
 def _write_stream(path: Path, data: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY | getattr(os, "O_NONBLOCK", 0)
     try:
-        regular = stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        regular = False
-    try:
-        fd = os.open(path, flags | os.O_TRUNC if regular else flags)
+        # Non-blocking open: a FIFO nobody reads fails (ENXIO) instead of hanging.
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise InputError(f"cannot write the output to {path}: {exc.strerror or exc}") from exc
+        reason = "nothing reads that FIFO" if exc.errno == errno.ENXIO else exc.strerror or exc
+        raise InputError(f"cannot write the output to {path}: {reason}") from exc
     try:
         os.set_blocking(fd, True)
         view = memoryview(data)

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments
-from trainwarden.cli._output import emit
+from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments, emit_report
 from trainwarden.errors import ConfigError, InputError
 from trainwarden.findings import Verdict
 
@@ -310,7 +309,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    emit(report, args.format, args.output)
+    emit_report(report, args.format, args.output)
     _editable_hint(report, locked=lock is not None)
     fail_on = Verdict.UNSAFE if args.fail_on == "unsafe" else Verdict.UNKNOWN
     return EXIT_FINDINGS if report.fails(fail_on) else EXIT_OK
@@ -344,7 +343,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     # anchors them from now on. Tampering is not: a lock of a tampered environment would vouch
     # for the tampering.
     if report.fails(Verdict.UNSAFE) and not args.unsafe_accept_findings:
-        emit(report, args.format, args.output)
+        emit_report(report, args.format, args.output)
         print(
             "trainwarden: refusing to write a lock of a tampered environment "
             "(see the findings above; --unsafe-accept-findings overrides)",
@@ -353,7 +352,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         return EXIT_FINDINGS
     sig = write_lock(lock, lock_path, key=key)
     if args.format != "text" or args.output is not None:
-        emit(report, args.format, args.output)
+        emit_report(report, args.format, args.output)
     signed = f", signed ({sig})" if sig is not None else ", unsigned"
     editable = len(lock.editable)
     trees = f" and {editable} editable source tree(s)" if editable else ""
@@ -372,5 +371,5 @@ def _diff(args: argparse.Namespace) -> int:
     _check_outputs(args.output, [args.old, args.new, pubkey])
     key = _load_public(pubkey) if pubkey is not None else None
     report = diff_locks(read_lock(args.old, key=key), read_lock(args.new, key=key))
-    emit(report, args.format, args.output)
+    emit_report(report, args.format, args.output)
     return EXIT_FINDINGS if report.findings else EXIT_OK

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_OK
-from trainwarden.cli._output import write_text
+from trainwarden.cli._common import EXIT_OK, write_output
 
 if TYPE_CHECKING:
     from trainwarden.load import Conversion
@@ -101,9 +100,9 @@ def _convert(args: argparse.Namespace) -> int:
     result = convert(args.src, args.dst, policy=policy, shard_size=shard_size, select=args.select)
     if args.format == "json":
         text = json.dumps(_document(args, result), indent=2, sort_keys=True) + "\n"
-        write_text(text, args.output)
+        write_output(text, args.output)
         return EXIT_OK
-    write_text(_text(args, result), args.output)
+    write_output(_text(args, result), args.output)
     return EXIT_OK
 
 
