@@ -11,15 +11,31 @@ import os
 from collections.abc import Callable
 
 from trainwarden.findings import FileReport, Report
+from trainwarden.scan._catalogue import dangerous_reason
 from trainwarden.scan._limits import DEFAULT_LIMITS, Limits
-from trainwarden.scan.policy import PROFILES, Decision, Policy
+from trainwarden.scan._policy import (
+    PROFILES,
+    RULE_ALLOWED,
+    RULE_DANGEROUS,
+    RULE_NESTED,
+    RULE_UNEXPECTED_CALL,
+    RULE_UNKNOWN,
+    Decision,
+    Policy,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
     "PROFILES",
+    "RULE_ALLOWED",
+    "RULE_DANGEROUS",
+    "RULE_NESTED",
+    "RULE_UNEXPECTED_CALL",
+    "RULE_UNKNOWN",
     "Decision",
     "Limits",
     "Policy",
+    "dangerous_reason",
     "scan_bytes",
     "scan_path",
     "sniff_format",

@@ -32,8 +32,12 @@ class Limits:
         max_nesting: deepest archive-in-archive nesting followed.
         max_header_bytes: largest safetensors / GGUF / npy header parsed.
         max_seconds: wall-clock budget for one top-level file.
-        max_memory: peak memory the scanner allows itself for one input (advisory bound the
-            readers size their buffers by).
+        max_memory: peak memory the scanner allows itself for one input: the readers size
+            their buffers by it, and the pickle machine stops (``limit.memory``) when what a
+            pickle makes it keep alive passes a quarter of it.
+        max_globals: most distinct imported names in one pickle.
+        max_readings: most readings of one pickle analysed when loaders read its bytes
+            differently (arguments that run past a FRAME).
     """
 
     max_pickle_bytes: int = 256 * MiB
@@ -49,6 +53,8 @@ class Limits:
     max_header_bytes: int = 100 * MiB
     max_seconds: float = 60.0
     max_memory: int = 256 * MiB
+    max_globals: int = 100_000
+    max_readings: int = 32
 
     def replace(self, **changes: Any) -> Limits:
         """Return a copy with ``changes`` applied (validated)."""

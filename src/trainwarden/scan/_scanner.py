@@ -31,7 +31,7 @@ from trainwarden.scan._limits import DEFAULT_LIMITS, Limits
 # ruff: noqa: PTH110, PTH116, PTH118, PTH119, PTH120
 
 if TYPE_CHECKING:
-    from trainwarden.scan.policy import Policy
+    from trainwarden.scan._policy import Policy
 
 __all__ = ["default_jobs", "scan_buffer", "scan_file", "scan_paths", "walk"]
 

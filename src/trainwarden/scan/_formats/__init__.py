@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainwarden.scan._formats._base import Context, MemoryBlob
-from trainwarden.scan._formats._dispatch import analyse
+from trainwarden.scan._formats._dispatch import DISPATCHER, analyse
 from trainwarden.scan._formats._sniff import sniff_head
 from trainwarden.scan._limits import DEFAULT_LIMITS
 
@@ -21,7 +21,7 @@ def sniff_buffer(data: bytes | memoryview) -> str:
     head = bytes(blob.read(0, 1024))
     fmt = sniff_head(head, blob.size)
     policy: Any = None  # sniffing never judges, so no policy is consulted
-    ctx = Context(path="<bytes>", policy=policy, limits=DEFAULT_LIMITS)
+    ctx = Context(path="<bytes>", policy=policy, limits=DEFAULT_LIMITS, dispatcher=DISPATCHER)
     if fmt == "zip":
         from trainwarden.scan._formats._zip import read_zip
         from trainwarden.scan._formats._zipfamily import classify_zip

@@ -9,17 +9,18 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from trainwarden.findings import Finding, Location, Severity, Verdict
 from trainwarden.scan._limits import Limits
 
 if TYPE_CHECKING:
-    from trainwarden.scan.policy import Policy
+    from trainwarden.scan._policy import Policy
 
 __all__ = [
     "Blob",
     "Context",
+    "Dispatcher",
     "FileBlob",
     "MemoryBlob",
     "ScanAborted",
@@ -116,6 +117,25 @@ def join_member(parent: str | None, name: str) -> str:
     return f"{parent}!{name}" if parent else name
 
 
+class Dispatcher(Protocol):
+    """Routes bytes to the reader of their format (``_dispatch`` provides the one in use).
+
+    Readers of containers (archives, compressed streams, nested payloads) hand their members
+    back through the context's dispatcher, so no reader imports the dispatcher module: the
+    dispatcher sits above every reader.
+    """
+
+    def analyse(self, ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
+        """Analyse ``blob`` (an archive member named ``member``); return its format."""
+        ...
+
+    def analyse_unrecognised(
+        self, ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int
+    ) -> str:
+        """Judge bytes no magic number names (the pickle rule); return their format."""
+        ...
+
+
 @dataclass
 class Context:
     """Everything one top-level file's analysis shares: policy, limits, budgets, findings."""
@@ -132,6 +152,19 @@ class Context:
     _ticks: int = 0
     sniffed: str = "data"  # the top-level format, kept for a report cut short by a limit
     depth: int = 0  # nesting depth of the member being analysed (set by the dispatcher)
+    dispatcher: Dispatcher | None = None  # set by the dispatcher on its first call
+
+    def analyse(self, blob: Blob, member: str | None, depth: int) -> str:
+        """Hand a member back to the dispatcher (see :class:`Dispatcher`)."""
+        assert self.dispatcher is not None, "the dispatcher sets itself before any reader runs"
+        return self.dispatcher.analyse(self, blob, member, depth)
+
+    def analyse_unrecognised(
+        self, blob: Blob, member: str | None, head: bytes, depth: int = 0
+    ) -> str:
+        """Apply the pickle rule to bytes no magic number names (see :class:`Dispatcher`)."""
+        assert self.dispatcher is not None, "the dispatcher sets itself before any reader runs"
+        return self.dispatcher.analyse_unrecognised(self, blob, member, head, depth)
 
     def __post_init__(self) -> None:
         if not self.deadline:

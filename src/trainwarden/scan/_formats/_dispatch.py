@@ -17,11 +17,28 @@ __all__ = ["analyse", "analyse_unrecognised", "is_plain_data"]
 _HEAD = 1024
 
 
+class _Dispatcher:
+    """The :class:`~trainwarden.scan._formats._base.Dispatcher` readers hand members back to."""
+
+    def analyse(self, ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
+        return analyse(ctx, blob, member, depth)
+
+    def analyse_unrecognised(
+        self, ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int
+    ) -> str:
+        return analyse_unrecognised(ctx, blob, member, head, depth)
+
+
+DISPATCHER = _Dispatcher()
+
+
 def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
     """Analyse ``blob`` (the file, or an archive member named ``member``); return its format.
 
     Findings go to ``ctx``. ``depth`` counts archive nesting for ``Limits.max_nesting``.
     """
+    if ctx.dispatcher is None:
+        ctx.dispatcher = DISPATCHER
     if depth > ctx.limits.max_nesting:
         ctx.unknown(
             "limit.nesting",

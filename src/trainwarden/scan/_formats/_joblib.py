@@ -422,7 +422,6 @@ def analyse_joblib_compat(ctx: Context, blob: Blob, member: str | None, depth: i
     """Joblib < 0.9.3 ``ZF`` files: a hex length, then a zlib stream holding the pickle."""
     from trainwarden.scan._formats._base import SubBlob
     from trainwarden.scan._formats._compressed import decompress_bounded
-    from trainwarden.scan._formats._dispatch import analyse
 
     start = 2 + 19
     if blob.read(start, 1) == b" ":
@@ -435,5 +434,5 @@ def analyse_joblib_compat(ctx: Context, blob: Blob, member: str | None, depth: i
         cap=ctx.limits.max_member_bytes,
     )
     if data is not None:
-        analyse(ctx, MemoryBlob(data), join_member(member, "(inflated)"), depth + 1)
+        ctx.analyse(MemoryBlob(data), join_member(member, "(inflated)"), depth + 1)
     return "joblib"

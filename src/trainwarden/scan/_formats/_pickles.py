@@ -90,8 +90,6 @@ def _analyse_nested(
     own to the loader: it goes through the dispatcher like an archive member, one nesting
     level deeper (``Limits.max_nesting`` bounds the recursion of payloads in payloads).
     """
-    from trainwarden.scan._formats._dispatch import analyse
-
     safe = True
     done: set[tuple[int, int]] = set()
     for payload in analysis.nested:
@@ -107,7 +105,7 @@ def _analyse_nested(
         if sub.size < payload.end - payload.start:
             ctx.unknown("pickle.nested-truncated", "nested payload runs past the data", where)
         else:
-            analyse(ctx, sub, where, ctx.depth + 1)
+            ctx.analyse(sub, where, ctx.depth + 1)
         if any(f.verdict is not Verdict.SAFE for f in ctx.findings[before:]):
             safe = False
     return safe

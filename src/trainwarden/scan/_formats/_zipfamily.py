@@ -142,9 +142,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         if mblob is None:
             _unreadable(ctx, entry, where)
             continue
-        from trainwarden.scan._formats._dispatch import analyse
-
-        analyse(ctx, mblob, where, depth + 1)
+        ctx.analyse(mblob, where, depth + 1)
         if fmt == "keras" and lower == "config.json":
             from trainwarden.scan._formats._configs import check_keras_config
 
