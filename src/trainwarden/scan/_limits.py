@@ -21,7 +21,8 @@ class Limits:
 
     Attributes:
         max_pickle_bytes: largest single pickle stream analysed (bytes).
-        max_opcodes: most opcodes executed symbolically in one pickle.
+        max_opcodes: most pickle opcodes executed symbolically for one input: every pickle,
+            archive member and reading of it counts (about 1-2 s of work).
         max_memo: most memo entries in one pickle.
         max_stack_depth: deepest stack / mark nesting in one pickle.
         max_pickles_per_stream: most consecutive pickles read from one stream.
@@ -41,7 +42,7 @@ class Limits:
     """
 
     max_pickle_bytes: int = 256 * MiB
-    max_opcodes: int = 20_000_000
+    max_opcodes: int = 10_000_000
     max_memo: int = 5_000_000
     max_stack_depth: int = 100_000
     max_pickles_per_stream: int = 1_000

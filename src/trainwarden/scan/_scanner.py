@@ -245,7 +245,7 @@ def _analyse(
     from trainwarden.scan._formats._dispatch import analyse
     from trainwarden.scan._pickle import gc_paused
 
-    ctx = Context(path=path, policy=policy, limits=limits)
+    ctx = Context(path=path, policy=policy, limits=limits, input_size=size)
     fmt = "data"
     try:
         # The readers build large acyclic structures (zip directories of 100k entries, pickle
@@ -263,6 +263,7 @@ def _analyse(
             None,
             verdict=Verdict.ERROR,
         )
+    ctx.finish()
     return FileReport(
         path=path,
         format=fmt,

@@ -48,6 +48,20 @@ def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
         )
         return "data"
     ctx.check_time(member)
+    if depth > 0:
+        key = blob.key()
+        done = ctx.analysed.get(key)
+        if done is not None:
+            # The same bytes again (entries sharing one span, a payload nested twice): their
+            # findings are already in the report; analysing them again only costs time.
+            ctx.info(
+                "archive.same-content",
+                "member holds the same bytes as one analysed before (reported there)",
+                member,
+                evidence=done,
+            )
+            return "duplicate"
+        ctx.analysed[key] = member or "(top)"
     head = bytes(blob.read(0, _HEAD))
     fmt = sniff_head(head, blob.size)
     if member is None:

@@ -409,7 +409,10 @@ def analyse_joblib_stream(ctx: Context, blob: Blob, member: str | None) -> str:
         analyse_stream(ctx, blob, member, max_pickles=1)
         return "joblib"
     # Offsets below are in the spliced stream (array bytes removed), not in the file.
-    analysis = analyse_pickle(spliced, 0, limits=ctx.limits, deadline=ctx.deadline)
+    analysis = analyse_pickle(
+        spliced, 0, limits=ctx.limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left
+    )
+    ctx.opcodes_used += analysis.work
     # What the wrapper makes joblib do (read raw array bytes, or load a nested pickle that
     # was analysed above) is exactly what we replayed, so it is not an unknown load here.
     kept = tuple(g for g in analysis.globals if g.qualname != _WRAPPER)

@@ -138,7 +138,11 @@ def _ran_out(
     if end >= len(data):
         return True  # complete pickles up to the window's end: more may follow beyond it
     # The pickle that stopped the stream may only have been cut by the window.
-    return _truncated(analyse_pickle(data, end, limits=ctx.limits, deadline=ctx.deadline))
+    probe = analyse_pickle(
+        data, end, limits=ctx.limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left
+    )
+    ctx.opcodes_used += probe.work
+    return _truncated(probe)
 
 
 def _truncated(analysis: PickleAnalysis) -> bool:
@@ -182,11 +186,24 @@ def analyse_stream(
         ctx.check_time(member)
         data = blob.read(start, window)
         analyses, end = analyse_pickle_stream(
-            data, 0, limits=limits, max_pickles=max_pickles, deadline=ctx.deadline
+            data,
+            0,
+            limits=limits,
+            max_pickles=max_pickles,
+            deadline=ctx.deadline,
+            max_ops=ctx.opcodes_left,
         )
         if not analyses:
-            analyses = [analyse_pickle(data, 0, limits=limits, deadline=ctx.deadline)]
+            first = analyse_pickle(
+                data, 0, limits=limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left
+            )
+            analyses = [first]
             end = 0
+        # Every reading counts against the input's budget (Limits.max_opcodes), so thousands
+        # of members or pickles cannot multiply the time one pickle may take.
+        ctx.opcodes_used += sum(
+            a.work + (a.shared_memo.work if a.shared_memo is not None else 0) for a in analyses
+        )
         ran_out = _ran_out(ctx, data, analyses, end, max_pickles)
         if window >= cap or not ran_out:
             break
@@ -200,7 +217,10 @@ def analyse_stream(
             evidence=f"read {budget} bytes (max_pickle_bytes={limits.max_pickle_bytes}, "
             f"max_memory={limits.max_memory})",
         )
-    if max_pickles < limits.max_pickles_per_stream and len(analyses) >= max_pickles:
+    if (
+        max_pickles < limits.max_pickles_per_stream
+        and len(analyses) < limits.max_pickles_per_stream
+    ):
         # The format says how many pickles the loader reads (torch: one per record, five in
         # the legacy format); stopping there is not a limit being hit.
         analyses[-1] = replace(

@@ -95,6 +95,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     tensor_members: dict[str, ZipEntry] = {}
     storage_dirs = ("data/", "constants/") if fmt == "torchscript" else ("data/",)
     root_slash = root.lower() + "/" if root else ""
+    spans: dict[tuple[int, int, int], str] = {}
     for entry in archive.entries:
         ctx.check_time(member)
         lower = entry.name.lower()
@@ -122,6 +123,19 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         if entry.is_dir:
             continue
         if torch_like and _is_torch_record(relative, entry, blob):
+            continue
+        span = (entry.header_offset, entry.compressed_size, entry.method)
+        first = spans.setdefault(span, entry.name)
+        if first != entry.name:
+            # Another entry of the central directory points at the same data (reported as
+            # archive.overlap): it is those bytes again; inflating and analysing them once
+            # more for each of thousands of entries is how overlap bombs burn time.
+            ctx.info(
+                "archive.same-content",
+                "member's data is another member's data (analysed there)",
+                where,
+                evidence=first[:200],
+            )
             continue
         if fmt == "torchscript" and relative.startswith("code/") and lower.endswith(".py"):
             code_members.append(entry)

@@ -327,6 +327,7 @@ class Raw:
         "nested",
         "next_starts",
         "opcode_count",
+        "ops_total",
         "pids",
         "protocol",
         "readings",
@@ -345,6 +346,7 @@ class Raw:
         self.pids: list[object] = []
         self.nested: list[tuple[int, int, str, list[Any]]] = []
         self.opcode_count = 0
+        self.ops_total = 0  # opcodes executed by every reading (the work done)
         self.first_import: int | None = None
         self.limited = False
         self.next_starts: list[int] = []
@@ -371,12 +373,17 @@ class _Machine:
         memo: Memo | None,
         choices: tuple[str, ...] = (),
         frame_end: int | None = None,
+        max_ops: int | None = None,
     ) -> None:
         self.buf = buf
         self.start = start
         self.end = end
         self.real_end = real_end
         self.limits = limits
+        # Opcodes this run may execute: what is left of the file's budget (Limits.max_opcodes
+        # counts every pickle and every reading of one input).
+        self.max_ops = limits.max_opcodes if max_ops is None else max(1, max_ops)
+        self.ops_done = 0
         self.deadline = deadline
         self.stack: list[object] = []
         self.marks: list[int] = []
@@ -695,8 +702,12 @@ class _Machine:
     def _check_limits(self, count: int, alloc: int) -> int:
         """Check every bound; returns the allocation count to carry on with."""
         lim = self.limits
-        if count >= lim.max_opcodes:
-            raise _Limit("max_opcodes", lim.max_opcodes, "too many opcodes in one pickle")
+        if count >= self.max_ops:
+            raise _Limit(
+                "max_opcodes",
+                lim.max_opcodes,
+                "opcode budget of this input spent (all its pickles)",
+            )
         stack = self.stack
         if len(stack) > lim.max_stack_depth or len(self.marks) > lim.max_stack_depth:
             raise _Limit("max_stack_depth", lim.max_stack_depth, "pickle stack too deep")
@@ -710,6 +721,7 @@ class _Machine:
         slots = len(stack) + len(memo.dense) + 4 * len(memo.sparse) + len(self.marks)
         alloc += self.alloc_cold + 8 * max(0, slots - self.slots_seen)
         self.alloc_cold = 0
+        self.slots_seen = slots
         if self.live + alloc > self.next_measure:
             alloc = 0
             self._measure()
@@ -786,7 +798,7 @@ class _Machine:
         op_at = pos
         done = 0
         alloc = 0
-        lim = self.limits.max_opcodes
+        lim = self.max_ops
         raw = Raw(start=self.start)
         n = 0
         memoized = False
@@ -1000,6 +1012,9 @@ class _Machine:
                 done += budget
                 n = -1
                 alloc = self._check_limits(done, alloc)
+        except _Cross:
+            self.ops_done = done + n + 1  # the work of a reading cut short at a fork counts
+            raise
         except _Stop:
             raw.complete = True
             # load() pops the result after STOP: an empty stack (or a MARK on top) fails.
@@ -1037,6 +1052,7 @@ class _Machine:
             raw.limited = True
             self._limit_issue("max_memory", self.limits.max_memory, op_at)
         raw.opcode_count = done + n + 1
+        raw.ops_total = self.ops_done = raw.opcode_count
         raw.end = pos
         raw.protocol = self.first_proto
         raw.inferred_protocol = self.inferred
@@ -1520,12 +1536,16 @@ def run_pickle(
     deadline: float | None,
     memo: Memo | None = None,
     frame_end: int | None = None,
+    max_ops: int | None = None,
 ) -> tuple[Raw, Memo]:
     """Run the pickle at ``start`` in every way a loader can read it; merge the readings.
 
-    Returns the merged outcome and the memo the first reading left (for a reused unpickler).
-    ``memo`` and ``frame_end`` are what a reused C unpickler carries over from its last load.
+    Returns the merged outcome (``ops_total``: opcodes executed by all readings) and the memo
+    the first reading left (for a reused unpickler). ``memo`` and ``frame_end`` are what a
+    reused C unpickler carries over from its last load; ``max_ops`` is the opcode budget left
+    (``limits.max_opcodes`` by default), shared by every reading.
     """
+    budget = limits.max_opcodes if max_ops is None else max_ops
     if start >= end:
         machine = _Machine(buf, start, end, real_end, limits, deadline, memo)
         raw = Raw(start=start, end=start)
@@ -1536,11 +1556,12 @@ def run_pickle(
         raw.issues = machine.issues
         return raw, machine.memo
     snapshot = memo.copy() if memo is not None and len(memo) else None
-    first = _Machine(buf, start, end, real_end, limits, deadline, memo, (), frame_end)
+    first = _Machine(buf, start, end, real_end, limits, deadline, memo, (), frame_end, budget)
     try:
         return first.run(), first.memo
     except _Cross as cross:
         split_at = cross.offset
+    spent = first.ops_done
     # An argument crosses a frame's end: run one reading per choice at every crossing (a
     # reading that meets a new crossing forks again), and merge them.
     raws: list[Raw] = []
@@ -1548,7 +1569,7 @@ def run_pickle(
     pending: list[tuple[str, ...]] = [(_JUMP,), (_LINEAR,)]
     capped = False
     while pending:
-        if len(raws) >= limits.max_readings:
+        if len(raws) >= limits.max_readings or spent >= budget:
             capped = True
             break
         choices = pending.pop()
@@ -1562,13 +1583,22 @@ def run_pickle(
             snapshot.copy() if snapshot is not None else None,
             choices,
             frame_end,
+            budget - spent,
         )
         try:
             raws.append(again.run())
             memos.append(again.memo)
         except _Cross:
             pending.extend([(*choices, _JUMP), (*choices, _LINEAR)])
+        spent += again.ops_done
+    if not raws:
+        # The budget was spent before any reading finished: report the limit alone.
+        limit = Raw(start=start, end=start)
+        limit.limited = True
+        raws.append(limit)
+        memos.append(Memo())
     merged = merge(raws)
+    merged.ops_total = spent
     merged.issues.insert(
         0,
         (
@@ -1586,11 +1616,11 @@ def run_pickle(
         merged.issues.append(
             (
                 "limit.readings",
-                "more readings of this pickle than the limit allows (frames split arguments "
+                "more readings of this pickle than the limits allow (frames split arguments "
                 "again and again); the rest were not analysed",
                 split_at,
                 Verdict.UNKNOWN,
-                f"max_readings={limits.max_readings}",
+                f"max_readings={limits.max_readings}, max_opcodes={limits.max_opcodes}",
                 (),
             )
         )
@@ -1607,6 +1637,7 @@ def merge(raws: list[Raw]) -> Raw:
     out.opcode_count = max(r.opcode_count for r in raws)
     out.limited = any(r.limited for r in raws)
     out.readings = len(raws)
+    out.ops_total = sum(r.ops_total for r in raws)
     out.memo_dependent = any(r.memo_dependent for r in raws)
     firsts = [r.first_import for r in raws if r.first_import is not None]
     out.first_import = min(firsts) if firsts else None
@@ -1712,6 +1743,7 @@ def freeze(raws: list[Raw]) -> list[PickleAnalysis]:
                 ),
                 opaque_nested=tuple(ref(r) for r in records if r[_R_OPAQUE]),
                 readings=raw.readings,
+                work=raw.ops_total,
             )
         )
     return out

@@ -171,6 +171,8 @@ class PickleAnalysis:
             reading (the analysis itself); ``None`` for the first pickle of a stream.
         readings: how many distinct readings of the bytes were analysed (1 unless frames
             make loaders disagree).
+        work: opcodes executed to analyse this pickle, every reading included (what it
+            cost of the input's ``max_opcodes`` budget).
     """
 
     start: int
@@ -188,6 +190,7 @@ class PickleAnalysis:
     opaque_nested: tuple[GlobalRef, ...] = ()
     shared_memo: PickleAnalysis | None = None
     readings: int = 1
+    work: int = 0
 
     @property
     def imports(self) -> bool:

@@ -51,6 +51,7 @@ def analyse_pickle(
     *,
     limits: Limits = DEFAULT_LIMITS,
     deadline: float | None = None,
+    max_ops: int | None = None,
 ) -> PickleAnalysis:
     """Analyse the pickle that starts at ``start``, as one ``pickle.load`` would read it.
 
@@ -60,6 +61,7 @@ def analyse_pickle(
         limits: resource bounds; hitting one yields a ``limit.*`` issue, never an exception.
         deadline: absolute ``time.monotonic()`` value after which the run stops
             (``limit.seconds``); by default ``limits.max_seconds`` from now.
+        max_ops: opcodes left to spend (``limits.max_opcodes`` by default).
 
     Returns:
         The analysis. Never raises on bad input: malformed data is an issue.
@@ -68,7 +70,7 @@ def analyse_pickle(
         deadline = time.monotonic() + limits.max_seconds
     with gc_paused():
         buf, end, real_end = cut(to_buffer(data), start, limits)
-        raw, _ = run_pickle(buf, start, end, real_end, limits, deadline)
+        raw, _ = run_pickle(buf, start, end, real_end, limits, deadline, max_ops=max_ops)
         return freeze([raw])[0]
 
 
@@ -79,6 +81,7 @@ def analyse_pickle_stream(
     limits: Limits = DEFAULT_LIMITS,
     max_pickles: int | None = None,
     deadline: float | None = None,
+    max_ops: int | None = None,
 ) -> tuple[list[PickleAnalysis], int]:
     """Analyse consecutive pickles, as repeated ``pickle.load`` calls on one file read them.
 
@@ -93,6 +96,8 @@ def analyse_pickle_stream(
         max_pickles: how many loads the format performs in a row (torch's legacy format: 5);
             pickles further along a chain of loads are not read.
         deadline: as for :func:`analyse_pickle`.
+        max_ops: opcodes left to spend on the whole stream (``limits.max_opcodes`` by
+            default); each analysis says what it cost (``work``).
 
     Returns:
         The analyses in the order they were reached, and the offset where pickle data stops
@@ -102,8 +107,9 @@ def analyse_pickle_stream(
     """
     if deadline is None:
         deadline = time.monotonic() + limits.max_seconds
+    budget = limits.max_opcodes if max_ops is None else max_ops
     with gc_paused():
-        return _analyse_stream(data, start, limits, max_pickles, deadline)
+        return _analyse_stream(data, start, limits, max_pickles, deadline, budget)
 
 
 def _inert(raw: Raw) -> bool:
@@ -132,6 +138,7 @@ def _analyse_stream(
     limits: Limits,
     max_pickles: int | None,
     deadline: float,
+    budget: int,
 ) -> tuple[list[PickleAnalysis], int]:
     cap = limits.max_pickles_per_stream
     depth_cap = max_pickles if max_pickles is not None else cap
@@ -156,7 +163,8 @@ def _analyse_stream(
             hit_cap = True
             break
         buf, end, real_end = cut(whole, pos, limits)
-        raw, memo = run_pickle(buf, pos, end, real_end, limits, deadline)
+        raw, memo = run_pickle(buf, pos, end, real_end, limits, deadline, max_ops=budget)
+        budget -= raw.ops_total
         other: Raw | None = None
         carried: Memo | None = None
         if node.memo is not None and len(node.memo):
@@ -164,8 +172,9 @@ def _analyse_stream(
                 carry = node.memo.copy()
                 frame_end = node.frame_end if node.stop_end else None
                 other, carried = run_pickle(
-                    buf, pos, end, real_end, limits, deadline, carry, frame_end
+                    buf, pos, end, real_end, limits, deadline, carry, frame_end, budget
                 )
+                budget -= other.ops_total
             else:
                 # This pickle neither memoizes nor misses: its PUTs and GETs read the same
                 # entries either way, and the reused memo gains the same entries.
