@@ -137,8 +137,19 @@ def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     names = {m.name for m in members}
     fmt = "torch-legacy-tar" if {"storages", "tensors", "pickle"} <= names else "tar"
     seen: set[str] = set()
+    from trainwarden.scan._formats._zip import escapes_archive
+
     for info in members:
         where = join_member(member, info.name)
+        if escapes_archive(info.name):
+            ctx.unknown(
+                "archive.path-escape",
+                "member name leads outside the archive (absolute, or climbing with ..): "
+                "extracting it writes files elsewhere",
+                where,
+                evidence=info.name[:200],
+                severity=Severity.HIGH,
+            )
         if info.name in seen:
             ctx.unknown(
                 "archive.duplicate-name",

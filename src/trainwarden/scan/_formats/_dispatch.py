@@ -69,6 +69,46 @@ def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
     outer_depth = ctx.depth
     ctx.depth = depth  # payloads nested in pickles found below are one level deeper
     try:
+        fmt = _route_checked(ctx, blob, member, depth, fmt, head)
+        _check_model_name(ctx, member, fmt)
+        return fmt
+    finally:
+        ctx.depth = outer_depth
+
+
+# Extensions of model files: bytes named like this that no reader recognises were not
+# analysed, and a loader chosen by the name (torch.load for .pt, np.load for .npy...) may
+# still read them; they are never reported safe.
+MODEL_SUFFIXES = frozenset(
+    {
+        ".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
+        ".safetensors", ".h5", ".hdf5", ".keras", ".pb", ".onnx", ".gguf", ".pt2", ".tflite",
+        ".mlmodel",
+    }
+)  # fmt: skip
+_UNANALYSED = frozenset({"data", "text", "empty"})
+
+
+def _check_model_name(ctx: Context, member: str | None, fmt: str) -> None:
+    if fmt not in _UNANALYSED:
+        return
+    name = (member.rsplit("!", 1)[-1] if member else ctx.path).lower()
+    dot = name.rfind(".")
+    suffix = name[dot:] if dot > max(name.rfind("/"), name.rfind("\\")) else ""
+    if suffix in MODEL_SUFFIXES:
+        ctx.unknown(
+            "format.unrecognised-model-file",
+            f"named like a model file ({suffix}) but its bytes match no format the scanner "
+            f"reads ({fmt}): not analysed, while a loader picked by the name would read it",
+            member,
+            evidence=suffix,
+        )
+
+
+def _route_checked(
+    ctx: Context, blob: Blob, member: str | None, depth: int, fmt: str, head: bytes
+) -> str:
+    try:
         # Zip files start with PERSID ("P"), which fails before any import in a plain
         # unpickler (no persistent_load); every other opcode byte is followed.
         if fmt not in _PICKLE_READERS and head and head[0] in _OPCODE_BYTES and head[0] != 0x50:
@@ -88,8 +128,6 @@ def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
             verdict=Verdict.ERROR,
         )
         return fmt
-    finally:
-        ctx.depth = outer_depth
 
 
 # Readers that already run the pickle machine from the first byte.
@@ -292,6 +330,11 @@ def _data(ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int)
             severity=Severity.LOW,
         )
         return analyse_zip(ctx, blob, member, depth)
+    from trainwarden.scan._formats._graphs import analyse_graph, sniff_graph
+
+    graph = sniff_graph(blob, head)
+    if graph is not None:
+        return analyse_graph(ctx, blob, member, graph)
     return classify_data(ctx, blob, member, head)
 
 

@@ -17,7 +17,15 @@ from typing import NamedTuple
 from trainwarden.findings import Severity
 from trainwarden.scan._formats._base import Blob, Context, MemoryBlob, SubBlob, join_member
 
-__all__ = ["ZipArchive", "ZipEntry", "data_offset", "inflate_member", "member_blob", "read_zip"]
+__all__ = [
+    "ZipArchive",
+    "ZipEntry",
+    "data_offset",
+    "escapes_archive",
+    "inflate_member",
+    "member_blob",
+    "read_zip",
+]
 
 _EOCD = b"PK\x05\x06"
 _EOCD64 = b"PK\x06\x06"
@@ -274,9 +282,36 @@ def _local_header(
     return int(offset + 30 + name_len + extra_len)
 
 
+def escapes_archive(name: str) -> bool:
+    """True when extracting a member of this name writes outside the target directory."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or "\0" in text:
+        return True
+    depth = 0
+    for part in text.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
 def _check_entries(ctx: Context, blob: Blob, entries: list[ZipEntry], member: str | None) -> None:
     seen: dict[bytes, ZipEntry] = {}
     for entry in entries:
+        if escapes_archive(entry.name):
+            # Zip slip: extractors that trust names write files anywhere the user can.
+            ctx.unknown(
+                "archive.path-escape",
+                "member name leads outside the archive (absolute, or climbing with ..): "
+                "extracting it writes files elsewhere",
+                join_member(member, entry.name),
+                offset=entry.header_offset,
+                evidence=entry.name[:200],
+                severity=Severity.HIGH,
+            )
         key = entry.raw_name
         if key in seen:
             ctx.unknown(
