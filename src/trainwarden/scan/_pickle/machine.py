@@ -832,6 +832,8 @@ class _Machine:
                         i = buf[pos]
                         if i < len(mdense):
                             mdense[i] = stack[-1]
+                        elif i == len(mdense) and not msparse:
+                            mappend(stack[-1])  # protocols 1-3 number entries 0, 1, 2...
                         else:
                             memo.put(i, stack[-1])
                         pos += 1
@@ -840,7 +842,11 @@ class _Machine:
                             pos, end = bound(pos, 4, "LONG_BINPUT")
                         if len(stack) <= fence:
                             raise _underflow()
-                        memo.put(u32(buf, pos)[0], stack[-1])
+                        i = u32(buf, pos)[0]
+                        if i == len(mdense) and not msparse:
+                            mappend(stack[-1])
+                        else:
+                            memo.put(i, stack[-1])
                         pos += 4
                     elif op == 0x4B:  # BININT1
                         push(buf[pos])
