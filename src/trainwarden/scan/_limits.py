@@ -54,7 +54,7 @@ class Limits:
     max_header_bytes: int = 100 * MiB
     max_seconds: float = 60.0
     max_memory: int = 256 * MiB
-    max_globals: int = 100_000
+    max_globals: int = 20_000
     max_readings: int = 32
 
     def replace(self, **changes: Any) -> Limits:

@@ -37,9 +37,19 @@ import json, resource, sys
 from trainwarden.scan import scan_bytes
 data = open(sys.argv[1], "rb").read()
 scan_bytes(b"\x80\x04K\x01.")  # warm: imports and caches count in the baseline
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():
+    # VmHWM belongs to this program's memory; ru_maxrss would also count the parent's peak
+    # from before exec (the kernel carries it over), hiding what the scan itself used.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
 report = scan_bytes(data)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 limits = sorted({f.rule_id for f in report.findings if f.rule_id.startswith("limit.")})
 print(json.dumps({"grew_kib": after - before, "verdict": report.verdict.value, "limits": limits}))
 """

@@ -220,14 +220,20 @@ class Context:
         evidence: str | None = None,
     ) -> None:
         """Record a finding (past _MAX_PER_RULE of one rule, only counted)."""
-        finding = Finding(
-            rule_id=rule_id,
-            severity=severity,
-            message=message,
-            location=Location(self.path, member, offset),
-            evidence=evidence,
-            verdict=verdict,
+        self.record(
+            Finding(
+                rule_id=rule_id,
+                severity=severity,
+                message=message,
+                location=Location(self.path, member, offset),
+                evidence=evidence,
+                verdict=verdict,
+            )
         )
+
+    def record(self, finding: Finding) -> None:
+        """Record a finding made elsewhere (the policy's), under the same per-rule cap."""
+        rule_id = finding.rule_id
         seen = self._per_rule.get(rule_id, 0)
         self._per_rule[rule_id] = seen + 1
         if seen < _MAX_PER_RULE:

@@ -310,9 +310,7 @@ def _judge_plain_view(ctx: Context, analyses: list[PickleAnalysis], member: str 
             if finding.verdict is not Verdict.UNSAFE or (finding.rule_id, finding.evidence) in seen:
                 continue
             seen.add((finding.rule_id, finding.evidence))
-            ctx.findings.append(
-                replace(finding, message=f"{finding.message} (when read by pickle.load)")
-            )
+            ctx.record(replace(finding, message=f"{finding.message} (when read by pickle.load)"))
 
 
 def _data(ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int) -> str:

@@ -45,7 +45,8 @@ def judge(
         findings += _shared_memo_findings(ctx, analysis.shared_memo, member, findings)
     if base:
         findings = tuple(_shift(f, base) for f in findings)
-    ctx.findings.extend(findings)
+    for finding in findings:
+        ctx.record(finding)
 
 
 def _shared_memo_findings(
