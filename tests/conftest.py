@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from canary import Canary
+from golden_files import Golden
 
 __all__ = ["Canary", "canary"]
 
@@ -25,25 +26,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite tests/golden/* from the current output instead of comparing with it",
     )
-
-
-class Golden:
-    """Compares text with a file under tests/golden/, or rewrites it with --update-goldens."""
-
-    def __init__(self, root: Path, update: bool) -> None:
-        self.root = root
-        self.update = update
-
-    def check(self, name: str, text: str) -> None:
-        """Assert ``text`` equals ``tests/golden/<name>`` exactly (or write it)."""
-        path = self.root / name
-        if self.update:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            return
-        assert path.exists(), f"no golden file {path}: run pytest --update-goldens"
-        expected = path.read_text(encoding="utf-8")
-        assert text == expected, f"output differs from {path} (pytest --update-goldens rewrites it)"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from conftest import Golden
+from golden_files import Golden
 from trainwarden import __version__
 from trainwarden.findings import FileReport, Finding, Location, Report, Severity, Verdict
 from trainwarden.report import render
