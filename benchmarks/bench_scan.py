@@ -44,6 +44,7 @@ class Run:
     """One tool's result on one target."""
 
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + system seconds of the process tree
     returncode: int | None = None
     timed_out: bool = False
     files: dict[str, str] = field(default_factory=dict)
@@ -259,15 +260,28 @@ def tools() -> list[Tool]:
     ]
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_tool(tool: Tool, target: Path, runs: int) -> Run:
-    """Run ``tool`` on ``target`` ``runs`` times (once if slow); parse the first run."""
+    """Run ``tool`` on ``target`` ``runs`` times (once if slow); parse the first run.
+
+    Every tool runs from compiled bytecode (PYTHONDONTWRITEBYTECODE is dropped: a user's
+    install has its .pyc files; a source tree compiled on each run would time the compiler).
+    """
     result: Run | None = None
     env = {**os.environ, **dict(tool.env)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     n = 1 if tool.slow else runs
     for _ in range(n):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "report.json"
             started = time.perf_counter()
+            cpu_before = _children_cpu()
             try:
                 proc = subprocess.run(
                     tool.command(target, out),
@@ -281,14 +295,97 @@ def run_tool(tool: Tool, target: Path, runs: int) -> Run:
             except subprocess.TimeoutExpired:
                 return Run(seconds=[SLOW_TIMEOUT], timed_out=True, note="timed out")
             elapsed = time.perf_counter() - started
+            cpu = _children_cpu() - cpu_before
             if result is None:
                 try:
                     result = tool.parse(proc, target, out)
                 except (OSError, ValueError, KeyError) as exc:
                     result = Run(returncode=proc.returncode, note=f"unparsable output: {exc!r}")
             result.seconds.append(elapsed)
+            result.cpu.append(cpu)
     assert result is not None
     return result
+
+
+_BUDGET_PROBE = r"""
+import json, resource, sys, time
+from trainwarden.scan import scan_bytes
+data = open(sys.argv[1], "rb").read()
+scan_bytes(b"\x80\x04K\x01.")
+def peak_kib():
+    # VmHWM belongs to this program's memory; ru_maxrss would also count the parent's peak
+    # from before exec (the kernel carries it over), hiding what the scan itself used.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
+t = time.perf_counter()
+report = scan_bytes(data)
+seconds = time.perf_counter() - t
+after = peak_kib()
+limits = sorted({f.rule_id for f in report.findings if f.rule_id.startswith("limit.")})
+print(json.dumps({"seconds": seconds, "grew_mib": (after - before) / 1024,
+                  "verdict": report.verdict.value, "limits": limits}))
+"""
+
+
+def _budget_inputs() -> dict[str, bytes]:
+    sys.path.insert(0, str(ROOT / "tests" / "unit" / "scan"))
+    from test_budgets import _MEMORY_BOMBS, _zip_one_span
+
+    nested = b"\x80\x04K\x01."
+    for _ in range(8):
+        nested = _zip_one_span(nested, 10, deflate=False)
+    return {
+        **{f"pickle: {k}": v for k, v in _MEMORY_BOMBS.items()},
+        "zip: 8 levels x 10 shared entries": nested,
+        "zip: 2000 entries over one 64 MiB deflate bomb": _zip_one_span(
+            b"\0" * (64 << 20), 2000, deflate=True
+        ),
+    }
+
+
+def budgets() -> str:
+    """Peak memory and time of hostile inputs (each in a fresh interpreter)."""
+    lines = [
+        "Budgets on hostile inputs (fresh interpreter each; peak RSS growth while scanning, "
+        "wall-clock of the scan; limits 256 MiB and ~2 s):",
+        "",
+        "| input | size | peak memory (MiB) | time (s) | verdict | limit reported |",
+        "|---|---|---|---|---|---|",
+    ]
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.py"
+        probe.write_text(_BUDGET_PROBE, encoding="utf-8")
+        for name, data in _budget_inputs().items():
+            sample = Path(tmp) / "sample.bin"
+            sample.write_bytes(data)
+            proc = subprocess.run(
+                [sys.executable, str(probe), str(sample)],
+                capture_output=True, text=True, env=env, check=False, timeout=600,
+            )  # fmt: skip
+            try:
+                got = json.loads(proc.stdout)
+            except ValueError:
+                lines.append(f"| {name} | {len(data)} | - | - | failed | {proc.stderr[-80:]} |")
+                continue
+            lines.append(
+                f"| {name} | {len(data) / 1e6:.2f} MB | {got['grew_mib']:.0f} | "
+                f"{got['seconds']:.2f} | {got['verdict']} | {', '.join(got['limits']) or '-'} |"
+            )
+    return "\n".join(lines)
+
+
+def _precompile() -> None:
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "src" / "trainwarden"), quiet=1)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -319,18 +416,23 @@ def report(
 ) -> str:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}. Corpus from `benchmarks/corpus.py`: {n_benign} "
-        f"legitimate files (torch zip and legacy, safetensors, numpy, joblib/sklearn, "
-        f"transformers, lightning, accelerate) and {len(corpus.attack_ids)} attack samples "
-        "(`tests/attacks.py`). Whole-process wall-clock time; fast tools: median of "
-        f"{runs} runs; ModelAudit: 1 run (timeout {SLOW_TIMEOUT:.0f} s), fickling driver: "
-        f"median of {runs}.",
+        f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the start "
+        "(a shared machine: read the ratios, not the seconds). Corpus from "
+        f"`benchmarks/corpus.py`: a mixed folder of {n_benign} legitimate files (torch zip and "
+        "legacy, safetensors, numpy, joblib/sklearn, transformers save_pretrained, lightning, "
+        "accelerate, ONNX, GGUF, JSON/YAML/text configs, tokenizers, images, nested archives) "
+        f"and {len(corpus.attack_ids)} attack samples (`tests/attacks.py`). Whole-process "
+        "wall-clock time and CPU time (user + system), every tool from compiled bytecode; fast "
+        f"tools: median of {runs} runs; ModelAudit: 1 run with its own timeout of "
+        f"{SLOW_TIMEOUT:.0f} s (it takes minutes), fickling driver: median of {runs}.",
         "",
-        "| tool | version | benign folder (s) | time / picklescan time | 8 GB checkpoint (s) |"
-        " attacks caught | errors (not flagged) | missed | benign flagged | benign errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| tool | version | benign folder wall (s) | CPU (s) | time / picklescan time |"
+        " 8 GB checkpoint (s) | attacks caught | errors (not flagged) | missed |"
+        " benign flagged | benign errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = median(speed["picklescan"].seconds) if speed["picklescan"].seconds else float("nan")
+    base_cpu = median(speed["picklescan"].cpu) if speed["picklescan"].cpu else float("nan")
     for tool in all_tools:
         s, a, b = speed[tool.name], attacks[tool.name], big.get(tool.name)
         outcomes = [_attack_outcome(a, corpus.attacks / i) for i in corpus.attack_ids]
@@ -341,12 +443,14 @@ def report(
         t = "timeout" if s.timed_out else _fmt_s(s.seconds)
         ratio = "" if s.timed_out else f"{median(s.seconds) / base:.2f}x"
         big_t = "-" if b is None else ("timeout" if b.timed_out else _fmt_s(b.seconds))
+        cpu = "" if s.timed_out or not s.cpu else f"{median(s.cpu):.2f}"
         lines.append(
-            f"| {tool.name} | {tool.version} | {t} | {ratio} | {big_t} | "
+            f"| {tool.name} | {tool.version} | {t} | {cpu} | {ratio} | {big_t} | "
             f"{caught}/{len(outcomes)} | {errors} | {missed} | {flagged} | {errs} |"
         )
     tw = speed["trainwarden"]
     tw_ratio = base / median(tw.seconds) if tw.seconds else float("nan")
+    tw_cpu_ratio = base_cpu / median(tw.cpu) if tw.cpu else float("nan")
     tw_big = big.get("trainwarden")
     tw_attacks = attacks["trainwarden"]
     must_be_unsafe = [i for i in corpus.attack_ids if corpus.attack_expected[i] == "unsafe"]
@@ -362,8 +466,8 @@ def report(
         f"{len(corpus.attack_ids) - len(must_be_unsafe)} (planted modules, remote code, "
         "templates, names computed at load time) are expected unknown or unsafe.",
         "",
-        f"Speed-up of trainwarden over picklescan on the benign folder: **{tw_ratio:.2f}x** "
-        "(picklescan time / trainwarden time; goal >= 2x)"
+        f"Speed-up of trainwarden over picklescan on the mixed folder: **{tw_ratio:.2f}x** "
+        f"wall-clock, **{tw_cpu_ratio:.2f}x** CPU time (picklescan / trainwarden; goal >= 2x)"
         + (
             f"; 8 GB checkpoint: **{median(tw_big.seconds):.3f} s** (goal < 0.15 s)."
             if tw_big and tw_big.seconds
@@ -421,7 +525,12 @@ def main() -> int:
     args = parser.parse_args()
 
     corpus = build_corpus(big=not args.no_big)
+    _precompile()
     all_tools = [t for t in tools() if not (args.skip_modelaudit and t.name == "modelaudit")]
+    missing = [t.name for t in all_tools if t.version == "missing"]
+    if missing:
+        print(f"bench: not installed, skipped: {', '.join(missing)}", file=sys.stderr)
+    all_tools = [t for t in all_tools if t.version != "missing"]
     n_benign = sum(1 for p in corpus.benign.rglob("*") if p.is_file())
     speed: dict[str, Run] = {}
     attacks: dict[str, Run] = {}
@@ -440,6 +549,7 @@ def main() -> int:
     canaries = WORK / "canaries"
     ran = sorted(p.name for p in canaries.glob("*")) if canaries.exists() else []
     body = report(corpus, all_tools, speed, attacks, big, args.runs, n_benign)
+    body += "\n\n" + budgets()
     if ran:
         body += "\n\nWARNING: payloads ran during the benchmark: " + ", ".join(ran)
     print(body)

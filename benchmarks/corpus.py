@@ -1,7 +1,9 @@
 """Build the scan benchmark corpus under benchmarks/_work/ (git-ignored); reused when present.
 
-- ``corpus/benign/``: a few hundred real files written by torch, safetensors, numpy, joblib /
-  sklearn, transformers, lightning and accelerate (plus the test suite's benign catalogue);
+- ``corpus/benign/``: a few hundred real files of every kind a model folder holds: written by
+  torch, safetensors, numpy, joblib / sklearn, transformers (save_pretrained), lightning,
+  accelerate and onnx, plus JSON/YAML/text configs, tokenizer files, images, GGUF headers and
+  nested archives (and the test suite's benign catalogue);
 - ``corpus/attacks/<attack-id>/``: every sample of the test suite's attack catalogue;
 - ``big/model-8g.pt``: one ~8 GB torch zip checkpoint (needs ~8 GB free disk, ~1 GB RAM).
 
@@ -23,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
 TESTS = HERE.parent / "tests"
 BIG_BYTES = 8 * 1024**3
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,118 @@ def _sklearn_variants(out: Path) -> int:
     return count
 
 
+def _png(width: int, height: int, seed: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    rows = b"".join(
+        b"\0" + bytes((seed + x + y) % 256 for x in range(width)) for y in range(height)
+    )
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+def _gguf(n_kv: int) -> bytes:
+    import struct
+
+    def kv_str(key: str, value: str) -> bytes:
+        k, v = key.encode(), value.encode()
+        return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
+
+    body = b"".join(kv_str(f"general.key{i}", f"value {i}") for i in range(n_kv))
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, n_kv) + body
+
+
+def _mixed_variants(out: Path) -> int:
+    """The rest of a real model folder: configs, tokenizers, images, GGUF, ONNX, archives."""
+    import io
+    import tarfile
+    import zipfile
+
+    import numpy as np
+
+    count = 0
+    rng = np.random.default_rng(7)
+    for i in range(30):
+        (out / f"config_{i:03d}.json").write_text(
+            json.dumps({"hidden_size": 64 * (i + 1), "num_layers": i % 12, "act": "gelu"})
+        )
+        (out / f"train_{i:03d}.yaml").write_text(f"lr: {1e-4 * (i + 1)}\nbatch: {8 * i}\n")
+        (out / f"notes_{i:03d}.txt").write_text("epoch loss\n" + "\n".join(map(str, range(i))))
+        count += 3
+    vocab = [f"tok{i}" for i in range(2000)]
+    for i in range(10):
+        (out / f"vocab_{i:03d}.txt").write_text("\n".join(vocab[: 200 * (i + 1)]))
+        tokenizer = {
+            "version": "1.0",
+            "model": {"type": "BPE", "vocab": {t: n for n, t in enumerate(vocab)}},
+        }
+        (out / f"tokenizer_{i:03d}.json").write_text(json.dumps(tokenizer))
+        (out / f"merges_{i:03d}.txt").write_text(
+            "#version: 0.2\n" + "\n".join(f"t o{n}" for n in range(300))
+        )
+        count += 3
+    for i in range(25):
+        (out / f"sample_{i:03d}.png").write_bytes(_png(32 + i, 32, i))
+        count += 1
+    for i in range(10):
+        (out / f"model_{i:03d}.gguf").write_bytes(_gguf(5 + i))
+        count += 1
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        onnx = None  # type: ignore[assignment]
+    if onnx is not None:
+        for i in range(15):
+            x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [4])
+            y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [4])
+            w = numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "W")
+            nodes = [
+                helper.make_node("Add", ["X", "W"], ["H"]),
+                helper.make_node("Relu", ["H"], ["Y"]),
+            ]
+            onnx.save(
+                helper.make_model(helper.make_graph(nodes, f"g{i}", [x], [y], [w])),
+                out / f"net_{i:03d}.onnx",
+            )
+            count += 1
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        for i in range(3):
+            cfg = GPT2Config(n_embd=32, n_layer=1 + i, n_head=2, vocab_size=100, n_positions=32)
+            GPT2LMHeadModel(cfg).save_pretrained(out / f"hf_gpt2_{i}")
+            count += sum(1 for p in (out / f"hf_gpt2_{i}").rglob("*") if p.is_file())
+    except Exception as exc:  # transformers missing or offline quirks: the rest still counts
+        print(f"corpus: skipped save_pretrained: {exc!r}", file=sys.stderr)
+    for i in range(10):
+        buf = io.BytesIO()
+        np.savez(buf, a=rng.normal(size=(8, 8)))
+        with zipfile.ZipFile(out / f"bundle_{i:03d}.zip", "w") as zf:
+            zf.writestr("inner/arrays.npz", buf.getvalue())
+            zf.writestr("inner/config.json", json.dumps({"i": i}))
+        with tarfile.open(out / f"export_{i:03d}.tar.gz", "w:gz") as tf:
+            data = json.dumps({"export": i}).encode()
+            info = tarfile.TarInfo("export/config.json")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+            arr = io.BytesIO()
+            np.save(arr, rng.normal(size=16))
+            info = tarfile.TarInfo("export/weights.npy")
+            info.size = len(arr.getvalue())
+            tf.addfile(info, io.BytesIO(arr.getvalue()))
+        count += 2
+    return count
+
+
 def _catalogue(out: Path) -> int:
     _tests_on_path()
     from benign import BENIGN
@@ -197,7 +311,12 @@ def build_corpus(*, rebuild: bool = False, big: bool = True) -> Corpus:
         benign, attacks = root / "benign", root / "attacks"
         benign.mkdir(parents=True)
         attacks.mkdir(parents=True)
-        n = _torch_variants(benign) + _sklearn_variants(benign) + _catalogue(benign)
+        n = (
+            _torch_variants(benign)
+            + _sklearn_variants(benign)
+            + _mixed_variants(benign)
+            + _catalogue(benign)
+        )
         ids, expected = _attacks(attacks, WORK / "canaries")
         meta = {
             "version": CORPUS_VERSION,

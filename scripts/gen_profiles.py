@@ -101,6 +101,9 @@ def _observe(paths: Iterable[Path], prefixes: tuple[str, ...]) -> dict[str, bool
             if not ref.module.startswith(prefixes):
                 continue
             key = f"{ref.module}:{ref.name}"
+            if "<locals>" in key:
+                print(f"  REVIEW: {key} is a local object (not importable); left out")
+                continue
             seen[key] = seen.get(key, False) or ref.init_called
     return seen
 
@@ -153,7 +156,12 @@ def _split(
 
 
 def _write(
-    profile: str, version: str, reason: str, callable_: list[str], new_only: list[str]
+    profile: str,
+    version: str,
+    reason: str,
+    callable_: list[str],
+    new_only: list[str],
+    values: tuple[list[str], str] | None = None,
 ) -> None:
     lines = [
         f'"""Allowlist profile ``{profile}``: generated from {version}.',
@@ -178,8 +186,22 @@ def _write(
         ")",
         "",
     ]
-    (OUT / f"_{profile}.py").write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote _{profile}.py: {len(callable_)} callable, {len(new_only)} new-only")
+    if values is not None:
+        names, why = values
+        lines += [
+            "VALUE_REASON = (",
+            *[f"    {json.dumps(c)}" for c in textwrap.wrap(why, 80, drop_whitespace=False)],
+            ")",
+            "",
+            "# Functions stored as attributes (never called by the pickle).",
+            "VALUES: tuple[str, ...] = (",
+            *[f'    "{q}",' for q in names],
+            ")",
+            "",
+        ]
+    module = profile.replace("-", "_")
+    (OUT / f"_{module}.py").write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote _{module}.py: {len(callable_)} callable, {len(new_only)} new-only")
 
 
 # -- per framework ---------------------------------------------------------------------------
@@ -389,9 +411,94 @@ def gen_sklearn(tmp: Path) -> None:
     )
 
 
+def gen_torch_modules(tmp: Path) -> None:
+    import pkgutil
+
+    import torch
+    from torch import nn
+
+    from trainwarden.examples.tinygpt import Config, build
+
+    modules = ["torch.nn.modules." + m.name for m in pkgutil.iter_modules(nn.modules.__path__)]
+    classes = _classes_in(modules, lambda c: issubclass(c, nn.Module))
+    optim_modules = ["torch.optim." + m.name for m in pkgutil.iter_modules(torch.optim.__path__)]
+    classes |= _classes_in(
+        optim_modules,
+        lambda c: (
+            issubclass(c, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler))
+            and not c.__name__.startswith("_")
+            and "<locals>" not in c.__qualname__
+        ),
+    )
+    # Real objects as torch.save(model) / torch.save(optimizer) write them.
+    _model, optimizer, scheduler = build(Config())  # its model class is local: not picklable
+    layers = nn.Sequential(
+        nn.Conv1d(2, 2, 3), nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3), nn.BatchNorm2d(2),
+        nn.LayerNorm(4), nn.GroupNorm(1, 2), nn.Embedding(5, 4), nn.LSTM(4, 4), nn.GRU(4, 4),
+        nn.MultiheadAttention(4, 2), nn.TransformerEncoderLayer(4, 2, 8), nn.Dropout(),
+        nn.GELU(), nn.SiLU(), nn.ReLU(), nn.Softmax(-1), nn.Flatten(), nn.Identity(),
+        nn.ModuleDict({"a": nn.Linear(2, 2)}), nn.ModuleList([nn.Tanh()]),
+        nn.ParameterList([nn.Parameter(torch.zeros(1))]), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1),
+    )  # fmt: skip
+    opt = torch.optim.SGD(layers.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    paths = _torch_save_paths(
+        tmp,
+        {
+            "gpt_opt": optimizer, "gpt_sched": scheduler, "layers": layers,
+            "sgd": opt, "onecycle": sched,
+        },
+    )  # fmt: skip
+    observed = _observe(paths, ("torch.nn.modules.", "torch.optim."))
+    callable_, new_only = _split(classes, observed, "torch-modules")
+    # Activation functions modules store as attributes (TransformerEncoderLayer.activation).
+    activations = {
+        f"torch.nn.functional:{name}"
+        for name in [
+            "relu",
+            "gelu",
+            "silu",
+            "tanh",
+            "sigmoid",
+            "leaky_relu",
+            "elu",
+            "selu",
+            "celu",
+            "mish",
+            "softplus",
+            "hardswish",
+            "hardsigmoid",
+            "glu",
+            "relu6",
+            "softsign",
+            "tanhshrink",
+            "logsigmoid",
+        ]
+    }
+    activations |= {q for q, _ in _observe(paths, ("torch.nn.functional",)).items() if ":" in q}
+    _write(
+        "torch-modules",
+        f"torch {torch.__version__.split('+')[0]}",
+        "a torch.nn module, optimizer or LR scheduler class as torch.save(model) and "
+        "torch.save(optimizer) write it: rebuilt with NEWOBJ and BUILD (Module.__setstate__, "
+        "Optimizer.__setstate__ update __dict__ with saved tensors, numbers and the hooks "
+        "dicts, whose callables are globals the policy checks on their own); never called "
+        "with arguments the file chooses",
+        callable_,
+        new_only,
+        (
+            sorted(activations),
+            "a torch.nn.functional activation function stored as a module's attribute "
+            "(TransformerEncoderLayer.activation): importing it runs nothing, and the pickle "
+            "never calls it",
+        ),
+    )
+
+
 def main(argv: list[str]) -> int:
-    wanted = argv or ["transformers", "accelerate", "lightning", "sklearn"]
+    wanted = argv or ["transformers", "accelerate", "lightning", "sklearn", "torch-modules"]
     gens = {
+        "torch-modules": gen_torch_modules,
         "transformers": gen_transformers,
         "accelerate": gen_accelerate,
         "lightning": gen_lightning,

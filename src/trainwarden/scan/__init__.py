@@ -11,15 +11,35 @@ import os
 from collections.abc import Callable
 
 from trainwarden.findings import FileReport, Report
+from trainwarden.scan._catalogue import dangerous_reason
+from trainwarden.scan._config import FileConfig, read_config
 from trainwarden.scan._limits import DEFAULT_LIMITS, Limits
-from trainwarden.scan.policy import PROFILES, Decision, Policy
+from trainwarden.scan._policy import (
+    PROFILES,
+    RULE_ALLOWED,
+    RULE_DANGEROUS,
+    RULE_NESTED,
+    RULE_UNEXPECTED_CALL,
+    RULE_UNKNOWN,
+    Decision,
+    Policy,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
     "PROFILES",
+    "RULE_ALLOWED",
+    "RULE_DANGEROUS",
+    "RULE_NESTED",
+    "RULE_UNEXPECTED_CALL",
+    "RULE_UNKNOWN",
     "Decision",
+    "FileConfig",
     "Limits",
     "Policy",
+    "dangerous_reason",
+    "describe_config",
+    "read_config",
     "scan_bytes",
     "scan_path",
     "sniff_format",
@@ -55,13 +75,31 @@ def scan_path(
         from trainwarden.errors import InputError
 
         raise InputError("nothing to scan: no paths given")
-    return scan_paths(
-        paths,
-        policy=policy if policy is not None else Policy.default(),
-        limits=limits,
-        jobs=jobs,
-        progress=progress,
-    )
+    from dataclasses import replace
+
+    policy = policy if policy is not None else Policy.default()
+    report = scan_paths(paths, policy=policy, limits=limits, jobs=jobs, progress=progress)
+    return replace(report, config=describe_config(policy, limits))
+
+
+def describe_config(
+    policy: Policy, limits: Limits, *, limit_sources: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The applied configuration as reports list it (``Report.config``).
+
+    Profiles and allow entries with where each came from, and every limit that differs from
+    :data:`DEFAULT_LIMITS` with its value and source (``limit_sources``: name -> source;
+    ``api`` when not given).
+    """
+    from dataclasses import fields
+
+    sources = limit_sources or {}
+    changed = {
+        f.name: {"value": getattr(limits, f.name), "source": sources.get(f.name, "api")}
+        for f in fields(limits)
+        if getattr(limits, f.name) != getattr(DEFAULT_LIMITS, f.name)
+    }
+    return {**policy.describe(), "limits": changed}
 
 
 def scan_bytes(

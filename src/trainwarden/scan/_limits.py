@@ -21,7 +21,8 @@ class Limits:
 
     Attributes:
         max_pickle_bytes: largest single pickle stream analysed (bytes).
-        max_opcodes: most opcodes executed symbolically in one pickle.
+        max_opcodes: most pickle opcodes executed symbolically for one input: every pickle,
+            archive member and reading of it counts (about 1-2 s of work).
         max_memo: most memo entries in one pickle.
         max_stack_depth: deepest stack / mark nesting in one pickle.
         max_pickles_per_stream: most consecutive pickles read from one stream.
@@ -32,12 +33,16 @@ class Limits:
         max_nesting: deepest archive-in-archive nesting followed.
         max_header_bytes: largest safetensors / GGUF / npy header parsed.
         max_seconds: wall-clock budget for one top-level file.
-        max_memory: peak memory the scanner allows itself for one input (advisory bound the
-            readers size their buffers by).
+        max_memory: peak memory the scanner allows itself for one input: the readers size
+            their buffers by it, and the pickle machine stops (``limit.memory``) when what a
+            pickle makes it keep alive passes a quarter of it.
+        max_globals: most distinct imported names in one pickle.
+        max_readings: most readings of one pickle analysed when loaders read its bytes
+            differently (arguments that run past a FRAME).
     """
 
     max_pickle_bytes: int = 256 * MiB
-    max_opcodes: int = 20_000_000
+    max_opcodes: int = 10_000_000
     max_memo: int = 5_000_000
     max_stack_depth: int = 100_000
     max_pickles_per_stream: int = 1_000
@@ -49,6 +54,8 @@ class Limits:
     max_header_bytes: int = 100 * MiB
     max_seconds: float = 60.0
     max_memory: int = 256 * MiB
+    max_globals: int = 20_000
+    max_readings: int = 32
 
     def replace(self, **changes: Any) -> Limits:
         """Return a copy with ``changes`` applied (validated)."""

@@ -31,7 +31,7 @@ from trainwarden.scan._limits import DEFAULT_LIMITS, Limits
 # ruff: noqa: PTH110, PTH116, PTH118, PTH119, PTH120
 
 if TYPE_CHECKING:
-    from trainwarden.scan.policy import Policy
+    from trainwarden.scan._policy import Policy
 
 __all__ = ["default_jobs", "scan_buffer", "scan_file", "scan_paths", "walk"]
 
@@ -39,9 +39,10 @@ __all__ = ["default_jobs", "scan_buffer", "scan_file", "scan_paths", "walk"]
 # Larger files are read on demand and get no digest: hashing an 8 GB checkpoint would cost
 # seconds to learn nothing the scan needs (`trainwarden sign` hashes files properly).
 WHOLE_READ_BYTES = 256 << 10
-# Below this many files a process pool costs more to start than it saves (measured: small
-# checkpoints scan in ~0.2 ms each in one process; a 2-process pool adds ~30 ms).
-_PARALLEL_MIN_FILES = 1000
+# Below this many files a process pool costs more to start than it saves (measured: files of
+# a model folder scan in ~0.3-0.6 ms each in one process; a forked 2-process pool adds
+# ~30 ms, so it pays from a few hundred files on when a second CPU is idle).
+_PARALLEL_MIN_FILES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +246,7 @@ def _analyse(
     from trainwarden.scan._formats._dispatch import analyse
     from trainwarden.scan._pickle import gc_paused
 
-    ctx = Context(path=path, policy=policy, limits=limits)
+    ctx = Context(path=path, policy=policy, limits=limits, input_size=size)
     fmt = "data"
     try:
         # The readers build large acyclic structures (zip directories of 100k entries, pickle
@@ -263,6 +264,7 @@ def _analyse(
             None,
             verdict=Verdict.ERROR,
         )
+    ctx.finish()
     return FileReport(
         path=path,
         format=fmt,
@@ -308,7 +310,9 @@ def default_jobs(n_files: int) -> int:
     """Workers to use when the caller did not say: one per CPU for large trees."""
     if n_files < _PARALLEL_MIN_FILES:
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from trainwarden._system import cpu_count
+
+    cpus = cpu_count()
     # Only CPUs that are idle help: on a busy machine extra processes just add fork and IPC
     # costs (measured: slower than one process when the load is above the CPU count).
     try:

@@ -215,7 +215,7 @@ def test_hdf5_keras_lambda_is_unsafe() -> None:
 
 def test_hdf5_without_model_config_is_data() -> None:
     report = scan_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 1000)
-    assert report.format == "data"
+    assert report.format == "hdf5"
     assert report.verdict is Verdict.SAFE
 
 

@@ -229,3 +229,155 @@ def test_machine_sees_every_import_of_the_c_unpickler(tmp_path: Path) -> None:
                     assert a.read_end == res["end"], data
         assert UNRESOLVED not in {g.module for g in a.globals if g.resolved}
     assert loaded > 100  # the corpus exercises successful loads, not only failures
+
+
+# -- multi-pickle streams with inserted FRAME opcodes, read by every reader -----------------------
+
+_STREAM_ORACLE = r"""
+import io, json, pickle, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+class Stub:
+    def __init__(self, *a, **k): pass
+    def __call__(self, *a, **k): return Stub()
+    def __setstate__(self, state): pass
+    def extend(self, items): pass
+    def append(self, item): pass
+    def add(self, item): pass
+    def __setitem__(self, key, value): pass
+def recorder(base, seen):
+    class R(base):
+        def find_class(self, module, name):
+            seen.append([module, name])
+            if not module or not name:
+                raise ValueError("empty name")
+            return type("G", (Stub,), {})
+        def persistent_load(self, pid):
+            return Stub()
+    return R
+def loads_until_error(make_file, base, reuse, seen):
+    f = make_file()
+    loads = 0
+    unpickler = recorder(base, seen)(f) if reuse else None
+    try:
+        while loads < 20:
+            u = unpickler if reuse else recorder(base, seen)(f)
+            try:
+                u.load()
+            except BaseException:
+                break
+            loads += 1
+    finally:
+        f.close()
+    return loads
+blob = open(sys.argv[1], "rb").read()
+samples = json.loads(open(sys.argv[2]).read())
+out = []
+for start, end in samples:
+    data = blob[start:end]
+    with open("sample.pkl", "wb") as fh:
+        fh.write(data)
+    readers = {
+        "c-bytes": (lambda: io.BytesIO(data), pickle.Unpickler, False, 1),
+        "c-file": (lambda: open("sample.pkl", "rb"), pickle.Unpickler, False, 20),
+        "c-file-16": (lambda: open("sample.pkl", "rb", buffering=16), pickle.Unpickler, False, 20),
+        "c-bytesio": (lambda: io.BytesIO(data), pickle.Unpickler, False, 20),
+        "c-reused": (lambda: open("sample.pkl", "rb"), pickle.Unpickler, True, 20),
+        "py-file": (lambda: open("sample.pkl", "rb"), pickle._Unpickler, False, 20),
+        "py-reused": (lambda: open("sample.pkl", "rb"), pickle._Unpickler, True, 20),
+    }
+    row = {}
+    for kind, (make, base, reuse, cap) in readers.items():
+        seen = []
+        if kind == "c-bytes":
+            try:
+                recorder(base, seen)(make()).load()
+            except BaseException:
+                pass
+        else:
+            loads_until_error(make, base, reuse, seen)
+        row[kind] = seen
+    out.append(row)
+print(json.dumps(out))
+"""
+
+
+def _frame_op(length: int) -> bytes:
+    return b"\x95" + struct.pack("<Q", length)
+
+
+def _insert_frames(rng: random.Random, data: bytes) -> bytes:
+    """Insert 1-3 FRAME opcodes at opcode-ish positions, with lengths that end anywhere."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.choice([2, 2, 0, rng.randrange(len(buf) + 1)]) if buf else 0
+        at = min(at, len(buf))
+        rest = len(buf) - at
+        length = rng.choice(
+            [0, rng.randint(0, max(0, rest)), rest, rest + rng.randint(1, 8), rng.randint(1, 12)]
+        )
+        buf[at:at] = _frame_op(length)
+    return bytes(buf)
+
+
+def _stream_samples(rng: random.Random, count: int) -> list[bytes]:
+    payloads = [
+        b"\x80\x04" + _su("posix") + _su("system") + b"\x93" + _su("true") + b"\x85R.",
+        b"cos\nsystem\n(S'true'\ntR.",
+        b"\x80\x02c__builtin__\neval\nX\x01\x00\x00\x001\x85R.",
+    ]
+    benign = [pickle.dumps(o, protocol=p) for o in (1, [1, 2], {"a": b"xy"}) for p in (2, 4, 5)]
+    out: list[bytes] = []
+    for _ in range(count):
+        parts = [rng.choice(benign + payloads) for _ in range(rng.randint(1, 3))]
+        data = b"".join(parts)
+        data = _insert_frames(rng, data)
+        if rng.random() < 0.3:
+            data = _mutate(rng, data)
+        out.append(data)
+    return out
+
+
+def test_machine_follows_every_reader_through_frames_and_streams(tmp_path: Path) -> None:
+    # The scanner must see every import any real reader performs in a stream of pickles read
+    # by repeated loads on one handle: bytes, buffered files (large and tiny buffers),
+    # io.BytesIO, pickle._Unpickler, and reused unpicklers, with FRAMEs that end anywhere.
+    rng = random.Random(20261203)
+    samples = _stream_samples(rng, 500)
+    blob = b"".join(samples)
+    spans, pos = [], 0
+    for s in samples:
+        spans.append([pos, pos + len(s)])
+        pos += len(s)
+    (tmp_path / "samples.bin").write_bytes(blob)
+    (tmp_path / "spans.json").write_text(json.dumps(spans))
+    script = tmp_path / "oracle.py"
+    script.write_text(_STREAM_ORACLE)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), "samples.bin", "spans.json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    results = json.loads(proc.stdout)
+    assert len(results) == len(samples)
+    imports_seen = 0
+    for data, row in zip(samples, results, strict=True):
+        analyses, _ = analyse_pickle_stream(data, limits=SMALL, max_pickles=20)
+        ours: set[tuple[str, str]] = set()
+        unresolved = False
+        for a in analyses:
+            for view in (a, a.shared_memo):
+                if view is None:
+                    continue
+                ours.update((g.module, g.name) for g in view.globals if g.resolved)
+                unresolved = unresolved or any(not g.resolved for g in view.globals)
+        for kind, seen in row.items():
+            for module, name in seen:
+                if not module:
+                    continue
+                imports_seen += 1
+                mapped = compat_name(module, name)
+                assert (module, name) in ours or mapped in ours or unresolved, (kind, data)
+    assert imports_seen > 300  # the corpus makes readers import, not only fail

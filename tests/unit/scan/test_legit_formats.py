@@ -503,7 +503,7 @@ _TEXT_AND_DATA: dict[str, tuple[bytes, str]] = {
     "msgpack_15": (_flax_params(15), "data"),
     "onnx_like": (
         b"\x08\x08" + _protobuf_field(2, b"pytorch") + _protobuf_field(7, b"\x12\x01g"),
-        "data",
+        "onnx",
     ),
     "sentencepiece_like": (_protobuf_field(1, _protobuf_field(1, "\u2581hello".encode())), "data"),
     "gzip_json": (gzip.compress(b'{"a": 1}'), "gzip"),

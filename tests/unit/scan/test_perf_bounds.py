@@ -17,7 +17,7 @@ import pytest
 
 from trainwarden.findings import Verdict
 from trainwarden.scan import DEFAULT_LIMITS, scan_bytes, scan_path
-from trainwarden.scan import _pickle as machine_module
+from trainwarden.scan._pickle import machine as machine_module
 
 torch = pytest.importorskip("torch")
 
@@ -119,7 +119,7 @@ def test_pickle_larger_than_the_read_budget_still_grows_its_window(tmp_path: Pat
     assert pickles_end > 1 << 20  # past the first window
     # A read budget between the end of the pickles and the end of the file.
     budget = (pickles_end + len(data)) // 2
-    limits = DEFAULT_LIMITS.replace(max_memory=2 * budget)
+    limits = DEFAULT_LIMITS.replace(max_pickle_bytes=budget)
 
     report = scan_path(path, limits=limits, jobs=1)
 

@@ -104,7 +104,7 @@ def test_default_policy_classifies_allowlisted_globals_safe() -> None:
         ("numpy.f2py", "crackfortran"),
         ("types", "CodeType"),
         ("types", "FunctionType"),
-        ("functools", "partial"),
+        ("functools", "reduce"),
         ("operator", "attrgetter"),
         ("operator", "methodcaller"),
         ("ctypes", "CDLL"),
@@ -203,7 +203,7 @@ def test_policy_is_picklable_for_worker_processes() -> None:
 def test_pyproject_section(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n[tool.trainwarden]\nallow = ["mypkg.models.MyNet"]\n'
-        'profiles = ["lightning"]\nother-setting = 1\n'
+        'profiles = ["lightning"]\n[tool.trainwarden.env]\nother-setting = 1\n'
     )
     sub = tmp_path / "a" / "b"
     sub.mkdir(parents=True)

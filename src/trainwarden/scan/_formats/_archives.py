@@ -73,16 +73,15 @@ class BlobFile(io.RawIOBase):
 def analyse_compressed(ctx: Context, blob: Blob, member: str | None, depth: int, kind: str) -> str:
     """Decompress a gzip/bz2/xz/lz4/zlib/lzma stream (bounded) and analyse its content."""
     from trainwarden.scan._formats._compressed import decompress_bounded
-    from trainwarden.scan._formats._dispatch import analyse, analyse_unrecognised
 
     if kind in ("zlib", "lzma") and not _opens_as(blob, kind):
         # Two magic bytes are weak evidence: bytes that merely start like a zlib or raw
         # lzma stream are judged as they are.
-        return analyse_unrecognised(ctx, blob, member, bytes(blob.read(0, 1024)))
+        return ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
     data = decompress_bounded(ctx, blob, kind, member, cap=ctx.limits.max_member_bytes)
     if data is None:
         return {"zlib": "joblib", "lzma": "xz"}.get(kind, kind)
-    inner = analyse(ctx, MemoryBlob(data), join_member(member, _INNER[kind]), depth + 1)
+    inner = ctx.analyse(MemoryBlob(data), join_member(member, _INNER[kind]), depth + 1)
     if inner in ("joblib", "pickle") and kind in ("zlib", "lzma"):
         return "joblib"
     if inner == "joblib":
@@ -111,8 +110,6 @@ def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     """Walk a tar archive's members (lazily: member data is read only when analysed)."""
     import tarfile
 
-    from trainwarden.scan._formats._dispatch import analyse
-
     limits = ctx.limits
     members: list[tarfile.TarInfo] = []
     try:
@@ -140,8 +137,19 @@ def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     names = {m.name for m in members}
     fmt = "torch-legacy-tar" if {"storages", "tensors", "pickle"} <= names else "tar"
     seen: set[str] = set()
+    from trainwarden.scan._formats._zip import escapes_archive
+
     for info in members:
         where = join_member(member, info.name)
+        if escapes_archive(info.name):
+            ctx.unknown(
+                "archive.path-escape",
+                "member name leads outside the archive (absolute, or climbing with ..): "
+                "extracting it writes files elsewhere",
+                where,
+                evidence=info.name[:200],
+                severity=Severity.HIGH,
+            )
         if info.name in seen:
             ctx.unknown(
                 "archive.duplicate-name",
@@ -182,7 +190,7 @@ def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
 
             analyse_legacy_tar_member(ctx, sub, where, info.name)
             continue
-        analyse(ctx, sub, where, depth + 1)
+        ctx.analyse(sub, where, depth + 1)
     return fmt
 
 
@@ -264,14 +272,12 @@ class _SevenZipSink:
         self.ctx.check_time(self.member)
 
     def done(self, io_: _CappedIO) -> None:
-        from trainwarden.scan._formats._dispatch import analyse
-
         if io_.name in self.analysed:
             return
         self.analysed.add(io_.name)
         data = bytes(io_.buffer)
         io_.buffer = bytearray()
-        analyse(self.ctx, MemoryBlob(data), join_member(self.member, io_.name), self.depth + 1)
+        self.ctx.analyse(MemoryBlob(data), join_member(self.member, io_.name), self.depth + 1)
 
 
 def analyse_7z(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:

@@ -14,8 +14,10 @@ from trainwarden.scan._formats._base import Blob, Context
 
 __all__ = ["decompress_bounded", "stream_kind"]
 
-_IN_CHUNK = 1 << 20
-_OUT_STEP = 8 << 20
+# Input is fed in small steps so the compression ratio is measured on what the decompressor
+# actually consumed: a bomb is stopped after _RATIO_FLOOR bytes of output, not at its end.
+_IN_CHUNK = 64 << 10
+_OUT_STEP = 1 << 20
 # Below this output size the ratio is not checked: tiny members of zeros compress a lot.
 _RATIO_FLOOR = 4 << 20
 
@@ -57,6 +59,11 @@ class _Zlib:
     @property
     def needs_input(self) -> bool:
         return not self._pending
+
+    @property
+    def unconsumed(self) -> int:
+        """Input bytes given but not consumed yet (exact for zlib)."""
+        return len(self._pending)
 
 
 class _Lz4:
@@ -189,6 +196,7 @@ def decompress_bounded(
             pending = b""
             out += chunk
             ctx.charge(len(chunk), member)
+            used = max(1, consumed - getattr(dec, "unconsumed", 0))
             if len(out) > cap:
                 ctx.unknown(
                     "limit.member-bytes",
@@ -198,9 +206,7 @@ def decompress_bounded(
                     evidence=f"> {cap} bytes",
                 )
                 return None
-            if len(out) > _RATIO_FLOOR and len(out) > limits.max_compression_ratio * max(
-                1, consumed
-            ):
+            if len(out) > _RATIO_FLOOR and len(out) > limits.max_compression_ratio * used:
                 ctx.unknown(
                     "limit.compression-ratio",
                     "compression ratio above the bound (a decompression bomb); not analysed",

@@ -185,6 +185,6 @@ def analyse_hdf5(ctx: Context, blob: Blob, member: str | None) -> str:
                 member,
                 evidence=f"read {_HDF5_WINDOW} of {blob.size} bytes",
             )
-        return "data"
+        return "hdf5"  # arrays (Keras weights): HDF5 itself stores no code
     check_keras_config(ctx, window, member)
     return "keras"

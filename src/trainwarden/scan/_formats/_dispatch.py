@@ -17,11 +17,28 @@ __all__ = ["analyse", "analyse_unrecognised", "is_plain_data"]
 _HEAD = 1024
 
 
+class _Dispatcher:
+    """The :class:`~trainwarden.scan._formats._base.Dispatcher` readers hand members back to."""
+
+    def analyse(self, ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
+        return analyse(ctx, blob, member, depth)
+
+    def analyse_unrecognised(
+        self, ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int
+    ) -> str:
+        return analyse_unrecognised(ctx, blob, member, head, depth)
+
+
+DISPATCHER = _Dispatcher()
+
+
 def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
     """Analyse ``blob`` (the file, or an archive member named ``member``); return its format.
 
     Findings go to ``ctx``. ``depth`` counts archive nesting for ``Limits.max_nesting``.
     """
+    if ctx.dispatcher is None:
+        ctx.dispatcher = DISPATCHER
     if depth > ctx.limits.max_nesting:
         ctx.unknown(
             "limit.nesting",
@@ -31,12 +48,66 @@ def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
         )
         return "data"
     ctx.check_time(member)
+    if depth > 0:
+        key = blob.key()
+        done = ctx.analysed.get(key)
+        if done is not None:
+            # The same bytes again (entries sharing one span, a payload nested twice): their
+            # findings are already in the report; analysing them again only costs time.
+            ctx.info(
+                "archive.same-content",
+                "member holds the same bytes as one analysed before (reported there)",
+                member,
+                evidence=done,
+            )
+            return "duplicate"
+        ctx.analysed[key] = member or "(top)"
     head = bytes(blob.read(0, _HEAD))
     fmt = sniff_head(head, blob.size)
     if member is None:
         ctx.sniffed = "pickle" if fmt == "unrecognised" else fmt
     outer_depth = ctx.depth
     ctx.depth = depth  # payloads nested in pickles found below are one level deeper
+    try:
+        fmt = _route_checked(ctx, blob, member, depth, fmt, head)
+        _check_model_name(ctx, member, fmt)
+        return fmt
+    finally:
+        ctx.depth = outer_depth
+
+
+# Extensions of model files: bytes named like this that no reader recognises were not
+# analysed, and a loader chosen by the name (torch.load for .pt, np.load for .npy...) may
+# still read them; they are never reported safe.
+MODEL_SUFFIXES = frozenset(
+    {
+        ".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
+        ".safetensors", ".h5", ".hdf5", ".keras", ".pb", ".onnx", ".gguf", ".pt2", ".tflite",
+        ".mlmodel",
+    }
+)  # fmt: skip
+_UNANALYSED = frozenset({"data", "text", "empty"})
+
+
+def _check_model_name(ctx: Context, member: str | None, fmt: str) -> None:
+    if fmt not in _UNANALYSED:
+        return
+    name = (member.rsplit("!", 1)[-1] if member else ctx.path).lower()
+    dot = name.rfind(".")
+    suffix = name[dot:] if dot > max(name.rfind("/"), name.rfind("\\")) else ""
+    if suffix in MODEL_SUFFIXES:
+        ctx.unknown(
+            "format.unrecognised-model-file",
+            f"named like a model file ({suffix}) but its bytes match no format the scanner "
+            f"reads ({fmt}): not analysed, while a loader picked by the name would read it",
+            member,
+            evidence=suffix,
+        )
+
+
+def _route_checked(
+    ctx: Context, blob: Blob, member: str | None, depth: int, fmt: str, head: bytes
+) -> str:
     try:
         # Zip files start with PERSID ("P"), which fails before any import in a plain
         # unpickler (no persistent_load); every other opcode byte is followed.
@@ -57,8 +128,6 @@ def analyse(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
             verdict=Verdict.ERROR,
         )
         return fmt
-    finally:
-        ctx.depth = outer_depth
 
 
 # Readers that already run the pickle machine from the first byte.
@@ -241,9 +310,7 @@ def _judge_plain_view(ctx: Context, analyses: list[PickleAnalysis], member: str 
             if finding.verdict is not Verdict.UNSAFE or (finding.rule_id, finding.evidence) in seen:
                 continue
             seen.add((finding.rule_id, finding.evidence))
-            ctx.findings.append(
-                replace(finding, message=f"{finding.message} (when read by pickle.load)")
-            )
+            ctx.record(replace(finding, message=f"{finding.message} (when read by pickle.load)"))
 
 
 def _data(ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int) -> str:
@@ -261,6 +328,11 @@ def _data(ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int)
             severity=Severity.LOW,
         )
         return analyse_zip(ctx, blob, member, depth)
+    from trainwarden.scan._formats._graphs import analyse_graph, sniff_graph
+
+    graph = sniff_graph(blob, head)
+    if graph is not None:
+        return analyse_graph(ctx, blob, member, graph)
     return classify_data(ctx, blob, member, head)
 
 

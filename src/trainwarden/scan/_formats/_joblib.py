@@ -409,7 +409,10 @@ def analyse_joblib_stream(ctx: Context, blob: Blob, member: str | None) -> str:
         analyse_stream(ctx, blob, member, max_pickles=1)
         return "joblib"
     # Offsets below are in the spliced stream (array bytes removed), not in the file.
-    analysis = analyse_pickle(spliced, 0, limits=ctx.limits, deadline=ctx.deadline)
+    analysis = analyse_pickle(
+        spliced, 0, limits=ctx.limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left
+    )
+    ctx.opcodes_used += analysis.work
     # What the wrapper makes joblib do (read raw array bytes, or load a nested pickle that
     # was analysed above) is exactly what we replayed, so it is not an unknown load here.
     kept = tuple(g for g in analysis.globals if g.qualname != _WRAPPER)
@@ -422,7 +425,6 @@ def analyse_joblib_compat(ctx: Context, blob: Blob, member: str | None, depth: i
     """Joblib < 0.9.3 ``ZF`` files: a hex length, then a zlib stream holding the pickle."""
     from trainwarden.scan._formats._base import SubBlob
     from trainwarden.scan._formats._compressed import decompress_bounded
-    from trainwarden.scan._formats._dispatch import analyse
 
     start = 2 + 19
     if blob.read(start, 1) == b" ":
@@ -435,5 +437,5 @@ def analyse_joblib_compat(ctx: Context, blob: Blob, member: str | None, depth: i
         cap=ctx.limits.max_member_bytes,
     )
     if data is not None:
-        analyse(ctx, MemoryBlob(data), join_member(member, "(inflated)"), depth + 1)
+        ctx.analyse(MemoryBlob(data), join_member(member, "(inflated)"), depth + 1)
     return "joblib"

@@ -45,7 +45,8 @@ def judge(
         findings += _shared_memo_findings(ctx, analysis.shared_memo, member, findings)
     if base:
         findings = tuple(_shift(f, base) for f in findings)
-    ctx.findings.extend(findings)
+    for finding in findings:
+        ctx.record(finding)
 
 
 def _shared_memo_findings(
@@ -90,8 +91,6 @@ def _analyse_nested(
     own to the loader: it goes through the dispatcher like an archive member, one nesting
     level deeper (``Limits.max_nesting`` bounds the recursion of payloads in payloads).
     """
-    from trainwarden.scan._formats._dispatch import analyse
-
     safe = True
     done: set[tuple[int, int]] = set()
     for payload in analysis.nested:
@@ -107,7 +106,7 @@ def _analyse_nested(
         if sub.size < payload.end - payload.start:
             ctx.unknown("pickle.nested-truncated", "nested payload runs past the data", where)
         else:
-            analyse(ctx, sub, where, ctx.depth + 1)
+            ctx.analyse(sub, where, ctx.depth + 1)
         if any(f.verdict is not Verdict.SAFE for f in ctx.findings[before:]):
             safe = False
     return safe
@@ -140,7 +139,11 @@ def _ran_out(
     if end >= len(data):
         return True  # complete pickles up to the window's end: more may follow beyond it
     # The pickle that stopped the stream may only have been cut by the window.
-    return _truncated(analyse_pickle(data, end, limits=ctx.limits, deadline=ctx.deadline))
+    probe = analyse_pickle(
+        data, end, limits=ctx.limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left
+    )
+    ctx.opcodes_used += probe.work
+    return _truncated(probe)
 
 
 def _truncated(analysis: PickleAnalysis) -> bool:
@@ -184,11 +187,24 @@ def analyse_stream(
         ctx.check_time(member)
         data = blob.read(start, window)
         analyses, end = analyse_pickle_stream(
-            data, 0, limits=limits, max_pickles=max_pickles, deadline=ctx.deadline
+            data,
+            0,
+            limits=limits,
+            max_pickles=max_pickles,
+            deadline=ctx.deadline,
+            max_ops=ctx.opcodes_left,
         )
         if not analyses:
-            analyses = [analyse_pickle(data, 0, limits=limits, deadline=ctx.deadline)]
+            first = analyse_pickle(
+                data, 0, limits=limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left
+            )
+            analyses = [first]
             end = 0
+        # Every reading counts against the input's budget (Limits.max_opcodes), so thousands
+        # of members or pickles cannot multiply the time one pickle may take.
+        ctx.opcodes_used += sum(
+            a.work + (a.shared_memo.work if a.shared_memo is not None else 0) for a in analyses
+        )
         ran_out = _ran_out(ctx, data, analyses, end, max_pickles)
         if window >= cap or not ran_out:
             break
@@ -202,7 +218,10 @@ def analyse_stream(
             evidence=f"read {budget} bytes (max_pickle_bytes={limits.max_pickle_bytes}, "
             f"max_memory={limits.max_memory})",
         )
-    if max_pickles < limits.max_pickles_per_stream and len(analyses) >= max_pickles:
+    if (
+        max_pickles < limits.max_pickles_per_stream
+        and len(analyses) < limits.max_pickles_per_stream
+    ):
         # The format says how many pickles the loader reads (torch: one per record, five in
         # the legacy format); stopping there is not a limit being hit.
         analyses[-1] = replace(

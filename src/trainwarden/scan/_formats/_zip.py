@@ -17,7 +17,15 @@ from typing import NamedTuple
 from trainwarden.findings import Severity
 from trainwarden.scan._formats._base import Blob, Context, MemoryBlob, SubBlob, join_member
 
-__all__ = ["ZipArchive", "ZipEntry", "data_offset", "inflate_member", "member_blob", "read_zip"]
+__all__ = [
+    "ZipArchive",
+    "ZipEntry",
+    "data_offset",
+    "escapes_archive",
+    "inflate_member",
+    "member_blob",
+    "read_zip",
+]
 
 _EOCD = b"PK\x05\x06"
 _EOCD64 = b"PK\x06\x06"
@@ -76,30 +84,47 @@ def _decode(raw: bytes, flags: int) -> str:
         return raw.decode("cp437")
 
 
-def _find_eocd(ctx: Context, blob: Blob, member: str | None) -> int | None:
+def _find_eocd(blob: Blob) -> tuple[int | None, int | None]:
+    """The end record nearest the end of the file, and the one before it (if any)."""
     tail_len = min(blob.size, _EOCD_SIZE + _MAX_COMMENT)
     tail_start = blob.size - tail_len
     tail = bytes(blob.read(tail_start, tail_len))
     # miniz and zipfile both take the end record nearest the end of the file.
     pos = tail.rfind(_EOCD)
     if pos < 0:
-        return None
+        return None, None
     other = tail.rfind(_EOCD, 0, pos)
-    if other >= 0:
-        ctx.unknown(
-            "archive.multiple-end-records",
-            "the archive has more than one end-of-central-directory record; readers that "
-            "pick a different one see different members",
-            member,
-            offset=tail_start + other,
-        )
-    return tail_start + pos
+    return tail_start + pos, (tail_start + other if other >= 0 else None)
+
+
+def _other_end_record(
+    ctx: Context, blob: Blob, other: int | None, entries: list[ZipEntry], member: str | None
+) -> None:
+    # A second end record inside a member's data is that member's own (a zip stored in the
+    # zip: an .npz in a bundle). Anywhere else, readers that pick it see other members.
+    if other is None:
+        return
+    for entry in entries:
+        header = bytes(blob.read(entry.header_offset, 30))
+        if len(header) < 30 or header[:4] != _LFH:
+            continue
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = entry.header_offset + 30 + name_len + extra_len
+        if start <= other < start + entry.compressed_size:
+            return
+    ctx.unknown(
+        "archive.multiple-end-records",
+        "the archive has more than one end-of-central-directory record; readers that "
+        "pick a different one see different members",
+        member,
+        offset=other,
+    )
 
 
 def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
     """Parse the central directory; report discrepancies; ``None`` (with a finding) if broken."""
     limits = ctx.limits
-    eocd = _find_eocd(ctx, blob, member)
+    eocd, other_eocd = _find_eocd(blob)
     if eocd is None:
         ctx.unknown("archive.malformed", "zip end-of-central-directory record not found", member)
         return None
@@ -224,6 +249,7 @@ def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
             member,
             evidence=f"{len(entries)} != {n_total}",
         )
+    _other_end_record(ctx, blob, other_eocd, entries, member)
     _check_entries(ctx, blob, entries, member)
     return ZipArchive(tuple(entries), prefix)
 
@@ -274,9 +300,36 @@ def _local_header(
     return int(offset + 30 + name_len + extra_len)
 
 
+def escapes_archive(name: str) -> bool:
+    """True when extracting a member of this name writes outside the target directory."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or "\0" in text:
+        return True
+    depth = 0
+    for part in text.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
 def _check_entries(ctx: Context, blob: Blob, entries: list[ZipEntry], member: str | None) -> None:
     seen: dict[bytes, ZipEntry] = {}
     for entry in entries:
+        if escapes_archive(entry.name):
+            # Zip slip: extractors that trust names write files anywhere the user can.
+            ctx.unknown(
+                "archive.path-escape",
+                "member name leads outside the archive (absolute, or climbing with ..): "
+                "extracting it writes files elsewhere",
+                join_member(member, entry.name),
+                offset=entry.header_offset,
+                evidence=entry.name[:200],
+                severity=Severity.HIGH,
+            )
         key = entry.raw_name
         if key in seen:
             ctx.unknown(

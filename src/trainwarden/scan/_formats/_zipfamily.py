@@ -95,6 +95,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     tensor_members: dict[str, ZipEntry] = {}
     storage_dirs = ("data/", "constants/") if fmt == "torchscript" else ("data/",)
     root_slash = root.lower() + "/" if root else ""
+    spans: dict[tuple[int, int, int], str] = {}
     for entry in archive.entries:
         ctx.check_time(member)
         lower = entry.name.lower()
@@ -123,6 +124,19 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
             continue
         if torch_like and _is_torch_record(relative, entry, blob):
             continue
+        span = (entry.header_offset, entry.compressed_size, entry.method)
+        first = spans.setdefault(span, entry.name)
+        if first != entry.name:
+            # Another entry of the central directory points at the same data (reported as
+            # archive.overlap): it is those bytes again; inflating and analysing them once
+            # more for each of thousands of entries is how overlap bombs burn time.
+            ctx.info(
+                "archive.same-content",
+                "member's data is another member's data (analysed there)",
+                where,
+                evidence=first[:200],
+            )
+            continue
         if fmt == "torchscript" and relative.startswith("code/") and lower.endswith(".py"):
             code_members.append(entry)
             continue
@@ -142,9 +156,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         if mblob is None:
             _unreadable(ctx, entry, where)
             continue
-        from trainwarden.scan._formats._dispatch import analyse
-
-        analyse(ctx, mblob, where, depth + 1)
+        ctx.analyse(mblob, where, depth + 1)
         if fmt == "keras" and lower == "config.json":
             from trainwarden.scan._formats._configs import check_keras_config
 

@@ -24,7 +24,7 @@ VALUE = "value"
 NEW = "new"
 
 ALWAYS_ON = ("core", "torch", "numpy")
-OPTIONAL = ("transformers", "lightning", "accelerate", "sklearn")
+OPTIONAL = ("torch-modules", "transformers", "lightning", "accelerate", "sklearn")
 
 # Reasons shared by many entries.
 _DATA_CTOR = "constructs a plain data value from its arguments; runs no user-controlled code"
@@ -161,6 +161,26 @@ def _torch() -> dict[tuple[str, str], Entry]:
         "the tensor base class, named as new_type by _rebuild_from_type_v2",
         CALL,
     )
+    out[("torch._C", "Generator")] = (
+        "a random-number generator built for a device; BUILD (Generator.__setstate__) sets the "
+        "saved RNG state bytes: what torch.save(generator) writes",
+        CALL,
+    )
+    out[("torch", "Generator")] = out[("torch._C", "Generator")]
+    out[("torch.nested._internal.nested_tensor", "_rebuild_njt")] = (
+        "NestedTensor(**kwargs) from the values/offsets tensors and sizes a jagged nested "
+        "tensor's pickle holds",
+        CALL,
+    )
+    out[("torch.nested._internal.nested_tensor", "NestedTensor")] = (
+        "the jagged nested-tensor class, named as new_type by _rebuild_from_type_v2",
+        VALUE,
+    )
+    out[("torch._dynamo.decorators", "_DimRange")] = (
+        "a frozen (dim, min, max) dataclass a jagged tensor records for its ragged dimension; "
+        "rebuilt with NEWOBJ and BUILD",
+        NEW,
+    )
     out[("torch.serialization", "_get_layout")] = (
         "returns a torch.layout from a fixed table by name",
         CALL,
@@ -249,6 +269,34 @@ def _numpy() -> dict[tuple[str, str], Entry]:
         CALL,
     )
     out[("numpy.ma.core", "MaskedArray")] = ("masked array type; __setstate__ stores data", CALL)
+    out[("numpy.ma", "MaskedArray")] = out[("numpy.ma.core", "MaskedArray")]
+    out[("numpy.ma.core", "MaskedConstant")] = (
+        "numpy.ma.masked: calling the class returns the one masked constant",
+        CALL,
+    )
+    out[("numpy.ma.core", "mvoid")] = (
+        "the masked record scalar type, named as the subtype _mareconstruct builds",
+        VALUE,
+    )
+    for mod, name in (
+        ("numpy", "recarray"), ("numpy.rec", "recarray"), ("numpy", "record"),
+        ("numpy.char", "chararray"), ("numpy", "chararray"),
+    ):  # fmt: skip
+        out[(mod, name)] = (
+            "an ndarray subclass or scalar type named as the subtype _reconstruct or scalar "
+            "builds (numbers and bytes only)",
+            VALUE,
+        )
+    for mod in ("numpy._core._internal", "numpy.core._internal"):
+        out[(mod, "_convert_to_stringdtype_kwargs")] = (
+            "StringDType(coerce=..., na_object=...): a string dtype from its two settings",
+            CALL,
+        )
+    for name in ("finfo", "iinfo"):
+        out[("numpy", name)] = (
+            "machine limits of a dtype, recomputed from the dtype by __new__",
+            NEW,
+        )
     out[("joblib.numpy_pickle", "NumpyArrayWrapper")] = (
         "joblib's array header (subclass, shape, order, dtype); joblib's unpickler then reads "
         "the raw array bytes that follow, and object arrays as a nested pickle, which the "
@@ -325,6 +373,8 @@ def _load_optional(name: str) -> dict[tuple[str, str], Entry]:
         from trainwarden.scan._profiles import _accelerate as mod  # type: ignore[no-redef]
     elif name == "sklearn":
         from trainwarden.scan._profiles import _sklearn as mod  # type: ignore[no-redef]
+    elif name == "torch-modules":
+        from trainwarden.scan._profiles import _torch_modules as mod  # type: ignore[no-redef]
     else:  # pragma: no cover - callers validate names first
         raise KeyError(name)
     reason: str = mod.REASON
@@ -333,6 +383,10 @@ def _load_optional(name: str) -> dict[tuple[str, str], Entry]:
         for qual in names:
             module, _, attr = qual.partition(":")
             out[(module, attr)] = (reason, mode)
+    values: tuple[str, ...] = getattr(mod, "VALUES", ())
+    for qual in values:
+        module, _, attr = qual.partition(":")
+        out[(module, attr)] = (getattr(mod, "VALUE_REASON", reason), VALUE)
     return out
 
 

@@ -1,51 +1,45 @@
-"""The symbolic pickle machine: every import and call a CPython unpickler would perform.
+"""The symbolic pickle machine: one run over one pickle, every import and call it would perform.
 
 It walks the opcodes as ``_pickle.c`` (Python 3.10-3.13) and ``pickle._Unpickler`` read them,
-from bytes and from files, following stack, marks and memo symbolically. Where loaders differ it
-takes the union (it never stops where one of them goes on). It never imports, calls or unpickles.
+from bytes and from files, following stack, marks and memo symbolically. Where loaders differ
+it takes the union (it never stops where one of them goes on); where they read *different
+bytes* (an argument that runs past a FRAME) each reading is run and the results merged. It
+never imports, calls or unpickles.
 
-Issue rule ids: ``pickle.unresolved-global``, ``pickle.global-mutation``, ``pickle.frame-split``,
-``pickle.truncated``, ``pickle.malformed`` and ``limit.{opcodes,memo,stack-depth,pickle-bytes,
-seconds,pickles-per-stream}``.
+The hot loop (:meth:`_Machine.run`) is one function on purpose: the common opcodes are inline
+there, the rest in ``_cold``. Memory is bounded by :class:`~trainwarden.scan.Limits`: the memo
+and the stack by count, every value the machine keeps alive by an estimate of its bytes.
 """
 
 from __future__ import annotations
 
-import _compat_pickle  # stdlib data tables (py2 -> py3 names); importing it runs no loader
 import codecs
-import gc
 import re
 import struct
+import sys
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from trainwarden.findings import Verdict
-from trainwarden.scan._limits import DEFAULT_LIMITS, Limits
+from trainwarden.scan._limits import Limits
+from trainwarden.scan._pickle.results import (
+    NESTED_LOADERS,
+    RULE_FRAME_OVERRUN,
+    RULE_FRAME_SPLIT,
+    RULE_GLOBAL_MUTATION,
+    RULE_MALFORMED,
+    RULE_TRUNCATED,
+    RULE_UNRESOLVED,
+    UNRESOLVED,
+    GlobalRef,
+    NestedPayload,
+    PickleAnalysis,
+    PickleIssue,
+    compat_module,
+    compat_name,
+)
 
-__all__ = [
-    "NESTED_LOADERS",
-    "UNRESOLVED",
-    "GlobalRef",
-    "NestedPayload",
-    "PickleAnalysis",
-    "PickleIssue",
-    "analyse_pickle",
-    "analyse_pickle_stream",
-    "compat_name",
-    "gc_paused",
-]
-
-#: Placeholder for a module or name the machine cannot know statically.
-UNRESOLVED: Final = "<unresolved>"
-
-#: Rule ids the machine emits (the policy turns them into findings).
-RULE_UNRESOLVED: Final = "pickle.unresolved-global"
-RULE_TRUNCATED: Final = "pickle.truncated"
-RULE_MALFORMED: Final = "pickle.malformed"
-RULE_GLOBAL_MUTATION: Final = "pickle.global-mutation"
+__all__ = ["Memo", "Raw", "cut", "freeze", "run_pickle", "to_buffer"]
 
 # The highest protocol the C unpickler accepts in a PROTO opcode (3.8-3.13).
 _HIGHEST_PROTOCOL = 5
@@ -56,160 +50,27 @@ _MAX_NAME_CHARS = 4096
 _MAX_TUPLE = 64
 # Text lines longer than this are never copied (a 200 MB line would double memory).
 _MAX_LINE = 1 << 20
-# Limits are checked every this many opcodes (stack, memo, time): cheap and tight enough.
+# Limits are checked every this many opcodes (stack, memo, memory, time): cheap and tight enough.
 _CHUNK = 4096
 _PY_SSIZE_T_MAX = 2**63 - 1
-# _pickle.c PREFETCH: with a peek()able file, frames smaller than this are read through an
-# 8 KiB look-ahead buffer (linear parsing); larger ones are read exactly (see _frame).
-_PREFETCH = 8192
+# Issues kept per run: a hostile stream may repeat one trick forever.
+_MAX_ISSUES = 10_000
 
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 _u64 = struct.Struct("<Q").unpack_from
 
-
-@dataclass(frozen=True, slots=True)
-class GlobalRef:
-    """One import the loader performs (``find_class(module, name)``).
-
-    Attributes:
-        module: module name, after the ``_compat_pickle`` mapping when the protocol is < 3
-            (as ``find_class`` does); :data:`UNRESOLVED` when it cannot be known statically.
-        name: attribute name; may be dotted (``Outer.Inner``); :data:`UNRESOLVED` when unknown.
-        offset: byte offset of the importing opcode in the buffer given to the machine.
-        opcode: ``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``EXT1``, ``EXT2`` or ``EXT4``.
-        called: the imported object is called by the pickle itself (REDUCE, NEWOBJ, NEWOBJ_EX,
-            INST, OBJ) or has ``__setstate__``/attributes driven by BUILD.
-        resolved: both module and name are known statically.
-        init_called: called by REDUCE, INST or OBJ, which run the object itself (a function's
-            body, a class's ``__init__``); NEWOBJ/NEWOBJ_EX only run ``cls.__new__``.
-    """
-
-    module: str
-    name: str
-    offset: int
-    opcode: str
-    called: bool
-    resolved: bool = True
-    init_called: bool = False
-
-    @property
-    def qualname(self) -> str:
-        """``module.name``, the form the policy and the reports use."""
-        return f"{self.module}.{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class PickleIssue:
-    """Something about the stream itself: unresolved names, truncation, limits.
-
-    ``refs`` lists the globals the issue depends on (for an unresolved name: the partially known
-    global and the globals whose calls produced the name), so the policy can make it unsafe when
-    one of them is dangerous.
-    """
-
-    rule_id: str
-    message: str
-    offset: int
-    verdict: Verdict
-    evidence: str | None = None
-    refs: tuple[GlobalRef, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NestedPayload:
-    """A bytes literal handed to a loader of serialized data (a pickle inside the pickle).
-
-    Attributes:
-        start: offset of the payload's first byte in the buffer given to the machine.
-        end: offset after its last byte.
-        loader: ``torch`` (``torch.load`` of a torch.save archive) or ``pickle``.
-        ref: the loader global that is called with it.
-    """
-
-    start: int
-    end: int
-    loader: str
-    ref: GlobalRef
-
-
-@dataclass(frozen=True, slots=True)
-class PickleAnalysis:
-    """What one pickle (from one ``PROTO``/first opcode to ``STOP``) would do when loaded.
-
-    Attributes:
-        start: offset of the first opcode.
-        end: offset after the last opcode the loader completes: after ``STOP`` when
-            ``complete``, else the offset of the opcode that fails (or of the next opcode
-            not analysed when a limit was hit).
-        complete: ``STOP`` was reached and the loader would return an object.
-        protocol: the first ``PROTO`` value, else the highest protocol of the opcodes seen.
-        globals: every import (``find_class``), in order.
-        issues: unresolved names, global mutation, truncation, malformed data, limits.
-        persistent_ids: statically rebuilt persistent ids (str/int/None/bool/GlobalRef and
-            tuples of those; anything else is ``None``), in order.
-        opcode_count: opcodes executed (including the failing one).
-        first_import_offset: offset of the first import, None when none ran.
-        read_end: how far a loader reading from a file has read when it stops: ``end``, or
-            the end of the last FRAME when STOP sits inside a frame. The next
-            ``pickle.load`` on the same file starts there (bytes in between are skipped).
-        nested: payloads handed to nested loaders (``NESTED_LOADERS``) as bytes literals;
-            the scanner analyses them like files of their own.
-        opaque_nested: nested loaders also called with a payload that is not a literal
-            (computed at load time): what they load cannot be checked.
-        shared_memo: this pickle as an ``Unpickler`` reused for every earlier load of the
-            stream reads it (its memo kept), when that can differ from a fresh unpickler's
-            reading (the analysis itself); ``None`` for the first pickle of a stream.
-    """
-
-    start: int
-    end: int
-    complete: bool
-    protocol: int | None
-    globals: tuple[GlobalRef, ...]
-    issues: tuple[PickleIssue, ...]
-    persistent_ids: tuple[object, ...]
-    opcode_count: int
-    first_import_offset: int | None
-    read_end: int = -1
-    nested: tuple[NestedPayload, ...] = ()
-    opaque_nested: tuple[GlobalRef, ...] = ()
-    shared_memo: PickleAnalysis | None = None
-
-    @property
-    def imports(self) -> bool:
-        """True when the loader would import something (or run a persistent load)."""
-        return self.first_import_offset is not None or bool(self.persistent_ids)
-
-    @property
-    def limited(self) -> bool:
-        """True when a resource limit stopped the analysis (the rest was not seen)."""
-        return any(issue.rule_id.startswith("limit.") for issue in self.issues)
-
-    @property
-    def inert(self) -> bool:
-        """True when every loader fails on these bytes before it could import or call.
-
-        Only then may bytes that merely look like a pickle be treated as plain data. A limit
-        hit is never inert: what lies beyond it was not seen. A persistent id alone does not
-        count: the loaders that read a file from its first byte (``pickle.load``,
-        ``numpy.load``, ``joblib.load``, the first pickle of torch's legacy format) have no
-        ``persistent_load`` there and fail on it, and torch's own ``persistent_load`` (zip
-        and legacy records) only looks values up. This is what makes a PNG (byte 0x89 is
-        NEWFALSE, then "PNG" is PERSID) plain data.
-        """
-        return (
-            not self.complete
-            and self.first_import_offset is None
-            and not self.limited
-            and (self.shared_memo is None or self.shared_memo.inert)
-        )
+# How a reader consumed a FRAME whose end an argument runs past (see _Machine._cross).
+_LINEAR: Final = "linear"
+_JUMP: Final = "jump"
 
 
 # --------------------------------------------------------------------------------------------
 # Symbolic values. Python str / int / bool / None / tuple stand for themselves; everything whose
 # content cannot matter to name resolution is an opaque marker, so memory stays bounded.
+# Tuples are one level deep: a tuple inside a tuple is the opaque ``_TUPLE`` (no name, call or
+# persistent id the machine needs is ever nested deeper), so no value is a deep tree.
 
 
 class _Opaque:
@@ -239,6 +100,7 @@ _BIGINT = _Opaque("int")
 _LONGSTR = _Opaque("str", strlike=True)
 _PY2STR = _Opaque("py2-str", strlike=True)
 _BIGTUPLE = _Opaque("tuple", tuplelike=True)
+_TUPLE = _Opaque("nested-tuple", tuplelike=True)
 
 
 class _Bytes:
@@ -249,17 +111,6 @@ class _Bytes:
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
-
-
-# Globals that deserialize a bytes argument: their literal payloads are recorded so the
-# scanner can analyse what they would load (torch.storage._load_from_bytes is what plain
-# pickle.dumps(tensor) writes: torch.load of an embedded torch.save archive).
-NESTED_LOADERS: Final[dict[tuple[str, str], str]] = {
-    ("torch.storage", "_load_from_bytes"): "torch",
-    ("pickle", "loads"): "pickle",
-    ("_pickle", "loads"): "pickle",
-    ("pickle", "_loads"): "pickle",
-}
 
 
 class _Global:
@@ -286,9 +137,26 @@ class _Result:
 
 _MISSING = object()
 
-# Record layout (a list, mutated while running, frozen at the end).
-_R_MODULE, _R_NAME, _R_OFFSET, _R_OPCODE, _R_CALLED, _R_RESOLVED, _R_INIT, _R_NESTED = range(8)
+# Record layout (a list, mutated while running, frozen at the end). One record per imported
+# name and run: repeated imports share it (first offset, a count, flags or-ed together).
+(_R_MODULE, _R_NAME, _R_OFFSET, _R_OPCODE, _R_CALLED, _R_RESOLVED, _R_INIT, _R_NESTED) = range(8)
 _R_OPAQUE = 8  # calls of a nested loader whose payload is not a bytes literal
+_R_COUNT = 9
+
+
+def _flat(items: list[object] | tuple[object, ...]) -> tuple[object, ...]:
+    """A tuple of ``items`` whose own tuples are replaced by the opaque ``_TUPLE``."""
+    return tuple([_TUPLE if type(x) is tuple else x for x in items])
+
+
+# Estimated bytes of the objects the machine creates (CPython 3.11, 64-bit); only the order of
+# magnitude matters: they drive when the live state is measured (see _Machine._measure).
+_SZ_INT = 32
+_SZ_STR = 56
+_SZ_TUPLE = 56
+_SZ_RESULT = 64
+_SZ_GLOBAL = 48
+_SZ_RECORD = 232  # the 10-slot list, its key tuple in the index, the _Global
 
 
 class _Stop(Exception):
@@ -356,18 +224,6 @@ _OP_PROTO.update({0x47: 1, 0x4A: 1, 0x4B: 1, 0x4D: 1, 0x51: 1, 0x54: 1, 0x55: 1,
 _OP_PROTO.update({0x7D: 1, 0x65: 1, 0x68: 1, 0x6A: 1, 0x5D: 1, 0x6F: 1, 0x71: 1, 0x72: 1})
 _OP_PROTO.update({0x29: 1, 0x75: 1})
 
-_NAME_MAPPING: dict[tuple[str, str], tuple[str, str]] = dict(_compat_pickle.NAME_MAPPING)
-_IMPORT_MAPPING: dict[str, str] = dict(_compat_pickle.IMPORT_MAPPING)
-
-
-def compat_name(module: str, name: str) -> tuple[str, str]:
-    """Apply the Python 2 -> 3 renaming ``find_class`` does for protocols < 3 (fix_imports)."""
-    mapped = _NAME_MAPPING.get((module, name))
-    if mapped is not None:
-        return mapped
-    return _IMPORT_MAPPING.get(module, module), name
-
-
 # strtol(s, &end, 0) as used by load_int: optional whitespace and sign, 0x / 0 prefixes.
 _STRTOL = re.compile(rb"[ \t\n\v\f\r]*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 
@@ -406,41 +262,99 @@ def _parse_long_line(line: bytes) -> int | _Opaque:
         raise _Fail(RULE_MALFORMED, "invalid literal for LONG") from None
 
 
-class _Raw:
-    """Mutable outcome of one run, frozen by ``_freeze_all`` (a plain class: cheap to import)."""
+class Memo:
+    """The unpickler's memo: a list for the dense keys every writer produces, a dict for the rest.
+
+    ``MEMOIZE`` and the ``PUT`` opcodes of Python's picklers number entries 0, 1, 2...; a list
+    holds them at 8 bytes an entry (a dict of int keys costs ~100: a 5 MB pickle of MEMOIZE
+    opcodes needed 350 MB). Keys at or past the list's length that are not next go to
+    ``sparse``. ``MEMOIZE`` stores at the memo's *size*, as ``_Unpickler_MemoPut(memo_len)``.
+    """
+
+    __slots__ = ("dense", "sparse")
+
+    def __init__(self, dense: list[object] | None = None, sparse: dict[int, object] | None = None):
+        self.dense: list[object] = [] if dense is None else dense
+        self.sparse: dict[int, object] = {} if sparse is None else sparse
+
+    def __len__(self) -> int:
+        return len(self.dense) + len(self.sparse)
+
+    def copy(self) -> Memo:
+        """An independent copy (for a reading that starts from the same memo)."""
+        return Memo(list(self.dense), dict(self.sparse))
+
+    def get(self, idx: int) -> object:
+        """The entry at ``idx``, or ``_MISSING``."""
+        if 0 <= idx < len(self.dense):
+            return self.dense[idx]
+        return self.sparse.get(idx, _MISSING)
+
+    def put(self, idx: int, value: object) -> None:
+        """Store ``value`` at ``idx``."""
+        dense = self.dense
+        n = len(dense)
+        if idx < n:
+            dense[idx] = value
+        elif idx == n:
+            dense.append(value)
+            sparse = self.sparse
+            if sparse:
+                self.sparse.pop(idx, None)
+                while len(dense) in sparse:
+                    dense.append(sparse.pop(len(dense)))
+        else:
+            self.sparse[idx] = value
+
+    def values(self) -> list[object]:
+        """Every stored value."""
+        return [*self.dense, *self.sparse.values()]
+
+
+class Raw:
+    """Mutable outcome of one run, frozen by :func:`freeze` (a plain class: cheap to import)."""
 
     __slots__ = (
         "complete",
+        "crossed_at",
         "end",
         "first_import",
+        "frame_end",
         "inferred_protocol",
         "issues",
         "limited",
         "memo_dependent",
         "nested",
+        "next_starts",
         "opcode_count",
+        "ops_total",
         "pids",
         "protocol",
-        "read_end",
+        "readings",
         "records",
         "start",
     )
 
-    def __init__(self, start: int, end: int = 0, protocol: int | None = None, read_end: int = 0):
+    def __init__(self, start: int, end: int = 0, protocol: int | None = None) -> None:
         self.start = start
         self.end = end
         self.complete = False
         self.protocol = protocol
         self.inferred_protocol = 0
-        self.records: list[list[Any]] | None = None
-        self.issues: list[tuple[str, str, int, Verdict, str | None, tuple[list[Any], ...]]] | None
-        self.issues = None
-        self.pids: list[object] | None = None
+        self.records: list[list[Any]] = []
+        self.issues: list[tuple[str, str, int, Verdict, str | None, tuple[list[Any], ...]]] = []
+        self.pids: list[object] = []
         self.nested: list[tuple[int, int, str, list[Any]]] = []
         self.opcode_count = 0
+        self.ops_total = 0  # opcodes executed by every reading (the work done)
         self.first_import: int | None = None
         self.limited = False
-        self.read_end = read_end
+        self.next_starts: list[int] = []
+        # The exact frame buffer still held when STOP was read (a reused C unpickler goes on
+        # reading it), else None.
+        self.frame_end: int | None = None
+        self.crossed_at: int | None = None
+        self.readings = 1
         # Whether a memo left by earlier loads could change this reading (see run()).
         self.memo_dependent = True
 
@@ -456,19 +370,26 @@ class _Machine:
         real_end: int,
         limits: Limits,
         deadline: float | None,
-        memo: dict[int, object] | None,
-        mode: str = "detect",
+        memo: Memo | None,
+        choices: tuple[str, ...] = (),
+        frame_end: int | None = None,
+        max_ops: int | None = None,
     ) -> None:
         self.buf = buf
         self.start = start
         self.end = end
         self.real_end = real_end
         self.limits = limits
+        # Opcodes this run may execute: what is left of the file's budget (Limits.max_opcodes
+        # counts every pickle and every reading of one input).
+        self.max_ops = limits.max_opcodes if max_ops is None else max(1, max_ops)
+        self.ops_done = 0
         self.deadline = deadline
         self.stack: list[object] = []
         self.marks: list[int] = []
-        self.memo: dict[int, object] = {} if memo is None else memo
+        self.memo = Memo() if memo is None else memo
         self.records: list[list[Any]] = []
+        self.rec_index: dict[tuple[str, str], list[Any]] = {}
         self.issues: list[tuple[str, str, int, Verdict, str | None, tuple[list[Any], ...]]] = []
         self.pids: list[object] = []
         self.nested: list[tuple[int, int, str, list[Any]]] = []
@@ -481,14 +402,23 @@ class _Machine:
         self.first_proto: int | None = None
         self.inferred = 0
         self.first_import: int | None = None
-        self.read_end = start
-        # FRAME handling (see _frame): how this run reads frames, and the end of the frame
-        # a file-based loader holds in its buffer (None: reads come straight from the file).
-        self.mode = mode
-        self.frame_end: int | None = None
-        self.cur_end = end
+        # FRAME handling (see _frame): the end of the frame a file reader may hold as an exact
+        # buffer (None: reads come straight from the file, or from bytes), and the choice
+        # taken at each crossing of such an end ("linear" or "jump"), in order.
+        self.frame_end = frame_end if frame_end is not None and frame_end > start else None
+        self.cur_end = end if self.frame_end is None else min(self.frame_end, end)
+        self.choices = choices
+        self.crossings = 0
         self.crossed_at: int | None = None
         self.is_bytes = isinstance(buf, bytes)
+        # Memory: bytes allocated since the live state was last measured (cold handlers add
+        # here; the hot loop keeps its own count), and when to measure next.
+        self.alloc_cold = 0
+        self.live = 0
+        self.slots_seen = 0
+        budget = max(1 << 20, limits.max_memory // 4)
+        self.memory_budget = budget
+        self.next_measure = budget // 4
 
     # -- helpers used by cold handlers ------------------------------------------------------
 
@@ -520,6 +450,7 @@ class _Machine:
             raise _trunc(f"the text argument of {what} (no newline)")
         if i - pos > _MAX_LINE:
             return None, i + 1
+        self.alloc_cold += i - pos + _SZ_STR
         return bytes(self.buf[pos:i]), i + 1
 
     def _name_lines(
@@ -555,6 +486,7 @@ class _Machine:
             lines.append(b"")
         module = str(lines[0], encoding)
         name = str(lines[1], encoding)
+        self.alloc_cold += len(module) + len(name) + 2 * _SZ_STR
         if not module:
             raise _Fail(RULE_MALFORMED, f"{opname} with an empty module line")
         if failure is None and not name:
@@ -564,16 +496,20 @@ class _Machine:
     # -- reads and frames ------------------------------------------------------------------
     #
     # The C unpickler parses FRAME contents in place, but *how* it reads past a frame's end
-    # depends on the input: ``pickle.loads(bytes)`` reads linearly; a file without peek()
-    # (``io.BytesIO``, which torch.load uses for zip records) or a frame of 8 KiB or more read
-    # from a buffered file holds exactly the frame in its buffer, and an argument that runs
-    # past the frame's end makes it drop the rest of the frame and read the argument from the
-    # file, after the frame. Pickles written by Python never split an argument across a frame,
-    # so the first run ("detect") stops at such a split (``_Cross``) and the pickle is then
-    # analysed once per reading ("linear", "jump", "jump-large") and the results merged.
+    # depends on the input. ``pickle.loads(bytes)`` reads linearly. A file reader fills its
+    # buffer either with ``peek()`` (a buffered file, frames under 8 KiB when the file's buffer
+    # holds them: linear again) or with ``read(n)`` of exactly the frame (``io.BytesIO``, which
+    # torch.load uses for zip records; any frame of 8 KiB or more; a frame the file's buffer
+    # does not hold whole). From an exact buffer, an argument read with ``_Unpickler_Read``
+    # (lengths, strings, ints, lines) that runs past the frame's end makes it drop the rest of
+    # the frame and read the argument from the file, *after* the frame ("jump"); bytes data
+    # (``_Unpickler_ReadInto``) takes the rest of the buffer and then the file: linear. Which
+    # buffer a frame gets depends on the file object and on its buffer's state, so each such
+    # crossing is a fork: this run stops there (``_Cross``) and run_pickle() runs one reading
+    # per choice. Pickles written by Python never split an argument across a frame.
 
     def _boundary(self, pos: int, n: int, what: str) -> tuple[int, int]:
-        """A read of ``n`` bytes at ``pos`` that reaches past the current bound."""
+        """A read of ``n`` bytes at ``pos`` (``_Unpickler_Read``) that reaches past the bound."""
         fe = self.frame_end
         if fe is not None:
             if pos >= fe:
@@ -585,18 +521,33 @@ class _Machine:
             raise _trunc(what)
         return pos, self.cur_end
 
+    def _boundary_into(self, pos: int, n: int, what: str) -> tuple[int, int]:
+        """A read of bytes data (``_Unpickler_ReadInto``): past a frame's end it reads on."""
+        if self.frame_end is not None and pos + n > self.frame_end:
+            self.frame_end = None
+        self.cur_end = self.end if self.frame_end is None else self.frame_end
+        if pos + n > self.end:
+            raise _trunc(what)
+        return pos, self.cur_end
+
     def _cross(self, pos: int, fe: int) -> int:
         """An argument starting at ``pos`` runs past the buffered frame ending at ``fe``."""
-        if self.mode == "detect":
+        k = self.crossings
+        self.crossings += 1
+        if k >= len(self.choices):
             raise _Cross(pos)
         self.frame_end = None
         if self.crossed_at is None:
             self.crossed_at = pos
         # jump: the loader drops the frame's last bytes and reads the argument after it.
-        return fe if self.mode in ("jump", "jump-large") else pos
+        return fe if self.choices[k] == _JUMP else pos
 
     def _frame(self, pos: int, flen: int, op_at: int) -> tuple[int, int]:
         """Enter a FRAME of ``flen`` bytes whose data starts at ``pos``."""
+        if flen == 0:
+            # _Unpickler_Read(0) reads nothing; pickle._Unpickler opens an empty frame and
+            # reads on from the file: a no-op for every loader.
+            return pos, self.cur_end
         fe = self.frame_end
         if fe is not None and pos < fe:
             if pos + flen <= fe:
@@ -609,21 +560,20 @@ class _Machine:
             # and goes on: report, then keep parsing.
             self._frame_past_end(op_at, flen)
             return pos, self.cur_end
-        # A file-based loader has now read the whole frame: after STOP the file is
-        # positioned at the frame's end, not after STOP.
-        if pos + flen > self.read_end:
-            self.read_end = pos + flen
-        if self.mode == "linear" or (self.mode == "jump-large" and flen < _PREFETCH):
-            self.frame_end = None
-        else:
-            self.frame_end = pos + flen
-        self.cur_end = self.end if self.frame_end is None else self.frame_end
+        self.frame_end = pos + flen
+        self.cur_end = self.frame_end
         return pos, self.cur_end
 
     def _take(self, pos: int, n: int, what: str) -> tuple[int, int]:
         """Bounds of ``n`` argument bytes at ``pos`` (after any frame jump)."""
         if pos + n > self.cur_end:
             pos, _ = self._boundary(pos, n, what)
+        return pos, pos + n
+
+    def _take_into(self, pos: int, n: int, what: str) -> tuple[int, int]:
+        """Bounds of ``n`` bytes of bytes data at ``pos`` (read on past a frame's end)."""
+        if pos + n > self.cur_end:
+            pos, _ = self._boundary_into(pos, n, what)
         return pos, pos + n
 
     def _line_end(self, pos: int) -> tuple[int, int]:
@@ -661,7 +611,10 @@ class _Machine:
             raise _underflow()
         items = stack[start:]
         del stack[start:]
-        return tuple(items) if len(items) <= _MAX_TUPLE else _BIGTUPLE
+        if len(items) > _MAX_TUPLE:
+            return _BIGTUPLE
+        self.alloc_cold += _SZ_TUPLE + 8 * len(items)
+        return _flat(items)
 
     def _issue(
         self,
@@ -672,28 +625,36 @@ class _Machine:
         evidence: str | None = None,
         refs: tuple[list[Any], ...] = (),
     ) -> None:
-        if len(self.issues) < 10_000:  # bounded: a hostile stream may repeat one trick forever
+        if len(self.issues) < _MAX_ISSUES:
             self.issues.append((rule_id, message, offset, verdict, evidence, refs))
+
+    def _record(
+        self, module: str, name: str, offset: int, opcode: str, resolved: bool
+    ) -> list[Any]:
+        """The record of an import: shared by every import of the same resolved name."""
+        if resolved:
+            key = (module, name)
+            rec = self.rec_index.get(key)
+            if rec is not None:
+                rec[_R_COUNT] += 1
+                return rec
+        if len(self.records) >= self.limits.max_globals:
+            raise _Limit("max_globals", self.limits.max_globals, "too many imported names")
+        nested = NESTED_LOADERS.get((module, name)) if resolved else None
+        rec = [module, name, offset, opcode, False, resolved, False, nested, 0, 1]
+        self.records.append(rec)
+        if resolved:
+            self.rec_index[(module, name)] = rec
+        self.alloc_cold += _SZ_RECORD
+        if self.first_import is None:
+            self.first_import = offset
+        return rec
 
     def _import(self, module: str, name: str, offset: int, opcode: str) -> _Global:
         """``find_class``: the compat mapping for protocols < 3, then an import."""
         if self.proto < 3:
             module, name = compat_name(module, name)
-        rec = [
-            module,
-            name,
-            offset,
-            opcode,
-            False,
-            True,
-            False,
-            NESTED_LOADERS.get((module, name)),
-            0,
-        ]
-        self.records.append(rec)
-        if self.first_import is None:
-            self.first_import = offset
-        return _Global(rec)
+        return _Global(self._record(module, name, offset, opcode, True))
 
     def _unresolved(
         self, module: object, name: object, offset: int, opcode: str, why: str
@@ -703,11 +664,8 @@ class _Machine:
         if self.proto < 3 and mod is not UNRESOLVED and nam is not UNRESOLVED:
             mod, nam = compat_name(mod, nam)
         elif self.proto < 3 and mod is not UNRESOLVED:
-            mod = _IMPORT_MAPPING.get(mod, mod)
-        rec = [mod, nam, offset, opcode, False, False, False, None, 0]
-        self.records.append(rec)
-        if self.first_import is None:
-            self.first_import = offset
+            mod = compat_module(mod)
+        rec = self._record(mod, nam, offset, opcode, False)
         producers = tuple(_producers(module)) + tuple(_producers(name))
         self._issue(
             RULE_UNRESOLVED,
@@ -741,29 +699,91 @@ class _Machine:
                 (rec,),
             )
 
-    def _check_limits(self, count: int) -> None:
+    def _check_limits(self, count: int, alloc: int) -> int:
+        """Check every bound; returns the allocation count to carry on with."""
         lim = self.limits
-        if count >= lim.max_opcodes:
-            raise _Limit("max_opcodes", lim.max_opcodes, "too many opcodes in one pickle")
-        if len(self.stack) > lim.max_stack_depth or len(self.marks) > lim.max_stack_depth:
+        if count >= self.max_ops:
+            raise _Limit(
+                "max_opcodes",
+                lim.max_opcodes,
+                "opcode budget of this input spent (all its pickles)",
+            )
+        stack = self.stack
+        if len(stack) > lim.max_stack_depth or len(self.marks) > lim.max_stack_depth:
             raise _Limit("max_stack_depth", lim.max_stack_depth, "pickle stack too deep")
-        if len(self.memo) > lim.max_memo:
+        memo = self.memo
+        if len(memo) > lim.max_memo:
             raise _Limit("max_memo", lim.max_memo, "too many memo entries")
         if len(self.pids) > lim.max_memo:
             raise _Limit("max_memo", lim.max_memo, "too many persistent ids")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise _Limit("max_seconds", lim.max_seconds, "time budget exhausted")
+        slots = len(stack) + len(memo.dense) + 4 * len(memo.sparse) + len(self.marks)
+        alloc += self.alloc_cold + 8 * max(0, slots - self.slots_seen)
+        self.alloc_cold = 0
+        self.slots_seen = slots
+        if self.live + alloc > self.next_measure:
+            alloc = 0
+            self._measure()
+        return alloc
+
+    def _measure(self) -> None:
+        """Measure what the run keeps alive; stop at the memory budget.
+
+        Called when the allocations since the last measurement could have taken the live
+        state past the next threshold; thresholds grow with the live state, so the cost of
+        measuring stays proportional to what was allocated.
+        """
+        memo = self.memo
+        total = 8 * (len(self.stack) + len(memo.dense) + len(self.pids)) + 40 * len(self.marks)
+        total += 100 * len(memo.sparse)
+        getsize = sys.getsizeof
+        for values in (self.stack, memo.dense, memo.sparse.values(), self.pids):
+            for v in values:
+                tv = type(v)
+                if tv is str:
+                    total += getsize(v)
+                elif tv is tuple:
+                    assert isinstance(v, tuple)
+                    total += _SZ_TUPLE + 8 * len(v)
+                    for x in v:
+                        tx = type(x)
+                        if tx is str:
+                            total += getsize(x)
+                        elif tx is int:
+                            total += _SZ_INT
+                        elif tx is _Result or tx is _Global or tx is _Bytes:
+                            total += _SZ_RESULT
+                elif tv is int:
+                    total += _SZ_INT
+                elif tv is _Result or tv is _Global or tv is _Bytes:
+                    total += _SZ_RESULT
+        for rec in self.records:
+            total += _SZ_RECORD + getsize(rec[_R_MODULE]) + getsize(rec[_R_NAME])
+        total += 160 * len(self.issues) + 120 * len(self.nested)
+        self.live = total
+        self.slots_seen = len(self.stack) + len(memo.dense) + 4 * len(memo.sparse)
+        self.slots_seen += len(self.marks)
+        if total > self.memory_budget:
+            raise _Limit(
+                "max_memory",
+                self.limits.max_memory,
+                f"the pickle's objects need more than {self.memory_budget >> 20} MiB to analyse",
+            )
+        self.next_measure = total + max(self.memory_budget // 4, total // 2)
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run(self) -> _Raw:
+    def run(self) -> Raw:
         buf = self.buf
         end = self.cur_end
         stack = self.stack
         push = stack.append
         marks = self.marks
         memo = self.memo
-        memo_get = memo.get
+        mdense = memo.dense
+        mappend = mdense.append
+        msparse = memo.sparse
         pids = self.pids
         cold = self._cold
         bound = self._boundary
@@ -772,20 +792,21 @@ class _Machine:
         u16 = _u16
         Global = _Global
         Result = _Result
-        MISSING = _MISSING
+        TUPLE = _TUPLE
         fence = 0
         pos = self.start
         op_at = pos
         done = 0
-        lim = self.limits.max_opcodes
-        raw = _Raw(start=self.start)
+        alloc = 0
+        lim = self.max_ops
+        raw = Raw(start=self.start)
         n = 0
         memoized = False
         try:
             while True:
                 budget = min(_CHUNK, lim - done)
                 if budget <= 0:
-                    self._check_limits(done)
+                    alloc = self._check_limits(done, alloc)
                 for n in range(budget):  # noqa: B007 - n is read after the loop exits
                     op_at = pos
                     op = buf[pos]
@@ -793,25 +814,39 @@ class _Machine:
                     if op == 0x94:  # MEMOIZE
                         if len(stack) <= fence:
                             raise _underflow()
-                        memo[len(memo)] = stack[-1]
+                        if msparse:
+                            memo.put(len(mdense) + len(msparse), stack[-1])
+                        else:
+                            mappend(stack[-1])
                         memoized = True  # a local: an attribute store per opcode is costly
                     elif op == 0x68:  # BINGET
-                        v = memo_get(buf[pos], MISSING)
-                        if v is MISSING:
-                            v = self._memo_miss(buf[pos])
-                        push(v)
+                        i = buf[pos]
+                        if i < len(mdense):
+                            push(mdense[i])
+                        else:
+                            push(self._memo_get(i))
                         pos += 1
                     elif op == 0x71:  # BINPUT
                         if len(stack) <= fence:
                             raise _underflow()
-                        memo[buf[pos]] = stack[-1]
+                        i = buf[pos]
+                        if i < len(mdense):
+                            mdense[i] = stack[-1]
+                        elif i == len(mdense) and not msparse:
+                            mappend(stack[-1])  # protocols 1-3 number entries 0, 1, 2...
+                        else:
+                            memo.put(i, stack[-1])
                         pos += 1
                     elif op == 0x72:  # LONG_BINPUT
                         if pos + 4 > end:
                             pos, end = bound(pos, 4, "LONG_BINPUT")
                         if len(stack) <= fence:
                             raise _underflow()
-                        memo[u32(buf, pos)[0]] = stack[-1]
+                        i = u32(buf, pos)[0]
+                        if i == len(mdense) and not msparse:
+                            mappend(stack[-1])
+                        else:
+                            memo.put(i, stack[-1])
                         pos += 4
                     elif op == 0x4B:  # BININT1
                         push(buf[pos])
@@ -820,6 +855,7 @@ class _Machine:
                         if pos + 4 > end:
                             pos, end = bound(pos, 4, "BININT")
                         push(i32(buf, pos)[0])
+                        alloc += 32
                         pos += 4
                     elif op == 0x28:  # MARK
                         fence = len(stack)
@@ -832,6 +868,7 @@ class _Machine:
                             pos, end = bound(pos, ln, "SHORT_BINUNICODE data")
                             e = pos + ln
                         push(str(buf[pos:e], "utf-8", "surrogatepass"))
+                        alloc += ln + 56
                         pos = e
                     elif op == 0x58:  # BINUNICODE
                         if pos + 4 > end:
@@ -846,6 +883,7 @@ class _Machine:
                             push(_LONGSTR)
                         else:
                             push(str(buf[pos:e], "utf-8", "surrogatepass"))
+                            alloc += ln + 56
                         pos = e
                     elif op == 0x74:  # TUPLE
                         if not marks:
@@ -855,7 +893,8 @@ class _Machine:
                         if i < fence or i > len(stack):
                             raise _underflow()
                         if len(stack) - i <= _MAX_TUPLE:
-                            t: object = tuple(stack[i:])
+                            t: object = _flat(stack[i:])
+                            alloc += 56 + 8 * (len(stack) - i)
                         else:
                             t = _BIGTUPLE
                         del stack[i:]
@@ -863,7 +902,9 @@ class _Machine:
                     elif op == 0x85:  # TUPLE1
                         if len(stack) - 1 < fence:
                             raise _underflow()
-                        stack[-1] = (stack[-1],)
+                        a = stack[-1]
+                        stack[-1] = (TUPLE if type(a) is tuple else a,)
+                        alloc += 64
                     elif op == 0x52:  # REDUCE
                         if len(stack) - 2 < fence:
                             raise _underflow()
@@ -885,6 +926,7 @@ class _Machine:
                         # iterable: never stop here, or later opcodes would go unseen.
                         del args
                         push(res)
+                        alloc += 64
                     elif op == 0x29:  # EMPTY_TUPLE
                         if len(stack) < fence:
                             raise _underflow()
@@ -896,20 +938,23 @@ class _Machine:
                             raise _underflow()
                         pids.append(stack[-1])
                         stack[-1] = Result(None, "persistent")
+                        alloc += 72
                     elif op == 0x4E:  # NONE
                         push(None)
                     elif op == 0x4D:  # BININT2
                         if pos + 2 > end:
                             pos, end = bound(pos, 2, "BININT2")
                         push(u16(buf, pos)[0])
+                        alloc += 32
                         pos += 2
                     elif op == 0x6A:  # LONG_BINGET
                         if pos + 4 > end:
                             pos, end = bound(pos, 4, "LONG_BINGET")
-                        v = memo_get(u32(buf, pos)[0], MISSING)
-                        if v is MISSING:
-                            v = self._memo_miss(u32(buf, pos)[0])
-                        push(v)
+                        i = u32(buf, pos)[0]
+                        if i < len(mdense):
+                            push(mdense[i])
+                        else:
+                            push(self._memo_get(i))
                         pos += 4
                     elif op == 0x88:  # NEWTRUE
                         push(True)
@@ -917,13 +962,19 @@ class _Machine:
                         if len(stack) - 2 < fence:
                             raise _underflow()
                         b = stack.pop()
-                        stack[-1] = (stack[-1], b)
+                        a = stack[-1]
+                        if type(a) is tuple or type(b) is tuple:
+                            stack[-1] = _flat((a, b))
+                        else:
+                            stack[-1] = (a, b)
+                        alloc += 72
                     elif op == 0x87:  # TUPLE3
                         if len(stack) - 3 < fence:
                             raise _underflow()
                         c = stack.pop()
                         b = stack.pop()
-                        stack[-1] = (stack[-1], b, c)
+                        stack[-1] = _flat((stack[-1], b, c))
+                        alloc += 80
                     elif op == 0x7D:  # EMPTY_DICT
                         push(_DICT)
                     elif op == 0x5D:  # EMPTY_LIST
@@ -966,13 +1017,18 @@ class _Machine:
                         end = self.cur_end
                 done += budget
                 n = -1
-                self._check_limits(done)
+                alloc = self._check_limits(done, alloc)
+        except _Cross:
+            self.ops_done = done + n + 1  # the work of a reading cut short at a fork counts
+            raise
         except _Stop:
             raw.complete = True
             # load() pops the result after STOP: an empty stack (or a MARK on top) fails.
             if len(stack) <= fence:
                 raw.complete = False
                 self._issue(RULE_MALFORMED, "STOP with an empty stack", op_at)
+            else:
+                self._after_stop(raw, pos)
         except IndexError:
             raw.complete = False
             raw.limited = self.end < self.real_end
@@ -998,11 +1054,12 @@ class _Machine:
                 Verdict.UNKNOWN,
                 _OPNAMES.get(buf[op_at]),
             )
-        except RecursionError:  # pragma: no cover - defensive, no recursion in the loop
-            self._issue(RULE_MALFORMED, "pickle too complex", op_at)
+        except MemoryError:  # pragma: no cover - the memory budget stops runs long before
+            raw.limited = True
+            self._limit_issue("max_memory", self.limits.max_memory, op_at)
         raw.opcode_count = done + n + 1
+        raw.ops_total = self.ops_done = raw.opcode_count
         raw.end = pos
-        raw.read_end = max(pos, self.read_end)
         raw.protocol = self.first_proto
         raw.inferred_protocol = self.inferred
         raw.records = self.records
@@ -1010,13 +1067,33 @@ class _Machine:
         raw.pids = pids
         raw.nested = self.nested
         raw.first_import = self.first_import
+        raw.crossed_at = self.crossed_at
         raw.memo_dependent = memoized or self.memoized or self.memo_missed
         return raw
+
+    def _after_stop(self, raw: Raw, pos: int) -> None:
+        """Where the next ``pickle.load`` on the same file can start, for every reader."""
+        raw.next_starts.append(pos)
+        fe = self.frame_end
+        if fe is not None and fe > pos:
+            # STOP inside a frame that goes on: a reader that read the frame exactly
+            # (io.BytesIO, a frame of 8 KiB or more, pickle._Unpickler) stands at the frame's
+            # end, one that peeked (a buffered file) right after STOP. Python never writes
+            # this; it is how a second pickle is hidden from scanners that follow one reader.
+            raw.next_starts.append(fe)
+            raw.frame_end = fe
+            self._issue(
+                RULE_FRAME_OVERRUN,
+                "a FRAME reaches past STOP: loaders reading a file continue at different "
+                "offsets (every continuation was analysed)",
+                pos - 1,
+                Verdict.UNKNOWN,
+                f"FRAME ends at {fe}",
+            )
 
     def _frame_past_end(self, op_at: int, flen: int) -> None:
         if self.end < self.real_end:
             return  # the data goes on past the byte limit; the limit issue comes later
-        self.read_end = self.end
         self._issue(
             RULE_TRUNCATED,
             f"a FRAME of {flen} bytes runs past the end of the data",
@@ -1158,20 +1235,7 @@ class _Machine:
             if code <= 0:
                 raise _Fail(RULE_MALFORMED, "EXT specifies code <= 0")
             opname = _OPNAMES[op]
-            rec = [
-                UNRESOLVED,
-                f"<extension code {code}>",
-                op_at,
-                opname,
-                False,
-                False,
-                False,
-                None,
-                0,
-            ]
-            self.records.append(rec)
-            if self.first_import is None:
-                self.first_import = op_at
+            rec = self._record(UNRESOLVED, f"<extension code {code}>", op_at, opname, False)
             # The copyreg extension registry is empty in a fresh interpreter (the load fails),
             # but any library may register codes: the import is whatever the process mapped.
             self._issue(
@@ -1203,14 +1267,6 @@ class _Machine:
                 raise _underflow()
             stack.append(stack[-1])
             return pos
-        if op in (0x6A, 0x72):  # LONG_BINGET, LONG_BINPUT
-            p0, e = self._take(pos, 4, _OPNAMES[op])
-            idx = _u32(buf, p0)[0]
-            if op == 0x6A:
-                self._get(idx)
-            else:
-                self._put(idx)
-            return e
         if op in (0x67, 0x70):  # GET, PUT
             line, pos = self._readline(pos, _OPNAMES[op])
             if line is not None and not line:
@@ -1230,11 +1286,11 @@ class _Machine:
             if idx > _PY_SSIZE_T_MAX or idx < -_PY_SSIZE_T_MAX - 1:
                 raise _Fail(RULE_MALFORMED, f"{_OPNAMES[op]} argument out of range")
             if op == 0x67:
-                self._get(idx)
+                stack.append(self._memo_get(idx))
             else:
                 if idx < 0:
                     raise _Fail(RULE_MALFORMED, "negative PUT argument")
-                self._put(idx)
+                self.memo.put(idx, stack[-1])
             return pos
         if op in (0x43, 0x42, 0x8E, 0x96):  # SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
             size = {0x43: 1, 0x42: 4, 0x8E: 8, 0x96: 8}[op]
@@ -1243,8 +1299,10 @@ class _Machine:
             if ln > _PY_SSIZE_T_MAX:
                 raise _Fail(RULE_MALFORMED, f"{_OPNAMES[op]} length exceeds the maximum")
             # Bounded by the bytes that exist: a gigantic length never allocates anything.
-            _, e2 = self._take(e, ln, f"{_OPNAMES[op]} data")
+            # The data is read with _Unpickler_ReadInto, which reads on past a frame's end.
+            _, e2 = self._take_into(e, ln, f"{_OPNAMES[op]} data")
             stack.append(_BYTEARRAY if op == 0x96 else _Bytes(e, e2))
+            self.alloc_cold += _SZ_RESULT
             return e2
         if op in (0x8D,):  # BINUNICODE8
             p0, e = self._take(pos, 8, "BINUNICODE8 length")
@@ -1256,6 +1314,7 @@ class _Machine:
                 stack.append(_LONGSTR)
             else:
                 stack.append(str(buf[p1:e2], "utf-8", "surrogatepass"))
+                self.alloc_cold += ln + _SZ_STR
             return e2
         if op in (0x55, 0x54):  # SHORT_BINSTRING, BINSTRING
             size = 1 if op == 0x55 else 4
@@ -1319,6 +1378,7 @@ class _Machine:
             p1, e2 = self._take(e, ln, f"{_OPNAMES[op]} data")
             if ln <= 64:
                 stack.append(int.from_bytes(buf[p1:e2], "little", signed=True))
+                self.alloc_cold += _SZ_INT + ln
             else:
                 stack.append(_BIGINT)
             return e2
@@ -1361,13 +1421,15 @@ class _Machine:
             if len(stack) <= self._fence():
                 raise _underflow()
             return pos
+        if op in (0x68, 0x6A, 0x71, 0x72):  # pragma: no cover - handled in the hot loop
+            raise AssertionError("hot opcode in the cold path")
         raise _Fail(RULE_MALFORMED, f"invalid load key {op:#04x}")
 
-    def _get(self, idx: int) -> None:
-        v = self.memo.get(idx, _MISSING)
+    def _memo_get(self, idx: int) -> object:
+        v = self.memo.get(idx)
         if v is _MISSING:
             v = self._memo_miss(idx)
-        self.stack.append(v)
+        return v
 
     def _memo_miss(self, idx: int) -> object:
         """A GET of an index never stored: the loader fails, unless a PUT index was unknown."""
@@ -1376,13 +1438,9 @@ class _Machine:
             return _Result(None, "memo")
         raise _Fail(RULE_MALFORMED, f"memo value not found at index {idx}")
 
-    def _put(self, idx: int) -> None:
-        if len(self.stack) <= self._fence():
-            raise _underflow()
-        self.memo[idx] = self.stack[-1]
-
     def _call(self, fn: object, opname: str, *, init: bool) -> _Result:
         tf = type(fn)
+        self.alloc_cold += _SZ_RESULT
         if tf is _Global:
             assert isinstance(fn, _Global)
             fn.rec[_R_CALLED] = True
@@ -1418,14 +1476,15 @@ def _certainly_not_str(value: object) -> bool:
     return type(value) is not str
 
 
-def _producers(value: object) -> Iterable[list[Any]]:
+def _producers(value: object) -> list[list[Any]]:
     if type(value) is _Global:
         assert isinstance(value, _Global)
-        yield value.rec
-    elif type(value) is _Result:
+        return [value.rec]
+    if type(value) is _Result:
         assert isinstance(value, _Result)
         if value.src is not None:
-            yield value.src
+            return [value.src]
+    return []
 
 
 def _describe(value: object) -> str:
@@ -1451,10 +1510,10 @@ def _why_unresolved(module: object, name: object) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Public entry points.
+# Running one pickle in every reading, and freezing the results.
 
 
-def _as_buffer(data: bytes | bytearray | memoryview) -> Any:
+def to_buffer(data: bytes | bytearray | memoryview) -> Any:
     """A buffer indexable by byte (``bytes`` as is; views cast to unsigned bytes, no copy)."""
     if isinstance(data, bytes):
         return data
@@ -1464,7 +1523,7 @@ def _as_buffer(data: bytes | bytearray | memoryview) -> Any:
     return view
 
 
-def _cut(buf: Any, start: int, limits: Limits) -> tuple[Any, int, int]:
+def cut(buf: Any, start: int, limits: Limits) -> tuple[Any, int, int]:
     """Bound the run to ``limits.max_pickle_bytes`` from ``start``."""
     real_end = len(buf)
     end = min(real_end, start + limits.max_pickle_bytes)
@@ -1474,96 +1533,162 @@ def _cut(buf: Any, start: int, limits: Limits) -> tuple[Any, int, int]:
     return buf, end, real_end
 
 
-RULE_FRAME_SPLIT: Final = "pickle.frame-split"
-
-
-def _run(
+def run_pickle(
     buf: Any,
     start: int,
     end: int,
     real_end: int,
     limits: Limits,
     deadline: float | None,
-    memo: dict[int, object] | None = None,
-) -> tuple[_Raw, dict[int, object]]:
+    memo: Memo | None = None,
+    frame_end: int | None = None,
+    max_ops: int | None = None,
+) -> tuple[Raw, Memo]:
+    """Run the pickle at ``start`` in every way a loader can read it; merge the readings.
+
+    Returns the merged outcome (``ops_total``: opcodes executed by all readings) and the memo
+    the first reading left (for a reused unpickler). ``memo`` and ``frame_end`` are what a
+    reused C unpickler carries over from its last load; ``max_ops`` is the opcode budget left
+    (``limits.max_opcodes`` by default), shared by every reading.
+    """
+    budget = limits.max_opcodes if max_ops is None else max_ops
     if start >= end:
         machine = _Machine(buf, start, end, real_end, limits, deadline, memo)
-        raw = _Raw(start=start, end=start, read_end=start)
-        raw.records, raw.pids = [], []
+        raw = Raw(start=start, end=start)
         if end < real_end:
             machine._limit_issue("max_pickle_bytes", limits.max_pickle_bytes, start)
         else:
             machine._issue(RULE_TRUNCATED, "no pickle data (empty input)", start)
         raw.issues = machine.issues
         return raw, machine.memo
-    snapshot = dict(memo) if memo else None
-    machine = _Machine(buf, start, end, real_end, limits, deadline, memo)
+    snapshot = memo.copy() if memo is not None and len(memo) else None
+    first = _Machine(buf, start, end, real_end, limits, deadline, memo, (), frame_end, budget)
     try:
-        return machine.run(), machine.memo
+        return first.run(), first.memo
     except _Cross as cross:
-        offset = cross.offset
-    # An argument crosses a frame's end: analyse every way a loader reads it, and merge.
-    raws = []
-    memos = []
-    for mode in ("linear", "jump", "jump-large"):
+        split_at = cross.offset
+    spent = first.ops_done
+    # An argument crosses a frame's end: run one reading per choice at every crossing (a
+    # reading that meets a new crossing forks again), and merge them.
+    raws: list[Raw] = []
+    memos: list[Memo] = []
+    pending: list[tuple[str, ...]] = [(_JUMP,), (_LINEAR,)]
+    capped = False
+    while pending:
+        if len(raws) >= limits.max_readings or spent >= budget:
+            capped = True
+            break
+        choices = pending.pop()
         again = _Machine(
-            buf, start, end, real_end, limits, deadline, dict(snapshot) if snapshot else None, mode
+            buf,
+            start,
+            end,
+            real_end,
+            limits,
+            deadline,
+            snapshot.copy() if snapshot is not None else None,
+            choices,
+            frame_end,
+            budget - spent,
         )
-        raws.append(again.run())
-        memos.append(again.memo)
-    merged = _merge(raws)
-    assert merged.issues is not None
+        try:
+            raws.append(again.run())
+            memos.append(again.memo)
+        except _Cross:
+            pending.extend([(*choices, _JUMP), (*choices, _LINEAR)])
+        spent += again.ops_done
+    if not raws:
+        # The budget was spent before any reading finished: report the limit alone.
+        limit = Raw(start=start, end=start)
+        limit.limited = True
+        raws.append(limit)
+        memos.append(Memo())
+    merged = merge(raws)
+    merged.ops_total = spent
     merged.issues.insert(
         0,
         (
             RULE_FRAME_SPLIT,
             "an opcode argument runs past the end of a FRAME: pickle.loads and file-based "
-            "loaders read different opcodes from here (every reading was analysed)",
-            offset,
+            f"loaders read different opcodes from here ({len(raws)} readings analysed)",
+            split_at,
             Verdict.UNKNOWN,
             "FRAME",
             (),
         ),
     )
-    return merged, memos[0]
+    if capped:
+        merged.limited = True
+        merged.issues.append(
+            (
+                "limit.readings",
+                "more readings of this pickle than the limits allow (frames split arguments "
+                "again and again); the rest were not analysed",
+                split_at,
+                Verdict.UNKNOWN,
+                f"max_readings={limits.max_readings}, max_opcodes={limits.max_opcodes}",
+                (),
+            )
+        )
+    return merged, memos[0] if memos else Memo()
 
 
-def _merge(raws: list[_Raw]) -> _Raw:
+def merge(raws: list[Raw]) -> Raw:
     """One result holding everything any of the readings would do."""
     base = raws[0]
-    out = _Raw(start=base.start, end=base.end, protocol=base.protocol)
-    out.complete = all(r.complete for r in raws)
+    out = Raw(start=base.start, end=base.end, protocol=base.protocol)
+    # Complete when some loader completes it: that loader returns an object and may read on.
+    out.complete = any(r.complete for r in raws)
     out.inferred_protocol = max(r.inferred_protocol for r in raws)
-    out.read_end = raws[1].read_end if len(raws) > 1 else base.read_end
     out.opcode_count = max(r.opcode_count for r in raws)
     out.limited = any(r.limited for r in raws)
+    out.readings = len(raws)
+    out.ops_total = sum(r.ops_total for r in raws)
+    out.memo_dependent = any(r.memo_dependent for r in raws)
     firsts = [r.first_import for r in raws if r.first_import is not None]
     out.first_import = min(firsts) if firsts else None
-    out.records = []
-    out.issues = []
-    out.pids = []
-    seen_recs: set[tuple[Any, ...]] = set()
-    seen_issues: set[tuple[Any, ...]] = set()
+    out.end = max(r.end for r in raws if r.complete or not out.complete)
+    starts: set[int] = set()
     for raw in raws:
-        for rec in raw.records or []:
-            key = (rec[_R_MODULE], rec[_R_NAME], rec[_R_OFFSET], rec[_R_OPCODE])
-            if key not in seen_recs:
-                seen_recs.add(key)
+        starts.update(raw.next_starts)
+    out.next_starts = sorted(starts)
+    frame_ends = [r.frame_end for r in raws if r.frame_end is not None]
+    out.frame_end = max(frame_ends) if frame_ends else None
+    crossed = [r.crossed_at for r in raws if r.crossed_at is not None]
+    out.crossed_at = min(crossed) if crossed else None
+    by_key: dict[tuple[Any, ...], list[Any]] = {}
+    seen_issues: set[tuple[Any, ...]] = set()
+    nested_seen: set[tuple[int, int, str]] = set()
+    for raw in raws:
+        for rec in raw.records:
+            key = (rec[_R_MODULE], rec[_R_NAME], rec[_R_RESOLVED] or rec[_R_OFFSET])
+            kept = by_key.get(key)
+            if kept is None:
+                by_key[key] = rec
                 out.records.append(rec)
-        for issue in raw.issues or []:
+            elif kept is not rec:
+                # Or the flags so that the merged record says what any reading does.
+                kept[_R_CALLED] = kept[_R_CALLED] or rec[_R_CALLED]
+                kept[_R_INIT] = kept[_R_INIT] or rec[_R_INIT]
+                kept[_R_OPAQUE] += rec[_R_OPAQUE]
+                kept[_R_COUNT] = max(kept[_R_COUNT], rec[_R_COUNT])
+                kept[_R_OFFSET] = min(kept[_R_OFFSET], rec[_R_OFFSET])
+        for issue in raw.issues:
             ikey = (*issue[:3], issue[4])
             if ikey not in seen_issues:
                 seen_issues.add(ikey)
                 out.issues.append(issue)
-        if len(out.pids) < len(raw.pids or []):
-            out.pids = list(raw.pids or [])
+        if len(out.pids) < len(raw.pids):
+            out.pids = list(raw.pids)
         for item in raw.nested:
-            if item[:3] not in {n[:3] for n in out.nested}:
+            if item[:3] not in nested_seen:
+                nested_seen.add(item[:3])
                 out.nested.append(item)
     return out
 
 
-def _freeze_all(raws: list[_Raw]) -> list[PickleAnalysis]:
+def freeze(raws: list[Raw]) -> list[PickleAnalysis]:
+    """Turn runs into immutable analyses (records shared between runs become one GlobalRef)."""
     frozen: dict[int, GlobalRef] = {}
 
     def ref(rec: list[Any]) -> GlobalRef:
@@ -1578,19 +1703,20 @@ def _freeze_all(raws: list[_Raw]) -> list[PickleAnalysis]:
                 called=rec[_R_CALLED],
                 resolved=rec[_R_RESOLVED],
                 init_called=rec[_R_INIT],
+                count=rec[_R_COUNT],
             )
             frozen[key] = got
         return got
 
     simple = (str, int, bool, type(None))
 
-    def freeze_value(value: object, depth: int = 0) -> object:
+    def freeze_value(value: object) -> object:
         tv = type(value)
         if tv in simple:
             return value
-        if tv is tuple and depth < 8:
+        if tv is tuple:
             assert isinstance(value, tuple)
-            return tuple([v if type(v) in simple else freeze_value(v, depth + 1) for v in value])
+            return tuple([v if type(v) in simple else freeze_value(v) for v in value])
         if tv is _Global:
             assert isinstance(value, _Global)
             return ref(value.rec)
@@ -1598,11 +1724,12 @@ def _freeze_all(raws: list[_Raw]) -> list[PickleAnalysis]:
 
     out = []
     for raw in raws:
-        records = raw.records or []
+        records = raw.records
         issues = tuple(
             PickleIssue(rule, msg, off, verdict, evidence, tuple(ref(r) for r in refs))
-            for rule, msg, off, verdict, evidence, refs in (raw.issues or [])
+            for rule, msg, off, verdict, evidence, refs in raw.issues
         )
+        starts = tuple(raw.next_starts)
         out.append(
             PickleAnalysis(
                 start=raw.start,
@@ -1611,164 +1738,18 @@ def _freeze_all(raws: list[_Raw]) -> list[PickleAnalysis]:
                 protocol=raw.protocol if raw.protocol is not None else raw.inferred_protocol,
                 globals=tuple(ref(r) for r in records),
                 issues=issues,
-                persistent_ids=tuple(freeze_value(p) for p in (raw.pids or [])),
+                persistent_ids=tuple(freeze_value(p) for p in raw.pids),
                 opcode_count=raw.opcode_count,
                 first_import_offset=raw.first_import,
-                read_end=max(raw.read_end, raw.end),
+                read_end=max([raw.end, *starts]),
+                next_starts=starts,
                 nested=tuple(
                     NestedPayload(start, end, loader, ref(rec))
                     for start, end, loader, rec in raw.nested
                 ),
                 opaque_nested=tuple(ref(r) for r in records if r[_R_OPAQUE]),
+                readings=raw.readings,
+                work=raw.ops_total,
             )
         )
     return out
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while the machine runs (restored afterwards).
-
-    The machine allocates hundreds of thousands of small tracked objects (tuples, memo
-    entries) that form no cycles, and every collection walks all of them: on a 100k-tensor
-    state dict the collector took a quarter of the scan time. Pausing it lets the time bound
-    hold; nothing the machine builds needs it (no reference cycles), and a run is bounded by
-    ``Limits`` (opcodes, memo, seconds), so garbage of other threads waits at most that long.
-    """
-    if not gc.isenabled():
-        yield  # already paused (a nested call, or the caller's choice): leave it as it is
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def analyse_pickle(
-    data: bytes | bytearray | memoryview,
-    start: int = 0,
-    *,
-    limits: Limits = DEFAULT_LIMITS,
-    deadline: float | None = None,
-) -> PickleAnalysis:
-    """Analyse the pickle that starts at ``start``, as one ``pickle.load`` would read it.
-
-    Args:
-        data: the buffer (bytes, or a memoryview of a mapped file: nothing is copied).
-        start: offset of the first opcode.
-        limits: resource bounds; hitting one yields a ``limit.*`` issue, never an exception.
-        deadline: absolute ``time.monotonic()`` value after which the run stops
-            (``limit.seconds``); by default ``limits.max_seconds`` from now.
-
-    Returns:
-        The analysis. Never raises on bad input: malformed data is an issue.
-    """
-    if deadline is None:
-        deadline = time.monotonic() + limits.max_seconds
-    with gc_paused():
-        buf, end, real_end = _cut(_as_buffer(data), start, limits)
-        raw, _ = _run(buf, start, end, real_end, limits, deadline)
-        return _freeze_all([raw])[0]
-
-
-def analyse_pickle_stream(
-    data: bytes | bytearray | memoryview,
-    start: int = 0,
-    *,
-    limits: Limits = DEFAULT_LIMITS,
-    max_pickles: int | None = None,
-    deadline: float | None = None,
-) -> tuple[list[PickleAnalysis], int]:
-    """Analyse consecutive pickles, as repeated ``pickle.load`` calls on one file read them.
-
-    Each pickle is read as a fresh unpickler reads it (``pickle.load`` and ``torch.load``
-    create one per load); the reading of an ``Unpickler`` reused for every load (its memo
-    kept) is attached as ``shared_memo`` from the second pickle on.
-
-    Returns:
-        The analyses and the offset where pickle data stops (trailing data begins there).
-        Reading stops at the first pickle that fails before any import in both readings
-        (no loader can run code from it: it is trailing data, not part of the list), and after
-        the first pickle that fails later (it is in the list, with its issue).
-    """
-    if deadline is None:
-        deadline = time.monotonic() + limits.max_seconds
-    with gc_paused():
-        return _analyse_stream(data, start, limits, max_pickles, deadline)
-
-
-def _analyse_stream(
-    data: bytes | bytearray | memoryview,
-    start: int,
-    limits: Limits,
-    max_pickles: int | None,
-    deadline: float,
-) -> tuple[list[PickleAnalysis], int]:
-    cap = limits.max_pickles_per_stream
-    if max_pickles is not None:
-        cap = min(cap, max_pickles)
-    analyses: list[PickleAnalysis] = []
-    # The reading of one Unpickler reused for every load: its memo is kept between loads,
-    # and MEMOIZE numbers entries by the memo's size, so from the second pickle on it can
-    # read different names than a fresh unpickler (what pickle.load and torch.load use).
-    # Both readings are kept; `shared[i]` is None where they cannot differ.
-    chain: list[_Raw] = []
-    shared: list[_Raw | None] = []
-    carried: dict[int, object] | None = None
-    whole = _as_buffer(data)
-    total = len(whole)
-    pos = start
-    hit_cap = False
-    while pos < total:
-        if len(analyses) >= cap:
-            hit_cap = True
-            break
-        buf, end, real_end = _cut(whole, pos, limits)
-        raw, memo = _run(buf, pos, end, real_end, limits, deadline)
-        # Frozen now: the reused reading below may mark this run's records as called.
-        fresh = _freeze_all([raw])[0]
-        other: _Raw | None = None
-        if carried and raw.memo_dependent:
-            other, carried = _run(buf, pos, end, real_end, limits, deadline, carried)
-            chain.append(other)
-        else:
-            # Nothing carried, or this pickle neither memoizes nor misses: its PUTs and GETs
-            # read the same entries either way, and the reused memo gains the same entries.
-            chain.append(raw)
-            carried = memo if not carried else {**carried, **memo}
-        if _inert_raw(raw) and (other is None or _inert_raw(other)):
-            # The loader fails here before it could import or call anything.
-            break
-        analyses.append(fresh)
-        shared.append(other)
-        pos = max(raw.end, raw.read_end)
-        if not raw.complete:
-            break
-    if any(s is not None for s in shared):
-        frozen = _freeze_all(chain)
-        for i, other in enumerate(shared):
-            if other is not None:
-                analyses[i] = replace(analyses[i], shared_memo=frozen[i])
-    return _finish(analyses, pos, hit_cap=hit_cap, limits=limits)
-
-
-def _inert_raw(raw: _Raw) -> bool:
-    # See PickleAnalysis.inert: a persistent id alone runs nothing.
-    return not raw.complete and raw.first_import is None and not raw.limited
-
-
-def _finish(
-    analyses: list[PickleAnalysis], pos: int, *, hit_cap: bool, limits: Limits
-) -> tuple[list[PickleAnalysis], int]:
-    if hit_cap and analyses:
-        last = analyses[-1]
-        issue = PickleIssue(
-            "limit.pickles-per-stream",
-            "more pickles follow than the limit allows; the rest were not analysed",
-            pos,
-            Verdict.UNKNOWN,
-            f"max_pickles_per_stream={limits.max_pickles_per_stream}",
-        )
-        analyses[-1] = replace(last, issues=(*last.issues, issue))
-    return analyses, pos

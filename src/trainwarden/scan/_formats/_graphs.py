@@ -1,0 +1,325 @@
+"""Graph formats that run code or touch files when loaded: TensorFlow, Keras metadata, ONNX.
+
+Recognised from their protobuf bytes (no TensorFlow or ONNX import). Field numbers are those of
+TensorFlow's ``saved_model.proto``, ``meta_graph.proto``, ``graph.proto``, ``node_def.proto``,
+``function.proto`` and ``keras/protobuf/saved_metadata.proto``, and of ONNX's ``onnx.proto``.
+
+* TensorFlow SavedModel (``saved_model.pb``) and frozen GraphDefs: ops that run Python
+  (``PyFunc``, ``EagerPyFunc``) or read and write files (``ReadFile``, ``WriteFile``,
+  ``MatchingFiles``, ``ImmutableConst``, file readers and writers) are ``unsafe``: they run
+  when the graph does, inside the loading process.
+* Keras ``keras_metadata.pb``: Lambda layers carry marshalled Python bytecode (``unsafe``),
+  objects from modules outside keras are imported (``unknown``).
+* ONNX: operators from custom domains (kernels from whatever native library registers them)
+  are ``unknown``; external-data ``location`` paths that are absolute or leave the model's
+  directory make the loader read files elsewhere (``unsafe``).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+
+from trainwarden.findings import Severity, Verdict
+from trainwarden.scan._formats._base import Blob, Context
+from trainwarden.scan._formats._protobuf import LEN, VARINT, ProtoError, read_string, spans
+
+__all__ = ["analyse_graph", "sniff_graph"]
+
+# -- TensorFlow ------------------------------------------------------------------------------
+
+_PYTHON_OPS = frozenset({"PyFunc", "EagerPyFunc", "PyFuncStateless"})
+_FILE_READ_OPS = frozenset(
+    {
+        "ReadFile", "MatchingFiles", "ImmutableConst", "WholeFileReader", "WholeFileReaderV2",
+        "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReader",
+        "FixedLengthRecordReaderV2", "TFRecordReader", "TFRecordReaderV2", "LMDBReader",
+        "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset", "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset",
+        "LoadAndRemapMatrix", "DecodeProtoV2",
+    }
+)  # fmt: skip
+_FILE_WRITE_OPS = frozenset(
+    {
+        "WriteFile", "CreateSummaryFileWriter", "WriteSummary", "WriteScalarSummary",
+        "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary",
+        "WriteGraphSummary", "WriteRawProtoSummary", "DatasetToTFRecord",
+        "ExperimentalDatasetToTFRecord", "SnapshotDataset", "SnapshotDatasetV2", "SaveDataset",
+        "SaveDatasetV2",
+    }
+)  # fmt: skip
+# Checkpoint save/restore ops are in every SavedModel (its saver); they read and write the
+# variables files at a path the caller gives. Recorded, not flagged.
+_CHECKPOINT_OPS = frozenset(
+    {"Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2", "RestoreSlice", "MergeV2Checkpoints"}
+)
+
+# -- ONNX ------------------------------------------------------------------------------------
+
+# Operator domains implemented by ONNX itself and by onnxruntime's built-in contrib kernels.
+_ONNX_DOMAINS = frozenset(
+    {
+        "", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training",
+        "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental",
+    }
+)  # fmt: skip
+_ONNX_MODEL_FIELDS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 21, 25, 26})
+_MAX_DEPTH = 16  # subgraphs inside attributes inside subgraphs...
+
+_WINDOWS_ABS = re.compile(r"^([A-Za-z]:|\\\\|//)")
+
+
+def sniff_graph(blob: Blob, head: bytes) -> str | None:
+    """``onnx``, ``tf-saved-model``, ``tf-graph`` or ``keras-metadata``, or None."""
+    if not head or head[0] not in (0x08, 0x0A):
+        return None
+    try:
+        top: dict[int, int] = {}
+        first_len: tuple[int, int] | None = None
+        for number, wire, value, end in spans(blob, 0, None, max_fields=100_000):
+            top[number] = wire
+            if number == 1 and wire == LEN and first_len is None:
+                first_len = (value, end)
+            if len(top) > 16:
+                return None
+    except ProtoError:
+        return None
+    if top.get(1) == VARINT and top.get(7) == LEN and set(top) <= _ONNX_MODEL_FIELDS:
+        return "onnx"
+    if top.get(1) == VARINT and top.get(2) == LEN and set(top) <= {1, 2}:
+        return "tf-saved-model"
+    if first_len is not None and set(top) <= {1, 2, 3, 4} and top.get(1) == LEN:
+        return _sniff_nodes(blob, *first_len)
+    return None
+
+
+def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
+    # keras_metadata.pb: SavedObject {node_id=2, node_path=3, identifier=4, metadata=5}.
+    # A frozen GraphDef: NodeDef {name=1, op=2, input=3, device=4, attr=5}.
+    try:
+        sub = {n: (w, v, e) for n, w, v, e in spans(blob, start, end, max_fields=10_000)}
+    except ProtoError:
+        return None
+    ident = sub.get(4)
+    if ident is not None and ident[0] == LEN:
+        text = read_string(blob, ident[1], ident[2])
+        if text.startswith(("_tf_keras", "trackable")):
+            return "keras-metadata"
+    op = sub.get(2)
+    if op is not None and op[0] == LEN and set(sub) <= {1, 2, 3, 4, 5, 6, 7, 8}:
+        name = read_string(blob, op[1], op[2])
+        if name.isidentifier():
+            return "tf-graph"
+    return None
+
+
+def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str:
+    """Report what a recognised graph format would run or read when loaded."""
+    try:
+        if fmt == "onnx":
+            _onnx_model(ctx, blob, member)
+        elif fmt == "tf-saved-model":
+            for number, wire, start, end in spans(blob):
+                if number == 2 and wire == LEN:  # meta_graphs
+                    _meta_graph(ctx, blob, member, start, end)
+        elif fmt == "tf-graph":
+            _graph_def(ctx, blob, member, 0, blob.size, 0)
+        elif fmt == "keras-metadata":
+            _keras_metadata(ctx, blob, member)
+    except ProtoError as exc:
+        ctx.unknown(
+            "graph.malformed",
+            f"{fmt} protobuf could not be read to its end ({exc}); the rest was not analysed",
+            member,
+        )
+    return fmt
+
+
+def _meta_graph(ctx: Context, blob: Blob, member: str | None, start: int, end: int) -> None:
+    for number, wire, s, e in spans(blob, start, end):
+        if number == 2 and wire == LEN:  # graph_def
+            _graph_def(ctx, blob, member, s, e, 0)
+
+
+def _graph_def(
+    ctx: Context, blob: Blob, member: str | None, start: int, end: int, depth: int
+) -> None:
+    ctx.check_time(member)
+    if depth > _MAX_DEPTH:
+        ctx.unknown("graph.too-deep", "graph nesting deeper than the scanner reads", member)
+        return
+    for number, wire, s, e in spans(blob, start, end):
+        if number == 1 and wire == LEN:  # node
+            _tf_node(ctx, blob, member, s, e)
+        elif number == 2 and wire == LEN:  # library: FunctionDefLibrary
+            for fnum, fwire, fs, fe in spans(blob, s, e):
+                if fnum == 1 and fwire == LEN:  # function: FunctionDef
+                    for dnum, dwire, ds, de in spans(blob, fs, fe):
+                        if dnum == 3 and dwire == LEN:  # node_def
+                            _tf_node(ctx, blob, member, ds, de)
+
+
+def _tf_node(ctx: Context, blob: Blob, member: str | None, start: int, end: int) -> None:
+    op = name = ""
+    for number, wire, s, e in spans(blob, start, end):
+        if wire != LEN:
+            continue
+        if number == 2:
+            op = read_string(blob, s, e)
+        elif number == 1:
+            name = read_string(blob, s, e)
+    if op in _PYTHON_OPS:
+        what, severity = "runs Python code (a py_function) when the graph runs", Severity.CRITICAL
+    elif op in _FILE_READ_OPS:
+        what, severity = "reads files when the graph runs", Severity.HIGH
+    elif op in _FILE_WRITE_OPS:
+        what, severity = "writes files when the graph runs", Severity.HIGH
+    else:
+        if op in _CHECKPOINT_OPS:
+            ctx.details.setdefault("checkpoint_ops", True)
+        return
+    ctx.add(
+        "tf.dangerous-op",
+        severity,
+        f"TensorFlow op {op} {what}",
+        member,
+        verdict=Verdict.UNSAFE,
+        offset=start,
+        evidence=f"{op} ({name[:80]})" if name else op,
+    )
+
+
+def _keras_metadata(ctx: Context, blob: Blob, member: str | None) -> None:
+    from trainwarden.scan._formats._configs import check_keras_config
+
+    for number, wire, start, end in spans(blob):
+        if number != 1 or wire != LEN:
+            continue
+        ctx.check_time(member)
+        for snum, swire, s, e in spans(blob, start, end):
+            if snum == 5 and swire == LEN:  # metadata: the layer's JSON
+                check_keras_config(ctx, bytes(blob.read(s, e - s)), member)
+
+
+def _onnx_model(ctx: Context, blob: Blob, member: str | None) -> None:
+    local_domains: set[str] = set()
+    for number, wire, start, end in spans(blob):
+        if number == 25 and wire == LEN:  # functions: model-local operators
+            for fnum, fwire, fs, fe in spans(blob, start, end):
+                if fnum == 10 and fwire == LEN:
+                    local_domains.add(read_string(blob, fs, fe))
+    seen: set[tuple[str, str]] = set()
+    for number, wire, start, end in spans(blob):
+        if number == 7 and wire == LEN:  # graph
+            _onnx_graph(ctx, blob, member, start, end, local_domains, seen, 0)
+        elif number == 25 and wire == LEN:
+            for fnum, fwire, fs, fe in spans(blob, start, end):
+                if fnum == 7 and fwire == LEN:  # node
+                    _onnx_node(ctx, blob, member, fs, fe, local_domains, seen, 1)
+
+
+def _onnx_graph(
+    ctx: Context,
+    blob: Blob,
+    member: str | None,
+    start: int,
+    end: int,
+    local: set[str],
+    seen: set[tuple[str, str]],
+    depth: int,
+) -> None:
+    ctx.check_time(member)
+    if depth > _MAX_DEPTH:
+        ctx.unknown("graph.too-deep", "graph nesting deeper than the scanner reads", member)
+        return
+    for number, wire, s, e in spans(blob, start, end):
+        if number == 1 and wire == LEN:  # node
+            _onnx_node(ctx, blob, member, s, e, local, seen, depth)
+        elif number in (5, 15) and wire == LEN:  # initializer / sparse_initializer
+            _onnx_tensor(ctx, blob, member, s, e, number == 15)
+
+
+def _onnx_node(
+    ctx: Context,
+    blob: Blob,
+    member: str | None,
+    start: int,
+    end: int,
+    local: set[str],
+    seen: set[tuple[str, str]],
+    depth: int,
+) -> None:
+    domain = op = ""
+    for number, wire, s, e in spans(blob, start, end):
+        if wire != LEN:
+            continue
+        if number == 7:
+            domain = read_string(blob, s, e)
+        elif number == 4:
+            op = read_string(blob, s, e)
+        elif number == 5:  # attribute: subgraphs of If/Loop/Scan
+            for anum, awire, as_, ae in spans(blob, s, e):
+                if anum in (6, 11) and awire == LEN:  # g, graphs
+                    _onnx_graph(ctx, blob, member, as_, ae, local, seen, depth + 1)
+    if domain in _ONNX_DOMAINS or domain in local or (domain, op) in seen:
+        return
+    seen.add((domain, op))
+    ctx.unknown(
+        "onnx.custom-op",
+        "operator from a custom domain: its kernel is native code from whatever library "
+        "registers the domain (e.g. an onnxruntime custom-op library) and is not analysed",
+        member,
+        offset=start,
+        evidence=f"{domain}::{op}"[:200],
+    )
+
+
+def _onnx_tensor(
+    ctx: Context, blob: Blob, member: str | None, start: int, end: int, sparse: bool
+) -> None:
+    if sparse:  # SparseTensorProto {values = 1, indices = 2}: both TensorProtos
+        for number, wire, s, e in spans(blob, start, end):
+            if number in (1, 2) and wire == LEN:
+                _onnx_tensor(ctx, blob, member, s, e, False)
+        return
+    for number, wire, s, e in spans(blob, start, end):
+        if number != 13 or wire != LEN:  # external_data: StringStringEntryProto
+            continue
+        key = value = ""
+        for knum, kwire, ks, ke in spans(blob, s, e):
+            if kwire == LEN and knum == 1:
+                key = read_string(blob, ks, ke)
+            elif kwire == LEN and knum == 2:
+                value = read_string(blob, ks, ke)
+        if key == "location":
+            _external_location(ctx, member, value, s)
+
+
+def _external_location(ctx: Context, member: str | None, location: str, offset: int) -> None:
+    normal = posixpath.normpath(location.replace("\\", "/"))
+    escapes = (
+        location.startswith(("/", "~"))
+        or bool(_WINDOWS_ABS.match(location))
+        or normal == ".."
+        or normal.startswith("../")
+        or "\0" in location
+    )
+    if escapes:
+        ctx.add(
+            "onnx.external-data-escape",
+            Severity.HIGH,
+            "external tensor data lives outside the model's directory: loading the model "
+            "reads that file (any file the loader can read)",
+            member,
+            verdict=Verdict.UNSAFE,
+            offset=offset,
+            evidence=json.dumps(location)[:200],
+        )
+    else:
+        ctx.info(
+            "onnx.external-data",
+            "tensor data is read from a file next to the model (not analysed here)",
+            member,
+            evidence=location[:200],
+        )

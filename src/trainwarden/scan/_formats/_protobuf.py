@@ -1,0 +1,110 @@
+"""A small, bounded protobuf wire-format reader over a Blob (no protobuf dependency).
+
+Only the wire format: varints, fixed 32/64-bit values, and length-delimited spans that the
+caller parses as submessages or reads as strings. Large fields (ONNX weights, TF constants)
+are skipped by their length, never read. Malformed input raises :class:`ProtoError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from trainwarden.scan._formats._base import Blob
+
+__all__ = ["LEN", "VARINT", "ProtoError", "fields", "read_string"]
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+_CHUNK = 64 << 10
+# Strings we read whole (names, op types, paths, JSON metadata); longer ones are cut here.
+_MAX_STRING = 1 << 20
+
+
+class ProtoError(Exception):
+    """The bytes are not valid protobuf wire format."""
+
+
+class _Cursor:
+    """A forward reader of ``blob[start:end]`` through a 64 KiB buffer."""
+
+    __slots__ = ("_blob", "_buf", "_buf_at", "end", "pos")
+
+    def __init__(self, blob: Blob, start: int, end: int) -> None:
+        self._blob = blob
+        self.pos = start
+        self.end = min(end, blob.size)
+        self._buf = b""
+        self._buf_at = start
+
+    def _byte(self) -> int:
+        rel = self.pos - self._buf_at
+        if rel < 0 or rel >= len(self._buf):
+            self._buf = bytes(self._blob.read(self.pos, _CHUNK))
+            self._buf_at = self.pos
+            rel = 0
+            if not self._buf:
+                raise ProtoError("truncated")
+        self.pos += 1
+        return self._buf[rel]
+
+    def varint(self) -> int:
+        value = 0
+        for shift in range(0, 70, 7):
+            if self.pos >= self.end:
+                raise ProtoError("truncated varint")
+            byte = self._byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise ProtoError("varint longer than 10 bytes")
+
+
+def fields(
+    blob: Blob, start: int = 0, end: int | None = None, *, max_fields: int = 1_000_000
+) -> Iterator[tuple[int, int, int]]:
+    """Yield ``(field_number, wire_type, value)`` for each field of one message.
+
+    ``value`` is the integer for VARINT/I64/I32 and the *start offset* of the payload for LEN
+    (its end is the offset of the next field: use :func:`spans` for ``(start, end)``).
+    """
+    for number, wire, value, _ in spans(blob, start, end, max_fields=max_fields):
+        yield number, wire, value
+
+
+def spans(
+    blob: Blob, start: int = 0, end: int | None = None, *, max_fields: int = 1_000_000
+) -> Iterator[tuple[int, int, int, int]]:
+    """Yield ``(field_number, wire_type, value_or_start, end)`` for each field of a message."""
+    cur = _Cursor(blob, start, blob.size if end is None else end)
+    count = 0
+    while cur.pos < cur.end:
+        count += 1
+        if count > max_fields:
+            raise ProtoError("too many fields")
+        key = cur.varint()
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ProtoError("field number 0")
+        if wire == VARINT:
+            value = cur.varint()
+            yield number, wire, value, cur.pos
+        elif wire in (I64, I32):
+            size = 8 if wire == I64 else 4
+            at = cur.pos
+            if at + size > cur.end:
+                raise ProtoError("truncated fixed field")
+            cur.pos += size
+            yield number, wire, at, cur.pos
+        elif wire == LEN:
+            length = cur.varint()
+            at = cur.pos
+            if at + length > cur.end:
+                raise ProtoError("length-delimited field runs past its message")
+            cur.pos = at + length
+            yield number, wire, at, cur.pos
+        else:
+            raise ProtoError(f"unsupported wire type {wire}")
+
+
+def read_string(blob: Blob, start: int, end: int) -> str:
+    """The UTF-8 text of a LEN field (cut at 1 MiB; invalid bytes replaced)."""
+    return bytes(blob.read(start, min(end - start, _MAX_STRING))).decode("utf-8", "replace")
