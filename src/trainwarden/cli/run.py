@@ -178,6 +178,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "hung, with its stacks (default: 300)",
     )
     job.add_argument(
+        "--start-timeout",
+        metavar="S",
+        type=float,
+        help="seconds a rank may take to its first step (imports, data, rendezvous) before it "
+        "is recorded as hung (default: the larger of --hang-timeout and 600)",
+    )
+    job.add_argument(
         "--settle",
         metavar="S",
         type=float,
@@ -282,11 +289,13 @@ def _load_key(path: Path | None, fd: int | None) -> PrivateKey | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trainwarden.supervise import Policy, RunOptions, load_policy, run_job
+    from trainwarden.supervise import Policy, RunOptions, load_policy, run_job, set_non_dumpable
 
     command = _command(args.command)
     _positive(args.hang_timeout, "--hang-timeout")
     _positive(args.settle, "--settle")
+    if args.start_timeout is not None:
+        _positive(args.start_timeout, "--start-timeout")
     if args.orphan_grace < 0:
         raise ConfigError("--orphan-grace must not be negative")
     if args.lock_key is not None and args.lock is None:
@@ -300,6 +309,8 @@ def _run(args: argparse.Namespace) -> int:
             (*policy.trusted_groups, *args.trust_group),
             policy.source,
         )
+    # Before the key is read: no process of the same user may read it from our memory.
+    set_non_dumpable()
     key = _load_key(args.key, args.key_fd)
     progress = _Progress(enabled=not args.no_progress)
     options = RunOptions(
@@ -315,6 +326,7 @@ def _run(args: argparse.Namespace) -> int:
         inputs=tuple(args.input),
         outputs=tuple(args.output),
         hang_timeout=args.hang_timeout,
+        start_timeout=args.start_timeout,
         settle=args.settle,
         env_check=args.env_check,
         access_check=not args.no_access_audit,

@@ -10,6 +10,8 @@
   owners, POSIX ACLs, parent directories).
 - :func:`parse_command` reads a job command the way its launcher would.
 - :func:`heartbeat` lets a plain loop without a torch optimizer report progress.
+- :func:`set_non_dumpable` keeps same-user processes from reading this process's memory
+  (call it before loading a signing key).
 
 The run directory and the ledger events are specified in ``docs/events.md``; the design
 (key separation, the control channel, what a same-user job can still do) in ``docs/run.md``.
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from trainwarden.supervise._checkpoints import SignedCheckpoint
     from trainwarden.supervise._command import JobCommand, parse_command
     from trainwarden.supervise._policy import CHECKS, Policy, load_policy
-    from trainwarden.supervise._process import ExitStatus
+    from trainwarden.supervise._process import ExitStatus, set_non_dumpable
     from trainwarden.supervise._supervisor import (
         SIGKILL_AUDIT_RULE,
         RunOptions,
@@ -60,6 +62,7 @@ __all__ = [
     "parse_acl",
     "parse_command",
     "run_job",
+    "set_non_dumpable",
 ]
 
 _LAZY = {
@@ -76,6 +79,7 @@ _LAZY = {
     "Policy": "_policy",
     "load_policy": "_policy",
     "ExitStatus": "_process",
+    "set_non_dumpable": "_process",
     "SIGKILL_AUDIT_RULE": "_supervisor",
     "RunOptions": "_supervisor",
     "RunResult": "_supervisor",

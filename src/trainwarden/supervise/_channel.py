@@ -205,7 +205,11 @@ class ChannelServer:
             message = decode_line(line)
             if message is None:
                 continue
-            if peer.hello is None and message.get("op") != "hello":
+            if message.get("op") == "hello":
+                if peer.hello is not None:
+                    continue  # one identity per connection
+                peer.hello = message
+            elif peer.hello is None:
                 continue  # nothing counts before a hello
             try:
                 reply = self._on_message(peer, message)

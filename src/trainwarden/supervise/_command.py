@@ -254,8 +254,8 @@ def parse_command(
     if kind == "other":
         return JobCommand(args, "other", None, None, None, CommandFacts(), None, None, None)
     if kind == "torchrun":
-        run = _parse_torchrun(args, base)
-        interpreter = _torchrun_interpreter(run, base)
+        run = _parse_torchrun(args, base, env)
+        interpreter = _torchrun_interpreter(run, base, env)
         nproc = _int_or_none(run.values.get("nproc-per-node"))
         nnodes = _nnodes(run.values.get("nnodes"))
         world = nproc * nnodes if nproc is not None and nnodes is not None else None
@@ -273,7 +273,7 @@ def parse_command(
             nnodes if "nnodes" in run.values else 1,
             _int_or_none(run.values.get("node-rank")),
         )
-    invocation = _parse_python(args, base)
+    invocation = _parse_python(args, base, env)
     if invocation is None:
         raise ConfigError(f"{first} is not a Python interpreter; use --launcher other for it")
     facts = _facts(invocation.args, base)
@@ -300,18 +300,18 @@ def _detect(args: tuple[str, ...], env: Mapping[str, str], base: Path) -> str:
             "put trainwarden run inside srun, not srun inside trainwarden run: "
             "srun trainwarden run --run-id $SLURM_JOB_ID -- python train.py ..."
         )
-    if _PYTHON_NAME.fullmatch(name) or _python_shebang(args[0], base):
-        if _python_module(args, base) in _TORCHRUN_MODULES:
+    if _PYTHON_NAME.fullmatch(name) or _python_shebang(args[0], base, env):
+        if _python_module(args, base, env) in _TORCHRUN_MODULES:
             return "torchrun"
         return "srun" if _in_srun_step(env) else "python"
     return "other"
 
 
-def _python_shebang(program: str, base: Path) -> bool:
+def _python_shebang(program: str, base: Path, env: Mapping[str, str]) -> bool:
     """Whether ``program`` is a script file whose ``#!`` line runs Python."""
     path = Path(program) if os.sep in program else None
     if path is None:
-        found = shutil.which(program)
+        found = shutil.which(program, path=env.get("PATH"))
         if found is None:
             return False
         path = Path(found)
@@ -345,17 +345,23 @@ def _shebang_python(line: str) -> str | None:
     return parts[0] if _PYTHON_NAME.fullmatch(Path(parts[0]).name) else None
 
 
-def _python_module(args: tuple[str, ...], base: Path) -> str | None:
-    invocation = _parse_python(args, base)
+def _python_module(args: tuple[str, ...], base: Path, env: Mapping[str, str]) -> str | None:
+    invocation = _parse_python(args, base, env)
     return invocation.target if invocation is not None and invocation.kind == "module" else None
 
 
-def _parse_python(args: tuple[str, ...], base: Path) -> PythonInvocation | None:
+def _parse_python(
+    args: tuple[str, ...], base: Path, env: Mapping[str, str]
+) -> PythonInvocation | None:
     interpreter = args[0]
     name = Path(interpreter).name
     if not _PYTHON_NAME.fullmatch(name):
         # An executable script with a Python shebang: run it with that interpreter.
-        path = Path(interpreter) if os.sep in interpreter else shutil.which(interpreter)
+        path = (
+            Path(interpreter)
+            if os.sep in interpreter
+            else shutil.which(interpreter, path=env.get("PATH"))
+        )
         if path is None:
             return None
         line = _first_line(Path(path) if Path(path).is_absolute() else base / path)
@@ -451,13 +457,15 @@ def _torchrun_name(option: str) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def _parse_torchrun(args: tuple[str, ...], base: Path) -> TorchrunInvocation:
+def _parse_torchrun(
+    args: tuple[str, ...], base: Path, env: Mapping[str, str]
+) -> TorchrunInvocation:
     if Path(args[0]).name == "torchrun":
         launcher: tuple[str, ...] = (args[0],)
         rest = list(args[1:])
         deprecated_launch = False
     else:
-        invocation = _parse_python(args, base)
+        invocation = _parse_python(args, base, env)
         assert invocation is not None
         assert invocation.kind == "module"
         launcher = (invocation.interpreter, *invocation.options, "-m", invocation.target)
@@ -515,12 +523,14 @@ def _parse_torchrun(args: tuple[str, ...], base: Path) -> TorchrunInvocation:
     return TorchrunInvocation(launcher, tuple(options), values, kind, rest[i], tuple(rest[i + 1 :]))
 
 
-def _torchrun_interpreter(run: TorchrunInvocation, base: Path) -> str | None:
+def _torchrun_interpreter(
+    run: TorchrunInvocation, base: Path, env: Mapping[str, str]
+) -> str | None:
     """The Python that torchrun starts ranks with: its own interpreter."""
     if len(run.launcher) > 1:
         return run.launcher[0]
     program = run.launcher[0]
-    found = program if os.sep in program else shutil.which(program)
+    found = program if os.sep in program else shutil.which(program, path=env.get("PATH"))
     if found is None:
         raise ConfigError(f"{program} is not installed (not found on PATH)")
     path = Path(found) if Path(found).is_absolute() else base / found

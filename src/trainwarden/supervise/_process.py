@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "ExitStatus",
+    "catches_signal",
     "cmdline",
     "decode_status",
     "descendants",
@@ -151,6 +152,25 @@ def parent_pid(pid: int) -> int | None:
         return int(rest[1])
     except (ValueError, IndexError):
         return None
+
+
+def catches_signal(pid: int, signo: int) -> bool:
+    """Whether ``pid`` has a handler installed for ``signo`` (``SigCgt`` in ``/proc``).
+
+    Sending a signal nobody handles runs its default action: for the stack-dump signal that
+    would kill the rank (e.g. during interpreter shutdown, after ``faulthandler`` let go).
+    """
+    data = _read(f"/proc/{pid}/status", 8192)
+    if not data:
+        return False
+    for line in data.split(b"\n"):
+        if line.startswith(b"SigCgt:"):
+            try:
+                mask = int(line.split(b":", 1)[1].strip(), 16)
+            except ValueError:
+                return False
+            return bool(mask >> (signo - 1) & 1)
+    return False
 
 
 def process_uid(pid: int) -> int | None:

@@ -92,7 +92,8 @@ class RankRuntime:
         self.sink = ChannelSink(self)
         self.secret: bytes | None = None
         self.steps = 0
-        self._last_beat = 0.0
+        self._step_time = 0.0
+        self._beating = False
         self._interval = 0.5
         self._key: Any = None
         self._fallback: Any = None
@@ -145,20 +146,42 @@ class RankRuntime:
         self._to_fallback([message])
 
     def heartbeat(self, step: int | None = None) -> None:
-        """Tell the supervisor this process made progress (rate-limited)."""
+        """Note that this process made progress; a thread tells the supervisor.
+
+        Called after every optimizer step, so it only stores the step and its time: the
+        heartbeat thread sends the latest one every ``heartbeat_interval`` seconds when it
+        changed (a hung rank sends nothing, which is what the supervisor watches for).
+        """
         self.steps = step if step is not None else self.steps + 1
-        now = time.monotonic()
-        if now - self._last_beat < self._interval and self._last_beat:
-            return
-        self._last_beat = now
-        channel = self.channel
-        if channel is not None:
-            channel.send({"op": "heartbeat", "step": self.steps, "t": time.time()})
+        self._step_time = time.time()
+        if not self._beating:
+            self._start_beating()
+
+    def _start_beating(self) -> None:
+        with _LOCK:
+            if self._beating:
+                return
+            self._beating = True
+        threading.Thread(target=self._beat, name="trainwarden-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        sent = None
+        while True:
+            steps = self.steps
+            channel = self.channel
+            if steps != sent and channel is not None:
+                message = {"op": "heartbeat", "step": steps, "t": self._step_time}
+                if not channel.send(message) and channel.lost:
+                    return
+                sent = steps
+            time.sleep(self._interval)
 
     def close(self) -> None:
         """Flush what is queued (at exit)."""
         channel = self.channel
         if channel is not None and not channel.lost:
+            if self._beating:  # the last steps since the heartbeat thread's last tick
+                channel.send({"op": "heartbeat", "step": self.steps, "t": self._step_time})
             channel.send({"op": "bye", "steps": self.steps})
             channel.flush(3.0)
         with self._fallback_lock:

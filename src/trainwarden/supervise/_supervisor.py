@@ -56,6 +56,7 @@ from trainwarden.supervise._preflight import (
 )
 from trainwarden.supervise._process import (
     ExitStatus,
+    catches_signal,
     cmdline,
     decode_status,
     descendants,
@@ -127,6 +128,8 @@ class RunOptions:
         inputs: Data manifests and config files to digest.
         outputs: Files the job writes that are outputs (subjects of the provenance).
         hang_timeout: Seconds without a step after which a rank is recorded as hung.
+        start_timeout: Seconds a rank may take to its first step (imports, data loading,
+            rendezvous) before it is recorded as hung (default: ``max(hang_timeout, 600)``).
         settle: Seconds without change after which a checkpoint is complete.
         env_check: ``fast``, ``full`` or ``off``.
         access_check: Run the access audit.
@@ -156,6 +159,7 @@ class RunOptions:
     inputs: tuple[Path, ...] = ()
     outputs: tuple[Path, ...] = ()
     hang_timeout: float = 300.0
+    start_timeout: float | None = None
     settle: float = 2.0
     env_check: str = "fast"
     access_check: bool = True
@@ -230,6 +234,7 @@ class _Proc:
     hangs: int = 0
     exited: bool = False
     signals_seen: set[int] = field(default_factory=set)
+    closing: bool = False
     shim: int | None = None
     tokens: float = _BUCKET
     refill_at: float = 0.0
@@ -291,6 +296,10 @@ class _Supervisor:
 
     def run(self) -> RunResult:
         o = self.o
+        # First: the key is in memory already, and the checks below start processes of the
+        # job's environment (its interpreter, git). Same-user processes must not be able to
+        # ptrace us or read our memory from here on.
+        self.dumpable_off = set_non_dumpable()
         job = parse_command(o.command, launcher=o.launcher, environ=self.environ, cwd=self.cwd)
         self.job = job
         resolve_program(job.argv[0], environ=self.environ, cwd=self.cwd)
@@ -303,19 +312,18 @@ class _Supervisor:
         self.key = o.key if o.key is not None else PrivateKey.generate("trainwarden-run-ephemeral")
         self.multinode = bool(job.nnodes and job.nnodes > 1)
         self.node_label = str(job.node_rank) if job.node_rank is not None else None
-        # The process is made non-dumpable before anything of the job exists: same-user
-        # processes can then neither ptrace it nor read the key from its memory.
-        self.dumpable_off = set_non_dumpable()
-        self.subreaper = set_child_subreaper()
         check_writable_dir(self.run_dir, what="run directory")
         check_writable_dir(self.ledger_dir, what="ledger directory")
         for sub in ("telemetry", "stacks"):
             (self.run_dir / sub).mkdir(exist_ok=True)
-        self._block_signals()
         self.started = utc_now()
         self.t0 = time.monotonic()
         self.record_path = self.run_dir / "run.json"
-        self.primary = create_run_record(self.record_path, self._record(), shared=self.multinode)
+        # On several nodes, the node of rank 0 keeps run.json and the statement; the others
+        # write nodes/<node-rank>.json (first come, when the node rank is not known).
+        self.primary = not (self.multinode and job.node_rank not in (None, 0)) and (
+            create_run_record(self.record_path, self._record(), shared=self.multinode)
+        )
         if not self.primary:
             label = self.node_label or f"{_host()}-{os.getpid()}"
             self.record_path = self.run_dir / "nodes" / f"{label}.json"
@@ -328,6 +336,9 @@ class _Supervisor:
         from trainwarden.ledger import Ledger
 
         self.ledger = Ledger(self.ledger_dir, key=self.key, fsync="batch")
+        # Orphans of the job (a rank whose torchrun agent died) are re-parented to us.
+        self.subreaper = set_child_subreaper()
+        self._block_signals()
         try:
             return self._supervise()
         finally:
@@ -756,7 +767,7 @@ class _Supervisor:
             if status.signo is not None and status.signo not in proc.signals_seen:
                 self._record_exit_signal(proc, status, source="exit-status")
             self.append(
-                "rank.exit",
+                "rank.exit" if _is_rank(proc) else "process.exit",
                 rank=proc.rank,
                 pid=pid,
                 status=status.status,
@@ -785,7 +796,7 @@ class _Supervisor:
             )
         )
         self.append(
-            "rank.signal",
+            "rank.signal" if _is_rank(proc) else "process.signal",
             rank=proc.rank,
             pid=proc.pid,
             signal=status.signal,
@@ -828,16 +839,27 @@ class _Supervisor:
             steps = [p.last_step for p in self.procs.values() if p.last_step is not None]
         return max(steps) if steps else None
 
+    def _timeouts(self) -> tuple[float, float]:
+        """``(between steps, until the first step)``."""
+        step = self.o.hang_timeout
+        start = self.o.start_timeout if self.o.start_timeout is not None else max(step, 600.0)
+        return step, start
+
     def _check_hangs(self, now: float) -> None:
-        timeout = self.o.hang_timeout
+        step_timeout, start_timeout = self._timeouts()
         with self.lock:
             candidates = [
                 p
                 for p in self.procs.values()
                 if not p.exited
+                and not p.closing
                 and p.hung_since is None
                 and (p.role == "rank" or (p.role == "process" and p.last_beat is not None))
-                and now - (p.last_beat or p.started) > timeout
+                and (
+                    now - p.last_beat > step_timeout
+                    if p.last_beat is not None
+                    else now - p.started > start_timeout
+                )
             ]
             for proc in candidates:
                 proc.hung_since = now
@@ -850,7 +872,8 @@ class _Supervisor:
     def _dump_stacks(self, proc: _Proc, now: float) -> None:
         live = self._stacks_live(proc)
         before = _size(live)
-        if kill_quietly(proc.pid, STACKS_SIGNAL):
+        # Only a process that handles the signal gets it: its default action would kill.
+        if catches_signal(proc.pid, STACKS_SIGNAL) and kill_quietly(proc.pid, STACKS_SIGNAL):
             # faulthandler writes from a signal handler: wait until the output stops growing.
             deadline = time.monotonic() + 5.0
             last, quiet_since = before, time.monotonic()
@@ -885,14 +908,15 @@ class _Supervisor:
             pid=proc.pid,
             last_step=proc.last_step,
             seconds=round(now - (proc.last_beat or proc.started), 3),
+            phase="step" if proc.last_beat is not None else "start",
             stacks=str(Path("stacks") / out.name),
             stacks_sha256="sha256:" + hashlib.sha256(header + body).hexdigest(),
-            timeout=self.o.hang_timeout,
+            timeout=self._timeouts()[0 if proc.last_beat is not None else 1],
         )
         self.progress(
             "watch",
             f"rank {proc.rank} (pid {proc.pid}) made no step for "
-            f"{self.o.hang_timeout:g} s; stacks in {out}",
+            f"{now - (proc.last_beat or proc.started):.0f} s; stacks in {out}",
         )
 
     def _stacks_live(self, proc: _Proc) -> Path:
@@ -910,8 +934,10 @@ class _Supervisor:
             return None
         if op == "heartbeat":
             step = message.get("step")
+            now = time.monotonic()
             with self.lock:
-                proc.last_beat = time.monotonic()
+                previous = proc.last_beat or proc.started
+                proc.last_beat = now
                 if isinstance(step, int) and not isinstance(step, bool):
                     proc.last_step = step
                 hung = proc.hung_since
@@ -922,11 +948,15 @@ class _Supervisor:
                     rank=proc.rank,
                     pid=proc.pid,
                     step=proc.last_step,
-                    seconds_without_step=round(time.monotonic() - hung + self.o.hang_timeout, 3),
+                    seconds_without_step=round(now - previous, 3),
                 )
             return None
         if op == "event":
             self._relay(proc, message)
+            return None
+        if op == "bye":
+            with self.lock:
+                proc.closing = True  # exiting: no hang check, no stack signal from now on
             return None
         if op == "child" and proc.role == "shim":
             child = message.get("pid")
@@ -967,7 +997,7 @@ class _Supervisor:
                 self.world_size = world
         if role in ("rank", "process"):
             self.append(
-                "rank.start",
+                "rank.start" if _is_rank(proc) else "process.start",
                 rank=rank,
                 local_rank=_int(message.get("local_rank")),
                 node=_int(message.get("node")),
@@ -1324,6 +1354,11 @@ class _Supervisor:
 
 
 _CONFIG_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".toml", ".ini", ".cfg"})
+
+
+def _is_rank(proc: _Proc) -> bool:
+    """A rank: started through the bootstrap, or any process with a rank (``RANK``)."""
+    return proc.role == "rank" or proc.rank is not None
 
 
 def _children(pid: int) -> list[int]:
