@@ -9,11 +9,10 @@ which was loaded before the job started and never leaves this (non-dumpable) pro
 """
 
 # os.path: string paths; normalised without resolving symlinks.
-# ruff: noqa: PTH100, PTH112, PTH117, PTH120, PTH123, PTH208
+# ruff: noqa: PTH100, PTH112, PTH117, PTH120
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import logging
@@ -30,8 +29,8 @@ from typing import Any
 
 from trainwarden import __version__
 from trainwarden.errors import ConfigError, Error, InputError
-from trainwarden.keys import PrivateKey, PublicKey
-from trainwarden.supervise._channel import ChannelServer, Peer
+from trainwarden.keys import PrivateKey
+from trainwarden.supervise._channel import ChannelServer
 from trainwarden.supervise._checkpoints import CheckpointWatcher, SignedCheckpoint
 from trainwarden.supervise._command import parse_command
 from trainwarden.supervise._launch import (
@@ -56,17 +55,10 @@ from trainwarden.supervise._preflight import (
 )
 from trainwarden.supervise._process import (
     ExitStatus,
-    catches_signal,
-    cmdline,
-    decode_status,
-    descendants,
-    kill_quietly,
-    parent_pid,
-    sender_info,
     set_child_subreaper,
     set_non_dumpable,
-    signal_name,
 )
+from trainwarden.supervise._relay import Relaying
 from trainwarden.supervise._rundir import (
     SCHEMA_VERSION,
     check_run_id,
@@ -76,38 +68,20 @@ from trainwarden.supervise._rundir import (
     utc_now,
     write_run_record,
 )
+from trainwarden.supervise._state import (
+    FORWARDED,
+    SIGKILL_AUDIT_RULE,
+    Proc,
+    host,
+    user,
+)
+from trainwarden.supervise._watch import Watching
 
-__all__ = ["RunOptions", "RunResult", "run_job"]
+__all__ = ["SIGKILL_AUDIT_RULE", "RunOptions", "RunResult", "run_job"]
 
 logger = logging.getLogger("trainwarden.supervise")
 
 Progress = Callable[[str, str], None]
-
-#: Signals the supervisor records (with their sender) and forwards to the job.
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
-#: Each rank dumps its Python stacks (faulthandler) when it receives this signal.
-STACKS_SIGNAL: int = signal.SIGRTMIN + 6
-#: Host audit rule that names the sender of a SIGKILL (the kernel does not tell the victim).
-SIGKILL_AUDIT_RULE = (
-    "auditctl -a always,exit -F arch=b64 -S kill,tkill,tgkill -F a1=9 -k trainwarden-kill"
-)
-_SIGKILL_NOTE = (
-    "SIGKILL cannot be caught, and the OS does not report its sender to the victim or its "
-    f"parent; on the host, `{SIGKILL_AUDIT_RULE}` then `ausearch -k trainwarden-kill` names "
-    "it (the kernel's OOM killer also sends SIGKILL: see the kernel log)"
-)
-_RELAYED_PREFIXES = ("guard.", "egress.", "load.", "job.")
-_RELAYED_EVENTS = frozenset({"rank.signal"})
-_MAX_EVENT_BYTES = 64 << 10
-_BUCKET = 2000.0
-_REFILL = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,29 +192,6 @@ class RunResult:
     problems: tuple[str, ...] = ()
 
 
-@dataclass
-class _Proc:
-    """A process of the job the supervisor knows (a rank, a shim, another Python process)."""
-
-    pid: int
-    role: str
-    rank: int | None
-    host: str
-    started: float
-    public_key: PublicKey | None = None
-    last_beat: float | None = None
-    last_step: int | None = None
-    hung_since: float | None = None
-    hangs: int = 0
-    exited: bool = False
-    signals_seen: set[int] = field(default_factory=set)
-    closing: bool = False
-    shim: int | None = None
-    tokens: float = _BUCKET
-    refill_at: float = 0.0
-    dropped: int = 0
-
-
 def _noop(stage: str, message: str) -> None:
     del stage, message
 
@@ -255,7 +206,7 @@ def run_job(options: RunOptions, *, progress: Progress | None = None) -> RunResu
     return _Supervisor(options, progress or _noop).run()
 
 
-class _Supervisor:
+class _Supervisor(Watching, Relaying):
     def __init__(self, options: RunOptions, progress: Progress) -> None:
         self.o = options
         self.progress = progress
@@ -269,7 +220,7 @@ class _Supervisor:
         )
         self.own_ledger = options.ledger is None
         self.lock = threading.RLock()
-        self.procs: dict[int, _Proc] = {}
+        self.procs: dict[int, Proc] = {}
         self.egress: dict[tuple[str, Any], dict[str, Any]] = {}
         self.native: dict[str, dict[str, Any]] = {}
         self.findings: dict[str, int] = {}
@@ -325,7 +276,7 @@ class _Supervisor:
             create_run_record(self.record_path, self._record(), shared=self.multinode)
         )
         if not self.primary:
-            label = self.node_label or f"{_host()}-{os.getpid()}"
+            label = self.node_label or f"{host()}-{os.getpid()}"
             self.record_path = self.run_dir / "nodes" / f"{label}.json"
             self.record_path.parent.mkdir(exist_ok=True)
             create_run_record(self.record_path, self._record(), shared=False)
@@ -366,8 +317,8 @@ class _Supervisor:
             primary=self.primary,
             supervisor={
                 "pid": os.getpid(),
-                "host": _host(),
-                "user": _user(),
+                "host": host(),
+                "user": user(),
                 "key": self.key.public.fingerprint,
                 "ephemeral_key": self.ephemeral,
                 "non_dumpable": self.dumpable_off,
@@ -664,564 +615,10 @@ class _Supervisor:
             # The leader is rank 0's process itself (its hello will tell the rank).
             with self.lock:
                 self.procs.setdefault(
-                    self.leader, _Proc(self.leader, "rank", None, _host(), time.monotonic())
+                    self.leader, Proc(self.leader, "rank", None, host(), time.monotonic())
                 )
 
     # -- watching --------------------------------------------------------------------------------
-
-    def _watch(self) -> ExitStatus:
-        next_tick = 0.0
-        ended_at: float | None = None
-        terminated = killed = False
-        while True:
-            try:
-                info = signal.sigtimedwait(self.waited, 0.2)
-            except InterruptedError:  # pragma: no cover
-                info = None
-            if info is not None and info.si_signo != signal.SIGCHLD:
-                self._on_own_signal(info)
-            self._reap()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + 1.0
-                if self.watcher is not None and self._watches_checkpoints():
-                    self.watcher.poll()
-                self._check_hangs(now)
-                self._adopt_orphans()
-                with contextlib.suppress(Error):
-                    self.ledger.flush()
-            if self.leader_exit is None:
-                continue
-            left = [p for p in descendants(os.getpid()) if p != os.getpid()]
-            if not left:
-                return self.leader_exit
-            # The job's main process ended but left processes behind: give them a grace
-            # period (a rank finishing its checkpoint), then end them.
-            ended_at = ended_at or now
-            if not terminated and now - ended_at > self.o.orphan_grace:
-                terminated = True
-                for pid in left:
-                    self._note_orphan(pid)
-                    kill_quietly(pid, signal.SIGTERM)
-            elif terminated and not killed and now - ended_at > self.o.orphan_grace + 10:
-                killed = True
-                for pid in left:
-                    kill_quietly(pid, signal.SIGKILL)
-
-    def _on_own_signal(self, info: Any) -> None:
-        signo = info.si_signo
-        sender, note = sender_info(info)
-        forward = self.leader is not None and self.leader_exit is None
-        if sender is None and getattr(info, "si_code", None) == 0x80:
-            # From the terminal: the job is in our process group and got it too.
-            forward = False
-            note = (note or "") + "; the job received it from the terminal as well"
-        self.append(
-            "supervisor.signal",
-            signal=signal_name(signo),
-            signo=signo,
-            sender=sender,
-            note=note,
-            action="forwarded to the job" if forward else "recorded",
-        )
-        self.progress(
-            "signal",
-            f"received {signal_name(signo)}"
-            + (f" from pid {sender['pid']}" if sender else "")
-            + ("; forwarding it to the job" if forward else ""),
-        )
-        if forward and self.leader is not None:
-            kill_quietly(self.leader, signo)
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, raw = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._on_exit(pid, decode_status(raw), source="supervisor")
-
-    def _on_exit(
-        self,
-        pid: int,
-        status: ExitStatus,
-        *,
-        source: str,
-        seconds: float | None = None,
-        reporter: int | None = None,
-    ) -> None:
-        with self.lock:
-            proc = self.procs.get(pid)
-            if proc is not None and proc.exited:
-                if pid == self.leader and self.leader_exit is None:
-                    self.leader_exit = status
-                return
-            if proc is not None:
-                proc.exited = True
-        if pid == self.leader:
-            self.leader_exit = status
-        if proc is not None and proc.role in ("rank", "process"):
-            elapsed = seconds if seconds is not None else round(time.monotonic() - proc.started, 3)
-            if status.signo is not None and status.signo not in proc.signals_seen:
-                self._record_exit_signal(proc, status, source="exit-status")
-            self.append(
-                "rank.exit" if _is_rank(proc) else "process.exit",
-                rank=proc.rank,
-                pid=pid,
-                status=status.status,
-                signal=status.signal,
-                seconds=elapsed,
-                role=proc.role,
-                observed_by=source,
-                **({"reporter": reporter} if reporter is not None else {}),
-            )
-            return
-        if proc is not None and proc.role == "shim":
-            return  # the shim reported its rank's exit already
-        if pid == self.leader:
-            return  # the launcher (torchrun): its status is the job's, in run.exit
-        if pid in self.orphans_seen:
-            self.append("process.exit", pid=pid, status=status.status, signal=status.signal)
-
-    def _record_exit_signal(self, proc: _Proc, status: ExitStatus, *, source: str) -> None:
-        assert status.signo is not None
-        note = (
-            _SIGKILL_NOTE
-            if status.signo == signal.SIGKILL
-            else (
-                "ended by this signal; its sender was not recorded (the signal reached the process "
-                "before trainwarden's recorder, or was sent to a thread)"
-            )
-        )
-        self.append(
-            "rank.signal" if _is_rank(proc) else "process.signal",
-            rank=proc.rank,
-            pid=proc.pid,
-            signal=status.signal,
-            signo=status.signo,
-            sender=None,
-            source=source,
-            note=note,
-            core=status.core,
-        )
-        if status.signo == signal.SIGKILL:
-            self._count("T6")
-
-    def _adopt_orphans(self) -> None:
-        # Processes re-parented to us (their parent died): record each once.
-        for pid in _children(os.getpid()):
-            if pid == self.leader or pid in self.orphans_seen:
-                continue
-            with self.lock:
-                known = self.procs.get(pid)
-            if known is not None and known.role == "shim":
-                continue
-            self._note_orphan(pid)
-
-    def _note_orphan(self, pid: int) -> None:
-        if pid in self.orphans_seen or pid == self.leader:
-            return
-        self.orphans_seen.add(pid)
-        with self.lock:
-            proc = self.procs.get(pid)
-        self.append(
-            "process.orphan",
-            pid=pid,
-            rank=proc.rank if proc is not None else None,
-            cmdline=cmdline(pid),
-            note="its parent ended; the supervisor (a child subreaper) adopted it",
-        )
-
-    def _current_step(self) -> int | None:
-        with self.lock:
-            steps = [p.last_step for p in self.procs.values() if p.last_step is not None]
-        return max(steps) if steps else None
-
-    def _timeouts(self) -> tuple[float, float]:
-        """``(between steps, until the first step)``."""
-        step = self.o.hang_timeout
-        start = self.o.start_timeout if self.o.start_timeout is not None else max(step, 600.0)
-        return step, start
-
-    def _check_hangs(self, now: float) -> None:
-        step_timeout, start_timeout = self._timeouts()
-        with self.lock:
-            candidates = [
-                p
-                for p in self.procs.values()
-                if not p.exited
-                and not p.closing
-                and p.hung_since is None
-                and (p.role == "rank" or (p.role == "process" and p.last_beat is not None))
-                and (
-                    now - p.last_beat > step_timeout
-                    if p.last_beat is not None
-                    else now - p.started > start_timeout
-                )
-            ]
-            for proc in candidates:
-                proc.hung_since = now
-                proc.hangs += 1
-        for proc in candidates:
-            threading.Thread(
-                target=self._dump_stacks, args=(proc, now), name="trainwarden-stacks", daemon=True
-            ).start()
-
-    def _dump_stacks(self, proc: _Proc, now: float) -> None:
-        live = self._stacks_live(proc)
-        before = _size(live)
-        # Only a process that handles the signal gets it: its default action would kill.
-        if catches_signal(proc.pid, STACKS_SIGNAL) and kill_quietly(proc.pid, STACKS_SIGNAL):
-            # faulthandler writes from a signal handler: wait until the output stops growing.
-            deadline = time.monotonic() + 5.0
-            last, quiet_since = before, time.monotonic()
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
-                size = _size(live)
-                if size != last:
-                    last, quiet_since = size, time.monotonic()
-                elif size > before and time.monotonic() - quiet_since > 0.3:
-                    break
-        out = (
-            self.run_dir
-            / "stacks"
-            / f"rank-{proc.rank if proc.rank is not None else 'x'}-{proc.hangs}.txt"
-        )
-        text = b""
-        with contextlib.suppress(OSError), open(live, "rb") as fh:
-            fh.seek(before)
-            text = fh.read(4 << 20)
-        header = (
-            f"# rank {proc.rank} pid {proc.pid} on {proc.host}: no step for "
-            f"{now - (proc.last_beat or proc.started):.1f} s (last step {proc.last_step})\n"
-        ).encode()
-        body = text or b"(no stack dump: the process did not answer the stack signal)\n"
-        from trainwarden._fs import atomic_write
-
-        with contextlib.suppress(InputError):
-            atomic_write(out, header + body, what="stack dump")
-        self.append(
-            "rank.hang",
-            rank=proc.rank,
-            pid=proc.pid,
-            last_step=proc.last_step,
-            seconds=round(now - (proc.last_beat or proc.started), 3),
-            phase="step" if proc.last_beat is not None else "start",
-            stacks=str(Path("stacks") / out.name),
-            stacks_sha256="sha256:" + hashlib.sha256(header + body).hexdigest(),
-            timeout=self._timeouts()[0 if proc.last_beat is not None else 1],
-        )
-        self.progress(
-            "watch",
-            f"rank {proc.rank} (pid {proc.pid}) made no step for "
-            f"{now - (proc.last_beat or proc.started):.0f} s; stacks in {out}",
-        )
-
-    def _stacks_live(self, proc: _Proc) -> Path:
-        return self.run_dir / "stacks" / f".live-rank-{proc.rank}-{proc.pid}.txt"
-
-    # -- the control channel (server thread) ---------------------------------------------------
-
-    def _on_message(self, peer: Peer, message: dict[str, Any]) -> dict[str, Any] | None:
-        op = message.get("op")
-        if op == "hello":
-            return self._on_hello(peer, message)
-        with self.lock:
-            proc = self.procs.get(peer.pid)
-        if proc is None:
-            return None
-        if op == "heartbeat":
-            step = message.get("step")
-            now = time.monotonic()
-            with self.lock:
-                previous = proc.last_beat or proc.started
-                proc.last_beat = now
-                if isinstance(step, int) and not isinstance(step, bool):
-                    proc.last_step = step
-                hung = proc.hung_since
-                proc.hung_since = None
-            if hung is not None:
-                self.append(
-                    "rank.recovered",
-                    rank=proc.rank,
-                    pid=proc.pid,
-                    step=proc.last_step,
-                    seconds_without_step=round(now - previous, 3),
-                )
-            return None
-        if op == "event":
-            self._relay(proc, message)
-            return None
-        if op == "bye":
-            with self.lock:
-                proc.closing = True  # exiting: no hang check, no stack signal from now on
-            return None
-        if op == "child" and proc.role == "shim":
-            child = message.get("pid")
-            if isinstance(child, int):
-                with self.lock:
-                    proc.shim = child
-            return None
-        if op == "exit" and proc.role == "shim":
-            self._shim_exit(proc, message)
-            return None
-        return None
-
-    def _on_hello(self, peer: Peer, message: dict[str, Any]) -> dict[str, Any]:
-        role = message.get("role")
-        if role not in ("rank", "shim", "process", "worker"):
-            return {"op": "refused", "reason": f"unknown role {role!r}"}
-        peer.hello = message
-        rank = peer.rank
-        host = str(message.get("host") or _host())[:255]
-        public = None
-        raw = message.get("key")
-        if isinstance(raw, str):
-            with contextlib.suppress(ValueError, Error):
-                public = PublicKey(
-                    base64.b64decode(raw, validate=True), f"{role}-{rank}@{host}:{peer.pid}"
-                )
-        now = time.monotonic()
-        with self.lock:
-            proc = self.procs.get(peer.pid)
-            if proc is None:
-                proc = _Proc(peer.pid, str(role), rank, host, now)
-                self.procs[peer.pid] = proc
-            proc.role, proc.rank, proc.host, proc.public_key = str(role), rank, host, public
-            if role in ("rank", "process") and host not in self.nodes:
-                self.nodes.append(host)
-            world = message.get("world_size")
-            if isinstance(world, int) and role == "rank":
-                self.world_size = world
-        if role in ("rank", "process"):
-            self.append(
-                "rank.start" if _is_rank(proc) else "process.start",
-                rank=rank,
-                local_rank=_int(message.get("local_rank")),
-                node=_int(message.get("node")),
-                pid=peer.pid,
-                host=host,
-                role=role,
-                world_size=_int(message.get("world_size")),
-                restart=_int(message.get("restart")),
-                uid=peer.uid,
-                key=public.fingerprint if public else None,
-                public_key=raw if public else None,
-                argv=[str(a)[:512] for a in (message.get("argv") or [])][:32]
-                if isinstance(message.get("argv"), list)
-                else None,
-            )
-        welcome: dict[str, Any] = {
-            "op": "welcome",
-            "run": self.run_id,
-            "run_dir": str(self.run_dir),
-            "ledger": str(self.ledger_dir),
-            "telemetry_dir": str(self.run_dir / "telemetry"),
-            "egress": self.o.egress,
-            "guard": {"enabled": self.o.guard, "on_violation": self.o.on_violation},
-            "heartbeat_interval": 0.5,
-        }
-        if role in ("rank", "process"):
-            # The sampling secret goes only over this channel, only to the job's own
-            # processes (checked by the kernel's peer credentials), never via the environment.
-            welcome["secret"] = self.secret.hex()
-            welcome["stacks_signal"] = STACKS_SIGNAL
-            welcome["stacks_file"] = str(
-                self.run_dir / "stacks" / f".live-rank-{rank}-{peer.pid}.txt"
-            )
-        return welcome
-
-    def _relay(self, proc: _Proc, message: dict[str, Any]) -> None:
-        event = message.get("event")
-        data = message.get("data")
-        if not isinstance(event, str) or not isinstance(data, dict):
-            return
-        if not (event.startswith(_RELAYED_PREFIXES) or event in _RELAYED_EVENTS):
-            self._note_refused_event(proc, event)
-            return
-        now = time.monotonic()
-        with self.lock:
-            # A job that floods the channel must not bloat the ledger without bound.
-            proc.tokens = min(_BUCKET, proc.tokens + (now - proc.refill_at) * _REFILL)
-            proc.refill_at = now
-            if proc.tokens < 1:
-                proc.dropped += 1
-                if proc.dropped == 1:
-                    flood = True
-                else:
-                    return
-            else:
-                proc.tokens -= 1
-                flood = False
-        if flood:
-            self.append(
-                "rank.flood",
-                rank=proc.rank,
-                pid=proc.pid,
-                note="events over the rate limit are dropped",
-            )
-            return
-        payload = dict(data)
-        # pid and rank are what the kernel and the hello say, not what the message claims
-        # (a shim reports about its child, the rank process).
-        actual = (proc.shim or payload.get("pid")) if proc.role == "shim" else proc.pid
-        if payload.get("pid") not in (None, actual):
-            payload["claimed_pid"] = payload.get("pid")
-        payload["pid"] = actual
-        if payload.get("rank") != proc.rank and proc.rank is not None:
-            if payload.get("rank") is not None:
-                payload["claimed_rank"] = payload.get("rank")
-            payload["rank"] = proc.rank
-        payload.setdefault("rank", proc.rank)
-        if event == "egress.endpoint":
-            if not self._new_endpoint(proc, payload):
-                return
-        elif event == "egress.native-load":
-            library = str(payload.get("library"))
-            with self.lock:
-                known = library in self.native
-                entry = self.native.setdefault(library, {"library": library, "ranks": []})
-                if proc.rank not in entry["ranks"]:
-                    entry["ranks"].append(proc.rank)
-            if known:
-                return
-        elif event == "rank.signal":
-            signo = payload.get("signo")
-            target = proc.shim if proc.role == "shim" and proc.shim else proc.pid
-            with self.lock:
-                target_proc = self.procs.get(target) or proc
-                if isinstance(signo, int):
-                    target_proc.signals_seen.add(signo)
-            sender = payload.get("sender")
-            if isinstance(sender, dict) and not self._is_ours(sender.get("pid")):
-                self._count("T6")
-        elif event == "guard.finding":
-            technique = payload.get("technique")
-            self._count(str(technique) if isinstance(technique, str) else "other")
-            with self.lock:
-                if len(self.guard_findings) < 200:
-                    self.guard_findings.append(
-                        {
-                            k: payload.get(k)
-                            for k in (
-                                "rule_id",
-                                "technique",
-                                "check",
-                                "rank",
-                                "step",
-                                "severity",
-                                "established",
-                            )
-                        }
-                    )
-        elif event == "load.refused":
-            self._count("T1")
-        try:
-            size = len(repr(payload))
-        except Exception:
-            return
-        if size > _MAX_EVENT_BYTES:
-            payload = {"rank": proc.rank, "pid": proc.pid, "truncated": True, "bytes": size}
-        self.append(event, **payload)
-
-    def _is_ours(self, pid: Any) -> bool:
-        """Whether ``pid`` is the supervisor, the job's launcher or one of its shims."""
-        if not isinstance(pid, int):
-            return False
-        if pid in (os.getpid(), self.leader):
-            return True
-        with self.lock:
-            proc = self.procs.get(pid)
-        return proc is not None and proc.role == "shim"
-
-    def _new_endpoint(self, proc: _Proc, payload: dict[str, Any]) -> bool:
-        key = (str(payload.get("host")), payload.get("port"))
-        with self.lock:
-            entry = self.egress.get(key)
-            if entry is not None:
-                if proc.rank not in entry["ranks"]:
-                    entry["ranks"].append(proc.rank)
-                if entry.get("address") is None and payload.get("address"):
-                    entry["address"] = payload.get("address")
-                return False
-            self.egress[key] = {
-                "host": payload.get("host"),
-                "port": payload.get("port"),
-                "address": payload.get("address"),
-                "via": payload.get("via"),
-                "ranks": [proc.rank],
-            }
-        return True
-
-    def _note_refused_event(self, proc: _Proc, event: str) -> None:
-        # A rank may only report what it observed; supervisor events (run.*, checkpoint.*,
-        # preflight.*) from a rank would be forgeries signed with our key.
-        self.append(
-            "channel.refused-event",
-            rank=proc.rank,
-            pid=proc.pid,
-            event=event[:128],
-            note="only guard.*, egress.*, load.*, job.* and rank.signal may be reported by a rank",
-        )
-
-    def _shim_exit(self, shim: _Proc, message: dict[str, Any]) -> None:
-        child = message.get("pid")
-        if not isinstance(child, int):
-            self.append(
-                "rank.exit",
-                rank=shim.rank,
-                pid=None,
-                status=message.get("status"),
-                signal=None,
-                seconds=0.0,
-                error=str(message.get("error"))[:500],
-            )
-            return
-        signo = message.get("signo")
-        status = ExitStatus(
-            _int(message.get("status")),
-            str(message["signal"]) if message.get("signal") else None,
-            signo if isinstance(signo, int) else None,
-        )
-        with self.lock:
-            proc = self.procs.get(child)
-            if proc is None:
-                proc = _Proc(child, "rank", shim.rank, shim.host, shim.started)
-                self.procs[child] = proc
-        seconds = message.get("seconds")
-        self._on_exit(
-            child,
-            status,
-            source="shim",
-            seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
-            reporter=shim.pid,
-        )
-
-    def _on_close(self, peer: Peer) -> None:
-        del peer
-
-    def _on_refused(self, pid: int, uid: int, reason: str) -> None:
-        self.refused_peers += 1
-        if self.refused_peers > 100:
-            return
-        from trainwarden._system import user_name
-
-        self.append(
-            "channel.refused",
-            pid=pid,
-            uid=uid,
-            user=user_name(uid),
-            cmdline=cmdline(pid),
-            reason=reason,
-        )
-
-    # -- the end ---------------------------------------------------------------------------------
-
-    def _count(self, technique: str) -> None:
-        with self.lock:
-            self.findings[technique] = self.findings.get(technique, 0) + 1
 
     def _technique_counts(self) -> dict[str, int]:
         counts = dict(self.findings)
@@ -1324,8 +721,8 @@ class _Supervisor:
             },
             "supervisor": {
                 "pid": os.getpid(),
-                "host": _host(),
-                "user": _user(),
+                "host": host(),
+                "user": user(),
                 "key": self.key.public.fingerprint,
             },
             "node": self.node_label,
@@ -1354,39 +751,3 @@ class _Supervisor:
 
 
 _CONFIG_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".toml", ".ini", ".cfg"})
-
-
-def _is_rank(proc: _Proc) -> bool:
-    """A rank: started through the bootstrap, or any process with a rank (``RANK``)."""
-    return proc.role == "rank" or proc.rank is not None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    return [int(n) for n in entries if n.isdigit() and parent_pid(int(n)) == pid]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _host() -> str:
-    from trainwarden._system import host_name
-
-    return host_name()
-
-
-def _user() -> str:
-    from trainwarden._system import user_name
-
-    return user_name(os.geteuid())
