@@ -445,6 +445,119 @@ def test_two_nodes_share_one_ledger_and_run_id(tmp_path: Path) -> None:
     assert (tmp_path / "rd" / "provenance.intoto.json").exists()
 
 
+# -- the guard's contract, with a fake guard --------------------------------------------
+
+# A stand-in for trainwarden.guard that implements its documented contract (record_signals,
+# configure_defaults, install_global, add_step_listener) and logs every call. It is put in
+# place by the environment's own sitecustomize, which the run's sitecustomize chains to.
+FAKE_GUARD = """
+import json, os, sys, types
+log = open(os.environ["FAKE_GUARD_LOG"], "a")
+def write(**item):
+    log.write(json.dumps(item, default=repr) + "\\n"); log.flush()
+guard = types.ModuleType("trainwarden.guard")
+def record_signals(sink, *, run=None, signals=()):
+    write(call="record_signals", run=run, signals=sorted(int(s) for s in signals))
+def configure_defaults(*, sink=None, run=None, secret=None, on_violation=None, telemetry_dir=None):
+    write(call="configure_defaults", run=run, secret=secret.hex() if secret else None,
+          on_violation=on_violation, telemetry_dir=telemetry_dir, sink=type(sink).__name__)
+class Global:
+    def __init__(self, sink, run):
+        self.listeners, self.sink, self.run, self.step = [], sink, run, 0
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        register_optimizer_step_post_hook(self.after_step)
+    def add_step_listener(self, fn):
+        self.listeners.append(fn)
+    def after_step(self, optimizer, args, kwargs):
+        self.step += 1
+        if self.step == 2:
+            self.sink.append("guard.finding", run=self.run, rule_id="guard.update",
+                             technique="T4", check="update", severity="high",
+                             message="update flipped", evidence="residual 2.0", step=2,
+                             established=True)
+        for fn in self.listeners:
+            fn(types.SimpleNamespace(step=self.step, rank=0, time=0.0))
+def install_global(*, sink=None, run=None, secret=None, on_violation="halt", config=None):
+    import torch
+    write(call="install_global", run=run, secret=secret.hex() if secret else None,
+          torch_ready=hasattr(torch, "distributed"))
+    return Global(sink, run)
+guard.record_signals, guard.configure_defaults, guard.install_global = (
+    record_signals, configure_defaults, install_global)
+sys.modules["trainwarden.guard"] = guard
+"""
+
+GUARDED_JOB = """
+import os, torch
+assert not any("SECRET" in k for k in os.environ)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(3):
+    opt.zero_grad()
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+"""
+
+
+@pytest.mark.torch
+def test_every_rank_gets_the_guard_configured_from_the_supervisor(tmp_path: Path) -> None:
+    import hashlib
+
+    site = tmp_path / "envsite"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAKE_GUARD)
+    (tmp_path / "job.py").write_text(GUARDED_JOB)
+    log = tmp_path / "guard.log"
+    env = {**ENV, "PYTHONPATH": str(site), "FAKE_GUARD_LOG": str(log)}
+    proc = tw(
+        "run",
+        *FAST,
+        "--run-id",
+        "guarded",
+        "--run-dir",
+        "rd",
+        "--on-violation",
+        "warn",
+        "--",
+        PY,
+        "job.py",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = {c["call"]: c for c in map(json.loads, log.read_text().splitlines())}
+    assert set(calls) == {"record_signals", "configure_defaults", "install_global"}
+    assert calls["record_signals"]["signals"] == sorted(
+        int(s)
+        for s in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGQUIT,
+        )
+    )
+    configured = calls["configure_defaults"]
+    assert (configured["run"], configured["on_violation"]) == ("guarded", "warn")
+    assert configured["telemetry_dir"] == str(tmp_path / "rd" / "telemetry")
+    assert configured["sink"] == "ChannelSink"
+    # The secret reached the guard over the channel and matches the commitment in run.start.
+    items = entries(tmp_path / "rd")
+    secret = bytes.fromhex(configured["secret"])
+    commitment = named(items, "run.start")[0]["seed_commitment"]
+    assert (
+        commitment
+        == "sha256:" + hashlib.sha256(b"trainwarden-sampling-secret-v1\0" + secret).hexdigest()
+    )
+    assert calls["install_global"]["secret"] == configured["secret"]
+    assert calls["install_global"]["torch_ready"] is True  # after `import torch` completed
+    # The guard's finding went through the supervisor into the ledger, attributed.
+    (finding,) = named(items, "guard.finding")
+    assert (finding["rule_id"], finding["rank"], finding["step"]) == ("guard.update", 0, 2)
+    assert named(items, "run.exit")[0]["findings"] == {"T4": 1}
+
+
 # -- watch: hangs, signals, crashes, the supervisor itself ---------------------------------
 
 

@@ -199,10 +199,14 @@ def _internal(sup: _Supervisor) -> dict[str, Any]:
     }
 
 
-def _guard_available() -> bool:
+def _guard_available() -> bool | None:
+    """Whether ``trainwarden.guard`` is installed here (``None`` when it cannot be told)."""
     import importlib.util
 
-    return importlib.util.find_spec("trainwarden.guard") is not None
+    try:
+        return importlib.util.find_spec("trainwarden.guard") is not None
+    except (ImportError, ValueError):
+        return None
 
 
 def _dependencies(sup: _Supervisor) -> list[ResourceDescriptor]:

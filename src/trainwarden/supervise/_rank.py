@@ -22,6 +22,7 @@ import importlib.abc
 import importlib.machinery
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -307,9 +308,12 @@ class RankRuntime:
                     lambda info: self.heartbeat(getattr(info, "step", None))
                 )
 
-            after_import("torch.optim", install)
+            # Once `import torch` has completed (not in the middle of torch/__init__, where
+            # torch.optim already exists but torch.distributed does not yet): a process that
+            # never imports torch never pays for it.
+            after_import("torch", install)
             return
-        after_import("torch.optim", self._install_step_hook)
+        after_import("torch", self._install_step_hook)
 
     def _install_step_hook(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -334,6 +338,11 @@ class _RefusalForwarder(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
             self._runtime.record("load.refused", {"message": record.getMessage()[:2000]})
+
+
+def _unblock_in_child() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(RECORDED_SIGNALS))
 
 
 def _flush(channel: Channel) -> None:
@@ -454,6 +463,9 @@ def attach(role: str) -> RankRuntime | None:
         # First of all, before any thread exists: every thread started from here on (ours,
         # torch's, the job's) inherits the blocked mask, so only the recorder receives them.
         block_signals(RECORDED_SIGNALS)
+        # A forked child (a DataLoader worker) has no recorder thread: give it back the
+        # signals, or it would never see a SIGTERM.
+        os.register_at_fork(after_in_child=_unblock_in_child)
         runtime = RankRuntime(role)
         _RUNTIME = runtime
     try:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainwarden import __version__
 from trainwarden.errors import ConfigError, Error, InputError
@@ -78,6 +78,8 @@ from trainwarden.supervise._state import (
 from trainwarden.supervise._watch import Watching
 
 __all__ = ["SIGKILL_AUDIT_RULE", "RunOptions", "RunResult", "run_job"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("trainwarden.supervise")
 
@@ -342,7 +344,9 @@ class _Supervisor(Watching, Relaying):
         self._launch()
         exit_status = self._watch()
         seconds = round(time.monotonic() - self.job_t0, 3)
-        signed = self.watcher.finish() if self.watcher is not None else []
+        # The job is over: from here on nothing may stop the supervisor from recording it
+        # and exiting with the job's status. A failing step is reported, not raised.
+        signed = self._safely("sign the last checkpoints", self._finish_checkpoints) or []
         self.progress("attest", "job ended; recording and signing the provenance")
         self.append(
             "run.exit",
@@ -353,8 +357,11 @@ class _Supervisor(Watching, Relaying):
             egress=len(self.egress),
             checkpoints=len(signed),
         )
-        seal = self._seal()
-        provenance = self._attest(exit_status, seconds, signed, seal, warnings, refusals)
+        seal = self._safely("seal the ledger", self._seal)
+        provenance = self._safely(
+            "sign the provenance",
+            lambda: self._attest(exit_status, seconds, signed, seal, warnings, refusals),
+        )
         self._write_record(exit_status, ended=True)
         return self._result(
             decision,
@@ -366,6 +373,20 @@ class _Supervisor(Watching, Relaying):
             seconds,
             signed,
         )
+
+    def _finish_checkpoints(self) -> list[SignedCheckpoint]:
+        return self.watcher.finish() if self.watcher is not None else []
+
+    def _safely(self, what: str, step: Callable[[], _T]) -> _T | None:
+        try:
+            return step()
+        except Exception as exc:  # a bug must not lose the job's exit status
+            logger.exception("could not %s", what)
+            message = (
+                exc.diagnostics() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+            )
+            self.problems.append(f"could not {what}: {message}")
+            return None
 
     def _result(
         self,
