@@ -147,7 +147,6 @@ def tinygpt_run(tmp_path_factory: pytest.TempPathFactory, key_pair: tuple[Path, 
         "tiny-1",
         "--run-dir",
         "rd",
-        "--no-progress",
         "--",
         PY,
         "-m",
@@ -244,8 +243,18 @@ def test_clean_run_records_everything_and_attests(
     assert external["hyperparameters"]["lr"] == 0.003
     assert external["hyperparameters"]["steps"] == 30
     assert external["seedCommitment"] == start["seed_commitment"]
-    byproducts = {b["name"] for b in statement["predicate"]["runDetails"]["byproducts"]}
-    assert {"ledger", "ledger-seal", "findings", "exit"} <= byproducts
+    byproducts = {b["name"]: b for b in statement["predicate"]["runDetails"]["byproducts"]}
+    assert {"ledger", "ledger-seal", "findings", "exit"} <= set(byproducts)
+    # The statement names the ledger's head: the supervisor's last entry before it.
+    mine = [e for e in report.entries if e.writer == byproducts["ledger"]["annotations"]["writer"]]
+    before = mine[[e.event for e in mine].index("provenance.signed") - 1]
+    assert "sha256:" + byproducts["ledger"]["digest"]["sha256"] == before.hash
+    assert byproducts["exit"]["annotations"]["status"] == 0
+    # Progress on stderr (not a terminal: plain lines, one per long step, not one per file).
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("trainwarden: ")]
+    assert any(line.startswith("trainwarden: preflight: ") for line in progress)
+    assert sum(line.startswith("trainwarden: access: ") for line in progress) == 1
+    assert any("provenance" in line for line in progress)
 
 
 # -- tampering after the run: modification, deletion --------------------------------------
@@ -716,37 +725,52 @@ def test_every_endpoint_the_job_contacts_is_on_the_record(tmp_path: Path, data_s
     assert f"egress:127.0.0.1:{port}" in names
 
 
+def test_any_other_launcher_attaches_every_python_process(tmp_path: Path, data_server: str) -> None:
+    # An unknown launcher (a shell script): the Python it starts attaches through the run's
+    # sitecustomize, so its egress is on the record too.
+    (tmp_path / "fetch.py").write_text(EGRESS_JOB)
+    (tmp_path / "launch.sh").write_text(f'#!/bin/sh\nexec {PY} fetch.py "$1"\n')
+    (tmp_path / "launch.sh").chmod(0o755)
+    proc = tw("run", *FAST, "--run-dir", "rd", "--", "./launch.sh", data_server, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    items = entries(tmp_path / "rd")
+    assert json.loads((tmp_path / "rd" / "run.json").read_text())["launcher"] == "other"
+    (started,) = named(items, "process.start")
+    assert started["role"] == "process"
+    (endpoint,) = named(items, "egress.endpoint")
+    assert (endpoint["host"], endpoint["via"], endpoint["pid"]) == (
+        "127.0.0.1",
+        "http",
+        started["pid"],
+    )
+
+
 # -- pre-flight refusals -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["argument", "config"])
 def test_a_malicious_resume_checkpoint_is_refused_before_launch(
-    tmp_path: Path, canary: Canary
+    tmp_path: Path, canary: Canary, how: str
 ) -> None:
     shutil.copy(EXAMPLES / "checkpoints" / "malicious_checkpoint.pt", tmp_path / "resume.pt")
     (tmp_path / "train.py").write_text(canary.python_code + "\n")
-    proc = tw(
-        "run",
-        "--env-check",
-        "off",
-        "--no-access-audit",
-        "--no-progress",
-        "--run-dir",
-        "rd",
-        "--",
-        PY,
-        "train.py",
-        "--resume",
-        "resume.pt",
-        cwd=tmp_path,
-    )
+    if how == "argument":
+        job = ["--resume", "resume.pt"]
+    else:
+        (tmp_path / "train.yaml").write_text("model:\n  init_from: resume.pt\n")
+        job = ["--config", "train.yaml"]
+    proc = tw("run", *FAST, "--run-dir", "rd", "--", PY, "train.py", *job, cwd=tmp_path)
     assert proc.returncode == 2
     assert "refused to launch" in proc.stderr
     assert "scan-unsafe" in proc.stderr
     canary.assert_absent()
     items = entries(tmp_path / "rd")
-    assert named(items, "preflight.scan")[0]["verdict"] == "unsafe"
+    scan = named(items, "preflight.scan")[0]
+    assert scan["verdict"] == "unsafe"
+    assert scan["paths"] == [str(tmp_path / "resume.pt")]
     assert named(items, "preflight.decision")[0]["decision"] == "refuse"
     assert named(items, "rank.start") == []
+    assert named(items, "run.exit")[0]["refused"] is True
 
 
 def test_a_group_writable_torch_install_is_found_by_the_access_audit(

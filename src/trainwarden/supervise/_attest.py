@@ -9,7 +9,6 @@ what the supervisor recorded: pre-flight results, signed checkpoints, egress, fi
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from trainwarden import __version__
 from trainwarden.errors import Error
 from trainwarden.provenance import ResourceDescriptor, TrainingRun, output_descriptor
 from trainwarden.supervise._checkpoints import SignedCheckpoint
+from trainwarden.supervise._config import config_values
 from trainwarden.supervise._process import ExitStatus
 from trainwarden.supervise._rundir import utc_now
 
@@ -106,7 +106,7 @@ def _external(sup: _Supervisor) -> dict[str, Any]:
     job = sup.job
     hyper = dict(list(job.facts.hyperparameters.items())[:_MAX_HYPER])
     for path in sup._configs():
-        hyper.update(_config_values(path, limit=_MAX_HYPER - len(hyper)))
+        hyper.update(config_values(path, limit=_MAX_HYPER - len(hyper)))
     return {
         "command": list(job.argv),
         "launcher": job.launcher,
@@ -120,48 +120,6 @@ def _external(sup: _Supervisor) -> dict[str, Any]:
             "outputs": [str(p) for p in sup.o.outputs],
         },
     }
-
-
-def _config_values(path: Path, *, limit: int) -> dict[str, Any]:
-    """Flattened scalar settings of a JSON, TOML or YAML config (``a.b.c`` keys)."""
-    if limit <= 0:
-        return {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    suffix = path.suffix.lower()
-    doc: Any = None
-    try:
-        if suffix == ".json":
-            doc = json.loads(text)
-        elif suffix == ".toml":
-            from trainwarden.supervise._policy import toml_module
-
-            doc = toml_module().loads(text)
-        elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml  # type: ignore[import-untyped]
-            except ImportError:
-                return {}
-            doc = yaml.safe_load(text)
-    except Exception:  # a config we cannot parse is digested, not interpreted
-        return {}
-    out: dict[str, Any] = {}
-
-    def walk(value: Any, prefix: str) -> None:
-        if len(out) >= limit:
-            return
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(value, (str, int, float, bool)) or value is None:
-            if isinstance(value, float) and value != value:
-                return
-            out[f"{path.name}:{prefix}"] = value
-
-    walk(doc, "")
-    return out
 
 
 def _internal(sup: _Supervisor) -> dict[str, Any]:

@@ -454,7 +454,12 @@ class _Supervisor(Watching, Relaying):
         return list(dict.fromkeys(Path(os.path.abspath(self.cwd / d)) for d in dirs))
 
     def _scan_paths(self) -> list[str]:
+        from trainwarden.supervise._config import referenced_files
+
         paths = [*self.o.scan, *(Path(p) for p in self.job.facts.resume)]
+        # Checkpoints a config file points at (resume_from: ..., init_checkpoint: ...).
+        for config in self._configs():
+            paths.extend(Path(p) for p in referenced_files(config, base=self.cwd))
         return list(dict.fromkeys(os.path.abspath(self.cwd / p) for p in paths))
 
     def _preflight(self) -> tuple[str, list[str], list[str]]:

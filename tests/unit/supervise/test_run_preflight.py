@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -208,3 +209,36 @@ def test_policy_files(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_policy(bad)
+
+
+def test_checkpoints_named_in_config_files_are_found(tmp_path: Path) -> None:
+    from trainwarden.supervise._config import config_values, referenced_files
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "init.pt").write_bytes(b"x")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "base.safetensors").write_bytes(b"x")
+    config = tmp_path / "conf" / "train.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"init_from": "ckpt/init.pt", "base": "base.safetensors", "width": 64},
+                "optim": {"lr": 3e-4, "betas": [0.9, 0.95]},
+                "out": "not-there.pt",
+                "name": "tiny",
+            }
+        )
+    )
+    assert sorted(referenced_files(config, base=tmp_path)) == [
+        str(tmp_path / "ckpt" / "init.pt"),
+        str(tmp_path / "conf" / "base.safetensors"),
+    ]
+    values = config_values(config, limit=100)
+    assert values["train.json:optim.lr"] == 3e-4
+    assert values["train.json:model.width"] == 64
+    assert "train.json:optim.betas" not in values  # lists are not flattened
+    toml = tmp_path / "c.toml"
+    toml.write_text("[data]\nshards = 4\n")
+    assert config_values(toml, limit=100) == {"c.toml:data.shards": 4}
+    (tmp_path / "bad.json").write_text("{")
+    assert config_values(tmp_path / "bad.json", limit=100) == {}
