@@ -658,6 +658,29 @@ def test_terminating_the_supervisor_is_recorded_and_forwarded(tmp_path: Path) ->
     assert named(items, "run.exit")[0]["findings"] == {}
 
 
+def test_a_third_termination_request_kills_a_job_that_will_not_stop(tmp_path: Path) -> None:
+    (tmp_path / "stubborn.py").write_text(
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + WAIT_JOB
+    )
+    sup = start("run", *FAST, "--run-dir", "rd", "--", PY, "stubborn.py", cwd=tmp_path)
+    wait_for(tmp_path / "ready")
+    for count in (1, 2, 3):
+        sup.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while (
+            time.monotonic() < deadline
+            and len(named(entries(tmp_path / "rd"), "supervisor.signal")) < count
+        ):
+            time.sleep(0.05)
+    sup.communicate(timeout=120)
+    assert sup.returncode == 128 + signal.SIGKILL
+    items = entries(tmp_path / "rd")
+    assert len(named(items, "supervisor.signal")) == 3
+    (escalated,) = named(items, "supervisor.escalated")
+    assert escalated["pids"]
+    assert named(items, "rank.exit")[0]["signal"] == "SIGKILL"
+
+
 def test_a_killed_supervisor_leaves_a_run_without_exit_and_ranks_carry_on(tmp_path: Path) -> None:
     sup, rank = _run_waiting(tmp_path)
     sup.kill()

@@ -112,6 +112,7 @@ class SupervisorState:
     world_size: int | None
     secret: bytes
     refused_peers: int
+    stop_requests: int
     ledger: Any
 
     def append(self, event: str, /, **data: Any) -> None:

@@ -243,6 +243,7 @@ class _Supervisor(Watching, Relaying):
         self.private: Path | None = None
         self.preflight: list[CheckResult] = []
         self.refused_peers = 0
+        self.stop_requests = 0
         self.orphans_seen: set[int] = set()
 
     # -- the whole run -------------------------------------------------------------------------

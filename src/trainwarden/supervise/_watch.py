@@ -107,6 +107,20 @@ class Watching(SupervisorState):
         )
         if forward and self.leader is not None:
             kill_quietly(self.leader, signo)
+        if signo in (signal.SIGINT, signal.SIGTERM):
+            self.stop_requests += 1
+            if self.stop_requests >= 3:
+                # Asked three times: the job does not stop on its own; end it for good.
+                left = [p for p in descendants(os.getpid()) if p != os.getpid()]
+                self.append(
+                    "supervisor.escalated",
+                    signal="SIGKILL",
+                    pids=left,
+                    note=f"{self.stop_requests} termination requests; killing the job",
+                )
+                self.progress("signal", "third termination request: killing the job")
+                for pid in left:
+                    kill_quietly(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
         while True:
