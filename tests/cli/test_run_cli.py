@@ -567,6 +567,38 @@ def test_every_rank_gets_the_guard_configured_from_the_supervisor(tmp_path: Path
     assert named(items, "run.exit")[0]["findings"] == {"T4": 1}
 
 
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_real_guard_attaches_in_every_rank_without_code_change(tmp_path: Path) -> None:
+    pytest.importorskip("trainwarden.guard")  # built on its own branch; runs once merged
+    proc = tw(
+        "run",
+        *FAST,
+        "--run-dir",
+        "rd",
+        "--hang-timeout",
+        "120",
+        "--",
+        str(BIN / "torchrun"),
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "trainwarden.examples.tinygpt",
+        "--steps",
+        "20",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    items = entries(tmp_path / "rd")
+    attached = named(items, "guard.attach")
+    assert sorted(a["rank"] for a in attached) == [0, 1]
+    assert all(a["sampling"] == "secret" for a in attached)
+    assert named(items, "guard.finding") == []
+    assert named(items, "run.exit")[0]["findings"] == {}
+
+
 # -- watch: hangs, signals, crashes, the supervisor itself ---------------------------------
 
 
