@@ -141,6 +141,64 @@ def measure(command: list[str], out: Path, rd: Path) -> dict[str, float]:
     return row
 
 
+def trivial(repeats: int) -> tuple[float, float]:
+    """Median wall time of `python -c pass`, bare and under `trainwarden run` (fixed cost)."""
+    bare_times, run_times = [], []
+    rd = WORK / "rd-trivial"
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([PY, "-c", "pass"], env=ENV, cwd=WORK, check=True)
+        bare_times.append(time.perf_counter() - start)
+        shutil.rmtree(rd, ignore_errors=True)
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "trainwarden",
+                "run",
+                "--no-progress",
+                "--env-check",
+                "off",
+                "--no-access-audit",
+                "--run-dir",
+                str(rd),
+                "--",
+                PY,
+                "-c",
+                "pass",
+            ],
+            env=ENV,
+            cwd=WORK,
+            check=True,
+            capture_output=True,
+        )
+        run_times.append(time.perf_counter() - start)
+    return median(bare_times), median(run_times)
+
+
+def micro() -> dict[str, float]:
+    """Nanoseconds per call of what runs on a rank's hot paths (in this process)."""
+    from trainwarden.supervise._egress import EgressRecorder
+    from trainwarden.supervise._rank import RankRuntime
+
+    runtime = RankRuntime("rank")
+    runtime._beating = True  # no thread: measure the optimizer hook's own work
+    n = 1_000_000
+    start = time.perf_counter()
+    for i in range(n):
+        runtime.heartbeat(i)
+    beat = (time.perf_counter() - start) / n * 1e9
+    recorder = EgressRecorder(lambda event, data: None)
+    hook = recorder._hook
+    args = ("/tmp/x", "r", 0)
+    start = time.perf_counter()
+    for _ in range(n):
+        hook("open", args)
+    other = (time.perf_counter() - start) / n * 1e9
+    return {"heartbeat": beat, "audit_other_event": other}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -207,6 +265,22 @@ def main() -> int:
             f"| {name} | {fmt(med(name, 'before_ledger'))} | {fmt(med(name, 'preflight'))} | "
             f"{fmt(med(name, 'to_first_rank'))} | {fmt(med(name, 'end'))} |"
         )
+    bare_t, run_t = trivial(max(args.repeats, 7))
+    costs = micro()
+    lines += [
+        "",
+        "Fixed cost on a trivial job (`python -c pass`, median of "
+        f"{max(args.repeats, 7)}): bare {bare_t:.2f} s, under `trainwarden run` (no env check, "
+        f"no access audit) {run_t:.2f} s: **+{run_t - bare_t:.2f} s** "
+        "(interpreter query, key, run directory and ledger, channel, the rank's bootstrap with "
+        "its ephemeral key, signing and the provenance at the end).",
+        "",
+        "Per step, on the rank's hot paths (this process, 1,000,000 calls): the optimizer "
+        f"hook's heartbeat {costs['heartbeat']:.0f} ns a step; the egress audit hook "
+        f"{costs['audit_other_event']:.0f} ns for each audited event that is not network "
+        "(file opens, imports). Against a step of tens of milliseconds that is below 0.01 %: "
+        "the per-step differences in the table above are the machine's noise.",
+    ]
     write_section("run", "\n".join(lines))
     print("\n".join(lines))
     return 0
