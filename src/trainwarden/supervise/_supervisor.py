@@ -244,6 +244,7 @@ class _Supervisor(Watching, Relaying):
         self.preflight: list[CheckResult] = []
         self.refused_peers = 0
         self.stop_requests = 0
+        self.primary = True
         self.orphans_seen: set[int] = set()
 
     # -- the whole run -------------------------------------------------------------------------
@@ -753,7 +754,7 @@ class _Supervisor(Watching, Relaying):
                 "key": self.key.public.fingerprint,
             },
             "node": self.node_label,
-            "primary": self.primary if hasattr(self, "primary") else True,
+            "primary": self.primary,
             "ephemeral_key": self.ephemeral,
         }
 
