@@ -1005,3 +1005,40 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_progress_on_a_terminal_uses_rich_and_on_a_log_plain_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from trainwarden.cli.run import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    progress = _Progress(enabled=True)
+    assert progress.tty
+    progress("env", "verifying the environment")  # a spinner while it lasts
+    progress("preflight", "! access /opt/env can be written by group ml")
+    progress.close()
+    assert "access /opt/env can be written by group ml" in terminal.getvalue()
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    plain = _Progress(enabled=True)
+    assert not plain.tty
+    for path in ("a.pt", "b.pt", "c.pt"):
+        plain("scan", f"scanned {path}")
+    plain("preflight", "3 input file(s) scanned: safe")
+    assert log.getvalue().splitlines() == [
+        "trainwarden: scan: scanned a.pt",
+        "trainwarden: preflight: 3 input file(s) scanned: safe",
+    ]
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    _Progress(enabled=False)("preflight", "nothing")
+    assert quiet.getvalue() == ""
