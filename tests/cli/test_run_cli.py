@@ -30,7 +30,13 @@ from trainwarden.ledger import Entry, read_ledger, verify_ledger
 
 PY = sys.executable
 BIN = Path(PY).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    # The local test server is reached directly, whatever proxy the CI machine sets.
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
 FAST = ["--env-check", "off", "--no-access-audit", "--no-progress"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "trainwarden" / "examples"
 
