@@ -84,7 +84,12 @@ def http_server() -> Iterator[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "NO_PROXY": "127.0.0.1,localhost",  # the local server, whatever proxy CI sets
+        "no_proxy": "127.0.0.1,localhost",
+    }
 
 
 def test_egress_records_each_endpoint_once_with_name_and_address(http_server: str) -> None:
