@@ -672,6 +672,38 @@ def test_sigkill_is_recorded_as_such_with_the_audit_rule(tmp_path: Path) -> None
     assert named(items, "rank.exit")[0]["signal"] == "SIGKILL"
 
 
+def test_processes_left_behind_are_adopted_recorded_and_ended(tmp_path: Path) -> None:
+    # The job's main process starts a helper and exits: the helper is re-parented to the
+    # supervisor (a subreaper), not to init, and is ended after the grace period.
+    (tmp_path / "leave.py").write_text(
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "open('helper', 'w').write(str(p.pid))\n"
+    )
+    proc = tw(
+        "run",
+        *FAST,
+        "--run-dir",
+        "rd",
+        "--orphan-grace",
+        "1",
+        "--",
+        PY,
+        "leave.py",
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    helper = int((tmp_path / "helper").read_text())
+    items = entries(tmp_path / "rd")
+    assert helper in [o["pid"] for o in named(items, "process.orphan")]
+    (ended,) = [e for e in named(items, "process.exit") if e["pid"] == helper]
+    assert ended["signal"] == "SIGTERM"
+    events = [e.event for e in items]
+    assert events.index("process.orphan") < events.index("run.exit")
+    assert not _alive(helper)
+
+
 def test_a_crashing_rank_exits_with_its_status(tmp_path: Path) -> None:
     (tmp_path / "boom.py").write_text("raise RuntimeError('diverged')\n")
     proc = tw("run", *FAST, "--run-dir", "rd", "--", PY, "boom.py", cwd=tmp_path)

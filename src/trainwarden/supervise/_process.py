@@ -15,13 +15,13 @@ import ctypes.util
 import errno
 import os
 import signal
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "ExitStatus",
     "catches_signal",
+    "children",
     "cmdline",
     "decode_status",
     "descendants",
@@ -193,42 +193,51 @@ def is_descendant(pid: int, ancestor: int) -> bool:
     return current == ancestor
 
 
-def children_of(pids: Iterable[int]) -> dict[int, list[int]]:
-    """Map each pid of a ``/proc`` listing to its children, restricted to ``pids`` as parents."""
-    wanted = set(pids)
-    out: dict[int, list[int]] = {p: [] for p in wanted}
+def children(pid: int) -> list[int]:
+    """The children of ``pid``.
+
+    Read from ``/proc/<pid>/task/*/children`` (each thread's children: a few small files,
+    called once a second), falling back to a scan of every process in ``/proc`` on kernels
+    without it (which costs a read per process of the whole machine).
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tasks = []
+    lists = [_task_children(pid, task) for task in tasks]
+    if tasks and all(item is not None for item in lists):
+        return sorted({child for item in lists if item for child in item})
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return out
-    for name in entries:
-        if not name.isdigit():
-            continue
-        ppid = parent_pid(int(name))
-        if ppid in wanted:
-            out[ppid].append(int(name))
-    return out
+        return []
+    return [int(n) for n in entries if n.isdigit() and parent_pid(int(n)) == pid]
+
+
+def _task_children(pid: int, task: str) -> list[int] | None:
+    """The children of one thread; ``None`` when the kernel has no such list."""
+    try:
+        with open(f"/proc/{pid}/task/{task}/children", "rb") as fh:  # noqa: PTH123
+            return [int(p) for p in fh.read().split()]
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return []
 
 
 def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (one ``/proc`` scan; children before grandchildren)."""
-    try:
-        entries = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return []
-    parents: dict[int, list[int]] = {}
-    for pid in entries:
-        ppid = parent_pid(pid)
-        if ppid is not None:
-            parents.setdefault(ppid, []).append(pid)
+    """Every live process below ``root`` (children before grandchildren)."""
     out: list[int] = []
     frontier = [root]
+    seen = {root}
     while frontier:
         nxt: list[int] = []
         for pid in frontier:
-            kids = parents.get(pid, [])
-            out.extend(kids)
-            nxt.extend(kids)
+            for child in children(pid):
+                if child not in seen:
+                    seen.add(child)
+                    out.append(child)
+                    nxt.append(child)
         frontier = nxt
     return out
 

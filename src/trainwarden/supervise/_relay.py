@@ -239,6 +239,8 @@ class Relaying(SupervisorState):
             return
         if size > _MAX_EVENT_BYTES:
             payload = {"rank": proc.rank, "pid": proc.pid, "truncated": True, "bytes": size}
+        if event == "rank.signal" and not is_rank(proc) and proc.role != "shim":
+            event = "process.signal"  # a helper process of the job, not a rank
         self.append(event, **payload)
 
     def _is_ours(self, pid: Any) -> bool:

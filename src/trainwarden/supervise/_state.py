@@ -8,8 +8,6 @@ rely on.
 
 from __future__ import annotations
 
-# os.path and os.listdir: /proc and string paths.
-# ruff: noqa: PTH208
 import os
 import signal
 import threading
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainwarden.keys import PublicKey
-from trainwarden.supervise._process import ExitStatus, parent_pid
+from trainwarden.supervise._process import ExitStatus, children
 
 if TYPE_CHECKING:
     from trainwarden.supervise._checkpoints import CheckpointWatcher
@@ -141,15 +139,6 @@ class SupervisorState:
 def is_rank(proc: Proc) -> bool:
     """A rank: started through the bootstrap, or any process with a rank (``RANK``)."""
     return proc.role == "rank" or proc.rank is not None
-
-
-def children(pid: int) -> list[int]:
-    """The live children of ``pid`` (one ``/proc`` scan)."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    return [int(n) for n in entries if n.isdigit() and parent_pid(int(n)) == pid]
 
 
 def file_size(path: Path) -> int:
