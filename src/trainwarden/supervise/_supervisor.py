@@ -377,7 +377,9 @@ class _Supervisor(Watching, Relaying):
         )
 
     def _finish_checkpoints(self) -> list[SignedCheckpoint]:
-        return self.watcher.finish() if self.watcher is not None else []
+        if self.watcher is None or not self._watches_checkpoints():
+            return []
+        return self.watcher.finish()
 
     def _safely(self, what: str, step: Callable[[], _T]) -> _T | None:
         try:
