@@ -111,7 +111,8 @@ class ChannelServer:
 
     def peers(self) -> list[Peer]:
         """The connected peers."""
-        return [p for p in self._peers.values() if not p.closed]
+        # Copied in one C-level step under the GIL: the server thread may change the dict.
+        return [p for p in tuple(self._peers.values()) if not p.closed]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving, close every connection and remove the socket."""

@@ -20,6 +20,7 @@ from trainwarden.keys import PublicKey
 from trainwarden.supervise._process import ExitStatus, children
 
 if TYPE_CHECKING:
+    from trainwarden.supervise._channel import ChannelServer
     from trainwarden.supervise._checkpoints import CheckpointWatcher
     from trainwarden.supervise._supervisor import RunOptions
 
@@ -112,6 +113,7 @@ class SupervisorState:
     refused_peers: int
     stop_requests: int
     ledger: Any
+    server: ChannelServer | None
 
     def append(self, event: str, /, **data: Any) -> None:
         """Sign and append one event to the ledger."""

@@ -69,6 +69,7 @@ class Watching(SupervisorState):
                 continue
             left = [p for p in descendants(os.getpid()) if p != os.getpid()]
             if not left:
+                self._drain_channel()
                 return self.leader_exit
             # The job's main process ended but left processes behind: give them a grace
             # period (a rank finishing its checkpoint), then end them.
@@ -82,6 +83,14 @@ class Watching(SupervisorState):
                 killed = True
                 for pid in left:
                     kill_quietly(pid, signal.SIGKILL)
+
+    def _drain_channel(self, timeout: float = 5.0) -> None:
+        # Every process of the job has ended, so every connection is closed; what they sent
+        # last (a shim's report of its rank's exit) may still be in the channel's buffers.
+        server = self.server
+        deadline = time.monotonic() + timeout
+        while server is not None and server.peers() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _on_own_signal(self, info: Any) -> None:
         signo = info.si_signo
