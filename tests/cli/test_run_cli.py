@@ -46,7 +46,8 @@ import os, sys, time
 from pathlib import Path
 from trainwarden.supervise import heartbeat
 heartbeat(1)
-Path("ready").write_text(str(os.getpid()))
+Path("ready.tmp").write_text(str(os.getpid()))
+os.replace("ready.tmp", "ready")  # never seen half-written
 deadline = time.monotonic() + 60
 while not Path("go").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
