@@ -326,6 +326,46 @@ def test_checkpoints_modified_or_deleted_after_the_run_are_caught(
     assert "lineage.deleted" in out.stdout
 
 
+def test_a_resumed_run_names_the_checkpoint_the_previous_run_produced(tmp_path: Path) -> None:
+    (tmp_path / "save.py").write_text(
+        "import os, sys\n"
+        "os.makedirs('ck', exist_ok=True)\n"
+        "open('ck/.w', 'wb').write(b'weights ' * 100)\n"
+        "os.replace('ck/.w', 'ck/ckpt-000100.pt')\n"
+    )
+    first = tw(
+        "run", *FAST, "--run-dir", "rd1", "--", PY, "save.py", "--ckpt-dir", "ck", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    second = tw(
+        "run",
+        *FAST,
+        "--run-dir",
+        "rd2",
+        "--",
+        PY,
+        "-c",
+        "pass",
+        "--resume",
+        "ck/ckpt-000100.pt",
+        cwd=tmp_path,
+    )
+    assert second.returncode == 0, second.stderr
+
+    def statement(run_dir: str) -> dict[str, Any]:
+        doc = json.loads((tmp_path / run_dir / "provenance.intoto.json").read_text())
+        return dict(json.loads(__import__("base64").b64decode(doc["payload"])))
+
+    (produced,) = statement("rd1")["subject"]
+    inputs = [
+        d
+        for d in statement("rd2")["predicate"]["buildDefinition"]["resolvedDependencies"]
+        if d.get("annotations", {}).get("kind") == "input-checkpoint"
+    ]
+    assert [d["digest"] for d in inputs] == [produced["digest"]]
+    assert inputs[0]["name"] == str(tmp_path / "ck" / "ckpt-000100.pt")
+
+
 # -- torchrun ------------------------------------------------------------------------------
 
 

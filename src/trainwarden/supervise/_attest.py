@@ -228,14 +228,21 @@ def _dependencies(sup: _Supervisor) -> list[ResourceDescriptor]:
             uri = _file_uri(info.prefix) if info is not None else None
             out.append(ResourceDescriptor(name="environment", uri=uri, annotations=env_notes))
     for scan in by_event.get("preflight.scan", []):
-        for item in scan.get("files", []):
-            digest = item.get("sha256")
+        verdicts = {str(f.get("path")): f.get("verdict") for f in scan.get("files", [])}
+        for item in scan.get("inputs", []):
+            hexdigest = _hex(item.get("digest"))
+            path = str(item.get("path"))
             out.append(
                 ResourceDescriptor(
-                    name=str(item.get("path")),
-                    uri=_file_uri(str(item.get("path")).split("!")[0]),
-                    digest={"sha256": digest} if isinstance(digest, str) else {},
-                    annotations={"kind": "input-checkpoint", "verdict": item.get("verdict")},
+                    name=path,
+                    uri=_file_uri(path),
+                    # The `trainwarden sign` digest: equal to the subject digest of the run
+                    # that wrote this checkpoint, which links the two runs.
+                    digest={"sha256": hexdigest} if hexdigest else {},
+                    annotations={
+                        "kind": "input-checkpoint",
+                        "verdict": verdicts.get(path, scan.get("verdict")),
+                    },
                 )
             )
     for inputs in by_event.get("preflight.inputs", []):

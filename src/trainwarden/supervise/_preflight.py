@@ -198,6 +198,7 @@ def check_scan(paths: Sequence[str], *, progress: Progress = _noop) -> CheckResu
         "verdict": verdict,
         "files": files[:1000],
         "findings": findings[:_MAX_FINDINGS],
+        "inputs": [_input_digest(p, progress) for p in existing],
     }
     check = {"unsafe": "scan-unsafe", "unknown": "scan-unknown", "error": "scan-error"}.get(verdict)
     bad = [f for f in report.files if f.verdict.value != "safe"]
@@ -207,6 +208,21 @@ def check_scan(paths: Sequence[str], *, progress: Progress = _noop) -> CheckResu
         reason = next((x.message for x in bad[0].findings if x.verdict.value != "safe"), None)
         summary += f": {reason})" if reason else ")"
     return CheckResult("preflight.scan", data, check, summary)
+
+
+def _input_digest(path: str, progress: Progress) -> dict[str, Any]:
+    """The ``sign`` digest of an input checkpoint.
+
+    The same value the run that wrote it recorded as its output, so the provenance links a
+    resumed run to the run before.
+    """
+    from trainwarden.sign import checkpoint_digest
+
+    progress("scan", f"digesting {path}")
+    try:
+        return {"path": path, "digest": checkpoint_digest(Path(path))}
+    except Error as exc:
+        return {"path": path, "digest": None, "error": exc.diagnostics()}
 
 
 # -- code ---------------------------------------------------------------------------------
