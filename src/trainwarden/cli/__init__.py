@@ -23,7 +23,7 @@ __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "build_parser", "entry_poin
 # Command-group modules under trainwarden.cli, in the order `--help` lists them. Each exposes
 # `register(subparsers)`, which adds its sub-commands and sets `handler` on each to a function
 # `(args) -> int`. Registration is cheap: the capability is imported inside the handler.
-_COMMAND_MODULES: tuple[str, ...] = ("scan", "load", "env", "sign", "ledger")
+_COMMAND_MODULES: tuple[str, ...] = ("scan", "load", "env", "sign", "ledger", "drill")
 
 
 def build_parser() -> argparse.ArgumentParser:
