@@ -189,7 +189,7 @@ class ScenarioResult:
     @property
     def passed(self) -> bool:
         """``detected`` for an attack, ``clean`` for the control run."""
-        return self.status in ("detected", "clean")
+        return self.status == ("clean" if self.scenario == "control" else "detected")
 
     @property
     def first(self) -> Detection | None:

@@ -636,12 +636,15 @@ class _Drill:
             "ranks": self.ranks,
             "signal": signal_name,
             "timeout": _JOB_TIMEOUT,
+            # Created when the job is over, so an insider still waiting gives up at once.
+            "ended": str(run.run_dir / "job.ended"),
         }
         self._preflight(run)
         self.report("attack", f"the insider waits for step 10 to send {signal_name}", run.name)
         insider = self._start_insider(run, [(scenario, params)], keep_kill=True)
         job = self._job(run, JobSpec(_T6_STEPS, _CKPT_EVERY, protect=self.defenses))
         outcome = self._wait(job)
+        (run.run_dir / "job.ended").touch()
         outcomes = self._finish_insider(insider)
         details = outcomes.get(scenario.id, {}).get("details", {})
         observations = ledger_observations(self._entries(run))

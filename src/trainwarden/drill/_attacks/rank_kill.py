@@ -53,9 +53,12 @@ def attack(ctx: AttackContext) -> AttackOutcome:
     marker = str(params["marker"])
     ranks = int(params["ranks"])
     signum = signal.Signals[str(params["signal"])]
+    ended = Path(params["ended"]) if params.get("ended") else None
     deadline = time.monotonic() + float(params.get("timeout", 300))
     workers: list[int] = []
     while time.monotonic() < deadline:
+        if ended is not None and ended.exists():
+            raise AttackFailed("the job ended before the insider could signal it")
         if trigger.exists():
             workers = find_workers(marker)
             if len(workers) >= ranks:
