@@ -57,9 +57,26 @@ class InsiderAccount:
     note: str
 
 
+def _mapped(kind: str, ids: tuple[int, ...]) -> bool:
+    """Whether every id of ``ids`` exists in this user namespace (``/proc/self/uid_map``)."""
+    try:
+        with open(f"/proc/self/{kind}_map", encoding="ascii") as fh:  # noqa: PTH123
+            ranges = [tuple(int(x) for x in line.split()) for line in fh if line.strip()]
+    except (OSError, ValueError):
+        return True  # not Linux, or no user namespaces: nothing restricts the ids
+    return all(any(start <= i < start + count for start, _, count in ranges) for i in ids)
+
+
 def choose_account() -> InsiderAccount:
     """The insider account for this process: uid 4242 as root, the same uid otherwise."""
-    if os.geteuid() == 0:
+    separate = os.geteuid() == 0
+    note = ""
+    if separate and not (
+        _mapped("uid", (INSIDER_UID,)) and _mapped("gid", (INSIDER_GID, TEAM_GID))
+    ):
+        separate = False
+        note = f" (uid {INSIDER_UID} does not exist in this user namespace)"
+    if separate:
         return InsiderAccount(
             uid=INSIDER_UID,
             gid=INSIDER_GID,
@@ -78,8 +95,8 @@ def choose_account() -> InsiderAccount:
         team_gid=None,
         mode="same-uid",
         note=(
-            "not running as root: the insider is a second key identity under the same uid, so "
-            "attribution rests on keys and process ids, not on uids"
+            f"the insider is a second key identity under the drill's own uid{note or ' (not root)'}"
+            ": attribution rests on keys and process ids, not on uids"
         ),
     )
 

@@ -54,13 +54,18 @@ class Person:
     key: str | None = None
 
     def describe(self) -> str:
-        """Short human form: ``identity (user uid N) @host pid N``."""
+        """Short human form: ``identity (user, uid N) @host pid N``."""
         parts = []
         if self.identity:
             parts.append(self.identity)
-        if self.user is not None or self.uid is not None:
-            who = self.user or "?"
-            parts.append(f"({who} uid {self.uid})" if self.uid is not None else f"({who})")
+        # An account without a passwd entry reads "uid4242" (ledger) or "uid:4242": say it once.
+        named = self.user not in (None, f"uid{self.uid}", f"uid:{self.uid}")
+        if named and self.uid is not None:
+            parts.append(f"({self.user}, uid {self.uid})")
+        elif self.uid is not None:
+            parts.append(f"(uid {self.uid})")
+        elif named:
+            parts.append(f"({self.user})")
         if self.host:
             parts.append(f"@{self.host}")
         if self.pid is not None:

@@ -919,4 +919,4 @@ def _rollback_effect(path: Path, older: str | None) -> Effect:
 
 
 def _num(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else "?"
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "?"

@@ -22,7 +22,7 @@ from trainwarden.errors import ConfigError
 from trainwarden.ledger import read_ledger
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 ROOT = os.geteuid() == 0
 BY_ID = {s.id: s for s in SCENARIOS}
