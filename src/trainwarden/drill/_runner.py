@@ -213,7 +213,7 @@ class _Drill:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def report(self, stage: str, message: str, run: str | None = None, **extra: Any) -> None:
+    def _notify(self, stage: str, message: str, run: str | None = None, **extra: Any) -> None:
         if self._progress is not None:
             self._progress(DrillProgress(stage, message, run, self.done, len(self.runs), **extra))
 
@@ -224,9 +224,9 @@ class _Drill:
 
     def run(self) -> DrillResult:
         start = time.monotonic()
-        self.report("sandbox", "building the sandbox")
+        self._notify("sandbox", "building the sandbox")
         self.sandbox = Sandbox.create(
-            self.account, keep=self.keep, progress=lambda m: self.report("sandbox", m)
+            self.account, keep=self.keep, progress=lambda m: self._notify("sandbox", m)
         )
         results: list[ScenarioResult] = []
         try:
@@ -234,9 +234,16 @@ class _Drill:
             self.done += 1
             for name in self.runs[1:]:
                 group = [s for s in self.scenarios if s.run == name]
-                for row in self._run_group(name, group):
+                try:
+                    rows = self._run_group(name, group)
+                except Error as exc:
+                    # One run going wrong (an insider that cannot start, a job that cannot be
+                    # launched) is reported on its rows; the other runs still tell their story.
+                    rows = self._unrunnable(name, group, exc.diagnostics())
+                    self._repair_environment()
+                for row in rows:
                     results.append(row)
-                    self.report("result", _one_line(row), name, result=row)
+                    self._notify("result", _one_line(row), name, result=row)
                 self.done += 1
             result = self._result(control, results, start)
             if self.report_to is not None:
@@ -254,7 +261,7 @@ class _Drill:
         from trainwarden._fs import atomic_write
         from trainwarden.drill._html import render_index
 
-        self.report("report", f"writing the HTML report {index}")
+        self._notify("report", f"writing the HTML report {index}")
         control_dir = self.sb.runs / CONTROL
         links = {}
         for name in self.runs:
@@ -385,7 +392,7 @@ class _Drill:
         self, run: RunPaths, items: Sequence[tuple[Scenario, dict[str, Any]]]
     ) -> dict[str, dict[str, Any]]:
         names = ", ".join(s.id for s, _ in items)
-        self.report("attack", f"the insider attacks: {names}", run.name)
+        self._notify("attack", f"the insider attacks: {names}", run.name)
         return self._finish_insider(self._start_insider(run, items))
 
     # -- ledger reading -------------------------------------------------------------------
@@ -463,7 +470,9 @@ class _Drill:
         from trainwarden.keys import load_private_key
         from trainwarden.ledger import Ledger
 
-        self.report("preflight", "pre-flight: env verify" + (" and scan" if scan else ""), run.name)
+        self._notify(
+            "preflight", "pre-flight: env verify" + (" and scan" if scan else ""), run.name
+        )
         key = load_private_key(self.sb.keys["platform"].private)
         with Ledger(run.ledger, key=key) as ledger:
             preflight_env(self.sb, run, ledger)
@@ -471,7 +480,7 @@ class _Drill:
                 preflight_scan(scan, run, ledger)
 
     def _job(self, run: RunPaths, spec: JobSpec) -> Job:
-        self.report("job", f"training: {self.ranks} ranks, {spec.steps} steps", run.name)
+        self._notify("job", f"training: {self.ranks} ranks, {spec.steps} steps", run.name)
         job = Job(self.sb, run, spec, ranks=self.ranks)
         job.start()
         self._active.append(job)
@@ -491,7 +500,7 @@ class _Drill:
         problems: list[Observation] = []
         if not outcome.ok:
             problems.append(_job_failure(outcome))
-        self.report("check", "signing, sealing and verifying the checkpoints", run.name)
+        self._notify("check", "signing, sealing and verifying the checkpoints", run.name)
         checks: list[Observation] = []
         try:
             signatures = sign_checkpoints(self.sb, run)
@@ -506,7 +515,7 @@ class _Drill:
             problems.append(Observation("drill", None, exc.diagnostics(), utc_now(), "check"))
         observations = ledger_observations(self._entries(run)) + checks
         result = control_result(run_id=run.run_id, observations=observations, problems=problems)
-        self.report("result", _one_line(result), run.name, result=result)
+        self._notify("result", _one_line(result), run.name, result=result)
         return result
 
     def _run_group(self, name: str, group: Sequence[Scenario]) -> list[ScenarioResult]:
@@ -517,6 +526,11 @@ class _Drill:
         if name == "t7":
             return self._run_t7(group)
         return self._run_environment(name, group)
+
+    def _repair_environment(self) -> None:
+        """Put back every environment file an attack may have touched (after a failure)."""
+        with contextlib.suppress(Error):
+            self.sb.reset()
 
     def _unrunnable(self, name: str, group: Sequence[Scenario], why: str) -> list[ScenarioResult]:
         run_id = f"drill-{self.sb.token}-{name}"
@@ -640,7 +654,7 @@ class _Drill:
             "ended": str(run.run_dir / "job.ended"),
         }
         self._preflight(run)
-        self.report("attack", f"the insider waits for step 10 to send {signal_name}", run.name)
+        self._notify("attack", f"the insider waits for step 10 to send {signal_name}", run.name)
         insider = self._start_insider(run, [(scenario, params)], keep_kill=True)
         job = self._job(run, JobSpec(_T6_STEPS, _CKPT_EVERY, protect=self.defenses))
         outcome = self._wait(job)
@@ -682,7 +696,7 @@ class _Drill:
         }
         before = {p: _sha256(p) for p in paths}
         outcomes = self._attack(run, [(s, params[s.id]) for s in t7])
-        self.report("check", "the colleague verifies the checkpoints", run.name)
+        self._notify("check", "the colleague verifies the checkpoints", run.name)
         observations = ledger_observations(self._entries(run))
         observations += verify_checkpoints(sb, run, paths)
         ledger_checks, _ = verify_ledger_issues(sb, run, check_files=True)
@@ -739,7 +753,7 @@ class _Drill:
             },
         }
         outcomes = self._attack(run, [(s, params[s.id]) for s in t8])
-        self.report("check", "ledger verify", run.name)
+        self._notify("check", "ledger verify", run.name)
         observations, _ = verify_ledger_issues(sb, run, check_files=False)
         writer = insider_file.stem
         targets = {

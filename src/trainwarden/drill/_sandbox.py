@@ -17,7 +17,7 @@ signed with the platform key before any attack.
 
 # os on str paths on purpose: the mirror makes ~15,000 links and directories, and pathlib
 # objects would cost more than the system calls.
-# ruff: noqa: PTH101, PTH102, PTH105, PTH120, PTH211
+# ruff: noqa: PTH101, PTH102, PTH105, PTH114, PTH115, PTH118, PTH120, PTH211
 
 from __future__ import annotations
 
@@ -466,6 +466,39 @@ class Sandbox:
                 os.replace(tmp, target)
             except OSError as exc:
                 raise InputError(f"cannot restore {target}: {exc.strerror or exc}") from exc
+
+    def reset(self) -> None:
+        """Put back every mirror entry that differs from its record (the platform's repair).
+
+        Files added at the top of site-packages (startup hooks) are removed too.
+
+        Raises:
+            InputError: An entry cannot be restored.
+        """
+        import filecmp
+
+        changed = []
+        for rel, origin in self._origin.items():
+            path = os.path.normpath(os.path.join(self.site, rel))
+            try:
+                if origin.kind == "link":
+                    same = os.path.islink(path) and os.readlink(path) == origin.source
+                else:
+                    same = not os.path.islink(path) and filecmp.cmp(
+                        path, origin.source, shallow=False
+                    )
+            except OSError:
+                same = False
+            if not same:
+                changed.append(rel)
+        tops = {rel.split("/", 1)[0] for rel in self._origin}
+        with os.scandir(self.site) as entries:
+            changed += [
+                e.name
+                for e in entries
+                if e.name not in tops and not e.is_dir(follow_symlinks=False)
+            ]
+        self.restore(changed)
 
     def close(self) -> None:
         """Remove the sandbox unless it is kept (``--keep``)."""

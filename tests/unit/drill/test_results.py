@@ -133,3 +133,23 @@ def test_json_has_schema_version_and_is_deterministic() -> None:
     assert first["check"] == "preflight.scan"
     assert first["evidence"]["uid"] == 4242
     assert json.dumps(data, sort_keys=True) == json.dumps(result.to_dict(), sort_keys=True)
+
+
+def test_html_index_escapes_and_links_each_run() -> None:
+    from trainwarden.drill._html import render_index
+
+    row = ScenarioResult(
+        scenario="T2-pth-hook",
+        technique="T2",
+        title="<script>alert(1)</script>",
+        run="drill-abc-t2",
+        status="detected",
+        detections=(Detection("preflight.env", "env.pth-exec", "m", None, 1.5, 0, True, "ledger"),),
+    )
+    page = render_index(_result(row), {"control": "r-control.html", "t2": "r-t2.html"})
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;" in page
+    assert 'href="r-t2.html"' in page
+    assert "0 steps, 1.5 s" in page
+    assert page.startswith("<!doctype html>")
+    assert "did not pass" not in page  # control clean and the one attack detected

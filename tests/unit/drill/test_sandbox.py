@@ -169,3 +169,15 @@ def test_close_removes_the_sandbox_and_only_the_sandbox() -> None:
     box.close()
     assert not box.root.exists()
     assert _digest(probe) == before
+
+
+def test_reset_puts_back_every_change_an_attack_can_make(sandbox: Sandbox) -> None:
+    from trainwarden.drill._attacks.startup_hook import HOOK_NAME, hook_line
+
+    edit_torch_file(sandbox.site, SEED_FILE, seed_payload(1))
+    (sandbox.site / HOOK_NAME).write_text(hook_line(str(sandbox.loot / "x")), encoding="utf-8")
+    assert _env_verify(sandbox).returncode == 1
+    sandbox.reset()
+    assert not (sandbox.site / HOOK_NAME).exists()
+    assert (sandbox.site / SEED_FILE).is_symlink()
+    assert _env_verify(sandbox).returncode == 0
