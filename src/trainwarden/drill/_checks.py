@@ -80,18 +80,6 @@ def file_owner(path: str | Path, *, via: str = "file owner") -> Person | None:
     return Person(via=via, uid=uid, user=user_name(uid))
 
 
-def _finding_summary(finding: dict[str, Any]) -> dict[str, Any]:
-    location = finding.get("location") or {}
-    return {
-        "rule_id": finding.get("rule_id"),
-        "severity": finding.get("severity"),
-        "verdict": finding.get("verdict"),
-        "message": finding.get("message"),
-        "evidence": finding.get("evidence"),
-        "path": location.get("path"),
-    }
-
-
 def preflight_env(sandbox: Sandbox, run: RunPaths, ledger: Any) -> dict[str, Any]:
     """``env verify`` of the sandbox against its signed lock; record ``preflight.env``.
 
@@ -130,8 +118,10 @@ def preflight_env(sandbox: Sandbox, run: RunPaths, ledger: Any) -> dict[str, Any
         report = json.loads(proc.stdout)
     except ValueError as exc:
         raise InputError(f"env verify gave no JSON report: {exc}") from exc
+    # As in the JSON report (docs/events.md): rule_id, severity, message, evidence,
+    # location, verdict; only what is not safe, the first 50.
     findings = [
-        _finding_summary(f)
+        f
         for file in report.get("files", [])
         for f in file.get("findings", [])
         if f.get("verdict") != "safe"
@@ -159,14 +149,7 @@ def preflight_scan(paths: Sequence[Path], run: RunPaths, ledger: Any) -> dict[st
     report = scan_path(*paths)
     files = [{"path": f.path, "verdict": f.verdict.value, "sha256": f.sha256} for f in report.files]
     findings = [
-        {
-            "rule_id": finding.rule_id,
-            "severity": finding.severity.label,
-            "verdict": finding.verdict.value,
-            "message": finding.message,
-            "evidence": finding.evidence,
-            "path": file.path,
-        }
+        finding.to_dict()
         for file in report.files
         for finding in file.findings
         if finding.verdict.value != "safe"

@@ -108,6 +108,8 @@ def ledger_observations(entries: Iterable[Any]) -> list[Observation]:
             for finding in data.get("findings") or ():
                 if not isinstance(finding, Mapping) or finding.get("verdict") == "safe":
                     continue
+                location = finding.get("location")
+                path = location.get("path") if isinstance(location, Mapping) else None
                 out.append(
                     Observation(
                         event,
@@ -115,7 +117,7 @@ def ledger_observations(entries: Iterable[Any]) -> list[Observation]:
                         _str(finding.get("message")) or "",
                         entry.time,
                         "ledger",
-                        path=_str(finding.get("path")),
+                        path=_str(path) or _str(finding.get("path")),
                         facts={"step": 0, "verdict": finding.get("verdict")},
                     )
                 )

@@ -249,7 +249,7 @@ def test_preflight_findings_are_matched_by_the_file_each_attack_touched(
                     "severity": "high",
                     "message": "x.pth runs code",
                     "evidence": None,
-                    "path": f"{site}/x.pth",
+                    "location": {"path": f"{site}/x.pth", "member": None, "offset": None},
                 },
                 {
                     "rule_id": "env.lock-modified",
@@ -257,7 +257,7 @@ def test_preflight_findings_are_matched_by_the_file_each_attack_touched(
                     "severity": "high",
                     "message": "torch/random.py differs",
                     "evidence": None,
-                    "path": f"{site}/torch/random.py",
+                    "location": {"path": f"{site}/torch/random.py"},
                 },
                 {
                     "rule_id": "env.pyc-skipped",
