@@ -181,3 +181,26 @@ def test_reset_puts_back_every_change_an_attack_can_make(sandbox: Sandbox) -> No
     assert not (sandbox.site / HOOK_NAME).exists()
     assert (sandbox.site / SEED_FILE).is_symlink()
     assert _env_verify(sandbox).returncode == 0
+
+
+def test_without_another_uid_the_insider_is_a_second_key_under_the_same_uid(
+    sandbox: Sandbox,
+) -> None:
+    from trainwarden.drill._identity import InsiderAccount
+
+    drill = _Drill(ranks=2, scenarios=(), keep=None, progress=None, defenses=True)
+    drill.sandbox = sandbox
+    drill.account = InsiderAccount(
+        uid=None, gid=None, groups=(), team_gid=None, mode="same-uid", note="test"
+    )
+    run = sandbox.prepare_run("same-uid")
+    scenario = BY_ID["T2-pth-hook"]
+    log = sandbox.loot / "same-uid.jsonl"
+    outcomes = drill._attack(run, [(scenario, {"site": str(sandbox.site), "recon_log": str(log)})])
+    try:
+        assert outcomes[scenario.id]["ok"], outcomes
+        (entry,) = [e for e in read_ledger(run.ledger) if e.event == "drill.scenario"]
+        assert entry.actor.uid == os.getuid()
+        assert entry.actor.identity == "intern@drill"  # the key still tells them apart
+    finally:
+        sandbox.restore(outcomes[scenario.id].get("touched", []))
