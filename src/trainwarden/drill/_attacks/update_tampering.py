@@ -33,7 +33,7 @@ def payload(*, start: int, all_ranks: bool, mode: str, scale: float = 0.5, seed:
         rewrite = "p.copy_(old - (p - old))"
     else:
         rewrite = (
-            "noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)\n"
+            "noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)\n"
             f"                    p.copy_(old + (p - old) * (1.0 + {scale!r} * noise))"
         )
     return f"""
