@@ -24,6 +24,7 @@ __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "build_parser", "entry_poin
 # `register(subparsers)`, which adds its sub-commands and sets `handler` on each to a function
 # `(args) -> int`. Registration is cheap: the capability is imported inside the handler.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "drill",
     "scan",
     "load",
     "env",

@@ -205,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     loss_value = math.nan
     epoch = 0
     start = time.monotonic()
+    # Wall time of each step (this rank's view, collective waits included): a straggler on
+    # another rank shows up here too, since this rank waits for it in the gradient all-reduce.
+    step_seconds: list[float] = []
+    last = start
     while step < cfg.steps:
         sampler.set_epoch(epoch)
         for inputs, targets in loader:
@@ -223,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             loss_value = float(loss.detach())
             if args.step_sleep:
                 time.sleep(args.step_sleep)
+            now = time.monotonic()
+            step_seconds.append(round(now - last, 4))
+            last = now
             if rank == 0 and args.ckpt_dir is not None and step % args.ckpt_every == 0:
                 args.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 state = {
@@ -242,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loss": loss_value,
         "digest": _digest(plain),
         "seconds": round(time.monotonic() - start, 3),
+        "step_seconds": step_seconds,
     }
     if args.out is not None and rank == 0:
         args.out.write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,239 @@
+"""``trainwarden drill``: replay T1-T8 against a real training job and print what was caught."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, write_output
+
+if TYPE_CHECKING:
+    from trainwarden.drill import DrillProgress, DrillResult, ScenarioResult
+
+_EPILOG = """\
+exit status: 0 every technique detected and the control run clean; 1 an attack was not
+detected (or its detector is not installed) or the control run had findings; 2 usage or
+operational error, or a scenario the drill could not carry out.
+
+Everything happens in a throwaway sandbox (its own Python environment with a mirror of the
+installed torch, keys, ledgers and team directories); nothing outside it is modified. Run as
+root, the insider is another uid (4242), so file owners and signal senders name it.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``drill``."""
+    from trainwarden.drill import DEFAULT_RANKS
+
+    parser = subparsers.add_parser(
+        "drill",
+        help="replay the 2024 incident (T1-T8) against a real training job",
+        description="Run a small real training job (tinygpt, several ranks over gloo) in a "
+        "throwaway sandbox and replay each technique of the 2024 incident as a second, insider "
+        "identity: malicious checkpoint (T1), edited torch and a .pth hook (T2), sleeping "
+        "optimizer (T3), flipped and perturbed updates (T4), seeds, data order and learning "
+        "rate (T5), killed ranks (T6), modified, rolled back and deleted checkpoints (T7), "
+        "ledger edits and a forged denial (T8), plus a clean control run. Prints, per attack, "
+        "whether it was caught, by which check, how long after it began and whom the ledger "
+        "names.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--ranks",
+        metavar="N",
+        type=int,
+        default=DEFAULT_RANKS,
+        help=f"ranks of every training job (default: {DEFAULT_RANKS}, at least 2)",
+    )
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="report format (default: text)"
+    )
+    parser.add_argument(
+        "--output", "-o", metavar="FILE", type=Path, help="write the table to FILE, not stdout"
+    )
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        type=Path,
+        help="also write an HTML report (FILE, and one forensic report per run beside it)",
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        type=Path,
+        help="build the sandbox in DIR (new or empty) and keep it for inspection",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SCENARIO",
+        action="append",
+        default=[],
+        help="run only this technique (T4) or scenario id (T4-flip-one-rank); repeatable",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="never show progress")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainwarden.drill import run_drill
+
+    with _progress(enabled=not args.no_progress) as callback:
+        result = run_drill(
+            ranks=args.ranks,
+            only=tuple(args.only),
+            keep=args.keep,
+            progress=callback,
+            report=args.report,
+        )
+    if args.format == "json":
+        text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
+    else:
+        text = render_text(result)
+    write_output(text, args.output)
+    if result.errors:
+        return EXIT_ERROR
+    return EXIT_OK if result.passed else EXIT_FINDINGS
+
+
+# -- progress (stderr) --------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[Callable[[DrillProgress], None] | None]:
+    """Progress on stderr: a rich display on a terminal, plain lines otherwise."""
+    if not enabled:
+        yield None
+        return
+    if not sys.stderr.isatty():
+
+        def plain(event: DrillProgress) -> None:
+            where = f" {event.run}:" if event.run else ""
+            sys.stderr.write(f"drill [{event.done}/{event.total}]{where} {event.message}\n")
+            sys.stderr.flush()
+
+        yield plain
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("drill"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.description}"),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("", total=None)
+
+    def rich_callback(event: DrillProgress) -> None:
+        progress.update(
+            task,
+            completed=event.done,
+            total=event.total,
+            description=(f"{event.run}: " if event.run else "") + event.message[:70],
+        )
+        if event.result is not None:
+            style = "green" if event.result.passed else "red"
+            progress.console.print(
+                f"[{style}]{_status_word(event.result)}[/] {_line(event.result)}"
+            )
+
+    progress.start()
+    try:
+        yield rich_callback
+    finally:
+        progress.stop()
+
+
+def _line(result: ScenarioResult) -> str:
+    first = result.first
+    if first is not None:
+        return f"{result.scenario}: {first.check} ({first.rule_id or first.message[:60]})"
+    return f"{result.scenario}: {result.reason or result.status}"
+
+
+# -- the table (stdout) --------------------------------------------------------------------
+
+
+def _status_word(result: ScenarioResult) -> str:
+    return {
+        "detected": "DETECTED",
+        "clean": "CLEAN",
+        "missed": "NOT DETECTED",
+        "unavailable": "NOT DETECTED",
+        "findings": "FINDINGS",
+        "error": "ERROR",
+    }.get(result.status, result.status.upper())
+
+
+def _after(result: ScenarioResult) -> str:
+    first = result.first
+    if first is None:
+        return "-"
+    steps = "-" if first.steps is None else f"{first.steps} steps"
+    seconds = "-" if first.seconds is None else f"{first.seconds:.1f} s"
+    return f"{steps}, {seconds}"
+
+
+def _named(result: ScenarioResult) -> str:
+    if result.insider is None:
+        return "-"
+    text = result.insider.describe()
+    first = result.first
+    if first is not None and first.evidence is not None:
+        mark = "matches" if result.attributed else "does NOT match"
+        text += f" ({first.evidence.via} {first.evidence.describe()}: {mark})"
+    return text
+
+
+def _check(result: ScenarioResult) -> str:
+    first = result.first
+    if first is not None:
+        return first.check + (f" [{first.rule_id}]" if first.rule_id else "")
+    if result.status == "unavailable" and result.reason:
+        return result.reason.split(" (", 1)[0].split(":", 1)[0]
+    return "-"
+
+
+def render_text(result: DrillResult) -> str:
+    """The drill's result as a plain-text table (what ``--format text`` prints)."""
+    rows = [("TECHNIQUE", "SCENARIO", "RESULT", "CHECK", "AFTER", "NAMED BY THE LEDGER")]
+    rows += [
+        (row.technique, row.title, _status_word(row), _check(row), _after(row), _named(row))
+        for row in (result.control, *result.scenarios)
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        f"trainwarden drill: {result.ranks} ranks, insider {result.insider.describe()} "
+        f"({result.insider_mode}), {result.seconds:.1f} s",
+        "",
+    ]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows
+    ]
+    lines.append("")
+    problems = [s for s in (result.control, *result.scenarios) if not s.passed]
+    if problems:
+        lines.append("Not passed:")
+        lines.extend(f"  {s.scenario}: {s.status}: {s.reason}" for s in problems)
+        lines.append("")
+    detected = sum(1 for s in result.scenarios if s.detected)
+    lines.append(
+        f"{len(result.scenarios)} attack(s): {detected} detected, "
+        f"{len(result.scenarios) - detected} not; control run "
+        f"{'clean' if result.control.passed else 'NOT clean'}."
+    )
+    lines.extend(f"note: {n}" for n in result.notes)
+    if result.sandbox:
+        lines.append(f"sandbox kept in {result.sandbox}")
+    return "\n".join(lines) + "\n"
