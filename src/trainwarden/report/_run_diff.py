@@ -28,7 +28,8 @@ AREAS = ("code", "environment", "seeds", "data order", "hyperparameters")
 # Parameter names that differ between any two runs and say nothing about the job.
 _RUN_SPECIFIC = re.compile(
     r"(^|[._\[])(time|started|startedon|finished|finishedon|ended|pid|host|hostname|node|"
-    r"nodes|invocation|invocationid|run|run_id|runid|run_dir|rundir|seconds|duration|user|uid)"
+    r"nodes|invocation|invocationid|run|run_id|runid|run_dir|rundir|seconds|duration|user|uid|"
+    r"cwd|ledger|ephemeralkey)"
     r"($|[._\]])",
     re.IGNORECASE,
 )

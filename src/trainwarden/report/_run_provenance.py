@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib
-import inspect
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -196,35 +194,16 @@ def flatten(value: object, prefix: str = "", *, limit: int = _MAX_ROWS) -> list[
 def _verify(
     path: Path, keys: list[Any], key_paths: list[str | os.PathLike[str]], *, outputs: bool
 ) -> tuple[bool | None, str]:
-    # The provenance capability is built separately and may not be in this installation:
-    # look its verifier up at run time instead of importing it, and say so when it is
-    # absent rather than pretend the statement was checked.
-    try:
-        module = importlib.import_module("trainwarden.provenance")
-    except ImportError:
-        return (
-            None,
-            "not verified: this trainwarden has no provenance verifier (trainwarden.provenance)",
-        )
-    verify = getattr(module, "verify_provenance", None)
-    if not callable(verify):
-        return None, "not verified: trainwarden.provenance has no verify_provenance function"
+    from trainwarden.provenance import verify_provenance
+
     if not keys:
-        return None, "not verified: no trusted key given (--key)"
-    options: dict[str, Any] = {}
+        return None, "not verified: no trusted key given (--pubkey)"
     try:
-        if "check_outputs" in inspect.signature(verify).parameters:
-            options["check_outputs"] = outputs
-    except (TypeError, ValueError):
-        pass
-    try:
-        verify(path, keys=keys, **options)
+        verify_provenance(path, keys, check_outputs=outputs)
     except VerificationError as exc:
         return False, f"does not verify: {exc}"
     except Error as exc:
         return None, f"not verified: {exc}"
-    except TypeError as exc:
-        return None, f"not verified: the provenance verifier has another interface ({exc})"
     names = ", ".join(str(p) for p in key_paths) or f"{len(keys)} key(s)"
-    what = "signature" if options.get("check_outputs") is False else "signature and outputs"
+    what = "signature and outputs" if outputs else "signature"
     return True, f"{what} verified against {names}"

@@ -15,7 +15,6 @@ seeded generator, so two runs with the same seed agree until the sabotage begins
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
@@ -838,92 +837,74 @@ class _Writer:
         self._write_run_json(ended=_now(), status=1 if self.sabotaged else 0)
 
     def _provenance(self, checkpoints: list[Path]) -> None:
-        subjects = [
-            {"name": p.name, "digest": {"sha256": hashlib.sha256(p.read_bytes()).hexdigest()}}
-            for p in checkpoints[-3:]
-        ]
-        statement = {
-            "_type": "https://in-toto.io/Statement/v1",
-            "subject": subjects,
-            "predicateType": "https://slsa.dev/provenance/v1",
-            "predicate": {
-                "buildDefinition": {
-                    "buildType": "https://trainwarden.example/run/v1",
-                    "externalParameters": {
-                        "command": self.command,
-                        "config": {
-                            "lr": 3e-4,
-                            "batch_size": 32,
-                            "steps": self.steps,
-                            "warmup": max(1, self.steps // 50),
-                        },
-                        "run_id": self.run_id,
-                    },
-                    "internalParameters": {
-                        "launcher": "torchrun",
-                        "world_size": self.ranks,
-                        "python": "3.11.7",
-                        "torch": "2.13.0",
-                        "trainwarden": "0.1.0",
-                    },
-                    "resolvedDependencies": [
-                        {
-                            "name": "code",
-                            "uri": f"git+file:///srv/llm7@{self.commit}",
-                            "digest": {"gitCommit": self.commit},
-                        },
-                        {
-                            "name": "environment",
-                            "uri": "file:///shared/locks/llm7-env.lock",
-                            "digest": {"sha256": _digest("lock")[7:]},
-                        },
-                        {
-                            "name": "data",
-                            "uri": "file:///data/llm7/train.bin",
-                            "digest": {"sha256": _digest("train")[7:]},
-                        },
-                    ],
-                },
-                "runDetails": {
-                    "builder": {"id": "https://trainwarden.example/supervisor/login1"},
-                    "metadata": {
-                        "invocationId": self.run_id,
-                        "startedOn": self.started,
-                        "finishedOn": _now(),
-                    },
-                    "byproducts": [
-                        {"name": "findings", "content": base64.b64encode(b"{}").decode()}
-                    ],
-                },
-            },
-        }
-        payload = canonical_json(statement).encode()
-        payload_type = "application/vnd.in-toto+json"
-        pae = b"DSSEv1 %d %s %d %s" % (
-            len(payload_type),
-            payload_type.encode(),
-            len(payload),
-            payload,
+        # Through the real provenance API, so the report verifies what `trainwarden run`
+        # would have written (signature, statement shape and outputs on disk).
+        from trainwarden.provenance import (
+            ResourceDescriptor,
+            TrainingRun,
+            build_statement,
+            output_descriptor,
+            write_provenance,
         )
-        envelope = {
-            "payloadType": payload_type,
-            "payload": base64.b64encode(payload).decode(),
-            "signatures": [
-                {
-                    "keyid": self.supervisor_key.public.fingerprint,
-                    "sig": base64.b64encode(self.supervisor_key.sign(pae)).decode(),
-                }
-            ],
-        }
-        path = self.root / "provenance.intoto.json"
-        data = json.dumps(envelope, indent=2).encode()
-        atomic_write(path, data)
+
+        outputs = tuple(
+            output_descriptor(p, root=self.root, annotations={"kind": "checkpoint"})
+            for p in checkpoints[-3:]
+        )
+        statement = build_statement(
+            TrainingRun(
+                run_id=self.run_id,
+                outputs=outputs,
+                external_parameters={
+                    "command": list(self.command),
+                    "config": {
+                        "lr": 3e-4,
+                        "batch_size": 32,
+                        "steps": self.steps,
+                        "warmup": max(1, self.steps // 50),
+                    },
+                },
+                internal_parameters={
+                    "cwd": str(self.root),
+                    "launcher": "torchrun",
+                    "world_size": self.ranks,
+                },
+                dependencies=(
+                    ResourceDescriptor(
+                        name="code",
+                        uri=f"git+file:///srv/llm7@{self.commit}",
+                        digest={"gitCommit": self.commit},
+                    ),
+                    ResourceDescriptor(
+                        name="environment",
+                        uri="file:///shared/locks/llm7-env.lock",
+                        digest={"sha256": _digest("lock")[7:]},
+                    ),
+                    ResourceDescriptor(
+                        name="data",
+                        uri="file:///data/llm7/train.bin",
+                        digest={"sha256": _digest("train")[7:]},
+                    ),
+                ),
+                byproducts=(
+                    ResourceDescriptor(
+                        name="findings", digest={"sha256": hashlib.sha256(b"{}").hexdigest()}
+                    ),
+                ),
+                started=self.started,
+                finished=_now(),
+                builder_version={"trainwarden": "0.1.0", "python": "3.11.7", "torch": "2.13.0"},
+            )
+        )
+        written = write_provenance(
+            self.root / "provenance.intoto.json", statement, self.supervisor_key
+        )
         self.sup.append(
             "provenance.signed",
             run=self.run_id,
-            path=str(path),
-            digest="sha256:" + hashlib.sha256(data).hexdigest(),
-            subjects=len(subjects),
+            path=str(written.path),
+            digest=written.digest,
+            subjects=len(outputs),
         )
 
     def _seal(self) -> None:

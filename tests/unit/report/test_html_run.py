@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from trainwarden.errors import VerificationError
 from trainwarden.report import RunReport, read_run
 from trainwarden.report._run_ledger import scope_of
 from trainwarden.report._synthetic import SyntheticRun, write_synthetic_run
@@ -59,30 +58,6 @@ def clean_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticRun, 
 def clean(tmp_path: Path) -> SyntheticRun:
     """A fresh clean run to tamper with."""
     return write_synthetic_run(tmp_path / "run", ranks=4, steps=200)
-
-
-@pytest.fixture
-def provenance_verifier(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stand-in for trainwarden.provenance (built elsewhere) with the interface the report
-    calls: verify_provenance(path, *, keys) verifies the DSSE signature or raises."""
-    from trainwarden.keys import PublicKey
-
-    def verify_provenance(path: Path, *, keys: list[PublicKey]) -> None:
-        envelope = json.loads(Path(path).read_bytes())
-        payload = base64.b64decode(envelope["payload"])
-        ptype = envelope["payloadType"].encode()
-        pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype, len(payload), payload)
-        for sig in envelope["signatures"]:
-            for key in keys:
-                if key.fingerprint == sig["keyid"]:
-                    key.verify(base64.b64decode(sig["sig"]), pae)
-                    return
-        raise VerificationError("no signature by a trusted key")
-
-    module = types.ModuleType("trainwarden.provenance")
-    module.verify_provenance = verify_provenance  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trainwarden.provenance", module)
-    return
 
 
 def _by_check(report: RunReport, prefix: str) -> list[object]:
@@ -194,7 +169,6 @@ def test_same_event_from_every_rank_is_one_timeline_row(sabotaged: SyntheticRun)
 def test_comparison_with_a_clean_run_shows_differences_only(
     sabotaged: SyntheticRun,
     clean_pair: tuple[SyntheticRun, SyntheticRun],
-    provenance_verifier: None,
 ) -> None:
     clean, _ = clean_pair
     report = _read(
@@ -231,7 +205,7 @@ def test_a_clean_run_that_is_not_clean_is_said_so(
 
 
 def test_two_clean_runs_of_one_job_do_not_differ(
-    clean_pair: tuple[SyntheticRun, SyntheticRun], provenance_verifier: None
+    clean_pair: tuple[SyntheticRun, SyntheticRun],
 ) -> None:
     a, b = clean_pair
     report = _read(a, keys=_keys(a, b), seal_keys=[a.seal_key, b.seal_key], against=b.run_dir)
@@ -244,7 +218,7 @@ def test_two_clean_runs_of_one_job_do_not_differ(
 
 
 def test_clean_run_with_every_check_verified_is_clean(
-    clean_pair: tuple[SyntheticRun, SyntheticRun], provenance_verifier: None
+    clean_pair: tuple[SyntheticRun, SyntheticRun],
 ) -> None:
     run, _ = clean_pair
     report = _read(run)
@@ -270,19 +244,26 @@ def test_clean_run_without_keys_is_not_verified(
     assert all(e.integrity == "unchecked" for e in report.timeline)
 
 
-def test_provenance_without_a_verifier_is_never_called_verified(
-    clean_pair: tuple[SyntheticRun, SyntheticRun], monkeypatch: pytest.MonkeyPatch
+def test_provenance_without_a_trusted_key_is_never_called_verified(
+    clean_pair: tuple[SyntheticRun, SyntheticRun],
 ) -> None:
-    monkeypatch.setitem(sys.modules, "trainwarden.provenance", None)  # import fails
     run, _ = clean_pair
-    report = _read(run)
+    report = _read(run, keys=[])
     assert report.provenance.verified is None
     assert report.provenance.predicate_type == "https://slsa.dev/provenance/v1"
     assert len(report.provenance.subjects) == 3
     assert report.verdict == "not-verified"
 
 
-def test_provenance_edited_after_signing(clean: SyntheticRun, provenance_verifier: None) -> None:
+def test_provenance_signed_by_another_key_does_not_verify(clean: SyntheticRun) -> None:
+    from trainwarden.keys import PrivateKey
+
+    report = _read(clean, keys=[PrivateKey.generate("someone@else").public])
+    assert report.provenance.verified is False
+    assert report.verdict == "compromised"
+
+
+def test_provenance_edited_after_signing(clean: SyntheticRun) -> None:
     path = clean.run_dir / "provenance.intoto.json"
     envelope = json.loads(path.read_text())
     statement = json.loads(base64.b64decode(envelope["payload"]))
