@@ -80,6 +80,7 @@ class CodeIntegrity:
     def __init__(self, *, rank: int) -> None:
         self.rank = rank
         self._reference: Any = None
+        self._baseline: set[str] | None = None
         self._files: dict[str, tuple[int, int, int, int]] | None = None
         self._hashes: dict[str, str | None] = {}
         self._root: str | None = None
@@ -126,24 +127,47 @@ class CodeIntegrity:
                 )
             ]
         findings = []
+        first = self._baseline is None
+        seen: set[str] = set()
         for file in report.files:
             for item in file.findings:
                 if item.verdict is Verdict.SAFE or item.severity < Severity.MEDIUM:
                     continue  # informational (counts, trainwarden's own wrappers)
+                subject = f"code:{item.rule_id}:{item.evidence or item.message}"
+                seen.add(subject)
+                if first or subject in (self._baseline or set()):
+                    # Present when the guard attached: pre-flight's to judge (env verify);
+                    # libraries do add methods to torch classes (transformers' smart_apply).
+                    # Reported, not halting; a change *while the job runs* is what halts.
+                    findings.append(
+                        GuardFinding(
+                            rule_id="guard.code",
+                            severity=Severity.MEDIUM,
+                            message=f"present when the guard attached: {item.message}",
+                            rank=self.rank,
+                            step=step,
+                            evidence=item.evidence or item.rule_id,
+                            established=False,
+                            subject=subject,
+                        )
+                    )
+                    continue
                 findings.append(
                     GuardFinding(
                         rule_id="guard.code",
                         severity=Severity.CRITICAL
                         if item.verdict is Verdict.UNSAFE
                         else Severity.MEDIUM,
-                        message=item.message,
+                        message=f"changed while the job ran: {item.message}",
                         rank=self.rank,
                         step=step,
                         evidence=item.evidence or item.rule_id,
                         established=item.verdict is Verdict.UNSAFE,
-                        subject=f"code:{item.rule_id}:{item.evidence or item.message}",
+                        subject=subject,
                     )
                 )
+        if first:
+            self._baseline = seen
         self.checks += 1
         self.last_run = time.monotonic()
         self.cost += time.perf_counter() - start

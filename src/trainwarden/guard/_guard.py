@@ -147,16 +147,18 @@ class StepInfo:
 
 
 def _unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer behind wrappers (accelerate, Lightning) holding it in ``.optimizer``."""
+    """The torch optimizer behind wrappers (accelerate, Lightning) holding it in ``.optimizer``.
+
+    accelerate's ``AcceleratedOptimizer`` is itself an ``Optimizer`` subclass without state of
+    its own: the hooks must go on the optimizer it wraps.
+    """
     import torch
 
-    seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer) and seen < 8:
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None:
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
             break
         optimizer = inner
-        seen += 1
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"not a torch optimizer: {type(optimizer).__name__}")
     return optimizer
@@ -327,6 +329,8 @@ class Guard:
         self._heavy_epoch = 0
         self._step_epoch = 0
         self._step_base: dict[int, int] | None = None
+        self._detached_at = 0
+        self._in_step = False
         self._next_code = time.monotonic()
         self._next_package = time.monotonic() + self.config.package_every
         self._next_flush = time.monotonic() + self.config.telemetry_flush
@@ -428,6 +432,10 @@ class Guard:
                 "guard.rng", rank=self.rank, step=0, when="attach", fingerprints=fingerprints()
             )
 
+    def _current_step(self) -> int:
+        """The step in progress: the counter inside an optimizer step, the next one between."""
+        return self.step if self._in_step else self.step + 1
+
     def _alive(self) -> bool:
         # Read afresh (close() runs in another thread while the watchdog works).
         return bool(self.active)
@@ -495,6 +503,11 @@ class Guard:
     def add_step_listener(self, fn: Callable[[StepInfo], None]) -> None:
         """Call ``fn(StepInfo)`` after each optimizer step (exceptions are logged)."""
         self._listeners.append(fn)
+
+    def observe_batch(self, batch: Any) -> None:
+        """Digest a step's input batch (integrations whose model forward is not hooked)."""
+        if "data" in self.config.checks:
+            self._batch.add((batch,), {})
 
     def observe_loss(self, value: Any) -> None:
         """Tell the guard the step's loss (integrations do; else the model's output is used)."""
@@ -631,7 +644,7 @@ class Guard:
         self._emit(
             "guard.reseed",
             rank=self.rank,
-            step=self.step,
+            step=self._current_step(),
             function=event.function,
             caller=event.caller,
             seed=event.seed,
@@ -647,10 +660,10 @@ class Guard:
                     f"after attach, called from {event.caller}"
                 ),
                 rank=self.rank,
-                step=self.step,
+                step=self._current_step(),
                 evidence=f"{event.function}({event.seed or ''}) at {event.caller}",
                 established=not event.restores_state,
-                subject=f"reseed:{event.function}:{event.caller}:{self.step}",
+                subject=f"reseed:{event.function}:{event.caller}:{self._current_step()}",
             )
         )
 
@@ -669,7 +682,7 @@ class Guard:
                     f"{event.problem}"
                 ),
                 rank=self.rank,
-                step=self.step,
+                step=self._current_step(),
                 evidence=f"{event.sampler} epoch {event.epoch}: {event.problem}",
                 established=True,
                 subject=event.subject,
@@ -710,7 +723,7 @@ class Guard:
                     f"(uid {sender.get('uid')}, {sender.get('cmdline') or 'command unknown'})"
                 ),
                 rank=self.rank,
-                step=self.step,
+                step=self._current_step(),
                 evidence=f"{record.signal} from pid {sender.get('pid')}",
                 established=True,
                 subject=f"signal:{record.signal}:{record.time}",
@@ -817,12 +830,39 @@ class Guard:
 
     # --------------------------------------------------------------- optimizer hooks
 
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         if not self.active or os.getpid() != self._owner_pid:
-            return
+            return None
         self._train_thread = threading.get_ident()
         self.step += 1
+        self._in_step = True
         step = self.step
+        closure = kwargs.get("closure", args[0] if args else None)
+        if callable(closure):
+            # step(closure): forward and backward run inside the step, after this hook (as
+            # under Lightning). The checks and the reads of gradients wait for the closure.
+            wrapped = self._after_closure(closure, step)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (wrapped, *args[1:]), kwargs
+        self._before_update(step)
+        return None
+
+    def _after_closure(self, closure: Callable[[], Any], step: int) -> Callable[[], Any]:
+        done = False
+
+        def closure_then_checks() -> Any:
+            nonlocal done
+            result = closure()
+            if not done:  # LBFGS calls the closure several times; the checks run once
+                done = True
+                self._before_update(step)
+            return result
+
+        return closure_then_checks
+
+    def _before_update(self, step: int) -> None:
+        """Everything the guard checks and reads once the gradients of ``step`` exist."""
         # The backward ends (and the wait begins) where the job calls step(); the guard's
         # own checks below are not counted in any phase of the job.
         self._clock.backward_end()
@@ -1048,6 +1088,7 @@ class Guard:
         self._prev_end = time.monotonic()
         self._prev_wall = wall
         self._batch = BatchDigest()
+        self._in_step = False
         self._maybe_halt(step, own + decided, rows)
         return
 
@@ -1282,7 +1323,7 @@ class Guard:
         bypassed = self._bypassed()
         if not missing and not bypassed:
             return
-        step = self.step
+        step = self.step + 1
         findings = [
             self._detached_finding(step, f"the guard's {label} was removed", label)
             for label in missing
@@ -1291,7 +1332,18 @@ class Guard:
             findings.append(self._detached_finding(step, bypassed, "bypassed"))
         for finding in findings:
             self._record(finding)
-        self._catch_up(step, findings)
+        if any(m.startswith("optimizer step") for m in missing) or bypassed:
+            self._detached_at = self._detached_at or step
+            if not self.exchange.distributed and self.on_violation == HALT:
+                # Alone, halt right here. With other ranks, this thread must not block before
+                # the job's own collectives of this step (they wait for it there); the
+                # watchdog tells them instead (see tick()).
+                raise StepViolation(
+                    f"trainwarden guard halted at step {step}: the guard was detached",
+                    tuple(findings),
+                    step,
+                    (self.rank,),
+                )
 
     def _bypassed(self) -> str | None:
         """A step the optimizer took without the guard's hooks (its own counter moved on)."""
@@ -1340,32 +1392,27 @@ class Guard:
         )
 
     def _catch_up(self, step: int, findings: list[GuardFinding]) -> None:
-        """Tell the other ranks (in place of the round the missing post-hook would have run)."""
+        """From the watchdog: take this rank's place in the exchange its post-hook would run.
+
+        The other ranks wait for this rank in their next exchange; the watchdog thread joins
+        it with the halt flag set (it never blocks the training thread, which may be inside
+        the job's own collectives), then the training thread is interrupted.
+        """
         with self._lock:
             if self._caught_up or not self.active:
                 return
             self._caught_up = True
-        rows: list[list[int]] = []
         if self.exchange.distributed and not self._exchange_off:
             row = self._row(
                 step, FLAG_HALT | FLAG_CATCH_UP | FLAG_FINDING, None, 0, {}, len(findings)
             )
             try:
-                rows = self.exchange.gather(row)
+                self.exchange.gather(row)
             except ExchangeError as exc:
                 logger.error("trainwarden guard: catch-up exchange failed: %s", exc)
             self._exchange_off = True
-        if self.on_violation == HALT and threading.get_ident() == self._train_thread:
-            raise StepViolation(
-                f"trainwarden guard halted at step {step}: the guard was detached on rank "
-                f"{self.rank}",
-                tuple(findings),
-                step,
-                (self.rank,),
-            )
         if self.on_violation == HALT:
             self._interrupt_training()
-        del rows
 
     def _interrupt_training(self) -> None:
         """Raise in the training thread from the watchdog (asynchronously, at its next bytecode)."""
@@ -1390,18 +1437,23 @@ class Guard:
                 self.code.start()
         if self.hooks is not None and self.step > 0:
             missing = self.hooks.own_present()
-            optimizer_side = [m for m in missing if m.startswith("optimizer step")]
+            # Without its post-hook this rank no longer joins the exchanges: take its place.
+            optimizer_side = [m for m in missing if m == "optimizer step post-hook"]
             # close() marks the guard inactive before it removes its hooks: hooks missing
             # from an active guard were removed by someone else.
             if missing and self.active:
                 findings = [
-                    self._detached_finding(self.step, f"the guard's {label} was removed", label)
+                    self._detached_finding(
+                        self._current_step(), f"the guard's {label} was removed", label
+                    )
                     for label in missing
                 ]
                 for finding in findings:
                     self._defer(finding)
-                if optimizer_side:
-                    self._catch_up(self.step, findings)
+                if optimizer_side or self._detached_at:
+                    self._catch_up(self._current_step(), findings)
+            elif self._detached_at and self.active:
+                self._catch_up(self._detached_at, [])
         clock = self._clock
         if (
             clock.current is not None
@@ -1412,14 +1464,22 @@ class Guard:
             if self.stalls.overrun(clock.current, running, self.rank):
                 median = self.stalls.median(self.rank, clock.current)
                 shown_median = f"{median:.3g} s" if median is not None else "unknown"
+                # Alone, or in a data-parallel optimizer step (no collective inside), a phase
+                # that runs on is this rank's own doing; elsewhere it may be waiting for a
+                # slower rank inside the job's collectives: suspected at a lower level until
+                # the exchange, which compares every rank's own work, names the culprit.
+                own = self.world == 1 or (
+                    clock.current == "opt" and not any(e.sharded for e in self.table.entries)
+                )
+                waiting = "" if own else " (it may be waiting for another rank)"
                 self._defer(
                     GuardFinding(
                         rule_id="guard.timing",
-                        severity=Severity.HIGH,
+                        severity=Severity.HIGH if own else Severity.MEDIUM,
                         message=(
                             f"rank {self.rank} has been in the {phase_label(clock.current)} of "
                             f"step {self.step + (0 if clock.current == 'opt' else 1)} for "
-                            f"{running:.1f} s (median {shown_median})"
+                            f"{running:.1f} s (median {shown_median}){waiting}"
                         ),
                         rank=self.rank,
                         step=self.step,

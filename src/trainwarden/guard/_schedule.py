@@ -50,7 +50,12 @@ def replica_for(scheduler: Any, optimizer: Any) -> Replica:
         UnsupportedSchedule: No replica exists for this scheduler (or its settings).
     """
     name = type(scheduler).__name__
-    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+    owner = getattr(scheduler, "optimizer", optimizer)
+    for _ in range(4):  # through wrappers (accelerate's AcceleratedOptimizer)
+        if owner is optimizer:
+            break
+        owner = getattr(owner, "optimizer", owner)
+    if owner is not optimizer:
         raise UnsupportedSchedule(f"{name} belongs to another optimizer")
     base = [_f(b) for b in getattr(scheduler, "base_lrs", [])]
     builder = _BUILDERS.get(name)
