@@ -158,11 +158,12 @@ class GlobalGuard:
                 return
             model = self._find_model(optimizer)
             scheduler = self._find_scheduler(optimizer)
+            # Discovery ends before the guard takes its baseline of hooks.
+            self._stop_discovery()
             guard = Guard(model, optimizer, scheduler=scheduler, _global=True, **self._kwargs)
             for fn in self._listeners:
                 guard.add_step_listener(fn)
             self._guards.append(guard)
-            self._stop_discovery()
         return
 
     def _stop_discovery(self) -> None:

@@ -894,8 +894,11 @@ class Guard:
                 self._record(finding)
             clip = self._clip
             self._clip = []
-            for finding in self.hyper.check_clipping(step, clip):
-                self._record(finding)
+            # A guard attached inside its first step (the global guard) missed that step's
+            # clipping: what is declared is pinned from the first whole step.
+            if not (self.global_guard and step == 1):
+                for finding in self.hyper.check_clipping(step, clip):
+                    self._record(finding)
             if self.model is not None:
                 for finding in self.hyper.check_accumulation(step, self._clock.forwards):
                     self._record(finding)

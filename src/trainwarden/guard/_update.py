@@ -592,7 +592,8 @@ class UpdateCheck:
             )
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = diff / np.maximum(magnitude, ulp)
-        residual = float(np.nanmax(rel)) if rel.size else 0.0
+        # 0/0 where both sides are NaN (a diverged run) is no residual.
+        residual = float(np.max(np.nan_to_num(rel, nan=0.0))) if rel.size else 0.0
         return bad, residual
 
     def _compare_state(
