@@ -91,7 +91,7 @@ class CodeIntegrity:
 
     def start(self) -> None:
         """Take the references (runtime snapshot, package fingerprint). Off the hot path."""
-        start = time.perf_counter()
+        start = time.thread_time()
         from trainwarden.env import snapshot_runtime
 
         self._reference = snapshot_runtime()
@@ -100,14 +100,14 @@ class CodeIntegrity:
         if isinstance(file, str):
             self._root = os.path.dirname(os.path.abspath(file))
             self._files = _package_files(self._root)
-        self.cost += time.perf_counter() - start
+        self.cost += time.thread_time() - start
         self.last_run = self.last_package = time.monotonic()
 
     def verify(self, step: int) -> list[GuardFinding]:
         """Run ``trainwarden.env.verify_runtime`` against the attach-time reference."""
         if self._reference is None:
             return []
-        start = time.perf_counter()
+        start = time.thread_time()
         from trainwarden.env import verify_runtime
 
         try:
@@ -170,14 +170,14 @@ class CodeIntegrity:
             self._baseline = seen
         self.checks += 1
         self.last_run = time.monotonic()
-        self.cost += time.perf_counter() - start
+        self.cost += time.thread_time() - start
         return findings
 
     def verify_package(self, step: int) -> list[GuardFinding]:
         """Compare torch's files on disk with the fingerprint taken at attach."""
         if self._files is None or self._root is None:
             return []
-        start = time.perf_counter()
+        start = time.thread_time()
         now = _package_files(self._root)
         changed = sorted(
             set(now) ^ set(self._files)
@@ -209,7 +209,7 @@ class CodeIntegrity:
         if changed:
             self._files = now  # report each change once
         self.last_package = time.monotonic()
-        self.cost += time.perf_counter() - start
+        self.cost += time.thread_time() - start
         return findings
 
     def kernel_findings(self, problems: list[str], step: int) -> list[GuardFinding]:

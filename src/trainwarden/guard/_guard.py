@@ -336,6 +336,10 @@ class Guard:
         self._next_flush = time.monotonic() + self.config.telemetry_flush
         self._code_started = False
         self.cost: dict[str, float] = {}
+        #: CPU seconds the training thread spent in the guard's hooks (every check included).
+        #: Costs are thread CPU time, not wall time: on a shared machine, time the thread
+        #: spent descheduled is not the guard's cost.
+        self.total_cost = 0.0
         self._telemetry: TelemetryWriter | None = None
         if directory is not None and self.config.telemetry:
             self._telemetry = writer_for(directory, self.rank)
@@ -564,6 +568,7 @@ class Guard:
             verified_steps=self.update.verified_steps,
             checked=self.update.checked,
             cost=self._costs(),
+            total_cost=round(self.total_cost, 6),
             findings=len(self._findings),
             repeated={f"{k[0]}:{k[1]}"[:200]: n for k, n in self._seen.items() if n > 1},
         )
@@ -581,7 +586,7 @@ class Guard:
         return {k: round(v, 6) for k, v in sorted(costs.items())}
 
     def _add_cost(self, name: str, start: float) -> None:
-        self.cost[name] = self.cost.get(name, 0.0) + time.perf_counter() - start
+        self.cost[name] = self.cost.get(name, 0.0) + time.thread_time() - start
 
     # --------------------------------------------------------------------- findings
 
@@ -737,6 +742,13 @@ class Guard:
     # ------------------------------------------------------------------- model hooks
 
     def _forward_pre(self, module: Any, args: Any, kwargs: Any) -> None:
+        start = time.thread_time()
+        try:
+            return self._forward_pre_impl(module, args, kwargs)
+        finally:
+            self.total_cost += time.thread_time() - start
+
+    def _forward_pre_impl(self, module: Any, args: Any, kwargs: Any) -> None:
         if not self.active or os.getpid() != self._owner_pid:
             return
         import torch
@@ -748,7 +760,7 @@ class Guard:
         clock = self._clock
         if clock.forwards == 0 and clock._fwd_start is None and self.step > 0:
             self._detached_check()
-        start = time.perf_counter()
+        start = time.thread_time()
         clock.forward_start()
         if "data" in self.config.checks:
             self._batch.add(tuple(args), dict(kwargs))
@@ -758,6 +770,13 @@ class Guard:
         return
 
     def _forward_post(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        start = time.thread_time()
+        try:
+            return self._forward_post_impl(module, args, kwargs, output)
+        finally:
+            self.total_cost += time.thread_time() - start
+
+    def _forward_post_impl(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if not self.active or os.getpid() != self._owner_pid:
             return
         if self._eval_start is not None:
@@ -783,6 +802,7 @@ class Guard:
         clock_ref = self
 
         def hook(grad: Any) -> None:
+            # Cheap by design (one timestamp): it runs inside the backward pass.
             clock_ref._clock.last_gradient()
             if clock_ref._calibrating:
                 clock_ref._last_grad_param = index
@@ -831,6 +851,13 @@ class Guard:
     # --------------------------------------------------------------- optimizer hooks
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return self._pre_step_impl(optimizer, args, kwargs)
+        finally:
+            self.total_cost += time.thread_time() - start
+
+    def _pre_step_impl(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         if not self.active or os.getpid() != self._owner_pid:
             return None
         self._train_thread = threading.get_ident()
@@ -856,7 +883,11 @@ class Guard:
             result = closure()
             if not done:  # LBFGS calls the closure several times; the checks run once
                 done = True
-                self._before_update(step)
+                start = time.thread_time()
+                try:
+                    self._before_update(step)
+                finally:
+                    self.total_cost += time.thread_time() - start
             return result
 
         return closure_then_checks
@@ -870,7 +901,7 @@ class Guard:
             self._finish_calibration()
         self._take_pending()
         checks = self.config.checks
-        start = time.perf_counter()
+        start = time.thread_time()
         problems = self.table.identity(self.optimizer)
         if problems and "weights" in checks:
             self._record(
@@ -906,7 +937,7 @@ class Guard:
                 self._record(finding)
         for finding in self.update.before_step(step):
             self._record(finding)
-        start = time.perf_counter()
+        start = time.thread_time()
         if "rng" in checks:
             seeds = initial_seeds()
             if seeds != self._seeds:
@@ -933,7 +964,7 @@ class Guard:
             self._check_patches(step)
         self._check_step_method(step)
         if self._expected_full is not None:
-            start = time.perf_counter()
+            start = time.thread_time()
             now = full_digest([e.param for e in self.table.entries])
             if now != self._expected_full and "weights" in checks:
                 self._record(
@@ -958,7 +989,7 @@ class Guard:
 
     def _check_patches(self, step: int) -> None:
         """The guard's own wrappers (seeding, sampler, clipping, saves) still in place."""
-        start = time.perf_counter()
+        start = time.thread_time()
         for patch_set in _process.installed_patches():
             for patch in patch_set.patches:
                 owner = patch.owner
@@ -987,7 +1018,7 @@ class Guard:
         self._add_cost("hooks", start)
 
     def _check_step_method(self, step: int) -> None:
-        start = time.perf_counter()
+        start = time.thread_time()
         current = type(self.optimizer).step
         instance = self.optimizer.__dict__.get("step")
         if current is not self._step_fn:
@@ -1025,6 +1056,13 @@ class Guard:
         self._add_cost("code", start)
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        start = time.thread_time()
+        try:
+            return self._post_step_impl(optimizer, args, kwargs)
+        finally:
+            self.total_cost += time.thread_time() - start
+
+    def _post_step_impl(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self.active or os.getpid() != self._owner_pid:
             return
         step = self.step
@@ -1033,7 +1071,7 @@ class Guard:
         for finding in result.findings:
             self._record(finding)
         self._check_step_method(step)
-        start = time.perf_counter()
+        start = time.thread_time()
         full = 0
         if step % self.config.full_digest_every == 0:
             full = full_digest([e.param for e in self.table.entries])
@@ -1145,7 +1183,7 @@ class Guard:
         row = self._row(step, flags, result, full, phases, len(own))
         if self._exchange_off or not self.exchange.distributed:
             return [row]
-        start = time.perf_counter()
+        start = time.thread_time()
         try:
             rows = self.exchange.gather(row)
         except ExchangeError as exc:
@@ -1179,7 +1217,7 @@ class Guard:
     ) -> list[GuardFinding]:
         """Decisions every rank takes from the same gathered rows."""
         out: list[GuardFinding] = []
-        start = time.perf_counter()
+        start = time.thread_time()
         if len(rows) > 1:
             catch_up = [r for r, row in enumerate(rows) if row[F_FLAGS] & FLAG_CATCH_UP]
             if catch_up:
@@ -1559,7 +1597,7 @@ class Guard:
     ) -> None:
         if self._telemetry is None:
             return
-        start = time.perf_counter()
+        start = time.thread_time()
         record = {
             "step": step,
             "rank": self.rank,

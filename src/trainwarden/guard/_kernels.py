@@ -11,6 +11,7 @@ Overrides registered later change what the job computes, not what the guard reco
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable
@@ -211,6 +212,15 @@ class Kernels:
     def has(self, op: str) -> bool:
         """Whether ``op`` was captured as a native kernel."""
         return op in self._kernels
+
+    def bound(self, op: str) -> Callable[..., Any]:
+        """``op``'s kernel as a plain callable (no lookup per call: for the hot loops)."""
+        kernel = self._kernels[op]
+        if self._keys is None:
+            import torch
+
+            self._keys = torch._C._dispatch_keys(torch.empty(0, device=self.device_type))
+        return functools.partial(kernel.call_boxed, self._keys)
 
     def __call__(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Run the captured kernel of ``op`` (raises KeyError when it was not captured)."""

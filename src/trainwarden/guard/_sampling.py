@@ -25,11 +25,17 @@ def commitment(secret: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """Coordinates of one step: for each parameter index with hits, its sorted local indices."""
+    """Coordinates of one step: for each parameter index with hits, its sorted local indices.
+
+    ``owners`` and ``local`` hold the same coordinates flat (parameter index and local index
+    of each, sorted), for vectorised layouts.
+    """
 
     step: int
     per_param: tuple[tuple[int, Any], ...]  # (param index, numpy int64 array)
     count: int
+    owners: Any = None
+    local: Any = None
 
 
 class Sampler:
@@ -74,7 +80,8 @@ class Sampler:
         offsets = self._offsets
         total = int(offsets[-1])
         if total == 0:
-            return Sample(step, (), 0)
+            empty = np.empty(0, dtype=np.int64)
+            return Sample(step, (), 0, empty, empty)
         rng = np.random.Generator(np.random.PCG64(self.derive(b"coords", step)))
         flat = np.sort(rng.integers(0, total, size=self.k, dtype=np.int64))
         if flat.size > 1:
@@ -83,10 +90,10 @@ class Sampler:
             np.not_equal(flat[1:], flat[:-1], out=keep[1:])
             flat = flat[keep]
         owners = np.searchsorted(offsets, flat, side="right") - 1
+        local = flat - offsets[owners]
         starts = np.flatnonzero(np.diff(owners, prepend=-1))
         ends = [*starts[1:].tolist(), int(flat.size)]
         per_param: list[tuple[int, Any]] = []
         for begin, end in zip(starts.tolist(), ends, strict=True):
-            index = int(owners[begin])
-            per_param.append((index, flat[begin:end] - offsets[index]))
-        return Sample(step, tuple(per_param), int(flat.size))
+            per_param.append((int(owners[begin]), local[begin:end]))
+        return Sample(step, tuple(per_param), int(flat.size), owners, local)

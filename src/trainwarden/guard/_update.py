@@ -1,12 +1,19 @@
 """Update verification and out-of-band edits, on the secret sample of coordinates.
 
-Before step N the guard reads the sampled coordinates of every parameter, gradient and
-optimizer-state tensor; after it, the values the optimizer wrote. The reference
-(:mod:`trainwarden.guard._reference`) recomputes the step on the sample and any difference
-beyond the tolerance of the arithmetic path is a finding (T4). In the same read after step N
-the guard also takes the coordinates of step N+1's sample, so that before step N+1 it can tell
-whether anything changed the weights or the optimizer state between the two steps, outside the
-optimizer (weights edited between steps, state zeroed, a tensor swapped).
+Step N's coordinates S_N and the next step's S_N+1 are known at the end of step N (they come
+from the secret), so the guard lays both out once, grouped by tensor, and reads every tensor
+it needs with one gather per tensor and kind:
+
+- after step N: the weights at S_N (what the optimizer wrote: compared with the reference)
+  and at S_N+1 (what step N+1 must find);
+- before step N+1: weights, gradients and optimizer state at S_N+1 (the inputs of the
+  reference for step N+1, computed right away) and, with the same gathers, the weights and
+  state at S_N, which must still be what step N left: the state step N wrote is compared with
+  the reference's state there (state tampered with inside the step, or edited since), and the
+  weights at both samples with the values read after step N (weights edited between steps).
+
+Per tensor and step that is five gathers for Adam (four before the step, one after), and a
+constant number of operations for everything else, whatever the number of tensors.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from trainwarden.guard._kernels import Kernels, kernels_for
 from trainwarden.guard._reference import Bucket, Outcome, Reference, reference_for
 from trainwarden.guard._sampling import Sample, Sampler
 
-__all__ = ["ParamTable", "UpdateCheck", "local"]
+__all__ = ["ParamTable", "StepResult", "UpdateCheck", "full_digest", "local"]
 
 logger = logging.getLogger("trainwarden.guard")
 
@@ -91,38 +98,58 @@ class ParamTable:
 
 
 @dataclass
-class _Read:
-    """Values read at the sampled coordinates of one tensor (torch, and float64 numpy)."""
+class _Layout:
+    """Two consecutive samples of one dtype/device partition, grouped by tensor.
 
-    entry: int
-    index: Any  # torch int64 tensor of local indices
-    param: Any
-    grad: Any | None
-    state: dict[str, Any]
-    step: float | None
-    has_state: bool
-    np_param: Any = None
-    np_grad: Any = None
-    np_state: dict[str, Any] = field(default_factory=dict)
+    Flat arrays are in (tensor, sample, local index) order; ``second`` marks the coordinates of
+    the later sample. ``index[i]`` gathers entry ``entries[i]``'s coordinates of both samples.
+    """
 
+    entries: list[int]
+    index: list[Any]
+    first_counts: list[int]
+    owner: Any  # flat: entry index of each coordinate
+    local: Any  # flat: local index of each coordinate
+    second: Any  # flat: bool, coordinate of the later sample
+    second_index: list[Any]  # per entry: view of ``index`` on the later sample's coordinates
 
-@dataclass
-class _Pending:
-    step: int
-    sample: Sample
-    reads: list[_Read]
-    verify: bool
-    started: float
-    grad_digest: int = 0
+    @property
+    def size(self) -> int:
+        return int(self.owner.size)
 
 
 @dataclass
-class _Expected:
-    """Values after step N at step N+1's coordinates (what pre(N+1) must find)."""
+class _Prepared:
+    """Step N's reference, computed before the step from what was read (one partition)."""
 
-    step: int
-    sample: Sample
-    values: dict[int, tuple[Any, dict[str, Any]]]  # entry -> (param np, state np by key)
+    verify: Any  # flat mask over the later sample's coordinates: verified here
+    variants: list[Any]  # expected weights, one array per acceptable code path
+    before: Any
+    magnitude: Any
+    exact: Any  # bool per coordinate
+    approx: Any  # single-tensor arithmetic for fused kernels (NaN elsewhere)
+    state: dict[str, list[Any]]  # expected state per key and variant
+    state_before: dict[str, Any]
+    grad_scale: Any
+    entry_of: Any  # per coordinate: position in ``entries``
+    entries: list[int]  # the layout's entries (table indices)
+
+
+@dataclass
+class _Partition:
+    """One dtype/device partition of the parameters and what the guard holds for it."""
+
+    key: tuple[str, str]
+    entries: set[int]
+    layout: _Layout | None = None
+    expected_params: Any = None  # after step N at both samples (numpy, layout order)
+    expected_state: dict[str, list[Any]] | None = None  # step N's reference state at S_N
+    state_exact: Any = None
+    state_before: dict[str, Any] | None = None
+    state_scale: Any = None
+    state_mask: Any = None
+    prepared: _Prepared | None = None
+    dtype: Any = None
 
 
 @dataclass
@@ -181,10 +208,13 @@ class UpdateCheck:
                 reason = self.reference.unsupported(group)
                 if reason is not None:
                     self.unsupported_groups[g] = reason
-        self._pending: _Pending | None = None
-        self._expected: _Expected | None = None
         self.kernel_problems: list[str] = []
         self._kernels: dict[str, Kernels] = {}
+        self._partitions: list[_Partition] = []
+        self._sample: Sample | None = None  # the sample of the step in progress / next
+        self._step: int | None = None
+        self._verifying = False
+        self._grads_np: dict[tuple[str, str], Any] = {}
         self.cost = 0.0
         self.verified_steps = 0
         self.checked = 0
@@ -200,370 +230,474 @@ class UpdateCheck:
         return found
 
     def prepare(self) -> None:
-        """Capture the kernels of every device the parameters live on (at attach)."""
-        for entry in self.table.entries:
-            self.kernels(local(entry.param).device.type)
+        """Capture the kernels, and split the parameters by dtype and device (at attach)."""
+        keys: dict[tuple[str, str], set[int]] = {}
+        for i, entry in enumerate(self.table.entries):
+            tensor = _raw(entry.param, entry.sharded)
+            self.kernels(tensor.device.type)
+            keys.setdefault((str(tensor.dtype), tensor.device.type), set()).add(i)
+        self._partitions = [
+            _Partition(
+                key, members, dtype=_raw(self.table.entries[min(members)].param, False).dtype
+            )
+            for key, members in sorted(keys.items())
+        ]
+
+    def rebaseline(self) -> None:
+        """Forget what was expected (a legitimate reload replaced weights and state)."""
+        for part in self._partitions:
+            part.expected_params = None
+            part.expected_state = None
+            part.prepared = None
+
+    # ------------------------------------------------------------------------------ layout
+
+    def _layout(self, part: _Partition, first: Sample | None, second: Sample) -> _Layout:
+        import numpy as np
+        import torch
+
+        owners = [second.owners]
+        locals_ = [second.local]
+        flags = [np.ones(second.owners.size, dtype=bool)]
+        if first is not None:
+            owners.insert(0, first.owners)
+            locals_.insert(0, first.local)
+            flags.insert(0, np.zeros(first.owners.size, dtype=bool))
+        owner = np.concatenate(owners)
+        local_ = np.concatenate(locals_)
+        later = np.concatenate(flags)
+        if len(self._partitions) > 1:
+            keep = np.isin(owner, np.fromiter(part.entries, dtype=np.int64))
+            owner, local_, later = owner[keep], local_[keep], later[keep]
+        order = np.lexsort((local_, later, owner))
+        owner, local_, later = owner[order], local_[order], later[order]
+        entries, counts = np.unique(owner, return_counts=True)
+        first_counts = np.bincount(owner[~later], minlength=int(entries.max(initial=0)) + 1)
+        device = part.key[1]
+        flat = torch.from_numpy(np.ascontiguousarray(local_))
+        if device != "cpu":
+            flat = flat.to(device)
+        index = list(torch.split(flat, counts.tolist())) if entries.size else []
+        entry_list = entries.tolist()
+        firsts = [int(first_counts[e]) if e < first_counts.size else 0 for e in entry_list]
+        second_index = [idx[n:] for idx, n in zip(index, firsts, strict=True)]
+        return _Layout(entry_list, index, firsts, owner, local_, later, second_index)
 
     # --------------------------------------------------------------------------------- pre
 
     def before_step(self, step: int) -> list[GuardFinding]:
-        """Read the sample of ``step`` and check it against the values after the last step."""
-        start = time.perf_counter()
-        verify = self.reference is not None and self.sampler.verified(step)
-        expected = self._expected
-        if expected is not None and expected.step == step - 1:
-            sample = expected.sample
-        else:
-            sample = self.sampler.coordinates(step, self.table.sizes)
-        reads = self._read(sample, grads=verify, state=True)
+        """Read step ``step``'s inputs (and re-read what the last step left); checks."""
+        start = time.thread_time()
         findings: list[GuardFinding] = []
-        if self.check_weights and expected is not None and expected.step == step - 1:
-            findings.extend(self._continuity(step, reads, expected))
-        self._expected = None
-        self._pending = _Pending(step, sample, reads, verify, start)
-        self.cost += time.perf_counter() - start
+        sample = self._sample if self._step == step else None
+        if sample is None:
+            sample = self.sampler.coordinates(step, self.table.sizes)
+            for part in self._partitions:
+                part.layout = self._layout(part, None, sample)
+                part.expected_params = None
+                part.expected_state = None
+        self._sample, self._step = sample, step
+        self._verifying = self.reference is not None and self.sampler.verified(step)
+        for part in self._partitions:
+            findings.extend(self._before(part, step))
+        self.cost += time.thread_time() - start
         return findings
 
-    def _read(self, sample: Sample, *, grads: bool, state: bool) -> list[_Read]:
+    def _before(self, part: _Partition, step: int) -> list[GuardFinding]:
         import torch
 
-        reads: list[_Read] = []
-        opt_state = self.optimizer.state
+        tensor_type: Any = torch.Tensor
+        layout = part.layout
+        part.prepared = None
+        if layout is None or not layout.entries:
+            return []
+        kernels = self.kernels(part.key[1])
+        take = kernels.bound("aten::take")
         entries = self.table.entries
-        for index, positions in sample.per_param:
-            entry = entries[index]
+        opt_state = self.optimizer.state
+        params: list[Any] = []
+        grads: list[Any] = []
+        states: dict[str, list[Any]] = {}
+        steps: list[float | None] = []
+        has_state: list[bool] = []
+        has_grad: list[bool] = []
+        verifying = self._verifying
+        width = len(layout.entries)
+        for position, e in enumerate(layout.entries):
+            entry = entries[e]
             p = entry.param
             sharded = entry.sharded
-            tensor = _raw(p, sharded)
-            kernels = self.kernels(tensor.device.type)
-            idx = torch.from_numpy(positions)
-            if tensor.device.type != "cpu":
-                idx = idx.to(tensor.device)
-            param = kernels("aten::take", tensor, idx)
-            grad = None
-            if grads:
-                g = p.grad
-                if g is not None:
-                    g = _raw(g, sharded)
-                    grad = None if g.is_sparse else kernels("aten::take", g, idx)
-            st = opt_state.get(p) if state else None
-            values: dict[str, Any] = {}
-            step_value: float | None = None
-            has_state = bool(st)
+            idx = layout.index[position]
+            params.append(take(p._local_tensor if sharded else p, idx))
+            g = p.grad
+            if verifying and g is not None and not g.is_sparse:
+                grads.append(take(g._local_tensor if sharded else g, layout.second_index[position]))
+                has_grad.append(True)
+            else:
+                has_grad.append(False)
+            st = opt_state.get(p)
+            value: float | None = None
             if st:
                 numel = entry.numel
-                for key, value in st.items():
+                for key, v in st.items():
                     if key == "step":
-                        step_value = float(value.item()) if hasattr(value, "item") else float(value)
-                    elif hasattr(value, "numel"):
-                        v = _raw(value, sharded)
-                        if v.numel() == numel:
-                            values[key] = kernels("aten::take", v, idx)
-            reads.append(_Read(index, idx, param, grad, values, step_value, has_state))
-        self._fill_numpy(reads)
-        return reads
+                        value = float(v)
+                    elif isinstance(v, tensor_type):
+                        raw = v._local_tensor if sharded else v
+                        if raw.numel() == numel:
+                            found = states.get(key)
+                            if found is None:
+                                found = states[key] = [None] * width
+                            found[position] = take(raw, idx)
+            steps.append(value)
+            has_state.append(bool(st))
+        cat = kernels.bound("aten::cat")
+        params_t = params[0] if len(params) == 1 else cat(params)
+        params_np = _numpy(params_t)
+        states_t: dict[str, Any] = {}
+        for key, values in states.items():
+            if all(v is not None for v in values):
+                states_t[key] = values[0] if len(values) == 1 else cat(values)
+        states_np = {key: _numpy(v) for key, v in states_t.items()}
+        findings: list[GuardFinding] = []
+        if self.check_weights:
+            findings.extend(self._continuity(part, step, params_np, states_np))
+        part.expected_params = None
+        part.expected_state = None
+        if not self._verifying:
+            return findings
+        grads_t = None
+        if grads:
+            grads_t = grads[0] if len(grads) == 1 else cat(grads)
+            self._grads_np[part.key] = _numpy(grads_t)
+        self._prepare(
+            part,
+            kernels,
+            params_t,
+            params_np,
+            grads_t,
+            states_t,
+            states_np,
+            steps,
+            has_state,
+            has_grad,
+        )
+        return findings
 
-    def _fill_numpy(self, reads: list[_Read]) -> None:
-        """Convert every read to float64 numpy with one conversion per kind and dtype."""
-        params = _batch_numpy(self, [r.param for r in reads])
-        grads = _batch_numpy(self, [r.grad for r in reads])
-        for r, p, g in zip(reads, params, grads, strict=True):
-            r.np_param, r.np_grad = p, g
-        keys = {k for r in reads for k in r.state}
-        for key in keys:
-            values = _batch_numpy(self, [r.state.get(key) for r in reads])
-            for r, v in zip(reads, values, strict=True):
-                if v is not None:
-                    r.np_state[key] = v
-
-    def _continuity(self, step: int, reads: list[_Read], expected: _Expected) -> list[GuardFinding]:
+    def _continuity(
+        self, part: _Partition, step: int, params: Any, states: dict[str, Any]
+    ) -> list[GuardFinding]:
         import numpy as np
 
+        layout = part.layout
+        assert layout is not None
         findings: list[GuardFinding] = []
-        olds = []
-        news = []
-        for read in reads:
-            before = expected.values.get(read.entry)
-            if before is None:
-                continue
-            olds.append(before[0])
-            news.append(read.np_param)
-            for key, old in before[1].items():
-                new = read.np_state.get(key)
-                olds.append(old)
-                news.append(new if new is not None else np.full_like(old, np.nan) + 1)
-        if olds and not _changed(np.concatenate(olds), np.concatenate(news)).any():
-            return findings  # the common case: one comparison for everything
-        for read in reads:
-            before = expected.values.get(read.entry)
-            if before is None:
-                continue
-            entry = self.table.entries[read.entry]
-            old_param, old_state = before
-            now = read.np_param
-            bad = _changed(old_param, now)
+        expected = part.expected_params
+        if expected is not None and expected.size == params.size:
+            bad = _changed(expected, params)
             if bad.any():
+                findings.extend(
+                    self._per_entry(
+                        layout,
+                        bad,
+                        lambda name, n, total, i: self._finding(
+                            "guard.weights",
+                            step,
+                            f"weights of {name} changed between steps {step - 1} and {step} "
+                            f"outside the optimizer at {n}/{total} sampled coordinates",
+                            _example(name, layout.local[i], expected[i], params[i]),
+                            subject=f"weights:{name}",
+                        ),
+                    )
+                )
+        if part.expected_state is None:
+            return findings
+        first = ~layout.second
+        for key, variants in part.expected_state.items():
+            got = states.get(key)
+            if got is None:
                 findings.append(
                     self._finding(
                         "guard.weights",
                         step,
-                        f"weights of {entry.name} changed between steps {step - 1} and "
-                        f"{step} outside the optimizer at {int(bad.sum())}/{bad.size} "
-                        "sampled coordinates",
-                        _example(entry.name, read.index, bad, old_param, now),
-                        subject=f"weights:{entry.name}",
+                        f"optimizer state {key!r} disappeared between steps {step - 1} and {step}",
+                        None,
+                        subject=f"state-gone:{key}",
                     )
                 )
-            for key, old in old_state.items():
-                new_np = read.np_state.get(key)
-                if new_np is None:
-                    findings.append(
-                        self._finding(
-                            "guard.weights",
-                            step,
-                            f"optimizer state {key!r} of {entry.name} disappeared between "
-                            f"steps {step - 1} and {step}",
-                            None,
-                            subject=f"state:{entry.name}:{key}",
-                        )
-                    )
-                    continue
-                bad = _changed(old, new_np)
-                if bad.any():
-                    findings.append(
-                        self._finding(
-                            "guard.weights",
-                            step,
-                            f"optimizer state {key!r} of {entry.name} changed between steps "
-                            f"{step - 1} and {step} outside the optimizer at "
-                            f"{int(bad.sum())}/{bad.size} sampled coordinates",
-                            _example(f"{entry.name}.{key}", read.index, bad, old, new_np),
-                            subject=f"state:{entry.name}:{key}",
-                        )
-                    )
+                continue
+            actual = got[first]
+            if actual.size != variants[0].size:
+                continue
+            before = (part.state_before or {}).get(key)
+            bad = self._compare_state(
+                actual, variants, before, part.state_scale, part.state_exact, part.dtype
+            )
+            if part.state_mask is not None and part.state_mask.size == bad.size:
+                bad &= part.state_mask  # coordinates the reference did not compute: unknown
+            if bad.any():
+                full = np.zeros(layout.size, dtype=bool)
+                full[first] = bad
+                findings.extend(self._per_entry(layout, full, self._state_message(step, key)))
         return findings
+
+    def _state_message(self, step: int, key: str) -> Callable[[str, int, int, int], GuardFinding]:
+        def build(name: str, n: int, total: int, i: int) -> GuardFinding:
+            return self._finding(
+                "guard.update",
+                step,
+                f"optimizer state {key!r} of {name} is not what step {step - 1} wrote by the "
+                f"reference (changed in that step or since) at {n}/{total} sampled coordinates",
+                f"state {key}",
+                subject=f"state:{key}:{name}",
+            )
+
+        return build
+
+    def _prepare(
+        self,
+        part: _Partition,
+        kernels: Kernels,
+        params_t: Any,
+        params_np: Any,
+        grads_t: Any,
+        states_t: dict[str, Any],
+        states_np: dict[str, Any],
+        steps: list[float | None],
+        has_state: list[bool],
+        has_grad: list[bool],
+    ) -> None:
+        """Compute step N's reference on the later sample's coordinates, before the step."""
+        import numpy as np
+        import torch
+
+        assert self.reference is not None
+        layout = part.layout
+        assert layout is not None
+        later = layout.second
+        n = int(later.sum())
+        counts = [len(ix) for ix in layout.second_index]
+        entry_of = np.repeat(np.arange(len(layout.entries)), counts)  # per later coordinate
+        groups = self.optimizer.param_groups
+        entries = self.table.entries
+        before = params_np[later]
+        variants = [before.copy()]
+        magnitude = np.zeros(n)
+        exact = np.ones(n, dtype=bool)
+        approx = np.full(n, np.nan)
+        verify = np.zeros(n, dtype=bool)
+        keys = self.reference.state_keys(groups[0]) if groups else ()
+        state_variants: dict[str, list[Any]] = {}
+        state_before: dict[str, Any] = {}
+        for key in set(keys) | set(states_np):
+            if key in states_np:
+                state_before[key] = states_np[key][later]
+        grad_scale = np.zeros(n)
+        # Coordinates of parameters that share a group, a step count and the presence of a
+        # gradient and of state are computed together.
+        buckets: dict[tuple[Any, ...], list[int]] = {}
+        for position, e in enumerate(layout.entries):
+            group = entries[e].group
+            if group in self.unsupported_groups:
+                continue
+            buckets.setdefault(
+                (group, steps[position], has_grad[position], has_state[position]), []
+            ).append(position)
+        later_index = torch.from_numpy(np.flatnonzero(later))
+        with_grads = np.repeat(np.asarray(has_grad, dtype=bool), counts)
+        grad_position = np.cumsum(with_grads) - 1  # where each coordinate's gradient sits
+        grads_np = self._grads_np.get(part.key)
+        take = kernels.bound("aten::take")
+        for (group_index, step_value, with_grad, with_state), positions in buckets.items():
+            group = groups[group_index]
+            mask = np.isin(entry_of, positions)
+            coords = np.flatnonzero(mask)
+            verify[coords] = True
+            if not with_grad:
+                # The optimizer skips parameters without a gradient: nothing may change.
+                for key, values in state_before.items():
+                    state_variants.setdefault(key, [values.copy()])
+                continue
+            idx = torch.from_numpy(coords)
+            p_bucket = take(params_t, _on(later_index[idx], params_t))
+            g_coords = grad_position[coords]
+            g_bucket = take(grads_t, _on(torch.from_numpy(g_coords), grads_t))
+            state = {
+                key: take(states_t[key], _on(later_index[idx], states_t[key]))
+                for key in self.reference.state_keys(group)
+                if with_state and key in states_t
+            }
+            for key in self.reference.state_keys(group):
+                if key not in state:
+                    state[key] = torch.zeros_like(p_bucket)
+            tail = None
+            if group.get("fused"):
+                sizes = np.asarray([entries[e].numel for e in layout.entries])
+                tail = (layout.local[later] >= sizes[entry_of] - _TAIL)[coords]
+            bucket = Bucket(
+                group=group_index,
+                params=p_bucket,
+                grads=g_bucket,
+                state=state,
+                step=step_value if with_state else 0.0,
+                has_state=with_state,
+                tail=tail,
+            )
+            try:
+                outcome: Outcome = self.reference.compute(kernels, group, bucket)
+            except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+                logger.warning("guard: reference failed for group %d: %s", group_index, exc)
+                self.unsupported_groups[group_index] = f"reference failed: {exc}"
+                verify[coords] = False
+                continue
+            outs = [_numpy(v) for v in outcome.variants]
+            while len(variants) < len(outs):
+                variants.append(variants[0].copy())
+            for i in range(len(variants)):
+                variants[i][coords] = outs[min(i, len(outs) - 1)]
+            magnitude[coords] = outcome.magnitude
+            exact[coords] = outcome.exact
+            if outcome.approx is not None:
+                approx[coords] = _numpy(outcome.approx)
+            if grads_np is not None:
+                grad_scale[coords] = np.abs(grads_np[g_coords])
+            for key, vs in outcome.state.items():
+                arrays = state_variants.setdefault(key, [state_before.get(key, np.zeros(n)).copy()])
+                outs_s = [_numpy(v) for v in vs]
+                while len(arrays) < len(outs_s):
+                    arrays.append(arrays[0].copy())
+                for i in range(len(arrays)):
+                    arrays[i][coords] = outs_s[min(i, len(outs_s) - 1)]
+        part.prepared = _Prepared(
+            verify, variants, before, magnitude, exact, approx, state_variants, state_before,
+            grad_scale, entry_of, list(layout.entries),
+        )  # fmt: skip
 
     # -------------------------------------------------------------------------------- post
 
     def after_step(self, step: int, *, next_step: int | None) -> StepResult:
-        """Verify ``step``'s update on its sample and read the next step's coordinates."""
-        start = time.perf_counter()
+        """Verify ``step``'s update and read the weights the next step must find."""
+        start = time.thread_time()
         result = StepResult()
-        pending = self._pending
-        self._pending = None
-        if pending is None or pending.step != step:
+        if self._step != step or self._sample is None:
             return result
-        next_sample = (
-            self.sampler.coordinates(next_step, self.table.sizes)
-            if next_step is not None and self.check_weights
-            else None
+        current = self._sample
+        upcoming = (
+            self.sampler.coordinates(next_step, self.table.sizes) if next_step is not None else None
         )
-        after = self._read_after(pending, next_sample)
-        result.sampled = pending.sample.count
-        if pending.verify and self.reference is not None:
-            self._verify(step, pending, after, result)
-        result.param_digest = _digest(after[read.entry][0] for read in pending.reads)
-        if pending.verify:
-            result.grad_digest, result.grad_sq_sum, result.grad_finite = _grad_summary(
-                pending.reads
-            )
-        self.cost += time.perf_counter() - start
+        after_arrays = [
+            self._after(part, step, current, upcoming, result) for part in self._partitions
+        ]
+        result.sampled = current.count
+        result.param_digest = _digest(a for a in after_arrays if a is not None)
+        if self._verifying:
+            result.grad_digest, result.grad_sq_sum, result.grad_finite = self._grad_summary()
+            if result.verified:
+                self.verified_steps += 1
+                self.checked += result.verified
+        self._sample, self._step = upcoming, next_step
+        self.cost += time.thread_time() - start
         return result
 
-    def _read_after(
-        self, pending: _Pending, next_sample: Sample | None
-    ) -> dict[int, tuple[Any, dict[str, Any]]]:
-        """After-values at this step's sample (and, into ``_expected``, at the next one's)."""
-        import numpy as np
-        import torch
-
-        nxt: dict[int, Any] = dict(next_sample.per_param) if next_sample is not None else {}
-        this: dict[int, Any] = {read.entry: read for read in pending.reads}
-        opt_state = self.optimizer.state
-        order = sorted(set(this) | set(nxt))
-        split: list[int] = []
-        params: list[Any] = []
-        states: dict[str, list[Any]] = {}
-        for position, entry_index in enumerate(order):
-            entry = self.table.entries[entry_index]
-            tensor = _raw(entry.param, entry.sharded)
-            kernels = self.kernels(tensor.device.type)
-            own = this.get(entry_index)
-            extra = nxt.get(entry_index)
-            if own is not None and extra is not None:
-                positions = np.concatenate((own.index.cpu().numpy(), extra))
-                idx = torch.from_numpy(positions).to(tensor.device)
-            elif own is not None:
-                idx = own.index
-            else:
-                idx = torch.from_numpy(extra).to(tensor.device)
-            split.append(0 if own is None else int(own.index.numel()))
-            params.append(kernels("aten::take", tensor, idx))
-            st = opt_state.get(entry.param)
-            if st:
-                for key, value in st.items():
-                    if key != "step" and hasattr(value, "numel"):
-                        v = _raw(value, entry.sharded)
-                        if v.numel() == entry.numel:
-                            states.setdefault(key, [None] * len(order))[position] = kernels(
-                                "aten::take", v, idx
-                            )
-        np_params = _batch_numpy(self, params)
-        np_states = {k: _batch_numpy(self, v) for k, v in states.items()}
-        out: dict[int, tuple[Any, dict[str, Any]]] = {}
-        expected: dict[int, tuple[Any, dict[str, Any]]] = {}
-        for position, entry_index in enumerate(order):
-            n_own = split[position]
-            values = np_params[position]
-            state_values = {k: v[position] for k, v in np_states.items() if v[position] is not None}
-            if entry_index in this:
-                out[entry_index] = (values[:n_own], {k: v[:n_own] for k, v in state_values.items()})
-            if entry_index in nxt:
-                expected[entry_index] = (
-                    values[n_own:],
-                    {k: v[n_own:] for k, v in state_values.items()},
-                )
-        if next_sample is not None:
-            self._expected = _Expected(pending.step, next_sample, expected)
-        return out
-
-    def _verify(
+    def _after(
         self,
+        part: _Partition,
         step: int,
-        pending: _Pending,
-        after: dict[int, tuple[Any, dict[str, Any]]],
+        current: Sample,
+        upcoming: Sample | None,
+        result: StepResult,
+    ) -> Any:
+        import numpy as np
+
+        if upcoming is not None:
+            layout = self._layout(part, current, upcoming)
+        else:
+            layout = self._layout(part, None, current)
+            layout.second[:] = False  # everything read belongs to this step
+        if not layout.entries:
+            part.layout = layout
+            return None
+        kernels = self.kernels(part.key[1])
+        take = kernels.bound("aten::take")
+        entries = self.table.entries
+        reads = [
+            take(_raw(entries[e].param, entries[e].sharded), idx)
+            for e, idx in zip(layout.entries, layout.index, strict=True)
+        ]
+        values = _numpy(reads[0] if len(reads) == 1 else kernels.bound("aten::cat")(reads))
+        mine = ~layout.second if upcoming is not None else np.ones(layout.size, dtype=bool)
+        actual = values[mine]
+        prepared = part.prepared
+        if prepared is not None and prepared.before.size == actual.size:
+            self._judge(part, layout, step, actual, prepared, mine, result)
+            part.expected_state = prepared.state or None
+            part.state_before = prepared.state_before
+            part.state_scale = prepared.grad_scale
+            part.state_exact = prepared.exact
+            part.state_mask = prepared.verify
+        else:
+            part.expected_state = None
+        part.prepared = None
+        part.expected_params = values if self.check_weights and upcoming is not None else None
+        part.layout = layout if upcoming is not None else None
+        return actual
+
+    def _judge(
+        self,
+        part: _Partition,
+        layout: _Layout,
+        step: int,
+        actual: Any,
+        prepared: _Prepared,
+        mine: Any,
         result: StepResult,
     ) -> None:
         import numpy as np
 
-        assert self.reference is not None
-        groups = self.optimizer.param_groups
-        buckets: dict[tuple[Any, ...], list[_Read]] = {}
-        for read in pending.reads:
-            entry = self.table.entries[read.entry]
-            if entry.group in self.unsupported_groups:
-                continue
-            key = (
-                entry.group,
-                str(read.param.dtype),
-                str(read.param.device),
-                read.step,
-                read.grad is not None,
-                read.has_state,
-                tuple(sorted(read.state)),
+        verify = prepared.verify
+        if not verify.any():
+            return
+        bad, residual = self._compare(
+            actual, prepared.variants, prepared.before, prepared.magnitude, prepared.exact,
+            part.dtype,
+        )  # fmt: skip
+        bad &= verify
+        result.verified += int(verify.sum())
+        result.residual = max(result.residual or 0.0, residual)
+        if bad.any():
+            result.findings.append(self._update_finding(step, prepared, bad, actual))
+            return
+        fused = verify & ~np.isnan(prepared.approx)
+        if fused.any():
+            # The fused kernel replayed on the sample agrees; also hold it to the arithmetic
+            # of SGD/Adam itself (a modified native kernel, or a kernel bug).
+            bad2, _ = self._compare(
+                actual[fused],
+                [prepared.approx[fused]],
+                prepared.before[fused],
+                prepared.magnitude[fused],
+                np.zeros(int(fused.sum()), dtype=bool),
+                part.dtype,
             )
-            buckets.setdefault(key, []).append(read)
-        worst = 0.0
-        verified = 0
-        for key, reads in buckets.items():
-            group_index = key[0]
-            group = groups[group_index]
-            has_grad = key[4]
-            kernels = self.kernels(reads[0].param.device.type)
-            actual = np.concatenate([after[r.entry][0] for r in reads])
-            actual_state = {
-                k: np.concatenate(
-                    [after[r.entry][1].get(k, _nan_like(after[r.entry][0])) for r in reads]
-                )
-                for k in self.reference.state_keys(group)
-            }
-            before = np.concatenate([r.np_param for r in reads])
-            if not has_grad:
-                # The optimizer skips parameters without a gradient: nothing may change.
-                outcome_params = [before]
-                outcome_state = {
-                    k: [np.concatenate([r.np_state[k] for r in reads])]
-                    for k in actual_state
-                    if all(k in r.np_state for r in reads)
-                }
-                magnitude = np.zeros_like(before)
-                exact = True
-                approx = None
-            else:
-                bucket = self._bucket(kernels, group_index, group, reads)
-                try:
-                    outcome: Outcome = self.reference.compute(kernels, group, bucket)
-                except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-                    logger.warning("guard: reference failed for group %d: %s", group_index, exc)
-                    self.unsupported_groups[group_index] = f"reference failed: {exc}"
-                    continue
-                outcome_params = [_numpy(v) for v in outcome.variants]
-                outcome_state = {k: [_numpy(v) for v in vs] for k, vs in outcome.state.items()}
-                magnitude = outcome.magnitude
-                exact = outcome.exact
-                approx = None if outcome.approx is None else _numpy(outcome.approx)
-            dtype = reads[0].param.dtype
-            bad, residual = self._compare(actual, outcome_params, before, magnitude, exact, dtype)
-            worst = max(worst, residual)
-            verified += int(actual.size)
-            if bad.any():
-                result.findings.append(
-                    self._update_finding(step, reads, bad, before, actual, outcome_params[0])
-                )
-            elif approx is not None:
-                # The fused kernel replayed on the sample agrees; also hold it to the
-                # arithmetic of SGD/Adam itself (a modified native kernel, or a kernel bug).
-                bad2, _ = self._compare(actual, [approx], before, magnitude, False, dtype)
-                if bad2.any():
-                    result.findings.append(self._fused_finding(step, reads, bad2))
-            grads_np = np.abs(np.concatenate([r.np_grad for r in reads])) if has_grad else None
-            for k, variants in outcome_state.items():
-                got = actual_state.get(k)
-                if got is None:
-                    continue
-                old = [r.np_state[k] for r in reads if k in r.np_state]
-                before_state = np.concatenate(old) if len(old) == len(reads) else np.zeros_like(got)
-                sbad = self._compare_state(got, variants, before_state, grads_np, exact, dtype)
-                if sbad.any():
-                    names = sorted({self.table.entries[r.entry].name for r in reads})
-                    result.findings.append(
-                        self._finding(
-                            "guard.update",
-                            step,
-                            f"optimizer state {k!r} written by step {step} differs from the "
-                            f"reference at {int(sbad.sum())}/{sbad.size} sampled coordinates "
-                            f"({', '.join(names[:3])}{'...' if len(names) > 3 else ''})",
-                            f"state {k}",
-                            subject=f"update-state:{k}:{names[0]}",
-                        )
-                    )
-        result.verified = verified
-        result.residual = worst if verified else None
-        if verified:
-            self.verified_steps += 1
-            self.checked += verified
+            if bad2.any():
+                names = self._names(prepared, np.flatnonzero(fused)[bad2])
+                result.findings.append(self._fused_finding(step, names, bad2))
+        del layout, mine
 
-    def _bucket(
-        self, kernels: Kernels, group_index: int, group: dict[str, Any], reads: list[_Read]
-    ) -> Bucket:
+    def _grad_summary(self) -> tuple[int, float, bool]:
         import numpy as np
-        import torch
 
-        def cat(tensors: Sequence[Any]) -> Any:
-            return tensors[0] if len(tensors) == 1 else kernels("aten::cat", list(tensors))
+        h = hashlib.blake2b(digest_size=8, person=b"tw.grads")
+        sq = 0.0
+        finite = True
+        for g in self._grads_np.values():
+            h.update(g.tobytes())
+            finite = finite and bool(np.isfinite(g).all())
+            sq += float(np.dot(g, g)) if g.size else 0.0
+        self._grads_np.clear()
+        return int.from_bytes(h.digest(), "little", signed=True), sq, finite
 
-        params = cat([r.param for r in reads])
-        grads = cat([r.grad for r in reads])
-        state: dict[str, Any] = {}
-        assert self.reference is not None
-        for key in self.reference.state_keys(group):
-            if reads[0].has_state and all(key in r.state for r in reads):
-                state[key] = cat([r.state[key] for r in reads])
-            else:
-                state[key] = torch.zeros_like(params)
-        tails = []
-        for r in reads:
-            n = self.table.entries[r.entry].numel
-            tails.append(r.index.cpu().numpy() >= n - _TAIL)
-        return Bucket(
-            group=group_index,
-            params=params,
-            grads=grads,
-            state=state,
-            step=reads[0].step if reads[0].has_state else 0.0,
-            has_state=reads[0].has_state,
-            tail=np.concatenate(tails),
-        )
+    # -------------------------------------------------------------------------- judging
 
     def _compare(
         self,
@@ -571,7 +705,7 @@ class UpdateCheck:
         variants: list[Any],
         before: Any,
         magnitude: Any,
-        exact: bool,
+        exact: Any,
         dtype: Any,
     ) -> tuple[Any, float]:
         import numpy as np
@@ -583,13 +717,12 @@ class UpdateCheck:
         assert diff is not None
         scale = np.maximum(np.abs(before), np.abs(variants[0]))
         ulp = _spacing(scale, dtype)
-        if exact:
-            bad = diff > self.config.exact_ulps * ulp
-        else:
-            eps = _epsilon(dtype)
-            bad = (diff > self.config.approx_ulps * ulp) & (
-                diff > self.config.approx_rel * eps * magnitude
-            )
+        eps = _epsilon(dtype)
+        strict = diff > self.config.exact_ulps * ulp
+        loose = (diff > self.config.approx_ulps * ulp) & (
+            diff > self.config.approx_rel * eps * magnitude
+        )
+        bad = np.where(exact, strict, loose)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = diff / np.maximum(magnitude, ulp)
         # 0/0 where both sides are NaN (a diverged run) is no residual.
@@ -601,8 +734,8 @@ class UpdateCheck:
         actual: Any,
         variants: list[Any],
         before: Any,
-        grads: Any | None,
-        exact: bool,
+        grads: Any,
+        exact: Any,
         dtype: Any,
     ) -> Any:
         import numpy as np
@@ -615,20 +748,70 @@ class UpdateCheck:
         # A state value is a running combination of its previous value and the gradient:
         # rounding differences scale with the larger of them, not with the (possibly
         # cancelling) result.
-        scale = np.maximum(np.abs(variants[0]), np.abs(before))
-        if grads is not None:
+        scale = np.abs(variants[0])
+        if before is not None and before.size == scale.size:
+            scale = np.maximum(scale, np.abs(before))
+        if grads is not None and grads.size == scale.size:
             scale = np.maximum(scale, grads)
         ulp = _spacing(scale, dtype)
-        if exact:
-            out: Any = diff > self.config.exact_ulps * ulp
-            return out
         eps = _epsilon(dtype)
-        return (diff > self.config.approx_ulps * ulp) & (
+        strict = diff > self.config.exact_ulps * ulp
+        loose = (diff > self.config.approx_ulps * ulp) & (
             diff > self.config.approx_rel * eps * scale
         )
+        if exact is None or np.size(exact) != diff.size:
+            return strict
+        return np.where(exact, strict, loose)
 
-    def _fused_finding(self, step: int, reads: list[_Read], bad: Any) -> GuardFinding:
-        names = sorted({self.table.entries[r.entry].name for r in reads})
+    def _per_entry(
+        self, layout: _Layout, bad: Any, build: Callable[[str, int, int, int], GuardFinding]
+    ) -> list[GuardFinding]:
+        import numpy as np
+
+        out = []
+        for e in np.unique(layout.owner[bad]).tolist():
+            mine = layout.owner == e
+            hits = np.flatnonzero(mine & bad)
+            out.append(
+                build(self.table.entries[e].name, int(hits.size), int(mine.sum()), int(hits[0]))
+            )
+        return out
+
+    def _update_finding(
+        self, step: int, prepared: _Prepared, bad: Any, actual: Any
+    ) -> GuardFinding:
+        import numpy as np
+
+        where = np.flatnonzero(bad)
+        names = self._names(prepared, where)
+        ref = prepared.variants[0]
+        before = prepared.before
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (actual[where] - before[where]) / (ref[where] - before[where])
+        ratio = ratio[np.isfinite(ratio)]
+        if ratio.size and abs(float(np.median(ratio)) + 1.0) < 0.05:
+            pattern = "update sign flipped"
+        elif ratio.size:
+            pattern = f"update scaled by about {float(np.median(ratio)):.3g}"
+        else:
+            pattern = "update perturbed"
+        shown = ", ".join(names[:3]) + ("..." if len(names) > 3 else "")
+        checked = int(prepared.verify.sum())
+        return self._finding(
+            "guard.update",
+            step,
+            f"the update of step {step} differs from trainwarden's reference "
+            f"{self.reference.name if self.reference else ''} at {where.size}/{checked} "
+            f"sampled coordinates of {shown}: {pattern}",
+            pattern,
+            subject=f"update:{names[0] if names else '?'}",
+        )
+
+    def _names(self, prepared: _Prepared, where: Any) -> list[str]:
+        entries = self.table.entries
+        return sorted({entries[prepared.entries[int(prepared.entry_of[i])]].name for i in where})
+
+    def _fused_finding(self, step: int, names: list[str], bad: Any) -> GuardFinding:
         return GuardFinding(
             rule_id="guard.update",
             severity=Severity.MEDIUM,
@@ -645,42 +828,6 @@ class UpdateCheck:
             subject="fused-kernel",
         )
 
-    def _update_finding(
-        self,
-        step: int,
-        reads: list[_Read],
-        bad: Any,
-        before: Any,
-        actual: Any,
-        ref: Any,
-    ) -> GuardFinding:
-        import numpy as np
-
-        names: list[str] = []
-        offsets = np.cumsum([0] + [int(r.index.numel()) for r in reads])
-        for i, r in enumerate(reads):
-            if bad[offsets[i] : offsets[i + 1]].any():
-                names.append(self.table.entries[r.entry].name)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (actual[bad] - before[bad]) / (ref[bad] - before[bad])
-        ratio = ratio[np.isfinite(ratio)]
-        if ratio.size and abs(float(np.median(ratio)) + 1.0) < 0.05:
-            pattern = "update sign flipped"
-        elif ratio.size:
-            pattern = f"update scaled by about {float(np.median(ratio)):.3g}"
-        else:
-            pattern = "update perturbed"
-        shown = ", ".join(names[:3]) + ("..." if len(names) > 3 else "")
-        return self._finding(
-            "guard.update",
-            step,
-            f"the update of step {step} differs from trainwarden's reference "
-            f"{self.reference.name if self.reference else ''} at {int(bad.sum())}/{bad.size} "
-            f"sampled coordinates of {shown}: {pattern}",
-            pattern,
-            subject=f"update:{names[0] if names else '?'}",
-        )
-
     def _finding(
         self, rule: str, step: int, message: str, evidence: str | None, *, subject: str
     ) -> GuardFinding:
@@ -695,9 +842,9 @@ class UpdateCheck:
             subject=subject,
         )
 
-    def rebaseline(self) -> None:
-        """Forget the expected values (a legitimate reload replaced weights and state)."""
-        self._expected = None
+
+def _on(index: Any, like: Any) -> Any:
+    return index if like.device.type == "cpu" else index.to(like.device)
 
 
 # ------------------------------------------------------------------------------ numpy helpers
@@ -720,31 +867,6 @@ def _numpy(t: Any) -> Any:
     if t.dtype in (torch.float16, torch.float32, torch.float64):
         return t.numpy().astype(np.float64)
     return t.to(torch.float64).numpy()
-
-
-def _batch_numpy(check: UpdateCheck, tensors: list[Any]) -> list[Any]:
-    """``_numpy`` of each tensor (``None`` stays ``None``), one conversion per dtype and device."""
-    import numpy as np
-
-    out: list[Any] = [None] * len(tensors)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, t in enumerate(tensors):
-        if t is not None:
-            groups.setdefault((str(t.dtype), t.device.type), []).append(i)
-    for (_, device), members in groups.items():
-        parts = [tensors[i] for i in members]
-        joined = parts[0] if len(parts) == 1 else check.kernels(device)("aten::cat", parts)
-        values = _numpy(joined)
-        bounds = np.cumsum([int(p.numel()) for p in parts])[:-1]
-        for i, piece in zip(members, np.split(values, bounds), strict=True):
-            out[i] = piece
-    return out
-
-
-def _nan_like(a: Any) -> Any:
-    import numpy as np
-
-    return np.full_like(a, np.nan)
 
 
 def _distance(a: Any, b: Any) -> Any:
@@ -788,12 +910,8 @@ def _spacing(values: Any, dtype: Any) -> Any:
     return np.abs(out)
 
 
-def _example(name: str, index: Any, bad: Any, old: Any, new: Any) -> str:
-    import numpy as np
-
-    i = int(np.flatnonzero(bad)[0])
-    position = int(index.cpu()[i])
-    return f"{name}[{position}]: {old[i]:.6g} -> {new[i]:.6g}"
+def _example(name: str, position: Any, old: float, new: float) -> str:
+    return f"{name}[{int(position)}]: {old:.6g} -> {new:.6g}"
 
 
 def _digest(arrays: Any) -> int:
@@ -803,36 +921,20 @@ def _digest(arrays: Any) -> int:
     return int.from_bytes(h.digest(), "little", signed=True)
 
 
-def _grad_summary(reads: list[_Read]) -> tuple[int, float, bool]:
-    import numpy as np
-
-    h = hashlib.blake2b(digest_size=8, person=b"tw.grads")
-    sq = 0.0
-    finite = True
-    for r in reads:
-        if r.np_grad is None:
-            continue
-        g = r.np_grad
-        h.update(g.tobytes())
-        if not np.isfinite(g).all():
-            finite = False
-        sq += float(np.dot(g, g)) if g.size else 0.0
-    return int.from_bytes(h.digest(), "little", signed=True), sq, finite
-
-
 def full_digest(tensors: Sequence[Any]) -> int:
     """A digest of every byte of ``tensors`` (local shards), for full comparisons."""
+    import torch
+
     h = hashlib.sha256(b"tw.full")
     for t in tensors:
         x = local(t)
         if x.device.type != "cpu":
             x = x.cpu()
-        if not x.is_contiguous():
-            x = x.contiguous()
-        import torch
-
-        data = x.view(torch.uint8) if x.dtype != torch.uint8 and x.numel() else x
-        h.update(data.numpy().tobytes() if data.numel() else b"")
+        if not x.numel():
+            continue
+        x = x.contiguous().reshape(-1)
+        data = x.view(torch.uint8) if x.dtype != torch.uint8 else x
+        h.update(memoryview(data.numpy()))
     return int.from_bytes(h.digest()[:8], "little", signed=True)
 
 

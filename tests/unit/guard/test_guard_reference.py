@@ -116,15 +116,13 @@ def test_one_perturbed_sampled_coordinate_is_caught(name: str) -> None:
     def nudge(step: int, model: Any, check: UpdateCheck) -> None:
         if step != 7:
             return
-        pending = check._pending
-        assert pending is not None
-        read = pending.reads[0]
-        param = check.table.entries[read.entry].param
+        sample = check._sample
+        assert sample is not None
+        entry, positions = sample.per_param[0]
+        param = check.table.entries[entry].param
         with torch.no_grad():
-            flat = param.view(-1)
-            position = int(read.index[0])
-            # One ulp-scale change is within rounding; ten percent of the update is not.
-            flat[position] += 0.1 * (flat[position] - float(read.param[0])) + 1e-3
+            # One sampled coordinate, moved well beyond rounding after the optimizer wrote it.
+            param.view(-1)[int(positions[0])] += 1e-3
 
     _, findings, _ = _train(OPTIMIZERS[name], torch.float32, 10, tamper=nudge)
     assert [f.step for f in findings if f.rule_id == "guard.update"] == [7]
