@@ -165,7 +165,8 @@ def residuals(
                             factor = -1.0 if tamper == "flip" else float(tamper)
                             p.copy_(torch.where(mask, b + factor * (p - b), p))
                 seen.clear()
-                result = check.after_step(step, next_step=step + 1)
+                found += check.after_step(step, next_step=step + 1).findings
+                (result,) = check.collect(step)
                 found += result.findings
                 halting += sum(f.halts for f in found)
                 caught += any(f.rule_id == "guard.update" and f.halts for f in result.findings)

@@ -100,6 +100,10 @@ class GuardConfig:
         sync_timeout: Seconds a rank waits for the others in the guard's per-step exchange
             (default: the job's own process-group timeout).
         telemetry: Write per-step telemetry when a telemetry directory is configured.
+        verify_async: Recompute and judge each step's update in a thread of the guard,
+            overlapped with the next step's forward and backward (the training thread only
+            gathers the sampled values); its findings then join the next step's decision, so
+            an update tampered with in step N halts step N + 1. ``False``: judged in the step.
     """
 
     k: int = 1024
@@ -125,6 +129,7 @@ class GuardConfig:
     anomaly_z: float = 12.0
     sync_timeout: float | None = None
     telemetry: bool = True
+    verify_async: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1:

@@ -288,6 +288,7 @@ class Guard:
             rank=self.rank,
             verify_updates="update" in checks,
             check_weights="weights" in checks,
+            asynchronous=self.config.verify_async,
         )
         self.update.prepare()
         self.hyper = (
@@ -326,6 +327,8 @@ class Guard:
         self._caught_up = False
         self._train_thread: int | None = None
         self._halt_sent = False
+        self._lines: dict[int, dict[str, Any]] = {}
+        self._verdicts: dict[int, tuple[float | None, int]] = {}
         self._heavy_epoch = 0
         self._step_epoch = 0
         self._step_base: dict[int, int] | None = None
@@ -551,6 +554,10 @@ class Guard:
         self._remove_grad_hooks()
         if self.hyper is not None:
             self.hyper.detach()
+        # The last step's verification: recorded (a close does not raise).
+        self._collect_verification(self.step)
+        self._flush_lines(self.step)
+        self.update.close()
         recorder = active_recorder()
         if recorder is not None:
             with contextlib.suppress(ValueError, AttributeError):
@@ -1070,6 +1077,9 @@ class Guard:
         result = self.update.after_step(step, next_step=step + 1)
         for finding in result.findings:
             self._record(finding)
+        # The update of the last step was judged in the verification thread meanwhile (this
+        # step's, at once, in synchronous mode): its findings join this step's decision.
+        verified = self._collect_verification(step - 1 if self.config.verify_async else step)
         self._check_step_method(step)
         start = time.thread_time()
         full = 0
@@ -1108,7 +1118,7 @@ class Guard:
         self._step_findings = []
         rows = self._exchange(step, result, full, phases, own)
         decided = self._decide(step, rows, phases, own)
-        self._write_telemetry(step, wall, phases, loss, grad_norm, estimated, result)
+        self._write_telemetry(step, wall, phases, loss, grad_norm, estimated)
         info = StepInfo(
             step=step,
             rank=self.rank,
@@ -1116,7 +1126,7 @@ class Guard:
             phases=phases,
             loss=loss,
             lr=_lr(self.optimizer),
-            verified=result.verified,
+            verified=verified,
             findings=tuple(own + decided),
             optimizer=self.index,
         )
@@ -1130,6 +1140,7 @@ class Guard:
         self._prev_wall = wall
         self._batch = BatchDigest()
         self._in_step = False
+        self._flush_lines(step - 1 if self.config.verify_async else step)
         self._maybe_halt(step, own + decided, rows)
         return
 
@@ -1585,6 +1596,44 @@ class Guard:
             return math.sqrt(result.grad_sq_sum * total / result.sampled), True
         return None, False
 
+    def _collect_verification(self, through: int) -> int:
+        """Record the verifications judged for steps up to ``through``; coordinates verified."""
+        verified = 0
+        try:
+            done = self.update.collect(through)
+        except RuntimeError as exc:
+            self._record(
+                GuardFinding(
+                    rule_id="guard.update",
+                    severity=Severity.MEDIUM,
+                    message=f"the update check failed and did not verify: {exc}",
+                    rank=self.rank,
+                    step=self.step,
+                    evidence=type(exc.__cause__ or exc).__name__,
+                    established=False,
+                    subject="update-check-failed",
+                )
+            )
+            return 0
+        for result in done:
+            for finding in result.findings:
+                self._record(finding)
+            verified += result.verified
+            line = self._lines.get(result.step)
+            if line is not None:
+                line["residual"] = _finite(result.residual)
+                line["checked"] = result.verified
+            else:
+                self._verdicts[result.step] = (_finite(result.residual), result.verified)
+        return verified
+
+    def _flush_lines(self, through: int) -> None:
+        if self._telemetry is None:
+            self._lines.clear()
+            return
+        for step in sorted(s for s in self._lines if s <= through):
+            self._telemetry.write(self._lines.pop(step))
+
     def _write_telemetry(
         self,
         step: int,
@@ -1593,7 +1642,6 @@ class Guard:
         loss: float | None,
         grad_norm: float | None,
         estimated: bool,
-        result: Any,
     ) -> None:
         if self._telemetry is None:
             return
@@ -1611,13 +1659,14 @@ class Guard:
             "loss": _finite(loss),
             "grad_norm": _finite(grad_norm),
             "grad_norm_estimated": estimated,
-            "residual": _finite(result.residual),
-            "checked": result.verified,
+            # Filled in when the step's verification is collected (one step later by default).
+            "residual": self._verdicts.get(step, (None, 0))[0],
+            "checked": self._verdicts.pop(step, (None, 0))[1],
             "data": self._batch.hexdigest(),
             "lr": _finite(_lr(self.optimizer)),
             "opt_index": self.index,
         }
-        self._telemetry.write(record)
+        self._lines[step] = record
         self._add_cost("telemetry", start)
 
 

@@ -279,9 +279,49 @@ class StallDetector:
                         subject=f"timing:{rank}:{name}:{step}",
                     )
                 )
+        if world > 1 and step > cfg.timing_warmup and step % 16 == 0:
+            findings.extend(self._consistently_slow(step, world))
         del reporter
         self.cost += time.thread_time() - start
         return findings
+
+    def _consistently_slow(self, step: int, world: int) -> list[GuardFinding]:
+        """A rank whose own work is always slower than the others' (a sleep in every step).
+
+        Replicas do the same work per step; a rank whose median in a phase exceeds the other
+        ranks' by half again and by the absolute floor is named (once per rank and phase).
+        """
+        out: list[GuardFinding] = []
+        for name in ("fwd", "bwd", "opt"):
+            medians = {}
+            for rank in range(world):
+                hist = self._hist.get((rank, name))
+                if hist is not None and len(hist) >= 8:
+                    medians[rank] = statistics.median(hist)
+            if len(medians) < 2:
+                continue
+            for rank, mine in medians.items():
+                others = [m for r, m in medians.items() if r != rank]
+                typical = statistics.median(others)
+                if mine > 1.5 * typical + self.config.timing_min_excess:
+                    # Medium: a slow device is slow too; to look into, not to halt for.
+                    out.append(
+                        GuardFinding(
+                            rule_id="guard.timing",
+                            severity=Severity.MEDIUM,
+                            message=(
+                                f"rank {rank} is consistently slower in the {_label(name)}: "
+                                f"median {mine:.3g} s against {typical:.3g} s on the other ranks"
+                            ),
+                            rank=rank,
+                            step=step,
+                            evidence=f"rank {rank} phase {name}: median {mine:.3g} s, others "
+                            f"{typical:.3g} s",
+                            established=False,
+                            subject=f"timing-slow:{rank}:{name}",
+                        )
+                    )
+        return out
 
     def _threshold(
         self, key: tuple[int, str], hist: deque[float], name: str, *, fresh: bool

@@ -18,8 +18,10 @@ constant number of operations for everything else, whatever the number of tensor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,21 +103,45 @@ class ParamTable:
 class _Layout:
     """Two consecutive samples of one dtype/device partition, grouped by tensor.
 
-    Flat arrays are in (tensor, sample, local index) order; ``second`` marks the coordinates of
-    the later sample. ``index[i]`` gathers entry ``entries[i]``'s coordinates of both samples.
+    Flat arrays are in (large tensor?, tensor, sample, local index) order: the coordinates of
+    small tensors first (they are read from one concatenation of all small tensors: one
+    gather instead of one per tensor), then those of large ones, tensor by tensor. ``second``
+    marks the coordinates of the later sample. ``index[i]`` gathers entry ``entries[i]``'s
+    coordinates of both samples; ``second_index[i]`` the later sample's only.
     """
 
+    first_step: int | None
+    second_step: int
     entries: list[int]
     index: list[Any]
     first_counts: list[int]
     owner: Any  # flat: entry index of each coordinate
     local: Any  # flat: local index of each coordinate
     second: Any  # flat: bool, coordinate of the later sample
-    second_index: list[Any]  # per entry: view of ``index`` on the later sample's coordinates
+    second_index: list[Any]
+    first_index: list[Any]
+    large: list[int]  # positions in ``entries`` of the large entries, in order
+    small_index: Any  # positions of the small coordinates in the small concatenation
+    small_second: Any  # ...of the later sample's small coordinates
+    small_first: Any  # ...of the earlier sample's
+    sample: Sample
 
     @property
     def size(self) -> int:
         return int(self.owner.size)
+
+
+@dataclass
+class _Reads:
+    """What the training thread gathered before a step (torch tensors, layout order)."""
+
+    params: Any
+    grads: Any
+    states: dict[str, Any]
+    steps: list[float | None]
+    has_state: list[bool]
+    has_grad: list[bool]
+    verifying: bool
 
 
 @dataclass
@@ -137,11 +163,15 @@ class _Prepared:
 
 @dataclass
 class _Partition:
-    """One dtype/device partition of the parameters and what the guard holds for it."""
+    """One dtype/device partition of the parameters and what the guard holds for it.
+
+    ``expected_*`` and ``prepared`` belong to the verification thread once it runs.
+    """
 
     key: tuple[str, str]
     entries: set[int]
-    layout: _Layout | None = None
+    small: list[int] = field(default_factory=list)  # table indices of the small tensors
+    small_offsets: dict[int, int] = field(default_factory=dict)
     expected_params: Any = None  # after step N at both samples (numpy, layout order)
     expected_state: dict[str, list[Any]] | None = None  # step N's reference state at S_N
     state_exact: Any = None
@@ -154,8 +184,14 @@ class _Partition:
 
 @dataclass
 class StepResult:
-    """What the update check learnt about one step."""
+    """What the update check learnt about one step.
 
+    ``param_digest`` and ``grad_digest`` are known when the step ends (for the exchange);
+    the verification (``verified``, ``residual``, update findings) may come one step later
+    (see :meth:`UpdateCheck.collect`).
+    """
+
+    step: int = 0
     verified: int = 0
     residual: float | None = None
     param_digest: int = 0
@@ -164,6 +200,66 @@ class StepResult:
     grad_finite: bool = True
     sampled: int = 0
     findings: list[GuardFinding] = field(default_factory=list)
+
+
+# Tensors up to this size are read through one concatenation per kind (bounded in total).
+_SMALL = 16384
+_SMALL_TOTAL = 1 << 21
+
+
+class _Worker:
+    """Runs the verification of each step off the training thread, in order.
+
+    The training thread only gathers the sampled values (which must happen at the right
+    moments); recomputing the update, comparing and judging run here, overlapped with the
+    next step's forward and backward. Results are collected by the training thread one step
+    later, so a violation is raised within one step of the step it happened in.
+    """
+
+    def __init__(self) -> None:
+        import queue
+
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._run, name="trainwarden-guard-verify", daemon=True
+        )
+        self._done: dict[tuple[str, int], Any] = {}
+        self._cond = threading.Condition()
+        self.cpu = 0.0
+        self._thread.start()
+
+    def submit(self, key: tuple[str, int], job: Callable[[], Any]) -> None:
+        self._jobs.put((key, job))
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            key, job = item
+            start = time.thread_time()
+            try:
+                value: Any = job()
+            except Exception as exc:  # reported by the training thread, never swallowed
+                logger.exception("guard: verification job failed")
+                value = exc
+            self.cpu += time.thread_time() - start
+            with self._cond:
+                self._done[key] = value
+                self._cond.notify_all()
+
+    def result(self, key: tuple[str, int], *, wait: bool) -> Any:
+        """The job's value (an exception object if it failed); ``None`` if not done."""
+        with self._cond:
+            if wait:
+                while key not in self._done:
+                    if not self._cond.wait(timeout=600):
+                        raise TimeoutError(f"verification job {key} did not finish")
+            return self._done.pop(key, None)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
 
 
 class UpdateCheck:
@@ -177,6 +273,8 @@ class UpdateCheck:
         rank: For findings.
         verify_updates: Run the update recomputation (the "update" check).
         check_weights: Run the continuity check (the "weights" check).
+        asynchronous: Recompute and judge in a thread of the guard's (the default; results
+            one step later) instead of on the training thread.
     """
 
     def __init__(
@@ -189,6 +287,7 @@ class UpdateCheck:
         rank: int,
         verify_updates: bool,
         check_weights: bool,
+        asynchronous: bool = False,
     ) -> None:
         self.optimizer = optimizer
         self.table = table
@@ -211,10 +310,13 @@ class UpdateCheck:
         self.kernel_problems: list[str] = []
         self._kernels: dict[str, Kernels] = {}
         self._partitions: list[_Partition] = []
-        self._sample: Sample | None = None  # the sample of the step in progress / next
-        self._step: int | None = None
-        self._verifying = False
-        self._grads_np: dict[tuple[str, str], Any] = {}
+        self._layouts: dict[int, list[_Layout]] = {}  # later step -> layout per partition
+        self._samples: dict[int, Sample] = {}
+        self._ahead_steps: set[int] = set()
+        self._verifying: dict[int, bool] = {}
+        self._pending: dict[int, StepResult] = {}
+        self._worker: _Worker | None = _Worker() if asynchronous else None
+        self._sync: dict[tuple[str, int], Any] = {}
         self.cost = 0.0
         self.verified_steps = 0
         self.checked = 0
@@ -236,19 +338,62 @@ class UpdateCheck:
             tensor = _raw(entry.param, entry.sharded)
             self.kernels(tensor.device.type)
             keys.setdefault((str(tensor.dtype), tensor.device.type), set()).add(i)
-        self._partitions = [
-            _Partition(
-                key, members, dtype=_raw(self.table.entries[min(members)].param, False).dtype
-            )
-            for key, members in sorted(keys.items())
-        ]
+        self._partitions = []
+        for key, members in sorted(keys.items()):
+            first = self.table.entries[min(members)]
+            part = _Partition(key, members, dtype=_raw(first.param, first.sharded).dtype)
+            total = 0
+            for i in sorted(members):
+                n = self.table.entries[i].numel
+                if n <= _SMALL and total + n <= _SMALL_TOTAL and not self.table.entries[i].sharded:
+                    part.small_offsets[i] = total
+                    part.small.append(i)
+                    total += n
+            self._partitions.append(part)
+
+    def close(self) -> None:
+        """Stop the verification thread."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def rebaseline(self) -> None:
         """Forget what was expected (a legitimate reload replaced weights and state)."""
-        for part in self._partitions:
-            part.expected_params = None
-            part.expected_state = None
-            part.prepared = None
+
+        def forget() -> None:
+            for part in self._partitions:
+                part.expected_params = None
+                part.expected_state = None
+                part.prepared = None
+
+        self._run(("rebaseline", -1), forget)
+        self._result(("rebaseline", -1), wait=True)
+
+    # ------------------------------------------------------------------- jobs and results
+
+    def _run(self, key: tuple[str, int], job: Callable[[], Any]) -> None:
+        if self._worker is not None:
+            self._worker.submit(key, job)
+            return
+        start = time.thread_time()
+        try:
+            self._sync[key] = job()
+        finally:
+            self.cost += time.thread_time() - start
+
+    def _result(self, key: tuple[str, int], *, wait: bool) -> Any:
+        if self._worker is not None:
+            value = self._worker.result(key, wait=wait)
+        else:
+            value = self._sync.pop(key, None)
+        if isinstance(value, Exception):
+            raise RuntimeError(f"the update check failed: {value}") from value
+        return value
+
+    @property
+    def worker_cost(self) -> float:
+        """CPU seconds spent by the verification thread."""
+        return self._worker.cpu if self._worker is not None else 0.0
 
     # ------------------------------------------------------------------------------ layout
 
@@ -269,131 +414,241 @@ class UpdateCheck:
         if len(self._partitions) > 1:
             keep = np.isin(owner, np.fromiter(part.entries, dtype=np.int64))
             owner, local_, later = owner[keep], local_[keep], later[keep]
-        order = np.lexsort((local_, later, owner))
-        owner, local_, later = owner[order], local_[order], later[order]
-        entries, counts = np.unique(owner, return_counts=True)
-        first_counts = np.bincount(owner[~later], minlength=int(entries.max(initial=0)) + 1)
+        small_table = np.zeros(len(self.table.entries) + 1, dtype=bool)
+        offsets = np.zeros(len(self.table.entries) + 1, dtype=np.int64)
+        for e, off in part.small_offsets.items():
+            small_table[e] = True
+            offsets[e] = off
+        is_large = ~small_table[owner]
+        order = np.lexsort((local_, later, owner, is_large))
+        owner, local_, later, is_large = owner[order], local_[order], later[order], is_large[order]
+        # Entries in the same order as the coordinates: small ones first, then large ones.
+        change = np.flatnonzero(np.diff(owner, prepend=-1))
+        entries_arr = owner[change]
+        counts = np.diff(np.append(change, owner.size))
+        firsts = np.bincount(owner[~later], minlength=len(self.table.entries) + 1)
         device = part.key[1]
         flat = torch.from_numpy(np.ascontiguousarray(local_))
         if device != "cpu":
             flat = flat.to(device)
-        index = list(torch.split(flat, counts.tolist())) if entries.size else []
-        entry_list = entries.tolist()
-        firsts = [int(first_counts[e]) if e < first_counts.size else 0 for e in entry_list]
-        second_index = [idx[n:] for idx, n in zip(index, firsts, strict=True)]
-        return _Layout(entry_list, index, firsts, owner, local_, later, second_index)
+        index = list(torch.split(flat, counts.tolist())) if entries_arr.size else []
+        entry_list = entries_arr.tolist()
+        first_counts = [int(firsts[e]) for e in entry_list]
+        second_index = [idx[n:] for idx, n in zip(index, first_counts, strict=True)]
+        first_index = [idx[:n] for idx, n in zip(index, first_counts, strict=True)]
+        large = [i for i, e in enumerate(entry_list) if e not in part.small_offsets]
+        small = ~is_large
+        small_pos = offsets[owner[small]] + local_[small]
+        small_second = offsets[owner[small & later]] + local_[small & later]
+        small_first = offsets[owner[small & ~later]] + local_[small & ~later]
+        return _Layout(
+            first.step if first is not None else None,
+            second.step,
+            entry_list,
+            index,
+            first_counts,
+            owner,
+            local_,
+            later,
+            second_index,
+            first_index,
+            large,
+            _device_index(small_pos, device),
+            _device_index(small_second, device),
+            _device_index(small_first, device),
+            second,
+        )
+
+    def _layouts_for(self, step: int) -> list[_Layout]:
+        """The layouts whose later sample is ``step``'s (made at the last step's end, or now)."""
+        found = self._layouts.pop(step, None)
+        if found is None:
+            # The first step, or after a gap: no earlier sample to re-read.
+            sample = self.sampler.coordinates(step, self.table.sizes)
+            found = [self._layout(part, None, sample) for part in self._partitions]
+        self._samples[step] = found[0].sample if found else self.sampler.coordinates(step, [])
+        for stale in [s for s in self._layouts if s < step]:
+            del self._layouts[stale]
+        return found
+
+    def _ahead(self, first: Sample, step: int) -> None:
+        """Lay out (``first``, ``step``'s sample) in the verification thread, a step early."""
+
+        def job() -> list[_Layout]:
+            sample = self.sampler.coordinates(step, self.table.sizes)
+            return [self._layout(part, first, sample) for part in self._partitions]
+
+        self._ahead_steps.add(step)
+        self._run(("layout", step), job)
+
+    # ------------------------------------------------------------------------------ gather
+
+    def _gather(
+        self,
+        part: _Partition,
+        layout: _Layout,
+        get: Callable[[_Entry], Any],
+        *,
+        later_only: bool,
+        earlier_only: bool = False,
+    ) -> Any:
+        """One kind of tensor at the layout's coordinates (``None`` if some entry lacks it)."""
+        kernels = self.kernels(part.key[1])
+        take = kernels.bound("aten::take")
+        entries = self.table.entries
+        pieces: list[Any] = []
+        if earlier_only:
+            small_index, indices = layout.small_first, layout.first_index
+        elif later_only:
+            small_index, indices = layout.small_second, layout.second_index
+        else:
+            small_index, indices = layout.small_index, layout.index
+        if small_index is not None and small_index.numel():
+            tensors = [get(entries[e]) for e in part.small]
+            if any(t is None for t in tensors):
+                return self._gather_each(part, layout, get, later_only=later_only)
+            import torch
+            from torch._utils import _flatten_dense_tensors
+
+            with torch.no_grad():  # parameters are leaves that need grad: no graph for a copy
+                flat = _flatten_dense_tensors(tensors)  # type: ignore[no-untyped-call]
+            pieces.append(take(flat, small_index))
+        for position in layout.large:
+            t = get(entries[layout.entries[position]])
+            if t is None:
+                return None
+            if indices[position].numel():
+                pieces.append(take(t, indices[position]))
+        if not pieces:
+            return None
+        return pieces[0] if len(pieces) == 1 else kernels.bound("aten::cat")(pieces)
+
+    def _gather_each(
+        self,
+        part: _Partition,
+        layout: _Layout,
+        get: Callable[[_Entry], Any],
+        *,
+        later_only: bool,
+    ) -> Any:
+        kernels = self.kernels(part.key[1])
+        take = kernels.bound("aten::take")
+        entries = self.table.entries
+        indices = layout.second_index if later_only else layout.index
+        pieces = []
+        for position, e in enumerate(layout.entries):
+            t = get(entries[e])
+            if t is None:
+                return None
+            pieces.append(take(t, indices[position]))
+        if not pieces:
+            return None
+        return pieces[0] if len(pieces) == 1 else kernels.bound("aten::cat")(pieces)
 
     # --------------------------------------------------------------------------------- pre
 
     def before_step(self, step: int) -> list[GuardFinding]:
-        """Read step ``step``'s inputs (and re-read what the last step left); checks."""
+        """Gather step ``step``'s inputs (and what the last step left), then check them.
+
+        Synchronous mode returns the continuity findings at once; with the verification
+        thread they come with :meth:`collect`.
+        """
         start = time.thread_time()
-        findings: list[GuardFinding] = []
-        sample = self._sample if self._step == step else None
-        if sample is None:
-            sample = self.sampler.coordinates(step, self.table.sizes)
-            for part in self._partitions:
-                part.layout = self._layout(part, None, sample)
-                part.expected_params = None
-                part.expected_state = None
-        self._sample, self._step = sample, step
-        self._verifying = self.reference is not None and self.sampler.verified(step)
-        for part in self._partitions:
-            findings.extend(self._before(part, step))
+        layouts = self._layouts_for(step)
+        verifying = self.reference is not None and self.sampler.verified(step)
+        self._verifying[step] = verifying
+        opt_state = self.optimizer.state
+        for part, layout in zip(self._partitions, layouts, strict=True):
+            if not layout.entries:
+                continue
+            steps: list[float | None] = []
+            has_state: list[bool] = []
+            has_grad: list[bool] = []
+            keys: set[str] = set()
+            for e in layout.entries:
+                entry = self.table.entries[e]
+                st = opt_state.get(entry.param)
+                value: float | None = None
+                if st:
+                    for key, v in st.items():
+                        if key == "step":
+                            value = float(v)
+                        else:
+                            keys.add(key)
+                steps.append(value)
+                has_state.append(bool(st))
+                g = entry.param.grad
+                has_grad.append(verifying and g is not None and not g.is_sparse)
+            params = self._gather(part, layout, _param, later_only=False)
+            grads = None
+            if verifying and any(has_grad):
+                grads = (
+                    self._gather(part, layout, _grad, later_only=True)
+                    if all(has_grad)
+                    else self._grads_of(part, layout, has_grad)
+                )
+            states = {}
+            for key in sorted(keys):
+                gathered = self._gather(part, layout, _state(opt_state, key), later_only=False)
+                if gathered is not None:
+                    states[key] = gathered
+            reads = _Reads(params, grads, states, steps, has_state, has_grad, verifying)
+            self._run(
+                (f"before:{part.key}", step),
+                functools.partial(self._job_before, part, layout, step, reads),
+            )
         self.cost += time.thread_time() - start
-        return findings
+        return []
 
-    def _before(self, part: _Partition, step: int) -> list[GuardFinding]:
-        import torch
-
-        tensor_type: Any = torch.Tensor
-        layout = part.layout
-        part.prepared = None
-        if layout is None or not layout.entries:
-            return []
+    def _grads_of(self, part: _Partition, layout: _Layout, has_grad: list[bool]) -> Any:
+        """Gradients of the entries that have one (others are skipped by the optimizer)."""
         kernels = self.kernels(part.key[1])
         take = kernels.bound("aten::take")
-        entries = self.table.entries
-        opt_state = self.optimizer.state
-        params: list[Any] = []
-        grads: list[Any] = []
-        states: dict[str, list[Any]] = {}
-        steps: list[float | None] = []
-        has_state: list[bool] = []
-        has_grad: list[bool] = []
-        verifying = self._verifying
-        width = len(layout.entries)
+        pieces = []
         for position, e in enumerate(layout.entries):
-            entry = entries[e]
-            p = entry.param
-            sharded = entry.sharded
-            idx = layout.index[position]
-            params.append(take(p._local_tensor if sharded else p, idx))
-            g = p.grad
-            if verifying and g is not None and not g.is_sparse:
-                grads.append(take(g._local_tensor if sharded else g, layout.second_index[position]))
-                has_grad.append(True)
-            else:
-                has_grad.append(False)
-            st = opt_state.get(p)
-            value: float | None = None
-            if st:
-                numel = entry.numel
-                for key, v in st.items():
-                    if key == "step":
-                        value = float(v)
-                    elif isinstance(v, tensor_type):
-                        raw = v._local_tensor if sharded else v
-                        if raw.numel() == numel:
-                            found = states.get(key)
-                            if found is None:
-                                found = states[key] = [None] * width
-                            found[position] = take(raw, idx)
-            steps.append(value)
-            has_state.append(bool(st))
-        cat = kernels.bound("aten::cat")
-        params_t = params[0] if len(params) == 1 else cat(params)
-        params_np = _numpy(params_t)
-        states_t: dict[str, Any] = {}
-        for key, values in states.items():
-            if all(v is not None for v in values):
-                states_t[key] = values[0] if len(values) == 1 else cat(values)
-        states_np = {key: _numpy(v) for key, v in states_t.items()}
+            if has_grad[position]:
+                g = _grad(self.table.entries[e])
+                pieces.append(take(g, layout.second_index[position]))
+        if not pieces:
+            return None
+        return pieces[0] if len(pieces) == 1 else kernels.bound("aten::cat")(pieces)
+
+    def _job_before(self, part: _Partition, layout: _Layout, step: int, reads: _Reads) -> Any:
+        import numpy as np
+
+        params_np = _numpy(reads.params)
+        states_np = {key: _numpy(v) for key, v in reads.states.items()}
         findings: list[GuardFinding] = []
         if self.check_weights:
-            findings.extend(self._continuity(part, step, params_np, states_np))
+            findings.extend(self._continuity(part, layout, step, params_np, states_np))
         part.expected_params = None
         part.expected_state = None
-        if not self._verifying:
-            return findings
-        grads_t = None
-        if grads:
-            grads_t = grads[0] if len(grads) == 1 else cat(grads)
-            self._grads_np[part.key] = _numpy(grads_t)
-        self._prepare(
-            part,
-            kernels,
-            params_t,
-            params_np,
-            grads_t,
-            states_t,
-            states_np,
-            steps,
-            has_state,
-            has_grad,
-        )
-        return findings
+        part.prepared = None
+        grads_np = _numpy(reads.grads) if reads.grads is not None else None
+        if reads.verifying and self.reference is not None:
+            kernels = self.kernels(part.key[1])
+            self._prepare(part, layout, kernels, reads, params_np, states_np, grads_np)
+        sq = float(np.dot(grads_np, grads_np)) if grads_np is not None and grads_np.size else 0.0
+        finite = bool(np.isfinite(grads_np).all()) if grads_np is not None else True
+        digest = _digest([grads_np]) if grads_np is not None else 0
+        return findings, sq, finite, digest
 
     def _continuity(
-        self, part: _Partition, step: int, params: Any, states: dict[str, Any]
+        self,
+        part: _Partition,
+        layout: _Layout,
+        step: int,
+        params: Any,
+        states: dict[str, Any],
     ) -> list[GuardFinding]:
         import numpy as np
 
-        layout = part.layout
-        assert layout is not None
         findings: list[GuardFinding] = []
-        expected = part.expected_params
-        if expected is not None and expected.size == params.size:
+        expected_first = part.expected_params
+        earlier = ~layout.second
+        if expected_first is not None and expected_first.size == int(earlier.sum()):
+            expected = params.copy()
+            expected[earlier] = expected_first
             bad = _changed(expected, params)
             if bad.any():
                 findings.extend(
@@ -457,23 +712,20 @@ class UpdateCheck:
     def _prepare(
         self,
         part: _Partition,
+        layout: _Layout,
         kernels: Kernels,
-        params_t: Any,
+        reads: _Reads,
         params_np: Any,
-        grads_t: Any,
-        states_t: dict[str, Any],
         states_np: dict[str, Any],
-        steps: list[float | None],
-        has_state: list[bool],
-        has_grad: list[bool],
+        grads_np: Any,
     ) -> None:
         """Compute step N's reference on the later sample's coordinates, before the step."""
         import numpy as np
         import torch
 
         assert self.reference is not None
-        layout = part.layout
-        assert layout is not None
+        params_t, grads_t, states_t = reads.params, reads.grads, reads.states
+        steps, has_state, has_grad = reads.steps, reads.has_state, reads.has_grad
         later = layout.second
         n = int(later.sum())
         counts = [len(ix) for ix in layout.second_index]
@@ -506,7 +758,6 @@ class UpdateCheck:
         later_index = torch.from_numpy(np.flatnonzero(later))
         with_grads = np.repeat(np.asarray(has_grad, dtype=bool), counts)
         grad_position = np.cumsum(with_grads) - 1  # where each coordinate's gradient sits
-        grads_np = self._grads_np.get(part.key)
         take = kernels.bound("aten::take")
         for (group_index, step_value, with_grad, with_state), positions in buckets.items():
             group = groups[group_index]
@@ -576,58 +827,113 @@ class UpdateCheck:
     # -------------------------------------------------------------------------------- post
 
     def after_step(self, step: int, *, next_step: int | None) -> StepResult:
-        """Verify ``step``'s update and read the weights the next step must find."""
+        """Gather what step ``step`` wrote (and what the next step must find).
+
+        Returns the step's digests and continuity findings at once (the exchange needs them);
+        the verification of the update is judged in the verification thread and comes with
+        :meth:`collect` (at once in synchronous mode).
+        """
         start = time.thread_time()
-        result = StepResult()
-        if self._step != step or self._sample is None:
+        result = StepResult(step=step)
+        current = self._samples.get(step)
+        if current is None:
             return result
-        current = self._sample
-        upcoming = (
-            self.sampler.coordinates(next_step, self.table.sizes) if next_step is not None else None
-        )
-        after_arrays = [
-            self._after(part, step, current, upcoming, result) for part in self._partitions
-        ]
+        if next_step is not None:
+            nexts = (
+                self._result(("layout", next_step), wait=True)
+                if next_step in self._ahead_steps
+                else None
+            )
+            self._ahead_steps.discard(next_step)
+            if nexts is None:
+                upcoming = self.sampler.coordinates(next_step, self.table.sizes)
+                nexts = [self._layout(part, current, upcoming) for part in self._partitions]
+        else:
+            nexts = [self._layout(part, None, current) for part in self._partitions]
+        digests = []
+        last = next_step is None
+        for part, layout in zip(self._partitions, nexts, strict=True):
+            if not layout.entries:
+                continue
+            # This step's coordinates only (the next layout's earlier sample): the next step
+            # re-reads them to see whether anything changed them in between.
+            values_t = self._gather(part, layout, _param, later_only=last, earlier_only=not last)
+            if values_t is None:
+                continue
+            values = _numpy(values_t)
+            digests.append(values)
+            self._run(
+                (f"after:{part.key}", step),
+                functools.partial(self._job_after, part, layout, step, values, last=last),
+            )
+        result.param_digest = _digest(digests)
         result.sampled = current.count
-        result.param_digest = _digest(a for a in after_arrays if a is not None)
-        if self._verifying:
-            result.grad_digest, result.grad_sq_sum, result.grad_finite = self._grad_summary()
-            if result.verified:
-                self.verified_steps += 1
-                self.checked += result.verified
-        self._sample, self._step = upcoming, next_step
+        if next_step is not None and nexts:
+            self._layouts[next_step] = nexts
+            self._samples[next_step] = nexts[0].sample
+            self._ahead(nexts[0].sample, next_step + 1)
+        before = self._collect_before(step, wait=True)
+        result.grad_digest = before.grad_digest
+        result.grad_sq_sum = before.grad_sq_sum
+        result.grad_finite = before.grad_finite
+        result.findings.extend(before.findings)
+        self._pending[step] = StepResult(step=step)
+        self._samples.pop(step, None)
         self.cost += time.thread_time() - start
         return result
 
-    def _after(
-        self,
-        part: _Partition,
-        step: int,
-        current: Sample,
-        upcoming: Sample | None,
-        result: StepResult,
-    ) -> Any:
+    def _collect_before(self, step: int, *, wait: bool) -> StepResult:
+        """The continuity findings and gradient figures of ``step`` (its before-job)."""
+        out = StepResult(step=step)
+        digests = []
+        for part in self._partitions:
+            value = self._result((f"before:{part.key}", step), wait=wait)
+            if value is None:
+                continue
+            findings, sq, finite, digest = value
+            out.findings.extend(findings)
+            out.grad_sq_sum += sq
+            out.grad_finite = out.grad_finite and finite
+            digests.append(digest)
+        if len(digests) == 1:
+            out.grad_digest = digests[0]
+        elif digests:
+            out.grad_digest = _digest([_as_bytes(d) for d in digests])
+        return out
+
+    def collect(self, through: int) -> list[StepResult]:
+        """Update verifications of the steps up to ``through`` (each once), oldest first.
+
+        Waits for them: the guard collects step N's at the end of step N+1, so the thread has
+        had a whole forward and backward to finish (in synchronous mode they are ready).
+        """
+        out = []
+        for step in sorted(s for s in self._pending if s <= through):
+            result = self._pending.pop(step)
+            for part in self._partitions:
+                value = self._result((f"after:{part.key}", step), wait=True)
+                if value is None:
+                    continue
+                findings, verified, residual = value
+                result.findings.extend(findings)
+                result.verified += verified
+                if residual is not None:
+                    result.residual = max(result.residual or 0.0, residual)
+            if result.verified:
+                self.verified_steps += 1
+                self.checked += result.verified
+            out.append(result)
+        return out
+
+    def _job_after(
+        self, part: _Partition, layout: _Layout, step: int, values: Any, *, last: bool
+    ) -> tuple[list[GuardFinding], int, float | None]:
         import numpy as np
 
-        if upcoming is not None:
-            layout = self._layout(part, current, upcoming)
-        else:
-            layout = self._layout(part, None, current)
-            layout.second[:] = False  # everything read belongs to this step
-        if not layout.entries:
-            part.layout = layout
-            return None
-        kernels = self.kernels(part.key[1])
-        take = kernels.bound("aten::take")
-        entries = self.table.entries
-        reads = [
-            take(_raw(entries[e].param, entries[e].sharded), idx)
-            for e, idx in zip(layout.entries, layout.index, strict=True)
-        ]
-        values = _numpy(reads[0] if len(reads) == 1 else kernels.bound("aten::cat")(reads))
-        mine = ~layout.second if upcoming is not None else np.ones(layout.size, dtype=bool)
-        actual = values[mine]
+        mine = np.ones(layout.size, dtype=bool) if last else ~layout.second
+        actual = values
         prepared = part.prepared
+        result = StepResult()
         if prepared is not None and prepared.before.size == actual.size:
             self._judge(part, layout, step, actual, prepared, mine, result)
             part.expected_state = prepared.state or None
@@ -638,9 +944,8 @@ class UpdateCheck:
         else:
             part.expected_state = None
         part.prepared = None
-        part.expected_params = values if self.check_weights and upcoming is not None else None
-        part.layout = layout if upcoming is not None else None
-        return actual
+        part.expected_params = values if self.check_weights and not last else None
+        return result.findings, result.verified, result.residual
 
     def _judge(
         self,
@@ -683,19 +988,6 @@ class UpdateCheck:
                 names = self._names(prepared, np.flatnonzero(fused)[bad2])
                 result.findings.append(self._fused_finding(step, names, bad2))
         del layout, mine
-
-    def _grad_summary(self) -> tuple[int, float, bool]:
-        import numpy as np
-
-        h = hashlib.blake2b(digest_size=8, person=b"tw.grads")
-        sq = 0.0
-        finite = True
-        for g in self._grads_np.values():
-            h.update(g.tobytes())
-            finite = finite and bool(np.isfinite(g).all())
-            sq += float(np.dot(g, g)) if g.size else 0.0
-        self._grads_np.clear()
-        return int.from_bytes(h.digest(), "little", signed=True), sq, finite
 
     # -------------------------------------------------------------------------- judging
 
@@ -841,6 +1133,41 @@ class UpdateCheck:
             established=True,
             subject=subject,
         )
+
+
+def _param(entry: _Entry) -> Any:
+    return _raw(entry.param, entry.sharded)
+
+
+def _grad(entry: _Entry) -> Any:
+    g = entry.param.grad
+    return None if g is None or g.is_sparse else _raw(g, entry.sharded)
+
+
+def _state(opt_state: Any, key: str) -> Callable[[_Entry], Any]:
+    def get(entry: _Entry) -> Any:
+        st = opt_state.get(entry.param)
+        value = st.get(key) if st else None
+        if value is None or not hasattr(value, "numel"):
+            return None
+        raw = _raw(value, entry.sharded)
+        return raw if raw.numel() == entry.numel else None
+
+    return get
+
+
+def _device_index(positions: Any, device: str) -> Any:
+    import numpy as np
+    import torch
+
+    index = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64))
+    return index if device == "cpu" else index.to(device)
+
+
+def _as_bytes(value: int) -> Any:
+    import numpy as np
+
+    return np.asarray([value], dtype=np.int64)
 
 
 def _on(index: Any, like: Any) -> Any:

@@ -48,20 +48,21 @@ def test_fsdp_shards_are_verified_locally(records: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "rule", "culprit"),
+    ("name", "rule", "culprit", "delay"),
     [
-        ("lr-one-rank", "guard.hyperparam", 1),
-        ("flip-all-ranks", "guard.update", None),
-        ("reseed-one-rank", "guard.reseed", 0),
-        ("fsdp-flip-one-rank", "guard.update", 1),
+        ("lr-one-rank", "guard.hyperparam", 1, 0),
+        # Updates are judged in the guard's verification thread: the next step halts.
+        ("flip-all-ranks", "guard.update", None, 1),
+        ("reseed-one-rank", "guard.reseed", 0, 0),
+        ("fsdp-flip-one-rank", "guard.update", 1, 1),
     ],
 )
 def test_violation_halts_every_rank_in_the_same_step(
-    records: Any, name: str, rule: str, culprit: int | None
+    records: Any, name: str, rule: str, culprit: int | None, delay: int
 ) -> None:
     ranks = _all(records, name)
     start = ranks[0]["start"]
-    assert {r["halted"] for r in ranks} == {start}, [r["halted"] for r in ranks]
+    assert {r["halted"] for r in ranks} == {start + delay}, [r["halted"] for r in ranks]
     for record in ranks:
         if culprit is None or record["rank"] == culprit:
             assert rule in _rules(record)

@@ -82,7 +82,8 @@ def _train(
         optimizer.step()
         if tamper is not None:
             tamper(step, model, check)
-        result = check.after_step(step, next_step=step + 1)
+        findings += check.after_step(step, next_step=step + 1).findings
+        (result,) = check.collect(step)
         findings += result.findings
         assert result.verified > 0
         worst = max(worst, result.residual or 0.0)
@@ -116,8 +117,7 @@ def test_one_perturbed_sampled_coordinate_is_caught(name: str) -> None:
     def nudge(step: int, model: Any, check: UpdateCheck) -> None:
         if step != 7:
             return
-        sample = check._sample
-        assert sample is not None
+        sample = check._samples[step]
         entry, positions = sample.per_param[0]
         param = check.table.entries[entry].param
         with torch.no_grad():

@@ -29,8 +29,12 @@ def _start(seed: int, low: int = 4, high: int = STEPS - 4) -> int:
     return random.Random(seed).randint(low, high)
 
 
-def _halted(job: Job, sink: MemorySink, **train_kwargs: Any) -> StepViolation:
-    with Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=sink) as guard:
+def _halted(
+    job: Job, sink: MemorySink, config: GuardConfig | None = None, **train_kwargs: Any
+) -> StepViolation:
+    with Guard(
+        job.model, job.optimizer, scheduler=job.scheduler, sink=sink, config=config
+    ) as guard:
         with pytest.raises(StepViolation) as info:
             train(job, STEPS, **train_kwargs)
         assert info.value.findings, "a halting step carries this rank's findings"
@@ -131,9 +135,12 @@ def test_patched_functional_adam_is_caught_by_the_reference(sink: MemorySink, se
         violation = _halted(make_job(), sink, tamper={start: tamper})
     finally:
         adam_module._single_tensor_adam = original
-    assert violation.step == start
+    # The update is judged in the guard's verification thread while the next step's forward
+    # and backward run: the next step halts (within one step).
+    assert violation.step == start + 1
     update = [f for f in violation.findings if f.rule_id == "guard.update"]
     assert update
+    assert update[0].step == start
     assert "flipped" in update[0].message
 
 
@@ -175,8 +182,35 @@ def test_kernel_override_is_caught(sink: MemorySink, op: str, optimizer: Any) ->
     finally:
         for lib in libraries:
             lib._destroy()
-    assert violation.step == start
+    assert violation.step == start + 1  # judged off the training thread, halted in the next
     assert "guard.update" in rules(violation.findings)
+
+
+def test_synchronous_verification_halts_the_tampered_step_itself(sink: MemorySink) -> None:
+    import torch.optim.adam as adam_module
+
+    start = _start(5)
+    original = adam_module._single_tensor_adam
+
+    def evil(params: list[Any], *args: Any, **kwargs: Any) -> Any:
+        before = [p.detach().clone() for p in params]
+        out = original(params, *args, **kwargs)
+        with torch.no_grad():
+            for p, b in zip(params, before, strict=True):
+                p.copy_(b + 3.0 * (p - b))
+        return out
+
+    def tamper(job: Job, step: int) -> None:
+        adam_module._single_tensor_adam = evil
+
+    try:
+        violation = _halted(
+            make_job(), sink, GuardConfig(verify_async=False), tamper={start: tamper}
+        )
+    finally:
+        adam_module._single_tensor_adam = original
+    assert violation.step == start
+    assert any("scaled by about 3" in f.message for f in violation.findings)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
