@@ -103,7 +103,10 @@ class GuardConfig:
         verify_async: Recompute and judge each step's update in a thread of the guard,
             overlapped with the next step's forward and backward (the training thread only
             gathers the sampled values); its findings then join the next step's decision, so
-            an update tampered with in step N halts step N + 1. ``False``: judged in the step.
+            an update tampered with in step N halts step N + 1. Off by default: on CPU the
+            thread contends for the interpreter lock with the training thread and costs more
+            wall time than it saves (benchmarks/RESULTS.md); for GPU jobs, whose training
+            thread waits on the device, measure it with benchmarks/gpu_guard.py.
     """
 
     k: int = 1024
@@ -129,7 +132,7 @@ class GuardConfig:
     anomaly_z: float = 12.0
     sync_timeout: float | None = None
     telemetry: bool = True
-    verify_async: bool = True
+    verify_async: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:
