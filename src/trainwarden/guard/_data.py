@@ -266,8 +266,11 @@ def _changes(sampler: Any, declared: _Declared, epoch: int) -> str | None:
         now = getattr(sampler, name, want)
         if now != want:
             return f"the sampler's {name} changed from {want!r} to {now!r}"
-    if declared.last_epoch is not None and epoch != declared.last_epoch + 1:
-        return f"epoch {epoch} follows epoch {declared.last_epoch} (skipped or repeated)"
+    last = declared.last_epoch
+    # The same epoch again is what a job that never calls set_epoch() does (its order then
+    # repeats, by its own choice); going back or skipping ahead is not.
+    if last is not None and (epoch < last or epoch > last + 1):
+        return f"epoch {epoch} follows epoch {last} ({'went back' if epoch < last else 'skipped'})"
     return None
 
 

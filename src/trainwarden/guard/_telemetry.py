@@ -41,6 +41,8 @@ class TelemetryWriter:
         except OSError as exc:
             raise InputError(f"cannot open telemetry file {self.path}: {exc.strerror}") from exc
         self._fd = fd
+        # Where this process's lines start (a file may already hold another guard's).
+        self.offset = os.fstat(fd).st_size
         self._lock = threading.Lock()
         self._buffer: list[bytes] = []
         self._hash = hashlib.sha256()
@@ -90,6 +92,7 @@ class TelemetryWriter:
             "lines": self.lines,
             "sha256": self._hash.hexdigest(),
             "bytes": self.bytes,
+            "offset": self.offset,
             "error": self.failed,
         }
 

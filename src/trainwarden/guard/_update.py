@@ -317,6 +317,9 @@ class UpdateCheck:
         self._pending: dict[int, StepResult] = {}
         self._worker: _Worker | None = _Worker() if asynchronous else None
         self._sync: dict[tuple[str, int], Any] = {}
+        self._params_raw: list[Any] | None = None
+        self._states_raw: tuple[list[Any], dict[str, list[Any]]] | None = None
+        self._states_len = 0
         self.cost = 0.0
         self.verified_steps = 0
         self.checked = 0
@@ -359,6 +362,7 @@ class UpdateCheck:
 
     def rebaseline(self) -> None:
         """Forget what was expected (a legitimate reload replaced weights and state)."""
+        self._states_raw = None  # load_state_dict brings new state tensors
 
         def forget() -> None:
             for part in self._partitions:
@@ -375,11 +379,7 @@ class UpdateCheck:
         if self._worker is not None:
             self._worker.submit(key, job)
             return
-        start = time.thread_time()
-        try:
-            self._sync[key] = job()
-        finally:
-            self.cost += time.thread_time() - start
+        self._sync[key] = job()  # its cost is its caller's (before_step / after_step)
 
     def _result(self, key: tuple[str, int], *, wait: bool) -> Any:
         if self._worker is not None:
@@ -487,15 +487,17 @@ class UpdateCheck:
         self,
         part: _Partition,
         layout: _Layout,
-        get: Callable[[_Entry], Any],
+        tensors: Sequence[Any],
         *,
         later_only: bool,
         earlier_only: bool = False,
     ) -> Any:
-        """One kind of tensor at the layout's coordinates (``None`` if some entry lacks it)."""
+        """One kind of tensor at the layout's coordinates (``None`` if an entry lacks it).
+
+        ``tensors[e]`` is table entry ``e``'s tensor of that kind, or ``None``.
+        """
         kernels = self.kernels(part.key[1])
         take = kernels.bound("aten::take")
-        entries = self.table.entries
         pieces: list[Any] = []
         if earlier_only:
             small_index, indices = layout.small_first, layout.first_index
@@ -504,17 +506,17 @@ class UpdateCheck:
         else:
             small_index, indices = layout.small_index, layout.index
         if small_index is not None and small_index.numel():
-            tensors = [get(entries[e]) for e in part.small]
-            if any(t is None for t in tensors):
-                return self._gather_each(part, layout, get, later_only=later_only)
+            small = [tensors[e] for e in part.small]
+            if any(t is None for t in small):
+                return self._gather_each(part, layout, tensors, indices)
             import torch
             from torch._utils import _flatten_dense_tensors
 
             with torch.no_grad():  # parameters are leaves that need grad: no graph for a copy
-                flat = _flatten_dense_tensors(tensors)  # type: ignore[no-untyped-call]
+                flat = _flatten_dense_tensors(small)  # type: ignore[no-untyped-call]
             pieces.append(take(flat, small_index))
         for position in layout.large:
-            t = get(entries[layout.entries[position]])
+            t = tensors[layout.entries[position]]
             if t is None:
                 return None
             if indices[position].numel():
@@ -524,26 +526,43 @@ class UpdateCheck:
         return pieces[0] if len(pieces) == 1 else kernels.bound("aten::cat")(pieces)
 
     def _gather_each(
-        self,
-        part: _Partition,
-        layout: _Layout,
-        get: Callable[[_Entry], Any],
-        *,
-        later_only: bool,
+        self, part: _Partition, layout: _Layout, tensors: Sequence[Any], indices: list[Any]
     ) -> Any:
         kernels = self.kernels(part.key[1])
         take = kernels.bound("aten::take")
-        entries = self.table.entries
-        indices = layout.second_index if later_only else layout.index
         pieces = []
         for position, e in enumerate(layout.entries):
-            t = get(entries[e])
+            t = tensors[e]
             if t is None:
                 return None
-            pieces.append(take(t, indices[position]))
+            if indices[position].numel():
+                pieces.append(take(t, indices[position]))
         if not pieces:
             return None
         return pieces[0] if len(pieces) == 1 else kernels.bound("aten::cat")(pieces)
+
+    def _raw_params(self) -> list[Any]:
+        if self._params_raw is None:
+            self._params_raw = [_param(e) for e in self.table.entries]
+        return self._params_raw
+
+    def _raw_states(self) -> tuple[list[Any], dict[str, list[Any]]] | None:
+        """Each entry's state dict and state tensors by key, cached once every entry has state.
+
+        The objects are stable (optimizers update state in place); one replaced behind the
+        guard's back leaves the cached tensor stale, which the next comparison shows.
+        """
+        opt_state = self.optimizer.state
+        if self._states_raw is not None and len(opt_state) == self._states_len:
+            return self._states_raw
+        dicts = [opt_state.get(e.param) for e in self.table.entries]
+        if not all(dicts):
+            return None
+        keys = {k for d in dicts for k, v in d.items() if k != "step" and hasattr(v, "numel")}
+        tensors = {key: [_state(opt_state, key)(e) for e in self.table.entries] for key in keys}
+        self._states_raw = (dicts, tensors)
+        self._states_len = len(opt_state)
+        return self._states_raw
 
     # --------------------------------------------------------------------------------- pre
 
@@ -558,6 +577,10 @@ class UpdateCheck:
         verifying = self.reference is not None and self.sampler.verified(step)
         self._verifying[step] = verifying
         opt_state = self.optimizer.state
+        entries = self.table.entries
+        params_raw = self._raw_params()
+        cached = self._raw_states()
+        grads_raw = [_grad(e) for e in entries] if verifying else None
         for part, layout in zip(self._partitions, layouts, strict=True):
             if not layout.entries:
                 continue
@@ -565,31 +588,34 @@ class UpdateCheck:
             has_state: list[bool] = []
             has_grad: list[bool] = []
             keys: set[str] = set()
+            dicts = cached[0] if cached is not None else None
             for e in layout.entries:
-                entry = self.table.entries[e]
-                st = opt_state.get(entry.param)
+                st = dicts[e] if dicts is not None else opt_state.get(entries[e].param)
                 value: float | None = None
                 if st:
-                    for key, v in st.items():
-                        if key == "step":
-                            value = float(v)
-                        else:
-                            keys.add(key)
+                    value = float(st["step"]) if "step" in st else None
+                    if dicts is None:
+                        keys.update(k for k in st if k != "step")
                 steps.append(value)
                 has_state.append(bool(st))
-                g = entry.param.grad
-                has_grad.append(verifying and g is not None and not g.is_sparse)
-            params = self._gather(part, layout, _param, later_only=False)
+                has_grad.append(grads_raw is not None and grads_raw[e] is not None)
+            params = self._gather(part, layout, params_raw, later_only=False)
             grads = None
-            if verifying and any(has_grad):
+            if grads_raw is not None and any(has_grad):
                 grads = (
-                    self._gather(part, layout, _grad, later_only=True)
+                    self._gather(part, layout, grads_raw, later_only=True)
                     if all(has_grad)
                     else self._grads_of(part, layout, has_grad)
                 )
             states = {}
-            for key in sorted(keys):
-                gathered = self._gather(part, layout, _state(opt_state, key), later_only=False)
+            if cached is not None:
+                state_lists = cached[1]
+            else:
+                state_lists = {
+                    key: [_state(opt_state, key)(e) for e in entries] for key in sorted(keys)
+                }
+            for key in sorted(state_lists):
+                gathered = self._gather(part, layout, state_lists[key], later_only=False)
                 if gathered is not None:
                     states[key] = gathered
             reads = _Reads(params, grads, states, steps, has_state, has_grad, verifying)
@@ -857,7 +883,9 @@ class UpdateCheck:
                 continue
             # This step's coordinates only (the next layout's earlier sample): the next step
             # re-reads them to see whether anything changed them in between.
-            values_t = self._gather(part, layout, _param, later_only=last, earlier_only=not last)
+            values_t = self._gather(
+                part, layout, self._raw_params(), later_only=last, earlier_only=not last
+            )
             if values_t is None:
                 continue
             values = _numpy(values_t)

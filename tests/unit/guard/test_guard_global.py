@@ -136,3 +136,27 @@ def test_close_restores_everything(sink: MemorySink) -> None:
     assert "step" not in job.scheduler.__dict__
     assert [h for h in patching.hooks() if h.purpose.startswith("guard")] == []
     assert sink.named("guard.close")[0].data["steps"] == 2
+
+
+def test_signal_recorded_by_the_recorder_becomes_a_finding(sink: MemorySink) -> None:
+    from trainwarden.guard import SignalRecord
+
+    job = make_job()
+    with Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=sink) as guard:
+        train(job, 2)
+        guard.on_signal(
+            SignalRecord(
+                "SIGTERM",
+                15,
+                {"pid": 4242, "uid": 1000, "user": "mallory", "cmdline": "kill -TERM 1"},
+                "SI_USER",
+                "default",
+            )
+        )
+        train(job, 1)  # a signal is a fact to record, not a reason to halt
+    (finding,) = [f for f in guard.findings if f.rule_id == "guard.signal"]
+    assert finding.technique is not None
+    assert finding.technique.value == "T6"
+    assert "4242" in finding.message
+    assert finding.step == 3
+    assert not finding.halts
