@@ -313,7 +313,6 @@ class UpdateCheck:
         self._layouts: dict[int, list[_Layout]] = {}  # later step -> layout per partition
         self._samples: dict[int, Sample] = {}
         self._ahead_steps: set[int] = set()
-        self._verifying: dict[int, bool] = {}
         self._pending: dict[int, StepResult] = {}
         self._worker: _Worker | None = _Worker() if asynchronous else None
         self._sync: dict[tuple[str, int], Any] = {}
@@ -575,7 +574,7 @@ class UpdateCheck:
         start = time.thread_time()
         layouts = self._layouts_for(step)
         verifying = self.reference is not None and self.sampler.verified(step)
-        self._verifying[step] = verifying
+
         opt_state = self.optimizer.state
         entries = self.table.entries
         params_raw = self._raw_params()
