@@ -12,6 +12,10 @@ Usage::
 
     python -m trainwarden.examples.tinygpt --steps 40 --out result.json
     torchrun --nproc-per-node 2 -m trainwarden.examples.tinygpt --steps 40 --ckpt-dir ckpt
+    python -m trainwarden.examples.tinygpt --guard --guard-telemetry telemetry/  # one line added
+
+``--guard`` is the "one line" a user adds to a training script (``Guard(model, optimizer,
+scheduler=scheduler)``); with ``trainwarden run`` the guard is on without it.
 """
 
 from __future__ import annotations
@@ -173,6 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, help="checkpoint to resume from")
     parser.add_argument("--out", type=Path, help="write final loss and weight digest (JSON)")
     parser.add_argument("--step-sleep", type=float, default=0.0, help="pause per step (s)")
+    parser.add_argument(
+        "--width", type=int, default=Config.width, help="model width (step time grows with it)"
+    )
+    parser.add_argument("--layers", type=int, default=Config.layers, help="transformer blocks")
+    parser.add_argument(
+        "--guard", action="store_true", help="attach trainwarden's runtime guard (one line)"
+    )
+    parser.add_argument("--guard-telemetry", type=Path, help="guard telemetry directory")
+    parser.add_argument(
+        "--guard-warn", action="store_true", help="record violations and go on (default: halt)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -183,7 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if world > 1:
         dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    cfg = Config(steps=args.steps, lr=args.lr, seed=args.seed, batch=args.batch)
+    cfg = Config(
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        batch=args.batch,
+        width=args.width,
+        layers=args.layers,
+    )
     _seed_everything(cfg.seed)
     model, optimizer, scheduler = build(cfg)
     if world > 1:
@@ -202,13 +224,80 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
 
+    guard: Any = None
+    if args.guard:
+        from trainwarden.guard import Guard
+
+        guard = Guard(
+            model,
+            optimizer,
+            scheduler=scheduler,
+            data=loader,
+            telemetry_dir=args.guard_telemetry,
+            on_violation="warn" if args.guard_warn else None,
+        )
+
+    start = time.monotonic()
+    try:
+        step, loss_value, step_seconds = _train(
+            args, cfg, model, optimizer, scheduler, sampler, loader, step, rank, world
+        )
+    except Exception as exc:
+        from trainwarden.errors import GuardViolation
+
+        if not isinstance(exc, GuardViolation):
+            raise
+        sys.stderr.write(exc.diagnostics() + "\n")
+        if guard is not None:
+            guard.close()
+        return 1
+    findings: list[str] = []
+    if guard is not None:
+        guard.close()
+        findings = sorted({f.rule_id for f in guard.findings})
+
+    plain = model.module if world > 1 else model
+    result = {
+        "rank": rank,
+        "world_size": world,
+        "steps": step,
+        "loss": loss_value,
+        "digest": _digest(plain),
+        "seconds": round(time.monotonic() - start, 3),
+        "step_seconds": step_seconds,
+    }
+    if guard is not None:
+        result["guard_findings"] = findings
+    if args.out is not None and rank == 0:
+        args.out.write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stderr.write(json.dumps(result, sort_keys=True) + "\n")
+    return 0
+
+
+def _train(
+    args: Any,
+    cfg: Config,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    sampler: Any,
+    loader: Any,
+    step: int,
+    rank: int,
+    world: int,
+) -> tuple[int, float, list[float]]:
+    """The training loop; returns the steps done, the last loss and each step's seconds."""
+    import torch
+
     loss_value = math.nan
     epoch = 0
-    start = time.monotonic()
     # Wall time of each step (this rank's view, collective waits included): a straggler on
     # another rank shows up here too, since this rank waits for it in the gradient all-reduce.
     step_seconds: list[float] = []
-    last = start
+    last = time.monotonic()
     while step < cfg.steps:
         sampler.set_epoch(epoch)
         for inputs, targets in loader:
@@ -240,24 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 _atomic_save(state, args.ckpt_dir / f"ckpt-{step:06d}.pt")
         epoch += 1
-
-    plain = model.module if world > 1 else model
-    result = {
-        "rank": rank,
-        "world_size": world,
-        "steps": step,
-        "loss": loss_value,
-        "digest": _digest(plain),
-        "seconds": round(time.monotonic() - start, 3),
-        "step_seconds": step_seconds,
-    }
-    if args.out is not None and rank == 0:
-        args.out.write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stderr.write(json.dumps(result, sort_keys=True) + "\n")
-    return 0
+    return step, loss_value, step_seconds
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""Code integrity while the job runs: live callables and kernels, and torch's files on disk.
+
+The only module of the guard that uses :mod:`trainwarden.env` (``snapshot_runtime`` /
+``verify_runtime``): patched optimizer steps, seeding, data loading and collectives, and Python
+kernels overriding core ``aten`` operators are that package's findings, re-reported here as
+``guard.code`` with the rank and step. Beside it, the guard fingerprints the torch package on
+disk when it attaches (size, modification and change times of every file: a change to any of
+them, even one restored to its old modification time, moves the change time) and compares
+periodically; files that changed are hashed and named. Both run in the watchdog thread, off
+the training thread.
+"""
+
+# ruff: noqa: PTH100, PTH118, PTH120
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from trainwarden.findings import Severity, Verdict
+from trainwarden.guard._findings import GuardFinding
+
+__all__ = ["CodeIntegrity"]
+
+logger = logging.getLogger("trainwarden.guard")
+
+
+def _package_files(root: str) -> dict[str, tuple[int, int, int, int]]:
+    """``relative path -> (size, mtime_ns, ctime_ns, inode)`` of every file under ``root``."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            out[os.path.relpath(current, root) + "/"] = (-1, -1, -1, -1)
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        stack.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            out[os.path.relpath(entry.path, root)] = (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_ino,
+            )
+    return out
+
+
+def _hash(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:  # noqa: PTH123 - a plain read of a package file
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class CodeIntegrity:
+    """Runtime verification of the live process plus the torch package's files.
+
+    Args:
+        rank: For findings.
+        kernels: Problems found when capturing the reference kernels (reported once).
+    """
+
+    def __init__(self, *, rank: int) -> None:
+        self.rank = rank
+        self._reference: Any = None
+        self._baseline: set[str] | None = None
+        self._files: dict[str, tuple[int, int, int, int]] | None = None
+        self._hashes: dict[str, str | None] = {}
+        self._root: str | None = None
+        self.cost = 0.0
+        self.checks = 0
+        self.last_run = 0.0
+        self.last_package = 0.0
+
+    def start(self) -> None:
+        """Take the references (runtime snapshot, package fingerprint). Off the hot path."""
+        start = time.thread_time()
+        from trainwarden.env import snapshot_runtime
+
+        self._reference = snapshot_runtime()
+        torch = sys.modules.get("torch")
+        file = getattr(torch, "__file__", None)
+        if isinstance(file, str):
+            self._root = os.path.dirname(os.path.abspath(file))
+            self._files = _package_files(self._root)
+        self.cost += time.thread_time() - start
+        self.last_run = self.last_package = time.monotonic()
+
+    def verify(self, step: int) -> list[GuardFinding]:
+        """Run ``trainwarden.env.verify_runtime`` against the attach-time reference."""
+        if self._reference is None:
+            return []
+        start = time.thread_time()
+        from trainwarden.env import verify_runtime
+
+        try:
+            report = verify_runtime(self._reference)
+        except Exception as exc:  # the check must not take the job down; say it failed
+            logger.warning("guard: runtime verification failed: %s", exc)
+            return [
+                GuardFinding(
+                    rule_id="guard.code",
+                    severity=Severity.MEDIUM,
+                    message=f"runtime code verification could not run: {exc}",
+                    rank=self.rank,
+                    step=step,
+                    evidence=type(exc).__name__,
+                    established=False,
+                    subject="code:verify-failed",
+                )
+            ]
+        findings = []
+        first = self._baseline is None
+        seen: set[str] = set()
+        for file in report.files:
+            for item in file.findings:
+                if item.verdict is Verdict.SAFE or item.severity < Severity.MEDIUM:
+                    continue  # informational (counts, trainwarden's own wrappers)
+                subject = f"code:{item.rule_id}:{item.evidence or item.message}"
+                seen.add(subject)
+                if first or subject in (self._baseline or set()):
+                    # Present when the guard attached: pre-flight's to judge (env verify);
+                    # libraries do add methods to torch classes (transformers' smart_apply).
+                    # Reported, not halting; a change *while the job runs* is what halts.
+                    findings.append(
+                        GuardFinding(
+                            rule_id="guard.code",
+                            severity=Severity.MEDIUM,
+                            message=f"present when the guard attached: {item.message}",
+                            rank=self.rank,
+                            step=step,
+                            evidence=item.evidence or item.rule_id,
+                            established=False,
+                            subject=subject,
+                        )
+                    )
+                    continue
+                findings.append(
+                    GuardFinding(
+                        rule_id="guard.code",
+                        severity=Severity.CRITICAL
+                        if item.verdict is Verdict.UNSAFE
+                        else Severity.MEDIUM,
+                        message=f"changed while the job ran: {item.message}",
+                        rank=self.rank,
+                        step=step,
+                        evidence=item.evidence or item.rule_id,
+                        established=item.verdict is Verdict.UNSAFE,
+                        subject=subject,
+                    )
+                )
+        if first:
+            self._baseline = seen
+        self.checks += 1
+        self.last_run = time.monotonic()
+        self.cost += time.thread_time() - start
+        return findings
+
+    def verify_package(self, step: int) -> list[GuardFinding]:
+        """Compare torch's files on disk with the fingerprint taken at attach."""
+        if self._files is None or self._root is None:
+            return []
+        start = time.thread_time()
+        now = _package_files(self._root)
+        changed = sorted(
+            set(now) ^ set(self._files)
+            | {k for k in now.keys() & self._files.keys() if now[k] != self._files[k]}
+        )
+        findings = []
+        for rel in changed[:20]:
+            before = self._files.get(rel)
+            after = now.get(rel)
+            if before is None:
+                what = "appeared"
+            elif after is None:
+                what = "disappeared"
+            else:
+                what = "changed"
+            digest = _hash(os.path.join(self._root, rel)) if after is not None else None
+            findings.append(
+                GuardFinding(
+                    rule_id="guard.code",
+                    severity=Severity.CRITICAL,
+                    message=f"torch/{rel} {what} on disk while the job ran",
+                    rank=self.rank,
+                    step=step,
+                    evidence=f"torch/{rel}" + (f" sha256:{digest[:16]}" if digest else ""),
+                    established=True,
+                    subject=f"package:{rel}:{what}",
+                )
+            )
+        if changed:
+            self._files = now  # report each change once
+        self.last_package = time.monotonic()
+        self.cost += time.thread_time() - start
+        return findings
+
+    def kernel_findings(self, problems: list[str], step: int) -> list[GuardFinding]:
+        """Reference kernels that were not torch's own when captured."""
+        return [
+            GuardFinding(
+                rule_id="guard.code",
+                severity=Severity.CRITICAL,
+                message=(
+                    "a kernel the guard's reference needs was already overridden when the guard "
+                    f"attached: {problem}"
+                ),
+                rank=self.rank,
+                step=step,
+                evidence=problem,
+                established=True,
+                subject=f"kernel:{problem}",
+            )
+            for problem in problems
+        ]

@@ -1,0 +1,380 @@
+"""Timing: each rank's own work per phase, apart from waits, and robust tests for a stall.
+
+A rank made to sleep (T3) looks, from the job's side, like every other rank being slow: they
+all wait for it in the next collective. The guard times each rank's own work per phase
+(forward, backward up to its last gradient, optimizer step, and the rest of the step) and,
+separately, the time spent waiting (from the last gradient to the optimizer step, where DDP
+finishes its all-reduce, plus the guard's own exchange). Time the thread spent runnable but
+not running (``/proc/thread-self/schedstat``: CPU contention from other processes) is not
+counted as own work, so a loaded machine does not look like a sleeping rank.
+
+The test is robust: a phase is a stall when it exceeds the median of its own recent history
+by ``z`` robust standard deviations (1.4826 x MAD), by ``rel`` of the median and by an absolute
+floor at once. Warm-up steps are ignored, checkpoint saves are not counted as own work, stalls
+are kept out of the history they are judged against, and slow drift (2 % over a run) moves the
+median along with it. Every rank evaluates the same gathered numbers, so all reach the same
+verdict in the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trainwarden.findings import Severity
+from trainwarden.guard._config import GuardConfig
+from trainwarden.guard._findings import GuardFinding
+
+__all__ = ["PHASES", "PhaseClock", "StallDetector", "phase_label", "run_delay"]
+
+#: Phases judged, in the order they are exchanged.
+PHASES = ("fwd", "bwd", "opt", "other")
+_fd: dict[int, int] = {}
+
+
+_gc = {"total": 0.0, "start": 0.0, "installed": False}
+
+
+def _gc_callback(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc["start"] = time.monotonic()
+    elif _gc["start"]:
+        _gc["total"] += time.monotonic() - _gc["start"]
+        _gc["start"] = 0.0
+
+
+def _install_gc_timer() -> None:
+    if not _gc["installed"]:
+        import gc
+
+        gc.callbacks.append(_gc_callback)
+        _gc["installed"] = True
+
+
+def run_delay() -> float:
+    """Seconds not spent on the job's own work: waiting for a CPU, and in garbage collection.
+
+    Run-queue delay comes from ``/proc/thread-self/schedstat`` (0 where unavailable); the
+    collector's pauses are the interpreter's, not the job's, and no sleep can hide in them.
+    """
+    return _run_queue() + _gc["total"]
+
+
+def _run_queue() -> float:
+    import threading
+
+    ident = threading.get_ident()
+    fd = _fd.get(ident)
+    if fd is None:
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            fd = -1
+        _fd[ident] = fd
+    if fd < 0:
+        return 0.0
+    try:
+        fields = os.pread(fd, 128, 0).split()
+        return int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+@dataclass
+class PhaseClock:
+    """Timestamps of one optimizer step, from the guard's hooks (monotonic seconds).
+
+    Own-work durations exclude run-queue delay; ``excluded`` holds time the job spent in
+    checkpoint saves and evaluation forwards, which are not part of a training step's work.
+    """
+
+    step_start: float = field(default_factory=time.monotonic)
+    fwd: float = 0.0
+    bwd: float = 0.0
+    opt: float = 0.0
+    wait: float | None = None
+    excluded: float = 0.0
+    forwards: int = 0
+    _fwd_start: float | None = None
+    _fwd_delay: float = 0.0
+    _fwd_end: float | None = None
+    _fwd_end_delay: float = 0.0
+    _last_grad: float | None = None
+    _last_grad_delay: float = 0.0
+    _opt_start: float | None = None
+    _opt_delay: float = 0.0
+    first_fwd: float | None = None
+    current: str | None = None
+    current_since: float = 0.0
+    noisy: bool = False
+    _bwd_end: float | None = None
+    _bwd_end_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _install_gc_timer()
+
+    def forward_start(self) -> None:
+        now = time.monotonic()
+        self._fwd_start, self._fwd_delay = now, run_delay()
+        if self.first_fwd is None:
+            self.first_fwd = now
+        self.current, self.current_since = "fwd", now
+
+    def forward_end(self) -> None:
+        if self._fwd_start is None:
+            return
+        now = time.monotonic()
+        delay = run_delay()
+        self.fwd += max(0.0, now - self._fwd_start - (delay - self._fwd_delay))
+        self.forwards += 1
+        self._fwd_end, self._fwd_end_delay = now, delay
+        self._fwd_start = None
+        self.current, self.current_since = "bwd", now
+
+    def last_gradient(self) -> None:
+        self._last_grad, self._last_grad_delay = time.monotonic(), run_delay()
+
+    def backward_end(self) -> None:
+        """The job called ``optimizer.step()``: backward (and its collective wait) are over."""
+        now = time.monotonic()
+        delay = run_delay()
+        if self._fwd_end is not None:
+            if self._last_grad is not None and self._last_grad >= self._fwd_end:
+                self.bwd += max(
+                    0.0,
+                    self._last_grad - self._fwd_end - (self._last_grad_delay - self._fwd_end_delay),
+                )
+                self.wait = max(0.0, now - self._last_grad)
+            else:
+                self.bwd += max(0.0, now - self._fwd_end - (delay - self._fwd_end_delay))
+        self._bwd_end, self._bwd_end_delay = now, delay
+        self.current, self.current_since = "opt", now
+
+    def optimizer_start(self) -> None:
+        """The guard's pre-step checks are done: the optimizer's own work starts now."""
+        self._opt_start, self._opt_delay = time.monotonic(), run_delay()
+
+    def optimizer_end(self) -> float:
+        """Close the step; returns the end time."""
+        now = time.monotonic()
+        if self._opt_start is not None:
+            self.opt = max(0.0, now - self._opt_start - (run_delay() - self._opt_delay))
+        self.current = None
+        return now
+
+    def other(self, previous_end: float | None) -> float | None:
+        """Time between the previous step's end and this step's first forward, minus excluded."""
+        if previous_end is None or self.first_fwd is None:
+            return None
+        return max(0.0, self.first_fwd - previous_end - self.excluded)
+
+
+@dataclass
+class _History:
+    values: deque[float]
+
+
+class StallDetector:
+    """Judges every rank's phases each step; the same inputs give the same verdict everywhere."""
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.config = config
+        self._hist: dict[tuple[int, str], deque[float]] = {}
+        # (median, MAD, appends since computed): recomputed every 8 values, or when a value
+        # looks like a stall against the cached figures (so 64 ranks cost little per step).
+        self._stats: dict[tuple[int, str], tuple[float, float, int]] = {}
+        self.cost = 0.0
+
+    def _figures(
+        self, key: tuple[int, str], hist: deque[float], fresh: bool
+    ) -> tuple[float, float]:
+        cached = self._stats.get(key)
+        if cached is None or fresh or cached[2] >= 8:
+            median = statistics.median(hist)
+            mad = statistics.median(abs(v - median) for v in hist)
+            self._stats[key] = (median, mad, 0)
+            return median, mad
+        return cached[0], cached[1]
+
+    def _append(self, key: tuple[int, str], hist: deque[float], value: float) -> None:
+        hist.append(value)
+        cached = self._stats.get(key)
+        if cached is not None:
+            self._stats[key] = (cached[0], cached[1], cached[2] + 1)
+
+    def observe(
+        self,
+        step: int,
+        phases: Sequence[Sequence[float | None]],
+        waits: Sequence[float | None],
+        *,
+        reporter: int,
+        noisy: set[int] | frozenset[int] = frozenset(),
+    ) -> list[GuardFinding]:
+        """Judge ``phases[rank][i]`` (seconds, ``None`` unknown) of one step.
+
+        Args:
+            step: The step.
+            phases: Per rank, the durations of :data:`PHASES`.
+            waits: Per rank, seconds it waited for the others at the last exchange.
+            reporter: This process's rank (findings carry it as the observer).
+            noisy: Ranks whose phases overlapped a heavy check of their guard (judged with a
+                stricter threshold).
+        """
+        start = time.thread_time()
+        cfg = self.config
+        findings: list[GuardFinding] = []
+        world = len(phases)
+        for rank, row in enumerate(phases):
+            for name, value in zip(PHASES, row, strict=False):
+                if value is None:
+                    continue
+                key = (rank, name)
+                hist = self._hist.setdefault(key, deque(maxlen=cfg.timing_window))
+                if step <= cfg.timing_warmup or len(hist) < 8:
+                    if step > cfg.timing_warmup:
+                        self._append(key, hist, value)
+                    continue
+                median, mad, threshold = self._threshold(key, hist, name, fresh=False)
+                if value - median > threshold:
+                    median, mad, threshold = self._threshold(key, hist, name, fresh=True)
+                if rank in noisy:
+                    # The rank ran a heavy check of the guard in this step: interpreter-lock
+                    # contention can triple a phase; a sleep still stands out.
+                    threshold = max(3 * threshold, 2 * median + 2.5 * cfg.timing_min_excess)
+                excess = value - median
+                # Between steps live data loading, logging and evaluation: a pause every rank
+                # shares (an epoch boundary) is not one rank stalling.
+                if (
+                    name == "other"
+                    and excess > threshold
+                    and world > 1
+                    and self._shared(phases, PHASES.index(name), rank)
+                ):
+                    self._append(key, hist, value)
+                    continue
+                if excess <= threshold:
+                    self._append(key, hist, value)
+                    continue
+                others = [w for r, w in enumerate(waits) if r != rank and w is not None]
+                waited = f"; the other ranks waited up to {max(others):.3g} s" if others else ""
+                findings.append(
+                    GuardFinding(
+                        rule_id="guard.timing",
+                        severity=Severity.HIGH,
+                        message=(
+                            f"rank {rank} spent {value:.3g} s of its own time in the "
+                            f"{_label(name)} of step {step}, against a median of "
+                            f"{median:.3g} s{waited}"
+                        ),
+                        rank=rank,
+                        step=step,
+                        evidence=f"rank {rank} phase {name}: {value:.3g} s (median {median:.3g} s, "
+                        f"MAD {mad:.3g} s)",
+                        established=False,
+                        subject=f"timing:{rank}:{name}:{step}",
+                    )
+                )
+        if world > 1 and step > cfg.timing_warmup and step % 16 == 0:
+            findings.extend(self._consistently_slow(step, world))
+        del reporter
+        self.cost += time.thread_time() - start
+        return findings
+
+    def _consistently_slow(self, step: int, world: int) -> list[GuardFinding]:
+        """A rank whose own work is always slower than the others' (a sleep in every step).
+
+        Replicas do the same work per step; a rank whose median in a phase exceeds the other
+        ranks' by half again and by the absolute floor is named (once per rank and phase).
+        """
+        out: list[GuardFinding] = []
+        for name in ("fwd", "bwd", "opt"):
+            medians = {}
+            for rank in range(world):
+                hist = self._hist.get((rank, name))
+                if hist is not None and len(hist) >= 8:
+                    medians[rank] = statistics.median(hist)
+            if len(medians) < 2:
+                continue
+            for rank, mine in medians.items():
+                others = [m for r, m in medians.items() if r != rank]
+                typical = statistics.median(others)
+                if mine > 1.5 * typical + self.config.timing_min_excess:
+                    # Medium: a slow device is slow too; to look into, not to halt for.
+                    out.append(
+                        GuardFinding(
+                            rule_id="guard.timing",
+                            severity=Severity.MEDIUM,
+                            message=(
+                                f"rank {rank} is consistently slower in the {_label(name)}: "
+                                f"median {mine:.3g} s against {typical:.3g} s on the other ranks"
+                            ),
+                            rank=rank,
+                            step=step,
+                            evidence=f"rank {rank} phase {name}: median {mine:.3g} s, others "
+                            f"{typical:.3g} s",
+                            established=False,
+                            subject=f"timing-slow:{rank}:{name}",
+                        )
+                    )
+        return out
+
+    def _threshold(
+        self, key: tuple[int, str], hist: deque[float], name: str, *, fresh: bool
+    ) -> tuple[float, float, float]:
+        cfg = self.config
+        median, mad = self._figures(key, hist, fresh)
+        threshold = max(cfg.timing_z * 1.4826 * mad, cfg.timing_rel * median, cfg.timing_min_excess)
+        if name == "other":
+            # Between steps live data loading, logging and evaluation: only a stall far
+            # beyond the usual counts.
+            threshold *= 4
+        return median, mad, threshold
+
+    def _shared(self, phases: Sequence[Sequence[float | None]], i: int, rank: int) -> bool:
+        """Whether most ranks show the same spike in phase ``i`` this step."""
+        spikes = 0
+        counted = 0
+        for r, row in enumerate(phases):
+            value = row[i] if i < len(row) else None
+            hist = self._hist.get((r, PHASES[i]))
+            if value is None or not hist:
+                continue
+            counted += 1
+            if value > 2 * statistics.median(hist) + self.config.timing_min_excess:
+                spikes += 1
+        return counted > 1 and spikes * 2 > counted and rank >= 0
+
+    def overrun(self, phase: str, seconds: float, rank: int) -> bool:
+        """Whether a phase still running after ``seconds`` is already a stall."""
+        hist = self._hist.get((rank, phase))
+        if not hist or len(hist) < 8:
+            return seconds > self.config.timing_overrun
+        median = statistics.median(hist)
+        limit = min(
+            self.config.timing_overrun, max(20 * median, 2 * self.config.timing_min_excess, 1.0)
+        )
+        return seconds > limit
+
+    def median(self, rank: int, phase: str) -> float | None:
+        """Median of a phase's history, if any."""
+        hist = self._hist.get((rank, phase))
+        return statistics.median(hist) if hist else None
+
+
+def phase_label(name: str) -> str:
+    """A phase's name in words."""
+    return _label(name)
+
+
+def _label(name: str) -> str:
+    return {
+        "fwd": "forward pass",
+        "bwd": "backward pass",
+        "opt": "optimizer step",
+        "other": "time between steps",
+    }[name]

@@ -1,0 +1,110 @@
+"""Small parts: findings and their conversions, configuration, telemetry files, anomalies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from trainwarden.errors import ConfigError
+from trainwarden.findings import Severity, Verdict
+from trainwarden.guard import RULES, GuardConfig, GuardFinding, Technique
+from trainwarden.guard._anomaly import AnomalyCheck
+from trainwarden.guard._telemetry import release, writer_for
+
+
+def test_every_rule_has_a_technique_and_converts() -> None:
+    for rule, (technique, check) in RULES.items():
+        finding = GuardFinding(rule, Severity.HIGH, "m", rank=3, step=7, evidence="e")
+        assert finding.technique is technique
+        assert finding.check is check
+        shared = finding.to_finding()
+        assert shared.rule_id == rule
+        assert shared.location.extra["rank"] == 3
+        assert shared.location.extra["step"] == 7
+        data = finding.event_data()
+        assert data["technique"] == technique.value
+        assert data["established"] is True
+        assert json.dumps(data)
+    with pytest.raises(ValueError):
+        GuardFinding("guard.nonsense", Severity.LOW, "m", rank=0, step=0)
+
+
+def test_what_halts() -> None:
+    def make(rule: str, severity: Severity, established: bool = True) -> GuardFinding:
+        return GuardFinding(rule, severity, "m", rank=0, step=1, established=established)
+
+    assert make("guard.update", Severity.CRITICAL).halts
+    assert make("guard.timing", Severity.HIGH, established=False).halts
+    assert not make("guard.code", Severity.MEDIUM, established=False).halts
+    assert not make("guard.anomaly", Severity.CRITICAL).halts
+    assert not make("guard.signal", Severity.CRITICAL).halts
+    assert make("guard.update", Severity.CRITICAL).to_finding().verdict is Verdict.UNSAFE
+    assert make("guard.timing", Severity.HIGH, False).to_finding().verdict is Verdict.UNKNOWN
+    assert Technique("T3") is Technique.T3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"k": 0},
+        {"verify_fraction": 0.0},
+        {"checks": frozenset({"update", "astrology"})},
+        {"telemetry_flush": 10.0},
+        {"watchdog_interval": 0},
+        {"timing_min_excess": -1.0},
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        GuardConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_variants() -> None:
+    config = GuardConfig()
+    assert "timing" not in config.without("timing").checks
+    assert config.only("update").checks == frozenset({"update"})
+
+
+def test_telemetry_digest_covers_exactly_what_was_written(tmp_path: Path) -> None:
+    (tmp_path / "rank-2.jsonl").write_text('{"earlier": true}\n')
+    writer = writer_for(tmp_path, 2)
+    for step in range(1, 4):
+        writer.write({"step": step, "rank": 2, "loss": 1.5})
+    same = writer_for(tmp_path, 2)  # a second guard of the process shares the file
+    assert same is writer
+    assert release(same) is None
+    data = release(writer)
+    assert data is not None
+    content = (tmp_path / "rank-2.jsonl").read_bytes()
+    assert data["lines"] == 3
+    assert data["offset"] == len('{"earlier": true}\n')
+    mine = content[data["offset"] : data["offset"] + data["bytes"]]
+    assert hashlib.sha256(mine).hexdigest() == data["sha256"]
+    assert [json.loads(x)["step"] for x in mine.decode().splitlines()] == [1, 2, 3]
+
+
+def test_telemetry_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    from trainwarden.errors import InputError
+
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / "rank-0.jsonl").symlink_to(target)
+    with pytest.raises(InputError):
+        writer_for(tmp_path, 0)
+
+
+def test_anomalies_are_context_not_proof() -> None:
+    check = AnomalyCheck(rank=0, window=50, z=12.0)
+    values = [2.0 + 0.01 * (i % 5) for i in range(30)]
+    assert all(check.observe(i, "loss", v) == [] for i, v in enumerate(values))
+    spike = check.observe(31, "loss", 50.0)
+    assert spike
+    assert spike[0].rule_id == "guard.anomaly"
+    assert not spike[0].halts
+    assert not spike[0].established
+    nan = check.observe(32, "grad_norm", float("nan"))
+    assert nan
+    assert "nan" in nan[0].message
