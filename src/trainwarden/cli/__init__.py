@@ -103,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.handler(args))
         _flush_stdout()
     except (UnsafeModelError, VerificationError) as exc:
-        print(f"trainwarden: {exc.diagnostics()}", file=sys.stderr)
+        print(f"trainwarden: {_diagnostics(exc)}", file=sys.stderr)
         return EXIT_FINDINGS
     except Error as exc:
-        print(f"trainwarden: error: {exc.diagnostics()}", file=sys.stderr)
+        print(f"trainwarden: error: {_diagnostics(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("trainwarden: interrupted", file=sys.stderr)
@@ -121,6 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainwarden: error: cannot write output: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     return code
+
+
+def _diagnostics(exc: Error) -> str:
+    """The error's explanation, its lines kept, control characters escaped in each.
+
+    Messages quote paths and names an adversary may have chosen: an escape sequence there
+    must not rewrite the terminal.
+    """
+    from trainwarden.cli._common import shown
+
+    return "\n".join(shown(line) for line in exc.diagnostics().split("\n"))
 
 
 def _flush_stdout() -> None:

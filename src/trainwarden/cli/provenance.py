@@ -106,7 +106,7 @@ def _verify(args: argparse.Namespace) -> int:
             write_output(_text(exc.result, verified=False), args.output)
         else:
             write_output(render(exc.report, args.format), args.output)
-        print(f"trainwarden: NOT VERIFIED: {exc}", file=sys.stderr)
+        print(f"trainwarden: NOT VERIFIED: {shown(str(exc))}", file=sys.stderr)
         return EXIT_FINDINGS
     if args.format == "text":
         write_output(_text(result, verified=True), args.output)

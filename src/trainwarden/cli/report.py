@@ -15,6 +15,7 @@ from trainwarden.cli._common import (
     add_progress_argument,
     add_pubkey_argument,
     check_output,
+    load_public_keys,
     path_arg,
     shown,
     write_output,
@@ -108,6 +109,10 @@ def _report(args: argparse.Namespace) -> int:
     # The report must not replace what it reports on (the library also refuses an output
     # inside the run directory; a key or the clean run are inputs too).
     check_output(args.output, [args.run_dir, args.against, *args.pubkey, *args.seal_pubkey])
+    # Read before anything else, with the option named in the message; the report reads them
+    # again from the paths, which it also shows in the commands that re-check the run.
+    load_public_keys(args.pubkey)
+    load_public_keys(args.seal_pubkey, flag="--seal-pubkey")
     options: dict[str, Any] = {
         "against": args.against,
         "keys": args.pubkey,

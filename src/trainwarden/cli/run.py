@@ -21,6 +21,7 @@ from trainwarden.cli._common import (
     dumps,
     load_private_key,
     load_private_key_fd,
+    load_public_keys,
     path_arg,
     shown,
     write_output,
@@ -309,6 +310,10 @@ def _run(args: argparse.Namespace) -> int:
     if lock_pubkey is not None and args.lock is None:
         raise ConfigError("--lock-pubkey needs --lock")
     check_output(args.summary, [args.key, lock_pubkey, args.lock], what="--summary")
+    if lock_pubkey is not None:
+        # Read now, whatever --env-check says: a key that cannot be read is a mistake to
+        # report before launching, not a check silently skipped.
+        load_public_keys([lock_pubkey], flag="--lock-pubkey")
     policy = load_policy(args.policy) if args.policy is not None else Policy()
     policy = policy.with_overrides(args.on)
     if args.trust_user or args.trust_group:
@@ -388,7 +393,7 @@ def _report(result: RunResult, *, ephemeral_pub: Path) -> None:
         parts.append("findings " + ", ".join(f"{k}: {v}" for k, v in result.findings.items()))
     print(f"trainwarden: run {result.run_id}: " + "; ".join(parts), file=err)
     if result.provenance is not None:
-        print(f"trainwarden: provenance {result.provenance} (key {result.key})", file=err)
+        print(f"trainwarden: provenance {shown(result.provenance)} (key {result.key})", file=err)
     if result.ephemeral_key:
         print(
             f"trainwarden: signed with an ephemeral key; keep {ephemeral_pub} somewhere the "
@@ -396,7 +401,7 @@ def _report(result: RunResult, *, ephemeral_pub: Path) -> None:
             file=err,
         )
     for problem in result.problems:
-        print(f"trainwarden: warning: {problem}", file=err)
+        print(f"trainwarden: warning: {shown(problem)}", file=err)
 
 
 class _RunProgress:

@@ -244,6 +244,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     root = _examples_dir()
     if not Path(root).is_dir():
         raise InputError(f"the bundled examples are missing ({root}); reinstall trainwarden")
+    check_output(args.output, [root])
     report = _relabel(scan_path(root, policy=Policy.default()), root, "examples/checkpoints")
     emit_report(report, args.format, args.output)
     unsafe = [f for f in report.files if f.verdict is Verdict.UNSAFE]

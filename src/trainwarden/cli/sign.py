@@ -27,6 +27,7 @@ from trainwarden.cli._common import (
     load_private_key,
     load_public_keys,
     path_arg,
+    shown,
     write_output,
 )
 from trainwarden.errors import ConfigError, InputError
@@ -228,7 +229,7 @@ def _verify(args: argparse.Namespace) -> int:
         # Only errors stopped the check (an unreadable file): not verified, but no proof of
         # tampering either, so exit 2 rather than 1.
         raise InputError(f"NOT VERIFIED: {mismatch}") from mismatch
-    print(f"trainwarden: NOT VERIFIED: {mismatch}", file=sys.stderr)
+    print(f"trainwarden: NOT VERIFIED: {shown(str(mismatch))}", file=sys.stderr)
     return EXIT_FINDINGS
 
 
