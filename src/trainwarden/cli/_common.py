@@ -490,12 +490,19 @@ class Progress:
                 if elapsed < LIVE_AFTER:
                     return
                 self._start_live()
+            amount = self._amount(elapsed)
+            # What is left of the line for the message, whose end (a file name) is what
+            # matters: cut from the left.
+            room = self._live.console.width - len(self.label) - len(amount) - 34
+            message = shown(self._message)
+            if len(message) > max(room, 10):
+                message = "…" + message[-max(room, 10) + 1 :]
             self._live.update(
                 self._task,
                 completed=self._done or 0,
                 total=self._total,
-                amount=self._amount(elapsed),
-                message=shown(self._message)[-80:],
+                amount=amount,
+                message=message,
             )
             return
         if elapsed < PLAIN_AFTER:
@@ -517,17 +524,28 @@ class Progress:
 
     def _start_live(self) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
-        # Labels and messages carry names from the input: never parsed as rich markup.
+        def fixed() -> Column:
+            return Column(no_wrap=True)
+
+        # Labels and messages carry names from the input: never parsed as rich markup. The
+        # message takes what width is left and is cut, so the line never wraps.
         live = Progress(
             SpinnerColumn(),
-            TextColumn(shown(self.label), markup=False),
-            BarColumn(bar_width=24),
-            TextColumn("{task.fields[amount]}", markup=False),
+            TextColumn(shown(self.label), markup=False, table_column=fixed()),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[amount]}", markup=False, table_column=fixed()),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[message]}", markup=False, style="dim"),
+            TextColumn(
+                "{task.fields[message]}",
+                markup=False,
+                style="dim",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             console=self._get_console(),
             transient=True,
+            expand=True,
         )
         self._task = live.add_task("", total=None, amount="", message="")
         live.start()
