@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_world import COMMAND_ARGV, FAST_RUN, PY, World, make_world
 
 from trainwarden.cli import build_parser, main
 
@@ -166,3 +167,122 @@ def test_output_over_a_device_is_written_into_not_replaced(tmp_path: Path) -> No
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["scan", str(model), "-o", str(null), "--format", "json"]) == 0
     assert null.is_char_device()
+
+
+# -- every option that names a key, on every kind of bad path --------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return make_world(tmp_path_factory.mktemp("bad-input-world"))
+
+
+WorldArgv = Callable[[Path, World], list[str]]
+# (command, option) -> argv with the option given the bad path and every other input good.
+# Options named in COMMANDS above (sign --key, ledger append --key...) are covered there.
+KEY_OPTIONS: dict[tuple[tuple[str, ...], str], WorldArgv] = {
+    (("verify",), "--pubkey"): lambda bad, w: ["verify", str(w["ckpt"]), "--pubkey", str(bad)],
+    (("verify",), "--ledger-pubkey"): lambda bad, w: [
+        *("verify", str(w["ckpt"]), "--pubkey", str(w["pub"]), "--ledger", str(w["ledger"])),
+        *("--ledger-pubkey", str(bad)),
+    ],
+    (("env", "verify"), "--pubkey"): lambda bad, w: [
+        *("env", "verify", "--path", str(w["site"]), "--lock", str(w["lock"])),
+        *("--pubkey", str(bad)),
+    ],
+    (("env", "diff"), "--pubkey"): lambda bad, w: [
+        *("env", "diff", str(w["lock"]), str(w["lock"]), "--pubkey", str(bad)),
+    ],
+    (("ledger", "seal"), "--pubkey"): lambda bad, w: [
+        *("ledger", "seal", str(w["ledger"]), "--key", str(w["key"]), "--pubkey", str(bad)),
+    ],
+    (("ledger", "seal"), "--seal-pubkey"): lambda bad, w: [
+        *("ledger", "seal", str(w["ledger"]), "--key", str(w["key"])),
+        *("--pubkey", str(w["pub"]), "--seal-pubkey", str(bad)),
+    ],
+    (("ledger", "verify"), "--pubkey"): lambda bad, w: [
+        *("ledger", "verify", str(w["ledger"]), "--pubkey", str(bad)),
+    ],
+    (("ledger", "verify"), "--seal-pubkey"): lambda bad, w: [
+        *("ledger", "verify", str(w["ledger"]), "--pubkey", str(w["pub"])),
+        *("--seal-pubkey", str(bad)),
+    ],
+    (("provenance", "verify"), "--pubkey"): lambda bad, w: [
+        *("provenance", "verify", str(w["provenance"]), "--pubkey", str(bad)),
+    ],
+    (("report",), "--pubkey"): lambda bad, w: [
+        *("report", str(w["run_dir"]), "-o", str(w["root"] / "r.html"), "--pubkey", str(bad)),
+    ],
+    (("report",), "--seal-pubkey"): lambda bad, w: [
+        *("report", str(w["run_dir"]), "-o", str(w["root"] / "r.html")),
+        *("--seal-pubkey", str(bad)),
+    ],
+    (("run",), "--lock-pubkey"): lambda bad, w: [
+        *("run", *FAST_RUN, "--run-dir", str(w["root"] / "rd"), "--lock", str(w["lock"])),
+        *("--lock-pubkey", str(bad), "--", PY, "-c", "pass"),
+    ],
+}
+
+
+def test_key_table_covers_every_public_key_option() -> None:
+    options = {
+        (path, flag)
+        for path in _commands(build_parser())
+        for flag, action in _flags(build_parser(), path).items()
+        if flag.endswith("pubkey") and action.help != argparse.SUPPRESS
+    }
+    assert options == set(KEY_OPTIONS)
+
+
+def _flags(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> dict[str, argparse.Action]:
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return {flag: a for a in parser._actions for flag in a.option_strings}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("option", list(KEY_OPTIONS), ids=lambda o: f"{' '.join(o[0])} {o[1]}")
+def test_a_bad_key_is_a_clear_error_naming_the_option(
+    option: tuple[tuple[str, ...], str],
+    kind: str,
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = _make(kind, tmp_path)
+    with _deadline(60):
+        code = main(KEY_OPTIONS[option](bad, world))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert code == 2, (option, kind, out, err)
+    assert f"trainwarden: error: {option[1]}: " in err, err
+    assert not (world["root"] / "rd").exists()  # never launched
+
+
+# -- every report written over something that is not a file ---------------------------------
+
+OUTPUT_COMMANDS = [c for c, argv in COMMAND_ARGV.items() if argv is not None]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS, ids=" ".join)
+def test_output_that_is_no_file_is_a_clear_error(
+    command: tuple[str, ...],
+    kind: str,
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = _make(kind, tmp_path)  # a FIFO nobody reads: an error, not a hang
+    build = COMMAND_ARGV[command]
+    assert build is not None
+    with _deadline(60):
+        code = main([*build(world, tmp_path), "-o", str(bad)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert code == 2, (command, kind, out, err)
+    assert "trainwarden: error: " in err
+    if kind == "directory":
+        assert sorted(p.name for p in bad.iterdir()) == ["junk"]  # nothing written into it
+        assert "is a directory" in err

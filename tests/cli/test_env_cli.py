@@ -417,14 +417,14 @@ def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(
     site: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trainwarden.cli import env as env_cli
+    from trainwarden.cli import _common
 
     # The thresholds, not the clock, are what this checks: show from the first message on.
-    monkeypatch.setattr(env_cli, "_PLAIN_AFTER", 0.0)
-    monkeypatch.setattr(env_cli, "_PLAIN_EVERY", 0.0)
+    monkeypatch.setattr(_common, "PLAIN_AFTER", 0.0)
+    monkeypatch.setattr(_common, "PLAIN_EVERY", 0.0)
     assert main(["env", "verify", "--path", str(site)]) == 0
     err = capsys.readouterr().err
-    assert "trainwarden env: hashing:" in err
-    assert "trainwarden env: compared" in err or "comparing" in err
+    assert "trainwarden: env verify: hashing:" in err
+    assert "trainwarden: env verify: compared" in err or "comparing" in err
     assert main(["env", "verify", "--path", str(site), "--no-progress"]) == 0
-    assert "trainwarden env:" not in capsys.readouterr().err
+    assert "trainwarden: env verify:" not in capsys.readouterr().err

@@ -53,7 +53,10 @@ def test_clean_statement_verifies(
     run: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, pub, _ = run
+    # --key PUB is the spelling of the interface contract; --pubkey the common one.
     assert main(["provenance", "verify", str(path), "--key", str(pub)]) == 0
+    assert capsys.readouterr().out.startswith("VERIFIED ")
+    assert main(["provenance", "verify", str(path), "--pubkey", str(pub.parent)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("VERIFIED ")
     assert "run r1, signed by platform" in out
@@ -146,7 +149,11 @@ def test_missing_file_and_bad_key_exit_2(run: tuple[Path, Path, Path], tmp_path:
     path, pub, _ = run
     assert main(["provenance", "verify", str(tmp_path / "nope.json"), "--key", str(pub)]) == 2
     assert main(["provenance", "verify", str(path), "--key", str(tmp_path / "nope.pub")]) == 2
-    assert main(["provenance", "verify", str(path)]) == 2  # --key is required
+    assert main(["provenance", "verify", str(path)]) == 2  # a trusted key is required
+    (tmp_path / "nokeys").mkdir()
+    no_keys = str(tmp_path / "nokeys")
+    assert main(["provenance", "verify", str(path), "--pubkey", no_keys]) == 2  # no *.pub
+    assert main(["provenance", "verify", str(path), "--pubkey", str(pub), "-o", str(path)]) == 2
 
 
 def test_show_prints_an_unverified_summary(
@@ -158,4 +165,7 @@ def test_show_prints_an_unverified_summary(
     assert "NOT verified" in out
     assert "ck/ckpt-10.pt" in out
     assert main(["provenance", "show", str(path), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)["_type"] == "https://in-toto.io/Statement/v1"
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1
+    assert doc["verified"] is False
+    assert doc["statement"]["_type"] == "https://in-toto.io/Statement/v1"

@@ -20,15 +20,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticRun, Synthe
     )
 
 
-def _keys(run: SyntheticRun) -> list[str]:
-    return [arg for key in run.keys for arg in ("--key", str(key))]
+def _keys(run: SyntheticRun, flag: str = "--pubkey") -> list[str]:
+    return [arg for key in run.keys for arg in (flag, str(key))]
 
 
 def test_sabotaged_run_writes_the_report_and_exits_1(runs, tmp_path, capsys):
     bad, clean = runs
     out = tmp_path / "report.html"
     args = ["report", str(bad.run_dir), "-o", str(out), "--against", str(clean.run_dir)]
-    code = main([*args, *_keys(bad), *_keys(clean), "--seal-key", str(bad.seal_key)])
+    code = main([*args, *_keys(bad), *_keys(clean), "--seal-pubkey", str(bad.seal_key)])
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out == ""
@@ -38,6 +38,19 @@ def test_sabotaged_run_writes_the_report_and_exits_1(runs, tmp_path, capsys):
     assert page.startswith("<!DOCTYPE html>")
     assert 'id="comparison"' in page
     assert "Against the clean run" in page
+
+
+def test_older_key_spellings_still_work(runs, tmp_path, capsys):
+    # --key and --seal-key were this command's first spellings of --pubkey and --seal-pubkey.
+    _, clean = runs
+    verdicts = []
+    for flags in (("--pubkey", "--seal-pubkey"), ("--key", "--seal-key")):
+        out = tmp_path / f"clean{flags[0]}.html"
+        args = ["report", str(clean.run_dir), "-o", str(out), *_keys(clean, flags[0])]
+        code = main([*args, flags[1], str(clean.seal_key)])
+        verdicts.append((code, capsys.readouterr().err.split(":", 2)[1]))
+    assert verdicts[0] == verdicts[1]
+    assert "NOT-VERIFIED" not in verdicts[0][1]
 
 
 def test_clean_run_without_keys_is_not_verified(runs, tmp_path, capsys):
@@ -68,6 +81,7 @@ def test_never_prints_html_to_a_terminal(runs, capsys, monkeypatch):
     [
         (["--bins", "3"], "--bins"),
         (["--jobs", "-1"], "--jobs"),
+        (["--pubkey", "/nonexistent/key.pub"], "key"),
         (["--key", "/nonexistent/key.pub"], "key"),
         (["--against", "/nonexistent/run"], "does not exist"),
     ],

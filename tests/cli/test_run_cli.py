@@ -9,6 +9,7 @@ must not happen to the test process itself. Jobs that do not need torch are smal
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import os
 import shutil
@@ -154,6 +155,8 @@ def tinygpt_run(tmp_path_factory: pytest.TempPathFactory, key_pair: tuple[Path, 
         "tiny-1",
         "--run-dir",
         "rd",
+        "--summary",
+        "summary.json",
         "--",
         PY,
         "-m",
@@ -257,11 +260,28 @@ def test_clean_run_records_everything_and_attests(
     before = mine[[e.event for e in mine].index("provenance.signed") - 1]
     assert "sha256:" + byproducts["ledger"]["digest"]["sha256"] == before.hash
     assert byproducts["exit"]["annotations"]["status"] == 0
-    # Progress on stderr (not a terminal: plain lines, one per long step, not one per file).
+    # Progress on stderr (not a terminal): the run's events always; long steps as a plain
+    # line only once the work has taken 5 s, then at most one every 5 s, never one a file.
     progress = [line for line in proc.stderr.splitlines() if line.startswith("trainwarden: ")]
     assert any(line.startswith("trainwarden: preflight: ") for line in progress)
-    assert sum(line.startswith("trainwarden: access: ") for line in progress) == 1
     assert any("provenance" in line for line in progress)
+    transient = ("trainwarden: env: ", "trainwarden: scan: ", "trainwarden: access: ")
+    seconds = [int(line.rsplit(", ", 1)[1][:-2]) for line in progress if line.startswith(transient)]
+    assert all(s >= 5 for s in seconds), progress
+    assert all(b - a >= 4 for a, b in itertools.pairwise(seconds)), progress  # rounded
+    # The summary: the run's outcome as JSON, with a schema version like every JSON output.
+    summary = json.loads((cwd / "summary.json").read_text())
+    assert summary["schema_version"] == 1
+    assert (summary["run_id"], summary["decision"], summary["exit_code"]) == (
+        "tiny-1",
+        "proceed",
+        0,
+    )
+    assert [Path(c["path"]).name for c in summary["checkpoints"]] == [
+        "ckpt-000010.pt",
+        "ckpt-000020.pt",
+        "ckpt-000030.pt",
+    ]
 
 
 # -- tampering after the run: modification, deletion --------------------------------------
@@ -1003,7 +1023,11 @@ def test_the_key_can_come_from_a_descriptor(tmp_path: Path, key_pair: tuple[Path
         (["--", "no-such-program-xyz"], "command not found"),
         (["--", str(BIN / "torchrun"), "--frobnicate", "t.py"], "unknown torchrun option"),
         (["--run-id", "../x", "--", PY, "-c", "pass"], "invalid run id"),
-        (["--lock-key", "k.pub", "--", PY, "-c", "pass"], "--lock-key needs --lock"),
+        (["--lock-pubkey", "k.pub", "--", PY, "-c", "pass"], "--lock-pubkey needs --lock"),
+        (["--lock-key", "k.pub", "--", PY, "-c", "pass"], "--lock-pubkey needs --lock"),
+        (["--settle", "nan", "--", PY, "-c", "pass"], "finite"),
+        (["--orphan-grace", "-1", "--", PY, "-c", "pass"], "negative"),
+        (["--key", "k", "--key-fd", "3", "--", PY, "-c", "pass"], "not both"),
     ],
 )
 def test_misconfigurations_exit_2_with_a_message(
@@ -1091,33 +1115,41 @@ def test_progress_on_a_terminal_uses_rich_and_on_a_log_plain_lines(
 ) -> None:
     import io
 
-    from trainwarden.cli.run import _Progress
+    from trainwarden.cli import _common
+    from trainwarden.cli.run import _RunProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
+    monkeypatch.setattr(_common, "LIVE_AFTER", 0.0)
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    progress = _Progress(enabled=True)
-    assert progress.tty
-    progress("env", "verifying the environment")  # a spinner while it lasts
-    progress("preflight", "! access /opt/env can be written by group ml")
-    progress.close()
+    monkeypatch.delenv("TERM", raising=False)
+    with _common.Progress("", enabled=True) as shown:
+        assert shown.terminal
+        progress = _RunProgress(shown)
+        progress("env", "verifying the environment")  # a spinner while it lasts
+        progress("preflight", "! access /opt/env can be written by group ml")
     assert "access /opt/env can be written by group ml" in terminal.getvalue()
     log = io.StringIO()
     monkeypatch.setattr(sys, "stderr", log)
-    plain = _Progress(enabled=True)
-    assert not plain.tty
-    for path in ("a.pt", "b.pt", "c.pt"):
-        plain("scan", f"scanned {path}")
-    plain("preflight", "3 input file(s) scanned: safe")
+    clock = [0.0]
+    with _common.Progress("", enabled=True, clock=lambda: clock[0]) as plain:
+        assert not plain.terminal
+        progress = _RunProgress(plain)
+        for path in ("a.pt", "b.pt", "c.pt"):
+            clock[0] += 3
+            progress("scan", f"scanned {path}")
+        progress("preflight", "3 input file(s) scanned: safe")
+        progress("preflight", "! access /opt/env can be written by group ml")
     assert log.getvalue().splitlines() == [
-        "trainwarden: scan: scanned a.pt",
+        "trainwarden: scan: scanned b.pt, 6 s",  # long steps: after 5 s, then every 5 s
         "trainwarden: preflight: 3 input file(s) scanned: safe",
+        "trainwarden: preflight: warning: access /opt/env can be written by group ml",
     ]
     quiet = io.StringIO()
     monkeypatch.setattr(sys, "stderr", quiet)
-    _Progress(enabled=False)("preflight", "nothing")
+    with _common.Progress("", enabled=False) as off:
+        _RunProgress(off)("preflight", "nothing")
     assert quiet.getvalue() == ""

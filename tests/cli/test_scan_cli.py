@@ -277,14 +277,15 @@ def test_unknown_pyproject_key_is_a_config_error(
 def test_progress_is_plain_lines_without_a_terminal(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trainwarden.cli import scan as scan_cli
+    from trainwarden.cli import _common
 
     # Shown only for work longer than a few seconds: the thresholds are lowered to 0 here so
     # the test needs no clock.
-    monkeypatch.setattr(scan_cli, "_PLAIN_PROGRESS_AFTER", 0.0)
-    monkeypatch.setattr(scan_cli, "_PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(_common, "PLAIN_AFTER", 0.0)
+    monkeypatch.setattr(_common, "PLAIN_EVERY", 0.0)
     main(["scan", str(files["safe"].parent)])
     err = capsys.readouterr().err
-    assert "scan: 1 file(s) scanned" in err
+    assert "trainwarden: scan: 1 files, " in err
+    assert str(files["safe"]) in err
     main(["scan", "--no-progress", str(files["safe"].parent)])
     assert "scan:" not in capsys.readouterr().err

@@ -429,20 +429,16 @@ def test_output_file_and_jobs(bad: dict[str, str], capsys: pytest.CaptureFixture
 
 
 def test_progress_shows_plainly_when_stderr_is_not_a_terminal(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from trainwarden.cli import sign as cli_sign
+    from trainwarden.cli._common import Progress
 
     clock = [100.0]
-    monkeypatch.setattr(cli_sign.time, "monotonic", lambda: clock[0])
-    with cli_sign.progress_display("signing x", enabled=True) as progress:
-        assert progress is not None
-        progress(1 << 20, 8 << 30)  # quick work prints nothing
+    with Progress("signing x", enabled=True, unit="bytes", clock=lambda: clock[0]) as progress:
+        progress.update(done=1 << 20, total=8 << 30)  # quick work prints nothing
         clock[0] += 6
-        progress(4 << 30, 8 << 30)
+        progress.update(done=3 << 30, total=8 << 30)
         clock[0] += 1
-        progress(5 << 30, 8 << 30)  # not again within a few seconds
+        progress.update(done=5 << 30, total=8 << 30)  # not again within a few seconds
     err = capsys.readouterr().err
-    assert err == "trainwarden: signing x: 4.0 GiB of 8.0 GiB (50%), 6 s\n"
-    with cli_sign.progress_display("x", enabled=False) as progress:
-        assert progress is None
+    assert err == "trainwarden: signing x: 3.0 GiB of 8.0 GiB at 512.0 MiB/s (38%), 6 s\n"

@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from trainwarden import __version__
 from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
@@ -34,18 +35,53 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "provenance",
     "report",
 )
+# Which module registers each command. `trainwarden scan ...` then builds the parser of the
+# scan module alone: start-up pays for one command group, not for all of them (a test checks
+# this table against what the modules register).
+_COMMANDS: dict[str, str] = {
+    "drill": "drill",
+    "scan": "scan",
+    "demo": "scan",
+    "convert": "load",
+    "env": "env",
+    "keygen": "sign",
+    "sign": "sign",
+    "verify": "sign",
+    "ledger": "ledger",
+    "run": "run",
+    "provenance": "provenance",
+    "report": "report",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full argument parser (used by ``main`` and by the docs tests)."""
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors read like every other error of the CLI.
+
+    ``trainwarden: error: MESSAGE`` first (the line a user or a log search looks for, the same
+    for a bad flag as for a missing file), then the usage of the command. Sub-command parsers
+    are of this class too (argparse makes them of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"trainwarden: error: {message}\n{self.format_usage()}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser (used by ``main`` and by the docs tests).
+
+    Args:
+        command: Build only what parsing this command needs (the module that registers it),
+            or, by default, every command.
+    """
+    parser = _Parser(
         prog="trainwarden",
         description="Protects shared GPU training clusters against sabotage from the inside.",
     )
     parser.add_argument("--version", action="version", version=f"trainwarden {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in _COMMAND_MODULES:
+    modules = (_COMMANDS[command],) if command in _COMMANDS else _COMMAND_MODULES
+    for name in modules:
         module = importlib.import_module(f"trainwarden.cli.{name}")
         module.register(subparsers)
     return parser
@@ -53,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first argument (the top-level options, --help and --version, come
+    # alone); anything else gets the full parser, whose message lists every command.
+    parser = build_parser(argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 0 for --help/--version and 2 for usage errors
@@ -64,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.handler(args))
         _flush_stdout()
     except (UnsafeModelError, VerificationError) as exc:
-        print(f"trainwarden: {exc.diagnostics()}", file=sys.stderr)
+        print(f"trainwarden: {_diagnostics(exc)}", file=sys.stderr)
         return EXIT_FINDINGS
     except Error as exc:
-        print(f"trainwarden: error: {exc.diagnostics()}", file=sys.stderr)
+        print(f"trainwarden: error: {_diagnostics(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("trainwarden: interrupted", file=sys.stderr)
@@ -82,6 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainwarden: error: cannot write output: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     return code
+
+
+def _diagnostics(exc: Error) -> str:
+    """The error's explanation, its lines kept, control characters escaped in each.
+
+    Messages quote paths and names an adversary may have chosen: an escape sequence there
+    must not rewrite the terminal.
+    """
+    from trainwarden.cli._common import shown
+
+    return "\n".join(shown(line) for line in exc.diagnostics().split("\n"))
 
 
 def _flush_stdout() -> None:

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments, emit_report
-from trainwarden.errors import ConfigError, InputError
-from trainwarden.findings import Verdict
+from trainwarden.cli._common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    Progress,
+    add_jobs_argument,
+    add_key_argument,
+    add_output_arguments,
+    add_progress_argument,
+    add_pubkey_argument,
+    check_output,
+    emit_report,
+    load_private_key,
+    load_public_keys,
+    path_arg,
+)
+from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from trainwarden.findings import Report
-    from trainwarden.keys import PrivateKey, PublicKey
-
-# Plain progress lines (stderr not a terminal): the first once the work has run this long,
-# then at most one every _PLAIN_EVERY seconds, so short runs print nothing.
-_PLAIN_AFTER = 3.0
-_PLAIN_EVERY = 5.0
+    from trainwarden.keys import PublicKey
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -48,10 +52,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _add_site_arguments(verify)
     verify.add_argument(
-        "--lock", metavar="FILE", type=Path, help="also compare every file with this env.lock"
+        "--lock", metavar="FILE", type=path_arg, help="also compare every file with this env.lock"
     )
     _add_pubkey_argument(
-        verify, "public key the lock must be signed by (requires --lock; FILE.sig must verify)"
+        verify,
+        "public key the lock must be signed by, or a directory holding it (requires --lock; "
+        "FILE.sig must verify)",
     )
     verify.add_argument(
         "--fail-on",
@@ -64,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="do not compare pyc files with their sources (faster; forged bytecode goes unseen)",
     )
-    add_format_arguments(verify)
-    _add_progress_argument(verify)
+    add_output_arguments(verify)
+    add_progress_argument(verify)
     verify.set_defaults(handler=_verify)
 
     snapshot = commands.add_parser(
@@ -78,20 +84,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _add_site_arguments(snapshot)
     snapshot.add_argument(
-        "--lock", metavar="FILE", type=Path, help="where to write the lock (required)"
+        "--lock", metavar="FILE", type=path_arg, help="where to write the lock (required)"
     )
     # The old spelling, kept working.
-    snapshot.add_argument("--out", dest="lock_out", type=Path, help=argparse.SUPPRESS)
-    snapshot.add_argument(
-        "--key", metavar="KEY", type=Path, help="private key to sign the lock with"
-    )
+    snapshot.add_argument("--out", dest="lock_out", type=path_arg, help=argparse.SUPPRESS)
+    add_key_argument(snapshot, "private key to sign the lock with")
     snapshot.add_argument(
         "--unsafe-accept-findings",
         action="store_true",
         help="write the lock even when verification finds tampering (enshrines it)",
     )
-    add_format_arguments(snapshot)
-    _add_progress_argument(snapshot)
+    add_output_arguments(snapshot)
+    add_progress_argument(snapshot)
     snapshot.set_defaults(handler=_snapshot)
 
     diff = commands.add_parser(
@@ -99,10 +103,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="compare two locks (exit 0 same, 1 different)",
         description="List files added, removed or changed between lock A and lock B.",
     )
-    diff.add_argument("old", metavar="A", type=Path, help="the earlier lock")
-    diff.add_argument("new", metavar="B", type=Path, help="the later lock")
-    _add_pubkey_argument(diff, "public key both locks must be signed by")
-    add_format_arguments(diff)
+    diff.add_argument("old", metavar="A", type=path_arg, help="the earlier lock")
+    diff.add_argument("new", metavar="B", type=path_arg, help="the later lock")
+    _add_pubkey_argument(diff, "public key both locks must be signed by, or a directory holding it")
+    add_output_arguments(diff)
     diff.set_defaults(handler=_diff)
 
 
@@ -111,143 +115,30 @@ def _add_site_arguments(parser: argparse.ArgumentParser) -> None:
         "--path",
         metavar="SITE_DIR",
         action="append",
+        type=path_arg,
         default=[],
         help="site directory to check; repeat for several (default: this interpreter's)",
     )
-    parser.add_argument(
-        "--jobs",
-        "-j",
-        metavar="N",
-        type=int,
-        default=None,
-        help="hashing threads and compiling processes (default: one a usable CPU)",
-    )
+    add_jobs_argument(parser, "hashing threads and compiling processes (default: one a usable CPU)")
 
 
 def _add_pubkey_argument(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument("--pubkey", metavar="PUB", type=Path, help=text)
     # `--key` was the old spelling for this public key: kept working, hidden (`--key` names
     # the private signing key everywhere else).
-    parser.add_argument("--key", dest="pubkey_alias", type=Path, help=argparse.SUPPRESS)
+    add_pubkey_argument(parser, "--pubkey", text, aliases=("--key",))
 
 
-def _add_progress_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", action="store_true", help="never show progress on stderr")
-
-
-class _Progress:
-    """Progress of long work on stderr: a live line on a terminal, plain lines otherwise.
-
-    Nothing shows for work shorter than a few seconds. On a terminal the line is redrawn in
-    place (rich); elsewhere (a CI log, ``2> file``) a plain line is printed now and then, so a
-    long verification is never silent.
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.start = time.monotonic()
-        self.last: float | None = None
-        self.lock = threading.Lock()
-        self.status: Any = None
-        self.tty = enabled and sys.stderr.isatty()
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        with self.lock:
-            now = time.monotonic()
-            elapsed = now - self.start
-            if elapsed < _PLAIN_AFTER:
-                return
-            text = f"trainwarden env: {message} ({elapsed:.0f} s)"
-            if self.tty:
-                self._live(text)
-                return
-            if self.last is not None and now - self.last < _PLAIN_EVERY:
-                return
-            self.last = now
-            try:
-                sys.stderr.write(text + "\n")
-                sys.stderr.flush()
-            except OSError:
-                self.enabled = False  # progress is never worth failing the command for
-
-    def _live(self, text: str) -> None:
-        if self.status is None:
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status(text)
-            self.status.start()
-        else:
-            self.status.update(text)
-
-    def close(self) -> None:
-        with self.lock:
-            if self.status is not None:
-                self.status.stop()
-                self.status = None
-
-
-def _jobs(args: argparse.Namespace) -> int | None:
-    jobs: int | None = args.jobs
-    if jobs is not None and not 1 <= jobs <= 256:
-        raise ConfigError(f"--jobs must be between 1 and 256, not {jobs}")
-    return jobs
-
-
-def _public_key(args: argparse.Namespace) -> Path | None:
-    pubkey: Path | None = args.pubkey
-    alias: Path | None = args.pubkey_alias
-    if pubkey is not None and alias is not None and pubkey != alias:
-        raise ConfigError("give the verification key once, with --pubkey")
-    return pubkey or alias
-
-
-def _check_key_file(path: Path) -> None:
-    """Refuse a key path that is not a regular file before anything reads it.
-
-    A FIFO planted where the key should be would block the key loader forever; this opens
-    without blocking and fails with the reason instead.
-
-    Raises:
-        InputError: missing, a directory, a FIFO or device, a symlink loop, unreadable.
-    """
-    import os
-
-    from trainwarden._fs import open_regular
-
-    os.close(open_regular(path, what="key"))
-
-
-def _load_public(path: Path) -> PublicKey:
-    from trainwarden.keys import load_public_key
-
-    _check_key_file(path)
-    return load_public_key(path)
-
-
-def _load_private(path: Path) -> PrivateKey:
-    """The private signing key at ``path``; a public key there is named for what it is.
-
-    Raises:
-        InputError: not a usable private key.
-    """
-    from trainwarden.errors import Error
-    from trainwarden.keys import load_private_key, load_public_key
-
-    _check_key_file(path)
-    try:
-        return load_private_key(path)
-    except InputError as exc:
-        try:
-            load_public_key(path)
-        except Error:
-            raise exc from None
-        private = path.with_suffix("") if path.suffix == ".pub" else None
-        hint = f" (its private key is probably {private})" if private is not None else ""
-        raise InputError(
-            f"{path} is a public key: --key needs the private signing key{hint}"
-        ) from exc
+def _lock_key(args: argparse.Namespace) -> PublicKey | None:
+    """The one public key a lock must be signed by (``None``: no signature check)."""
+    keys = load_public_keys(args.pubkey)
+    if len(keys) > 1:
+        # A lock carries one signature: which of several keys was meant to make it?
+        names = ", ".join(k.identity for k in keys)
+        raise ConfigError(
+            f"--pubkey names {len(keys)} keys ({names}); a lock has one signature: "
+            "give the public key of whoever signs the lock"
+        )
+    return keys[0] if keys else None
 
 
 def _sites(args: argparse.Namespace) -> list[Path]:
@@ -256,14 +147,10 @@ def _sites(args: argparse.Namespace) -> list[Path]:
     return [Path(p) for p in (args.path or default_site_dirs())]
 
 
-def _check_outputs(output: Path | None, inputs: Iterable[Path | None]) -> None:
-    from trainwarden._fs import check_output_path
-
-    check_output_path(output, [p for p in inputs if p is not None])
-
-
 def _editable_hint(report: Report, *, locked: bool) -> None:
     """Say on stderr which editable installs could not be verified, and how to verify them."""
+    from trainwarden.findings import Verdict
+
     names = sorted(
         {
             f.evidence or f.location.path
@@ -289,26 +176,22 @@ def _editable_hint(report: Report, *, locked: bool) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from trainwarden.env import read_lock, verify_environment
+    from trainwarden.findings import Verdict
 
-    pubkey = _public_key(args)
-    if pubkey is not None and args.lock is None:
+    if args.pubkey and args.lock is None:
         raise ConfigError("--pubkey checks the signature of a lock: give --lock FILE too")
-    _check_outputs(args.output, [args.lock, pubkey, *_sites(args)])
+    check_output(args.output, [args.lock, *args.pubkey, *_sites(args)])
     lock = None
     if args.lock is not None:
-        key = _load_public(pubkey) if pubkey is not None else None
-        lock = read_lock(args.lock, key=key)
-    progress = _Progress(not args.no_progress)
-    try:
+        lock = read_lock(args.lock, key=_lock_key(args))
+    with Progress("env verify", enabled=not args.no_progress) as progress:
         report = verify_environment(
             args.path or None,
             lock=lock,
             check_pyc=not args.skip_pyc,
-            workers=_jobs(args),
-            progress=progress,
+            workers=args.jobs,
+            progress=lambda message: progress.update(message=message),
         )
-    finally:
-        progress.close()
     emit_report(report, args.format, args.output)
     _editable_hint(report, locked=lock is not None)
     fail_on = Verdict.UNSAFE if args.fail_on == "unsafe" else Verdict.UNKNOWN
@@ -317,6 +200,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _snapshot(args: argparse.Namespace) -> int:
     from trainwarden.env import signature_path, snapshot_environment, write_lock
+    from trainwarden.findings import Verdict
 
     if args.lock is not None and args.lock_out is not None and args.lock != args.lock_out:
         raise ConfigError("give the lock path once, with --lock")
@@ -327,18 +211,17 @@ def _snapshot(args: argparse.Namespace) -> int:
     # (a lock inside site-packages would be an unexpected file of the next verification),
     # and the report not on the lock.
     sites = _sites(args)
-    _check_outputs(lock_path, [args.key, *sites])
-    _check_outputs(signature_path(lock_path), [args.key, *sites])
-    _check_outputs(args.output, [lock_path, signature_path(lock_path), args.key, *sites])
+    check_output(lock_path, [args.key, *sites], what="--lock")
+    check_output(signature_path(lock_path), [args.key, *sites], what="the lock's signature")
+    check_output(args.output, [lock_path, signature_path(lock_path), args.key, *sites])
     # Load the key first: a bad key path should fail before minutes of hashing.
-    key = _load_private(args.key) if args.key is not None else None
-    progress = _Progress(not args.no_progress)
-    try:
+    key = load_private_key(args.key) if args.key is not None else None
+    with Progress("env snapshot", enabled=not args.no_progress) as progress:
         lock, report = snapshot_environment(
-            args.path or None, workers=_jobs(args), progress=progress
+            args.path or None,
+            workers=args.jobs,
+            progress=lambda message: progress.update(message=message),
         )
-    finally:
-        progress.close()
     # Unknowns (egg-info, editable installs without a source tree) are recorded: the lock
     # anchors them from now on. Tampering is not: a lock of a tampered environment would vouch
     # for the tampering.
@@ -367,9 +250,8 @@ def _snapshot(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from trainwarden.env import diff_locks, read_lock
 
-    pubkey = _public_key(args)
-    _check_outputs(args.output, [args.old, args.new, pubkey])
-    key = _load_public(pubkey) if pubkey is not None else None
+    check_output(args.output, [args.old, args.new, *args.pubkey])
+    key = _lock_key(args)
     report = diff_locks(read_lock(args.old, key=key), read_lock(args.new, key=key))
     emit_report(report, args.format, args.output)
     return EXIT_FINDINGS if report.findings else EXIT_OK

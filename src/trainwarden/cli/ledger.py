@@ -1,30 +1,32 @@
 """``trainwarden ledger init|append|seal|verify|show``: the signed, tamper-evident event ledger.
 
 A thin layer over :mod:`trainwarden.ledger` and :mod:`trainwarden.report`; options are spelt
-as in ``sign``/``verify`` (``--key`` private, ``--pubkey`` trusted public keys).
+as everywhere (``--key`` private, ``--pubkey`` trusted public keys; ``--key`` stays accepted on
+``ledger verify``, where the interface contract names it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from trainwarden._fs import check_output_path
-from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
-from trainwarden.cli.sign import (
+from trainwarden.cli._common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
     SCHEMA_VERSION,
-    add_key_list,
+    Progress,
+    add_jobs_argument,
+    add_key_argument,
     add_output_arguments,
-    add_work_arguments,
+    add_progress_argument,
+    add_pubkey_argument,
     check_output,
     dumps,
-    jobs,
+    load_private_key,
     load_public_keys,
     path_arg,
-    progress_display,
-    write_report,
+    write_output,
 )
 from trainwarden.errors import ConfigError, InputError
 
@@ -54,9 +56,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     p = sub.add_parser("append", help="sign and append one event")
     p.add_argument("ledger", metavar="DIR", type=path_arg, help="ledger directory")
-    p.add_argument(
-        "--key", required=True, type=path_arg, metavar="KEY", help="writer's private key"
-    )
+    add_key_argument(p, "writer's private key", required=True)
     p.add_argument("--event", required=True, metavar="TYPE", help="event type, e.g. run.started")
     p.add_argument("--run", help="training run the event is about")
     p.add_argument("--data", metavar="JSON", help="event payload: a JSON object")
@@ -75,16 +75,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     p = sub.add_parser("seal", help="sign a Merkle root over every writer's chain")
     p.add_argument("ledger", metavar="DIR", type=path_arg, help="ledger directory")
-    p.add_argument(
-        "--key", required=True, type=path_arg, metavar="KEY", help="sealer's private key"
-    )
-    add_key_list(
+    add_key_argument(p, "sealer's private key", required=True)
+    add_pubkey_argument(
         p,
         "--pubkey",
         "trusted writer public key (file, or directory of *.pub); repeatable",
         aliases=("--writer-key",),
     )
-    add_key_list(
+    add_pubkey_argument(
         p,
         "--seal-pubkey",
         "other trusted seal key whose seals this one must extend; repeatable",
@@ -110,13 +108,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     p.add_argument("ledger", metavar="PATH", type=path_arg, help="ledger directory or writer file")
-    add_key_list(
+    add_pubkey_argument(
         p,
         "--pubkey",
         "trusted writer public key (file, or directory of *.pub); repeatable",
         aliases=("--key",),
     )
-    add_key_list(
+    add_pubkey_argument(
         p,
         "--seal-pubkey",
         "trusted seal public key; requires at least one seal by it; repeatable",
@@ -140,10 +138,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="without --pubkey, accept chains signed by any key (integrity only, no trust)",
     )
-    add_work_arguments(
+    add_jobs_argument(
         p, "processes checking signatures of large ledgers (default: CPUs available, max 8)"
     )
-    add_output_arguments(p, ("text", "json", "sarif"))
+    add_progress_argument(p)
+    add_output_arguments(p)
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("show", help="timeline of events with attribution (unverified)")
@@ -165,15 +164,16 @@ def _init(args: argparse.Namespace) -> int:
     root = init_ledger(args.ledger)
     if args.format == "json":
         doc = {"schema_version": SCHEMA_VERSION, "ledger": str(root), "created": not existed}
-        write_report(dumps(doc), args.output)
+        write_output(dumps(doc), args.output)
     else:
         state = "already a ledger" if existed else "created ledger"
-        write_report(f"{state} {root}\n", args.output)
+        write_output(f"{state} {root}\n", args.output)
     return EXIT_OK
 
 
 def _append(args: argparse.Namespace) -> int:
-    from trainwarden.keys import load_private_key
+    import json
+
     from trainwarden.ledger import Ledger
 
     data: dict[str, Any] = {}
@@ -190,9 +190,9 @@ def _append(args: argparse.Namespace) -> int:
     with Ledger(args.ledger, key=key, resume=not args.new_writer, create=args.create) as ledger:
         entry = ledger.append_data(args.event, data, run=args.run)
     if args.format == "json":
-        write_report(dumps({"schema_version": SCHEMA_VERSION, **entry.to_dict()}), args.output)
+        write_output(dumps({"schema_version": SCHEMA_VERSION, **entry.to_dict()}), args.output)
     else:
-        write_report(
+        write_output(
             f"appended {entry.event} as {entry.writer} seq {entry.seq} ({entry.hash})\n",
             args.output,
         )
@@ -200,7 +200,7 @@ def _append(args: argparse.Namespace) -> int:
 
 
 def _seal(args: argparse.Namespace) -> int:
-    from trainwarden.keys import load_private_key
+    from trainwarden._fs import check_output_path
     from trainwarden.ledger import seal_ledger
 
     keys = [args.key, *args.pubkey, *args.seal_pubkey]
@@ -217,15 +217,15 @@ def _seal(args: argparse.Namespace) -> int:
         args.ledger,
         key=key,
         writer_keys=load_public_keys(args.pubkey),
-        seal_keys=load_public_keys(args.seal_pubkey),
+        seal_keys=load_public_keys(args.seal_pubkey, flag="--seal-pubkey"),
         receipt=args.receipt,
     )
     if args.format == "json":
-        write_report(dumps({"schema_version": SCHEMA_VERSION, **seal.to_dict()}), args.output)
+        write_output(dumps({"schema_version": SCHEMA_VERSION, **seal.to_dict()}), args.output)
     else:
         total = sum(w.count for w in seal.writers)
         receipt = f"\nreceipt {args.receipt}" if args.receipt is not None else ""
-        write_report(
+        write_output(
             f"sealed {len(seal.writers)} writer(s), {total} entries as {seal.name}\n"
             f"root {seal.root}{receipt}\n",
             args.output,
@@ -237,15 +237,13 @@ def _verify(args: argparse.Namespace) -> int:
     from trainwarden.ledger import inspect_ledger
     from trainwarden.report import render, render_ledger_report
 
-    workers = jobs(args)
     check_output(args.output, [args.ledger, *args.seal_receipt, *args.pubkey, *args.seal_pubkey])
     keys = load_public_keys(args.pubkey)
     if keys and args.insecure_no_signer_check:
         raise ConfigError("--insecure-no-signer-check makes no sense with --pubkey")
-    seal_keys = load_public_keys(args.seal_pubkey)
-    with progress_display(
-        f"verifying ledger {args.ledger}", enabled=not args.no_progress, unit="files"
-    ) as progress:
+    seal_keys = load_public_keys(args.seal_pubkey, flag="--seal-pubkey")
+    label = f"verifying ledger {args.ledger}"
+    with Progress(label, enabled=not args.no_progress, unit="files") as progress:
         report = inspect_ledger(
             args.ledger,
             keys=keys,
@@ -253,25 +251,23 @@ def _verify(args: argparse.Namespace) -> int:
             seal_receipts=args.seal_receipt,
             check_files=args.check_files,
             insecure_skip_signer_check=not keys,
-            workers=workers,
-            progress=(lambda done, total, _entries: progress(done, total)) if progress else None,
+            workers=args.jobs,
+            progress=lambda done, total, _entries: progress.update(done=done, total=total),
         )
     if args.format == "sarif":
-        write_report(render(report.to_findings(), "sarif"), args.output)
+        write_output(render(report.to_findings(), "sarif"), args.output)
     elif args.format == "json":
-        write_report(dumps(report.to_dict()), args.output)
+        write_output(dumps(report.to_dict()), args.output)
     else:
-        write_report(render_ledger_report(report), args.output)
+        write_output(render_ledger_report(report), args.output)
     if report.issues:
         return EXIT_FINDINGS
     if not report.signers_checked and not args.insecure_no_signer_check:
         # Fail closed: intact chains signed by unknown keys prove nothing about who wrote them.
-        print(
-            "trainwarden: error: chains are intact but signer trust was NOT checked: "
-            "pass --pubkey PUB for each trusted writer (or --insecure-no-signer-check)",
-            file=sys.stderr,
+        raise ConfigError(
+            "chains are intact but signer trust was NOT checked: "
+            "pass --pubkey PUB for each trusted writer (or --insecure-no-signer-check)"
         )
-        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -301,5 +297,5 @@ def _show(args: argparse.Namespace) -> int:
         text = dumps(doc)
     else:
         text = render_ledger_timeline(entries)
-    write_report(text, args.output)
+    write_output(text, args.output)
     return EXIT_OK

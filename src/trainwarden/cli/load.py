@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_OK, write_output
+from trainwarden.cli._common import (
+    EXIT_OK,
+    SCHEMA_VERSION,
+    add_output_arguments,
+    check_output,
+    dumps,
+    path_arg,
+    shown,
+    write_output,
+)
 
 if TYPE_CHECKING:
     from trainwarden.load import Conversion
 
 __all__ = ["register"]
-
-#: ``schema_version`` of ``convert --format json``.
-SCHEMA_VERSION = 1
 
 _EPILOG = """\
 exit status: 0 written; 1 SRC refused (it would run code, or holds what the policy does not
@@ -42,9 +46,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC", type=Path, help="checkpoint to convert")
+    parser.add_argument("src", metavar="SRC", type=path_arg, help="checkpoint to convert")
     parser.add_argument(
-        "dst", metavar="DST", type=Path, help="a .safetensors file or an existing directory"
+        "dst", metavar="DST", type=path_arg, help="a .safetensors file or an existing directory"
     )
     parser.add_argument(
         "--allow",
@@ -71,21 +75,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="KEY.PATH",
         help="convert only the subtree at this dotted key path, e.g. state_dict or model",
     )
-    parser.add_argument(
-        "--format", choices=("text", "json"), default="text", help="summary format (default: text)"
-    )
-    parser.add_argument(
-        "--output",
-        "-o",
-        metavar="FILE",
-        type=Path,
-        help="write the summary to FILE instead of stdout",
-    )
+    add_output_arguments(parser, ("text", "json"))
     parser.set_defaults(handler=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from trainwarden._fs import check_output_path
     from trainwarden.errors import ConfigError
     from trainwarden.load import convert, parse_size
     from trainwarden.scan import Policy
@@ -95,12 +89,11 @@ def _convert(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--shard-size: {exc}") from None
     # The summary must not land on the checkpoint either (checked before any work).
-    check_output_path(args.output, [args.src])
+    check_output(args.output, [args.src])
     policy = Policy.from_pyproject(profiles=tuple(args.profile), allow=tuple(args.allow))
     result = convert(args.src, args.dst, policy=policy, shard_size=shard_size, select=args.select)
     if args.format == "json":
-        text = json.dumps(_document(args, result), indent=2, sort_keys=True) + "\n"
-        write_output(text, args.output)
+        write_output(dumps(_document(args, result)), args.output)
         return EXIT_OK
     write_output(_text(args, result), args.output)
     return EXIT_OK
@@ -124,19 +117,14 @@ def _document(args: argparse.Namespace, result: Conversion) -> dict[str, Any]:
     }
 
 
-def _shown(text: object) -> str:
-    """``text`` with control characters escaped: a file or key name cannot forge a line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def _text(args: argparse.Namespace, result: Conversion) -> str:
     lines = [
-        f"converted {_shown(args.src)} -> {', '.join(_shown(p) for p in result.files)}",
+        f"converted {shown(args.src)} -> {', '.join(shown(p) for p in result.files)}",
         f"  {result.tensors} tensors, {result.total_bytes} bytes, "
         f"source sha256 {result.source_sha256}",
     ]
     if result.index is not None:
-        lines.append(f"  index: {_shown(result.index)}")
+        lines.append(f"  index: {shown(result.index)}")
     if result.aliases:
         lines.append(f"  {len(result.aliases)} shared tensor(s) stored once (see metadata)")
     if result.cloned:
@@ -144,15 +132,15 @@ def _text(args: argparse.Namespace, result: Conversion) -> str:
     if result.from_numpy:
         lines.append(f"  {len(result.from_numpy)} NumPy array(s) stored as tensors")
     if result.kept:
-        shown = ", ".join(map(_shown, result.kept[:6])) + (", ..." if len(result.kept) > 6 else "")
+        kept = ", ".join(map(shown, result.kept[:6])) + (", ..." if len(result.kept) > 6 else "")
         lines.append(
             f"  {len(result.kept)} plain value(s) kept as JSON metadata "
-            f"(trainwarden.non_tensor): {shown}"
+            f"(trainwarden.non_tensor): {kept}"
         )
     if result.left_out:
         lines.append(
             f"  LEFT OUT: {len(result.left_out)} value(s) that are neither tensors nor plain "
             "data (listed in trainwarden.left_out):"
         )
-        lines.extend(f"    {_shown(k)}: {_shown(v)}" for k, v in result.left_out.items())
+        lines.extend(f"    {shown(k)}: {shown(v)}" for k, v in result.left_out.items())
     return "\n".join(lines) + "\n"

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, write_output
+from trainwarden.cli._common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    SCHEMA_VERSION,
+    Progress,
+    add_jobs_argument,
+    add_output_arguments,
+    add_progress_argument,
+    add_pubkey_argument,
+    check_output,
+    dumps,
+    load_public_keys,
+    path_arg,
+    shown,
+    write_output,
+)
+from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
     from trainwarden.provenance import ProvenanceVerification, Statement
@@ -34,19 +48,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "digest; 1 when the signature, the statement or an output does not match (modified, "
         "deleted); 2 on errors.",
     )
-    p.add_argument("file", metavar="FILE", type=Path, help="provenance.intoto.json")
-    p.add_argument(
-        "--key",
-        metavar="PUB",
-        type=Path,
-        action="append",
-        required=True,
-        help="trusted public key of the supervisor; repeat for several",
+    p.add_argument("file", metavar="FILE", type=path_arg, help="provenance.intoto.json")
+    add_pubkey_argument(
+        p,
+        "--pubkey",
+        "trusted public key of the supervisor (file, or directory of *.pub); repeatable (required)",
+        aliases=("--key",),
     )
     p.add_argument(
         "--against",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="resolve the outputs' relative names in DIR (default: the run's working "
         "directory as recorded)",
     )
@@ -55,13 +67,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="check the signature and the statement, not the outputs on disk",
     )
-    p.add_argument(
-        "--format",
-        choices=("text", "json", "sarif"),
-        default="text",
-        help="report format (default: text)",
-    )
-    p.add_argument("--output", "-o", metavar="FILE", type=Path, help="write the report to FILE")
+    add_jobs_argument(p, "hashing threads for the outputs (default: the CPUs available)")
+    add_progress_argument(p)
+    add_output_arguments(p)
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser(
@@ -69,29 +77,36 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="print a statement without verifying it",
         description="Print the statement inside FILE (NOT verified: use `provenance verify`).",
     )
-    p.add_argument("file", metavar="FILE", type=Path, help="provenance.intoto.json")
-    p.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output (default: text)"
-    )
+    p.add_argument("file", metavar="FILE", type=path_arg, help="provenance.intoto.json")
+    add_output_arguments(p, ("text", "json"))
     p.set_defaults(handler=_show)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from trainwarden.keys import load_public_key
     from trainwarden.provenance import ProvenanceMismatch, verify_provenance
     from trainwarden.report import render
 
-    keys = [load_public_key(p) for p in args.key]
+    if not args.pubkey:
+        raise ConfigError("give the supervisor's trusted public key with --pubkey PUB")
+    check_output(args.output, [args.file, args.against, *args.pubkey])
+    keys = load_public_keys(args.pubkey)
+    label = f"verifying {args.file}"
     try:
-        result = verify_provenance(
-            args.file, keys, against=args.against, check_outputs=not args.signature_only
-        )
+        with Progress(label, enabled=not args.no_progress) as progress:
+            result = verify_provenance(
+                args.file,
+                keys,
+                against=args.against,
+                check_outputs=not args.signature_only,
+                workers=args.jobs,
+                progress=lambda message: progress.update(message=message),
+            )
     except ProvenanceMismatch as exc:
         if args.format == "text":
             write_output(_text(exc.result, verified=False), args.output)
         else:
             write_output(render(exc.report, args.format), args.output)
-        print(f"trainwarden: NOT VERIFIED: {exc}", file=sys.stderr)
+        print(f"trainwarden: NOT VERIFIED: {shown(str(exc))}", file=sys.stderr)
         return EXIT_FINDINGS
     if args.format == "text":
         write_output(_text(result, verified=True), args.output)
@@ -113,50 +128,66 @@ def _text(result: ProvenanceVerification, *, verified: bool) -> str:
             else f"{len(result.subjects)} output(s) not checked (--signature-only)"
         )
         lines.append(
-            f"VERIFIED {result.path}: run {statement.run_id}, signed by "
-            f"{result.signer.identity} ({result.signer.fingerprint}); {outputs}"
+            f"VERIFIED {shown(result.path)}: run {shown(statement.run_id)}, signed by "
+            f"{shown(result.signer.identity)} ({result.signer.fingerprint}); {outputs}"
         )
     else:
-        lines.append(f"NOT VERIFIED {result.path}")
+        lines.append(f"NOT VERIFIED {shown(result.path)}")
         lines.extend(
-            f"  [{f.rule_id}] {f.message}"
+            f"  [{f.rule_id}] {shown(f.message)}"
             for f in result.report.findings
             if f.verdict is not Verdict.SAFE
         )
     for subject in result.subjects:
         digest = subject.actual or subject.expected
-        lines.append(f"  {subject.status:<11} {subject.name}  {digest}")
+        lines.append(f"  {subject.status:<11} {shown(subject.name)}  {shown(digest)}")
     return "\n".join(lines) + "\n"
 
 
 def _show(args: argparse.Namespace) -> int:
     from trainwarden.provenance import read_provenance
 
+    check_output(args.output, [args.file])
     statement = read_provenance(args.file)
     if args.format == "json":
-        write_output(json.dumps(dict(statement.raw), indent=2, sort_keys=True) + "\n", None)
+        # The statement as signed, inside a document of ours: like every JSON output, it
+        # carries schema_version, and says that nothing was verified.
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "path": str(args.file),
+            "verified": False,
+            "statement": dict(statement.raw),
+        }
+        write_output(dumps(doc), args.output)
         return EXIT_OK
-    write_output(_describe(statement), None)
+    write_output(_describe(statement), args.output)
     return EXIT_OK
 
 
 def _describe(statement: Statement) -> str:
+    # Nothing here is verified: every value is escaped (a crafted statement cannot forge a
+    # line) and shown as it is, whatever its type.
     ext = statement.external_parameters
+    command = ext.get("command")
+    if isinstance(command, list):
+        command = " ".join(str(a) for a in command)
     lines = [
-        f"run {statement.run_id} (NOT verified: use `trainwarden provenance verify`)",
-        f"  started  {statement.started}",
-        f"  finished {statement.finished}",
-        f"  command  {' '.join(str(a) for a in ext.get('command', []))}",
-        f"  seed commitment {ext.get('seedCommitment')}",
+        f"run {shown(statement.run_id)} (NOT verified: use `trainwarden provenance verify`)",
+        f"  started  {shown(statement.started)}",
+        f"  finished {shown(statement.finished)}",
+        f"  command  {shown(command)}",
+        f"  seed commitment {shown(ext.get('seedCommitment'))}",
         "  outputs:",
     ]
-    lines.extend(f"    {s.name}  sha256:{s.digest.get('sha256')}" for s in statement.subjects)
+    lines.extend(
+        f"    {shown(s.name)}  sha256:{shown(s.digest.get('sha256'))}" for s in statement.subjects
+    )
     if not statement.subjects:
         lines.append("    (none)")
     lines.append("  dependencies:")
     for dep in statement.dependencies:
         digest = ", ".join(f"{k}:{v}" for k, v in dep.digest.items())
-        lines.append(f"    {dep.name or dep.uri}  {digest}".rstrip())
+        lines.append(f"    {shown(dep.name or dep.uri)}  {shown(digest)}".rstrip())
     lines.append("  byproducts:")
-    lines.extend(f"    {b.name or b.uri}" for b in statement.byproducts)
+    lines.extend(f"    {shown(b.name or b.uri)}" for b in statement.byproducts)
     return "\n".join(lines) + "\n"

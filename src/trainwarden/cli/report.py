@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, write_output
-from trainwarden.errors import ConfigError, InputError
+from trainwarden.cli._common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    Progress,
+    add_jobs_argument,
+    add_output_argument,
+    add_progress_argument,
+    add_pubkey_argument,
+    check_output,
+    load_public_keys,
+    path_arg,
+    shown,
+    write_output,
+)
+from trainwarden.errors import InputError
 
 _EPILOG = (
     "exit status: 0 report written and the run is clean; 1 report written and it shows a\n"
-    "finding, tampering, or something it could not verify (e.g. no --key); 2 no report\n"
+    "finding, tampering, or something it could not verify (e.g. no --pubkey); 2 no report\n"
     "(missing run directory, unreadable key, output over the evidence).\n\n"
     "The page is one file with its styles, script and data inline; it makes no network\n"
     "request and reads without JavaScript. Everything taken from the run is escaped: paths,\n"
@@ -36,36 +46,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run directory")
-    parser.add_argument(
-        "--output",
-        "-o",
-        metavar="FILE",
-        type=Path,
-        help="write the report to FILE (default: standard output, never a terminal)",
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=path_arg, help="the run directory")
+    add_output_argument(
+        parser, text="write the report to FILE (default: standard output, never a terminal)"
     )
     parser.add_argument(
         "--against",
         metavar="CLEAN_RUN_DIR",
-        type=Path,
+        type=path_arg,
         help="also show what differs from a clean run of the same job (differences only)",
     )
-    parser.add_argument(
-        "--key",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PUB",
-        help="public key trusted to write the ledger and sign the provenance (file, or "
+    add_pubkey_argument(
+        parser,
+        "--pubkey",
+        "public key trusted to write the ledger and sign the provenance (file, or "
         "directory of *.pub); repeatable. Without one, signers are not checked",
+        aliases=("--key",),
     )
-    parser.add_argument(
-        "--seal-key",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PUB",
-        help="public key trusted to seal the ledger; repeatable",
+    add_pubkey_argument(
+        parser,
+        "--seal-pubkey",
+        "public key trusted to seal the ledger; repeatable",
+        aliases=("--seal-key",),
     )
     parser.add_argument(
         "--skip-checkpoint-digests",
@@ -74,83 +76,66 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--bins",
-        type=int,
+        type=_bins,
         default=200,
         metavar="N",
         help="resolution of the plots in step bins (default: 200)",
     )
-    parser.add_argument(
-        "--jobs",
-        "-j",
-        type=int,
-        default=0,
-        metavar="N",
-        help="processes reading telemetry (default: one per CPU, for large runs)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="never show progress on stderr")
+    add_jobs_argument(parser, "processes reading telemetry (default: one per CPU, for large runs)")
+    add_progress_argument(parser)
     parser.set_defaults(handler=_report)
+
+
+def _bins(text: str) -> int:
+    """An argparse type: the plots' resolution, 10 to 2000 step bins."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 10 <= value <= 2000:
+        raise argparse.ArgumentTypeError(f"must be between 10 and 2000, not {value}")
+    return value
 
 
 def _report(args: argparse.Namespace) -> int:
     from trainwarden._system import cpu_count
     from trainwarden.report import read_run, render_report_html, write_run_report
 
-    if not 10 <= args.bins <= 2000:
-        raise ConfigError(f"--bins must be between 10 and 2000, not {args.bins}")
-    if args.jobs < 0:
-        raise ConfigError(f"--jobs must be at least 1, not {args.jobs}")
     to_stdout = args.output is None or str(args.output) == "-"
     if to_stdout and sys.stdout.isatty():
         raise InputError(
             "refusing to write an HTML report to a terminal: use -o FILE (or redirect stdout)"
         )
-    jobs = args.jobs or cpu_count(cap=8)
+    # The report must not replace what it reports on (the library also refuses an output
+    # inside the run directory; a key or the clean run are inputs too).
+    check_output(args.output, [args.run_dir, args.against, *args.pubkey, *args.seal_pubkey])
+    # Read before anything else, with the option named in the message; the report reads them
+    # again from the paths, which it also shows in the commands that re-check the run.
+    load_public_keys(args.pubkey)
+    load_public_keys(args.seal_pubkey, flag="--seal-pubkey")
     options: dict[str, Any] = {
         "against": args.against,
-        "keys": args.key,
-        "seal_keys": args.seal_key,
+        "keys": args.pubkey,
+        "seal_keys": args.seal_pubkey,
         "check_checkpoints": not args.skip_checkpoint_digests,
         "bins": args.bins,
-        "workers": jobs,
+        "workers": args.jobs or cpu_count(cap=8),
     }
-    show = not args.no_progress and sys.stderr.isatty()
-    with _progress(show) as callback:
+    with Progress("report", enabled=not args.no_progress) as progress:
+
+        def callback(stage: str, done: int, total: int) -> None:
+            progress.update(done=done, total=total, message=f"reading {stage}")
+
         if to_stdout:
             report = read_run(args.run_dir, progress=callback, **options)
-            write_output(render_report_html(report), None)
+            text = render_report_html(report)
         else:
             report = write_run_report(args.run_dir, args.output, progress=callback, **options)
+    if to_stdout:
+        write_output(text, None)
     where = "standard output" if to_stdout else str(args.output)
     print(
-        f"trainwarden: {report.verdict.upper()}: {report.headline} (report: {where})",
+        f"trainwarden: {report.verdict.upper()}: {shown(report.headline)} (report: {shown(where)})",
         file=sys.stderr,
     )
     return EXIT_OK if report.verdict == "clean" else EXIT_FINDINGS
-
-
-@contextmanager
-def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress line on stderr (rich) while the run is read."""
-    if not show:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    progress = Progress(
-        TextColumn("reading {task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = progress.add_task("run", total=None)
-
-    def callback(stage: str, done: int, total: int) -> None:
-        progress.update(task, description=stage, completed=done, total=total or None)
-
-    progress.start()
-    try:
-        yield callback
-    finally:
-        progress.stop()

@@ -8,17 +8,27 @@ ended it, like a shell), or 2 when trainwarden refused to launch it or could not
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_ERROR, write_output
-from trainwarden.errors import ConfigError, InputError
+from trainwarden.cli._common import (
+    Progress,
+    add_key_argument,
+    add_progress_argument,
+    check_output,
+    dumps,
+    load_private_key,
+    load_private_key_fd,
+    load_public_keys,
+    path_arg,
+    shown,
+    write_output,
+)
+from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trainwarden.keys import PrivateKey
     from trainwarden.supervise import RunResult
 
 _EPILOG = """\
@@ -54,20 +64,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     where.add_argument(
         "--run-dir",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="run directory (default: ./trainwarden-runs/RUN_ID)",
     )
     where.add_argument(
         "--ledger",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="ledger directory, e.g. one shared by all nodes (default: RUN_DIR/ledger)",
     )
-    where.add_argument(
-        "--key",
-        metavar="KEY",
-        type=Path,
-        help="the supervisor's private key (keep it unreadable by the job's "
+    add_key_argument(
+        where,
+        "the supervisor's private key (keep it unreadable by the job's "
         "user; default: an ephemeral key, public half in RUN_DIR/supervisor.pub)",
     )
     where.add_argument(
@@ -78,10 +86,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     checks = p.add_argument_group("pre-flight")
     checks.add_argument(
-        "--lock", metavar="FILE", type=Path, help="verify the environment against this env.lock"
+        "--lock", metavar="FILE", type=path_arg, help="verify the environment against this env.lock"
     )
     checks.add_argument(
-        "--lock-key", metavar="PUB", type=Path, help="public key the lock must be signed by"
+        "--lock-pubkey",
+        metavar="PUB",
+        type=path_arg,
+        help="public key the lock must be signed by",
+    )
+    # The older spelling (`--key...` names private keys everywhere else).
+    checks.add_argument(
+        "--lock-key", dest="lock_pubkey_alias", type=path_arg, help=argparse.SUPPRESS
     )
     checks.add_argument(
         "--env-check",
@@ -93,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     checks.add_argument(
         "--scan",
         metavar="PATH",
-        type=Path,
+        type=path_arg,
         action="append",
         default=[],
         help="checkpoint or model file the job will read (repeatable; "
@@ -102,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     checks.add_argument(
         "--input",
         metavar="PATH",
-        type=Path,
+        type=path_arg,
         action="append",
         default=[],
         help="data manifest or config file to digest (repeatable)",
@@ -129,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     checks.add_argument(
         "--policy",
         metavar="FILE",
-        type=Path,
+        type=path_arg,
         help="policy file (TOML): [policy] CHECK = ACTION, [access] trusted-...",
     )
     checks.add_argument(
@@ -149,30 +164,34 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     job.add_argument(
         "--checkpoints",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         action="append",
         default=[],
         help="directory where the job writes checkpoints, signed as they are "
         "completed (repeatable; --ckpt-dir, --output_dir... are found too)",
     )
     job.add_argument(
-        "--output",
+        "--job-output",
         metavar="PATH",
-        type=Path,
+        type=path_arg,
         action="append",
         default=[],
-        help="another output of the job, recorded in the provenance (repeatable)",
+        help="another file the job writes, recorded in the provenance (repeatable)",
+    )
+    # The older spelling: `--output` is where a command writes its report everywhere else.
+    job.add_argument(
+        "--output", dest="job_output", type=path_arg, action="append", help=argparse.SUPPRESS
     )
     job.add_argument(
         "--signatures",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="write checkpoint signatures here (default: PATH.sig beside each)",
     )
     job.add_argument(
         "--hang-timeout",
         metavar="S",
-        type=float,
+        type=_seconds,
         default=300.0,
         help="seconds without an optimizer step before a rank is recorded as "
         "hung, with its stacks (default: 300)",
@@ -180,14 +199,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     job.add_argument(
         "--start-timeout",
         metavar="S",
-        type=float,
+        type=_seconds,
         help="seconds a rank may take to its first step (imports, data, rendezvous) before it "
         "is recorded as hung (default: the larger of --hang-timeout and 600)",
     )
     job.add_argument(
         "--settle",
         metavar="S",
-        type=float,
+        type=_seconds,
         default=2.0,
         help="seconds a checkpoint must stay unchanged to be complete (default: 2)",
     )
@@ -222,15 +241,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     job.add_argument(
         "--orphan-grace",
         metavar="S",
-        type=float,
+        type=_grace,
         default=10.0,
         help="seconds processes left behind by the job may still run (default: 10)",
     )
     out = p.add_argument_group("output")
     out.add_argument(
-        "--summary", metavar="FILE", type=Path, help="write a JSON summary of the run to FILE"
+        "--summary", metavar="FILE", type=path_arg, help="write a JSON summary of the run to FILE"
     )
-    out.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    add_progress_argument(out)
     p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -251,68 +270,65 @@ def _command(raw: list[str]) -> tuple[str, ...]:
     return tuple(args)
 
 
-def _positive(value: float, flag: str) -> float:
-    if not value > 0 or value != value:
-        raise ConfigError(f"{flag} must be a positive number of seconds, not {value}")
+def _seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
 
 
-def _load_key(path: Path | None, fd: int | None) -> PrivateKey | None:
-    from trainwarden._fs import read_regular
-    from trainwarden.keys import load_private_key
+def _grace(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
 
-    if path is not None and fd is not None:
-        raise ConfigError("give either --key or --key-fd, not both")
-    if fd is not None:
-        if fd < 3:
-            raise ConfigError(f"--key-fd {fd}: descriptors 0-2 are the standard streams")
-        try:
-            os.fstat(fd)
-        except OSError as exc:
-            raise InputError(f"--key-fd {fd}: {exc.strerror or exc}") from exc
-        try:
-            return load_private_key(Path(f"/proc/self/fd/{fd}"))
-        finally:
-            # The job must not inherit it (posix_spawn would not pass it, but be explicit).
-            os.close(fd)
-    if path is None:
-        return None
-    head = read_regular(path, limit=64 * 1024, what="key").decode("utf-8", "replace")
-    if "BEGIN PUBLIC KEY" in head or head.lstrip().startswith(
-        ("ssh-ed25519 ", "ecdsa-", "ssh-rsa")
-    ):
-        raise InputError(
-            f"{path} is a public key; --key needs the supervisor's private key "
-            "(the public key is what verifiers are given)"
-        )
-    return load_private_key(path)
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from trainwarden.supervise import Policy, RunOptions, load_policy, run_job, set_non_dumpable
 
     command = _command(args.command)
-    _positive(args.hang_timeout, "--hang-timeout")
-    _positive(args.settle, "--settle")
-    if args.start_timeout is not None:
-        _positive(args.start_timeout, "--start-timeout")
-    if args.orphan_grace < 0:
-        raise ConfigError("--orphan-grace must not be negative")
-    if args.lock_key is not None and args.lock is None:
-        raise ConfigError("--lock-key needs --lock")
+    if args.key is not None and args.key_fd is not None:
+        raise ConfigError("give either --key or --key-fd, not both")
+    lock_pubkey = args.lock_pubkey or args.lock_pubkey_alias
+    if args.lock_pubkey and args.lock_pubkey_alias and args.lock_pubkey != args.lock_pubkey_alias:
+        raise ConfigError("give the lock's public key once, with --lock-pubkey")
+    if lock_pubkey is not None and args.lock is None:
+        raise ConfigError("--lock-pubkey needs --lock")
+    check_output(args.summary, [args.key, lock_pubkey, args.lock], what="--summary")
+    if lock_pubkey is not None:
+        # Read now, whatever --env-check says: a key that cannot be read is a mistake to
+        # report before launching, not a check silently skipped.
+        load_public_keys([lock_pubkey], flag="--lock-pubkey")
     policy = load_policy(args.policy) if args.policy is not None else Policy()
     policy = policy.with_overrides(args.on)
     if args.trust_user or args.trust_group:
-        policy = Policy(
-            policy.actions,
-            (*policy.trusted_users, *args.trust_user),
-            (*policy.trusted_groups, *args.trust_group),
-            policy.source,
+        policy = replace(
+            policy,
+            trusted_users=(*policy.trusted_users, *args.trust_user),
+            trusted_groups=(*policy.trusted_groups, *args.trust_group),
         )
     # Before the key is read: no process of the same user may read it from our memory.
     set_non_dumpable()
-    key = _load_key(args.key, args.key_fd)
-    progress = _Progress(enabled=not args.no_progress)
+    key = None
+    if args.key_fd is not None:
+        key = load_private_key_fd(args.key_fd)
+    elif args.key is not None:
+        key = load_private_key(args.key)
     options = RunOptions(
         command=command,
         key=key,
@@ -320,11 +336,11 @@ def _run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         ledger=args.ledger,
         lock=args.lock,
-        lock_key=args.lock_key,
+        lock_key=lock_pubkey,
         scan=tuple(args.scan),
         checkpoints=tuple(args.checkpoints),
         inputs=tuple(args.input),
-        outputs=tuple(args.output),
+        outputs=tuple(args.job_output),
         hang_timeout=args.hang_timeout,
         start_timeout=args.start_timeout,
         settle=args.settle,
@@ -341,55 +357,26 @@ def _run(args: argparse.Namespace) -> int:
         signatures=args.signatures,
         orphan_grace=args.orphan_grace,
     )
-    try:
-        result = run_job(options, progress=progress)
-    finally:
-        progress.close()
+    with Progress("", enabled=not args.no_progress) as progress:
+        result = run_job(options, progress=_RunProgress(progress))
     if args.summary is not None:
-        write_output(json.dumps(_summary(result), indent=2, sort_keys=True) + "\n", args.summary)
+        write_output(dumps(result.to_dict()), args.summary)
     _report(result, ephemeral_pub=result.run_dir / "supervisor.pub")
     if result.decision == "refuse":
-        return EXIT_ERROR
-    return result.exit_code
-
-
-def _summary(result: RunResult) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "run_id": result.run_id,
-        "run_dir": str(result.run_dir),
-        "ledger": str(result.ledger),
-        "decision": result.decision,
-        "refusals": list(result.refusals),
-        "warnings": list(result.warnings),
-        "exit": None
-        if result.exit is None
-        else {
-            "status": result.exit.status,
-            "signal": result.exit.signal,
-        },
-        "exit_code": result.exit_code,
-        "seconds": result.seconds,
-        "provenance": str(result.provenance) if result.provenance else None,
-        "checkpoints": [
-            {"path": c.path, "digest": c.digest, "step": c.step, "parent": c.parent}
-            for c in result.checkpoints
-        ],
-        "egress": [dict(e) for e in result.egress],
-        "findings": dict(result.findings),
-        "key": result.key,
-        "ephemeral_key": result.ephemeral_key,
-        "problems": list(result.problems),
-    }
+        raise ConfigError(
+            f"the pre-flight policy refused to launch the job (recorded in {result.ledger}, "
+            f"run {result.run_id})"
+        )
+    code: int = result.exit_code
+    return code
 
 
 def _report(result: RunResult, *, ephemeral_pub: Path) -> None:
     err = sys.stderr
     if result.decision == "refuse":
-        print("trainwarden: error: the pre-flight policy refused to launch the job:", file=err)
+        print("trainwarden: the pre-flight policy refuses to launch the job:", file=err)
         for reason in result.refusals:
-            print(f"  {reason}", file=err)
-        print(f"trainwarden: recorded in {result.ledger} (run {result.run_id})", file=err)
+            print(f"  {shown(reason)}", file=err)
         return
     ended = "?"
     if result.exit is not None:
@@ -406,7 +393,7 @@ def _report(result: RunResult, *, ephemeral_pub: Path) -> None:
         parts.append("findings " + ", ".join(f"{k}: {v}" for k, v in result.findings.items()))
     print(f"trainwarden: run {result.run_id}: " + "; ".join(parts), file=err)
     if result.provenance is not None:
-        print(f"trainwarden: provenance {result.provenance} (key {result.key})", file=err)
+        print(f"trainwarden: provenance {shown(result.provenance)} (key {result.key})", file=err)
     if result.ephemeral_key:
         print(
             f"trainwarden: signed with an ephemeral key; keep {ephemeral_pub} somewhere the "
@@ -414,55 +401,30 @@ def _report(result: RunResult, *, ephemeral_pub: Path) -> None:
             file=err,
         )
     for problem in result.problems:
-        print(f"trainwarden: warning: {problem}", file=err)
+        print(f"trainwarden: warning: {shown(problem)}", file=err)
 
 
-class _Progress:
-    """Pre-flight and run progress on stderr: rich on a terminal, plain lines otherwise."""
+class _RunProgress:
+    """The supervisor's ``progress(stage, message)`` on the common display.
+
+    Long pre-flight steps (the environment, scanning, digesting, the access audit) are
+    progress: a live line on a terminal, a line every few seconds on a log. Everything else
+    (the pre-flight verdicts, the launch, signals, checkpoints signed) is an event of the run,
+    always printed; a message starting with ``! `` is a warning. The live line is cleared
+    before the job runs, so it never mixes with the job's own output.
+    """
 
     _TRANSIENT = frozenset({"env", "scan", "inputs", "access"})
 
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-        self._status: Any = None
-        self._console: Any = None
-        self._last_stage: str | None = None
-        if self.tty:
-            from rich.console import Console
-
-            self._console = Console(stderr=True, highlight=False)
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
 
     def __call__(self, stage: str, message: str) -> None:
-        if not self.enabled:
+        if stage in self._TRANSIENT:
+            self.progress.update(message=f"{stage}: {message}")
             return
-        transient = stage in self._TRANSIENT
-        if self.tty:
-            if transient:
-                if self._status is None:
-                    self._status = self._console.status(message)
-                    self._status.start()
-                else:
-                    self._status.update(message)
-                return
-            self._stop_status()
-            from rich.markup import escape
-
-            warn = message.startswith("! ")
-            text = escape(message[2:] if warn else message)
-            style = "yellow" if warn else "dim" if stage == "preflight" else "bold"
-            self._console.print(f"[{style}]trainwarden[/] {stage}: {text}")
-            return
-        if transient and stage == self._last_stage:
-            return  # one line per long step on a log, not one per file
-        self._last_stage = stage
-        print(f"trainwarden: {stage}: {message}", file=sys.stderr, flush=True)
-
-    def _stop_status(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
-
-    def close(self) -> None:
-        """Stop any spinner."""
-        self._stop_status()
+        self.progress.stop()
+        warn = message.startswith("! ")
+        text = message[2:] if warn else message
+        style = "yellow" if warn else "dim" if stage == "preflight" else "bold"
+        self.progress.note(f"{stage}: {'warning: ' if warn else ''}{text}", style=style)

@@ -9,14 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_FINDINGS, EXIT_OK, add_format_arguments, emit_report
+from trainwarden.cli._common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    Progress,
+    add_jobs_argument,
+    add_output_arguments,
+    add_progress_argument,
+    check_output,
+    emit_report,
+)
 from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,12 +44,6 @@ set in pyproject.toml: [tool.trainwarden] allow = [...], profiles = [...], and a
 [tool.trainwarden.limits] table; every report lists the configuration applied.
 """
 
-# Directory trees at least this large get a progress display on a terminal.
-_PROGRESS_MIN_FILES = 50
-# Without a terminal (CI logs), a plain line once the scan has run this long, then this often.
-_PLAIN_PROGRESS_AFTER = 5.0
-_PLAIN_PROGRESS_EVERY = 5.0
-
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the ``scan`` and ``demo`` commands."""
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
-    add_format_arguments(scan)
+    add_output_arguments(scan)
     scan.add_argument(
         "--allow",
         action="append",
@@ -81,13 +81,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default="unknown",
         help="lowest verdict that makes the exit status 1 (default: unknown)",
     )
-    scan.add_argument(
-        "--jobs",
-        "-j",
-        type=int,
-        metavar="N",
-        help="worker processes (default: one per idle CPU for large trees)",
-    )
+    add_jobs_argument(scan, "worker processes (default: one per idle CPU for large trees)")
     scan.add_argument(
         "--limit",
         action="append",
@@ -95,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="NAME=VALUE",
         help="override a resource limit, e.g. max_seconds=120 (repeatable)",
     )
-    scan.add_argument("--no-progress", action="store_true", help="never show progress on stderr")
+    add_progress_argument(scan)
     scan.set_defaults(handler=_run_scan)
 
     demo = subparsers.add_parser(
@@ -108,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "file is safe."
         ),
     )
-    add_format_arguments(demo)
+    add_output_arguments(demo)
     demo.set_defaults(handler=_run_demo)
 
 
@@ -156,15 +150,14 @@ def parse_limits(
 
 
 def _run_scan(args: argparse.Namespace) -> int:
-    from trainwarden._fs import check_output_path
+    from dataclasses import replace
+
     from trainwarden.errors import InputError
     from trainwarden.findings import Verdict
     from trainwarden.scan import Policy, describe_config, read_config, scan_path
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError("--jobs must be at least 1")
     # Refused before any work: a report written over a scanned file destroys the evidence.
-    check_output_path(args.output, args.paths)
+    check_output(args.output, args.paths)
     file_config = read_config(Path.cwd())
     sources: dict[str, str] = {}
     limits = parse_limits(
@@ -178,9 +171,13 @@ def _run_scan(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not os.path.lexists(p)]
     if not existing:
         raise InputError(f"nothing could be scanned: {', '.join(missing)}: no such file")
-    with _progress(not args.no_progress) as callback:
+    with Progress("scan", enabled=not args.no_progress, unit="files") as progress:
         report = scan_path(
-            *existing, policy=policy, limits=limits, jobs=args.jobs, progress=callback
+            *existing,
+            policy=policy,
+            limits=limits,
+            jobs=args.jobs,
+            progress=lambda path: progress.update(advance=1, message=path),
         )
     config = {
         **describe_config(policy, limits, limit_sources=sources),
@@ -211,64 +208,6 @@ def _missing(path: str) -> FileReport:
     )
 
 
-@contextmanager
-def _progress(wanted: bool) -> Iterator[Callable[[str], None] | None]:
-    """A progress callback on stderr: drawn on a terminal, plain lines in logs."""
-    if not wanted:
-        yield None
-        return
-    if not sys.stderr.isatty():
-        yield _plain_progress()
-        return
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("scanned {task.completed} file(s)"),
-        TextColumn("[dim]{task.description}"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = progress.add_task("", total=None)
-    count = 0
-
-    def callback(path: str) -> None:
-        nonlocal count
-        count += 1
-        if count == _PROGRESS_MIN_FILES:
-            progress.start()
-        progress.update(task, advance=1, description=path[-60:])
-
-    try:
-        yield callback
-    finally:
-        progress.stop()
-
-
-def _plain_progress() -> Callable[[str], None]:
-    """A line every few seconds once the scan has run for a few (CI logs show it is alive)."""
-    start = time.monotonic()
-    last = start
-    count = 0
-
-    def callback(path: str) -> None:
-        nonlocal last, count
-        count += 1
-        now = time.monotonic()
-        if now - start >= _PLAIN_PROGRESS_AFTER and now - last >= _PLAIN_PROGRESS_EVERY:
-            last = now
-            from trainwarden.report import escape_text
-
-            print(
-                f"scan: {count} file(s) scanned in {now - start:.0f} s (last: {escape_text(path)})",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    return callback
-
-
 def _examples_dir() -> str:
     from importlib import resources
 
@@ -278,6 +217,7 @@ def _examples_dir() -> str:
 
 def _relabel(report: Report, root: str, label: str) -> Report:
     """Show paths relative to the example folder rather than the install location."""
+    from dataclasses import replace
 
     def fix(path: str) -> str:
         return label + path[len(root) :] if path.startswith(root) else path
@@ -304,6 +244,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     root = _examples_dir()
     if not Path(root).is_dir():
         raise InputError(f"the bundled examples are missing ({root}); reinstall trainwarden")
+    check_output(args.output, [root])
     report = _relabel(scan_path(root, policy=Policy.default()), root, "examples/checkpoints")
     emit_report(report, args.format, args.output)
     unsafe = [f for f in report.files if f.verdict is Verdict.UNSAFE]

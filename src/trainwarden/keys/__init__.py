@@ -1,7 +1,8 @@
 """Ed25519 keys and the identities that travel with them, for every capability that signs.
 
 :func:`generate_key` writes a private key (mode 0600) and its public key; :func:`load_private_key`
-and :func:`load_public_key` read ours or OpenSSH's. :class:`PrivateKey` signs,
+and :func:`load_public_key` read ours or OpenSSH's; :func:`load_public_keys` reads the trusted keys
+a user names (files, or directories of ``*.pub``). :class:`PrivateKey` signs,
 :class:`PublicKey` verifies and names its holder (``identity``) and ``fingerprint``
 (OpenSSH ``SHA256:`` form). Trust is in the key, never in the identity label.
 
@@ -18,6 +19,7 @@ from trainwarden.keys._keys import (
     generate_key,
     load_private_key,
     load_public_key,
+    load_public_keys,
 )
 
 __all__ = [
@@ -27,4 +29,5 @@ __all__ = [
     "generate_key",
     "load_private_key",
     "load_public_key",
+    "load_public_keys",
 ]

@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ __all__ = [
     "generate_key",
     "load_private_key",
     "load_public_key",
+    "load_public_keys",
 ]
 
 # Our key files are PEM (RFC 7468) preceded by one line of explanatory text naming the
@@ -436,6 +438,34 @@ def load_public_key(path: Path) -> PublicKey:
         )
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return PublicKey(raw=raw, identity=_check_identity(identity or path.name))
+
+
+def load_public_keys(
+    sources: Iterable[PublicKey | str | os.PathLike[str]],
+) -> list[PublicKey]:
+    """Load trusted public keys from keys, key files, or directories of ``*.pub`` files.
+
+    A directory stands for every ``*.pub`` file directly in it (sorted by name): the usual way
+    to hand over "the team's keys". Every file must be a valid key: a bad one is an error, not
+    skipped, so a typo never silently narrows (or a planted file never widens) whom to trust.
+
+    Raises:
+        InputError: A key cannot be read or parsed, or a directory holds no ``*.pub`` file.
+    """
+    keys: list[PublicKey] = []
+    for source in sources:
+        if isinstance(source, PublicKey):
+            keys.append(source)
+            continue
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(path.glob("*.pub"))
+            if not found:
+                raise InputError(f"key directory {path} holds no *.pub file")
+            keys.extend(load_public_key(p) for p in found)
+        else:
+            keys.append(load_public_key(path))
+    return keys
 
 
 def _parse_openssh_public(path: Path, line: str) -> PublicKey:

@@ -193,6 +193,33 @@ class RunResult:
     ephemeral_key: bool
     problems: tuple[str, ...] = ()
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (``schema_version`` 1): what ``trainwarden run --summary`` writes."""
+        return {
+            "schema_version": 1,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "ledger": str(self.ledger),
+            "decision": self.decision,
+            "refusals": list(self.refusals),
+            "warnings": list(self.warnings),
+            "exit": None
+            if self.exit is None
+            else {"status": self.exit.status, "signal": self.exit.signal},
+            "exit_code": self.exit_code,
+            "seconds": self.seconds,
+            "provenance": str(self.provenance) if self.provenance else None,
+            "checkpoints": [
+                {"path": c.path, "digest": c.digest, "step": c.step, "parent": c.parent}
+                for c in self.checkpoints
+            ],
+            "egress": [dict(e) for e in self.egress],
+            "findings": dict(self.findings),
+            "key": self.key,
+            "ephemeral_key": self.ephemeral_key,
+            "problems": list(self.problems),
+        }
+
 
 def _noop(stage: str, message: str) -> None:
     del stage, message
