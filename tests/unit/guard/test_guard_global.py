@@ -73,6 +73,39 @@ def test_global_guard_notices_schedulers_built_after_it(sink: MemorySink) -> Non
     assert attach["reference"] == "SGD"
 
 
+def test_global_guard_follows_the_composite_scheduler_built_after_it(sink: MemorySink) -> None:
+    # tinygpt under `trainwarden run`: install_global runs first, then the script builds
+    # LinearLR, CosineAnnealingLR and the SequentialLR that drives them. SequentialLR does
+    # not call LRScheduler.__init__, so the guard must notice it by its own constructor,
+    # or it follows the last child built and halts a clean job at step 1.
+    with install_global(sink=sink) as gg:
+        job = make_job()
+        train(job, 12)
+        assert gg.findings == ()
+    attach = sink.named("guard.attach")[0].data
+    assert attach["lr"].startswith("replica of SequentialLR")
+
+
+def test_global_guard_follows_a_chained_scheduler(sink: MemorySink) -> None:
+    with install_global(sink=sink) as gg:
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        first = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
+        second = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+        chained = torch.optim.lr_scheduler.ChainedScheduler([first, second], optimizer=opt)
+        for _ in range(5):
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            chained.step()
+            opt.zero_grad()
+        # Whatever the guard can replicate of a chain, it must not judge the job against a
+        # single child's schedule (that would be a false finding every step).
+        assert [f.rule_id for f in gg.findings if f.rule_id == "guard.hyperparam"] == []
+    attach = sink.named("guard.attach")[0].data
+    assert "StepLR" not in attach["lr"]
+    assert "ExponentialLR" not in attach["lr"]
+
+
 def test_script_guard_takes_over_from_the_global_one(sink: MemorySink) -> None:
     job = make_job()
     with install_global(sink=sink) as gg:
