@@ -193,3 +193,19 @@ def test_signal_recorded_by_the_recorder_becomes_a_finding(sink: MemorySink) -> 
     assert "4242" in finding.message
     assert finding.step == 3
     assert not finding.halts
+
+
+def test_a_guarded_scheduler_still_saves_and_resumes(sink: MemorySink, tmp_path: Path) -> None:
+    # The guard counts scheduler steps through a wrapper held by the scheduler instance;
+    # torch's state_dict copies the instance's __dict__, so the wrapper must stay out of the
+    # checkpoint (it does not pickle, and a checkpoint must not carry the guard's code).
+    job = make_job()
+    with install_global(sink=sink) as gg:
+        train(job, 5)
+        state = job.scheduler.state_dict()
+        assert "step" not in state
+        assert "state_dict" not in state
+        torch.save({"scheduler": state}, tmp_path / "ckpt.pt")
+        job.scheduler.load_state_dict(torch.load(tmp_path / "ckpt.pt")["scheduler"])
+        train(job, 3)
+        assert gg.findings == ()
