@@ -475,13 +475,18 @@ def test_torchrun_rank_crash_is_recorded_exactly(tmp_path: Path) -> None:
 @pytest.mark.torch
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_nodes_share_one_ledger_and_run_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["ephemeral-keys", "platform-key"])
+def test_two_nodes_share_one_ledger_and_run_id(
+    tmp_path: Path, keyed: bool, key_pair: tuple[Path, Path]
+) -> None:
     port = _free_port()
     ledger = tmp_path / "shared-ledger"
+    key = ["--key", str(key_pair[0])] if keyed else []
     nodes = [
         start(
             "run",
             *FAST,
+            *key,
             "--run-id",
             "multi-1",
             "--run-dir",
@@ -519,6 +524,17 @@ def test_two_nodes_share_one_ledger_and_run_id(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "rd" / "run.json").read_text())["run_id"] == "multi-1"
     assert json.loads((tmp_path / "rd" / "nodes" / "1.json").read_text())["node"] == "1"
     assert (tmp_path / "rd" / "provenance.intoto.json").exists()
+    # One supervisor per node, one run: the guard in every rank samples with one secret. The
+    # platform key lets the supervisors derive the same one (committed to in both run.start);
+    # with ephemeral keys the ranks agree on rank 0's and run.start commits to none.
+    commitments = {e.data["seed_commitment"] for e in items if e.event == "run.start"}
+    attached = [e.data for e in items if e.event == "guard.attach"]
+    assert sorted(a["rank"] for a in attached) == [0, 1]
+    assert len({a["secret_commitment"] for a in attached}) == 1
+    assert {a["sampling"] for a in attached} == {"secret" if keyed else "local"}
+    assert len(commitments) == 1
+    assert (None in commitments) is not keyed
+    assert [e for e in items if e.event == "guard.finding"] == []
 
 
 # -- the guard's contract, with a fake guard --------------------------------------------
@@ -532,8 +548,10 @@ log = open(os.environ["FAKE_GUARD_LOG"], "a")
 def write(**item):
     log.write(json.dumps(item, default=repr) + "\\n"); log.flush()
 guard = types.ModuleType("trainwarden.guard")
-def record_signals(sink, *, run=None, signals=()):
-    write(call="record_signals", run=run, signals=sorted(int(s) for s in signals))
+def record_signals(sink, *, run=None, signals=(), trusted=None):
+    write(call="record_signals", run=run, signals=sorted(int(s) for s in signals),
+          trusted=callable(trusted))
+    return types.SimpleNamespace(before_termination=lambda fn: None)
 def configure_defaults(*, sink=None, run=None, secret=None, on_violation=None, telemetry_dir=None):
     write(call="configure_defaults", run=run, secret=secret.hex() if secret else None,
           on_violation=on_violation, telemetry_dir=telemetry_dir, sink=type(sink).__name__)
@@ -637,7 +655,6 @@ def test_every_rank_gets_the_guard_configured_from_the_supervisor(tmp_path: Path
 @pytest.mark.torch
 @pytest.mark.slow
 def test_the_real_guard_attaches_in_every_rank_without_code_change(tmp_path: Path) -> None:
-    pytest.importorskip("trainwarden.guard")  # built on its own branch; runs once merged
     proc = tw(
         "run",
         *FAST,
@@ -710,8 +727,12 @@ def test_sigterm_from_another_process_names_the_sender(tmp_path: Path) -> None:
     sup.communicate(timeout=120)
     assert sup.returncode == 128 + signal.SIGTERM
     items = entries(tmp_path / "rd")
-    (sig,) = named(items, "rank.signal")
-    assert (sig["signal"], sig["source"], sig["pid"]) == ("SIGTERM", "sigwaitinfo", rank)
+    # One record of the signal, by the rank's recorder: the guard's (guard.signal) when the
+    # guard is installed, else the supervisor's own (rank.signal, source sigwaitinfo).
+    (sig,) = [*named(items, "rank.signal"), *named(items, "guard.signal")]
+    assert (sig["signal"], sig["pid"]) == ("SIGTERM", rank)
+    assert sig.get("source", "sigwaitinfo") == "sigwaitinfo"
+    assert sig.get("code", "SI_USER") == "SI_USER"
     assert sig["sender"]["pid"] == os.getpid()
     assert sig["sender"]["uid"] == os.getuid()
     (exit_,) = named(items, "rank.exit")

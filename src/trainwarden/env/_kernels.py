@@ -227,17 +227,22 @@ def kernel_findings(
     for impl in sorted(library_impls(torch) - reference.impls):
         namespace, _, rest = impl.partition("/")
         name = f"{namespace}::{rest.rsplit('/', 1)[0]}"
-        if _impl_is_core(impl) and name not in seen:
-            found.append(
-                Finding(
-                    "env.runtime-library-impl",
-                    Severity.HIGH,
-                    f"torch.library registered an implementation for {impl} since the reference.",
-                    Location(path=f"dispatcher:{name}"),
-                    evidence=impl,
-                    verdict=Verdict.UNSAFE,
-                )
+        if not _impl_is_core(impl) or name in seen:
+            continue
+        foreign = _impl_origin(torch, impl, torch_dir)
+        if foreign is None:
+            continue  # torch registering its own kernels as its modules load (see below)
+        found.append(
+            Finding(
+                "env.runtime-library-impl",
+                Severity.HIGH,
+                f"torch.library registered an implementation for {impl} since the reference "
+                f"({foreign}).",
+                Location(path=f"dispatcher:{name}"),
+                evidence=impl,
+                verdict=Verdict.UNSAFE,
             )
+        )
     info = [
         Finding(
             "env.runtime-kernels-checked",
@@ -247,6 +252,152 @@ def kernel_findings(
         )
     ]
     return found, info
+
+
+# torch's generic registration helpers: a kernel registered through them carries *their* file
+# as its location whoever called them, so the location alone does not say who registered it.
+_HELPER_FILES = ("library.py", "_library" + os.sep)
+
+
+def _impl_origin(torch: Any, impl: str, torch_dir: str) -> str | None:
+    """Who registered ``impl`` (``ns/op/key``): ``None`` when it is torch's own code, else why not.
+
+    torch registers kernels for its own namespaces lazily, as its modules are imported (the
+    functional collectives' autograd formulas when ``torch.distributed._functional_collectives``
+    loads, which Lightning and transformers import): those are not overrides. The kernel's
+    functions decide, not the dispatcher's location (for ``register_autograd`` and
+    ``custom_op`` that is torch's helper whoever called it): every function the registration
+    consists of must be code from torch's own files that matches a fresh compile of them.
+    """
+    from trainwarden.env._sources import source_problem
+
+    namespace, _, rest = impl.partition("/")
+    opname, _, key = rest.rpartition("/")
+    qualname = f"{namespace}::{opname}"
+    functions = _registered_functions(torch, namespace, opname, key)
+    if not functions:
+        location = _dispatch_location(torch, qualname, key)
+        if location is None:
+            return "its kernel cannot be found in the dispatcher"
+        file = os.path.normpath(location.rsplit(":", 1)[0])
+        inside_torch = file.startswith(torch_dir + os.sep)
+        if inside_torch and not file[len(torch_dir) + 1 :].startswith(_HELPER_FILES):
+            return None  # registered by a torch module itself (its file is the location)
+        return (
+            f"registered from {location}"
+            if not inside_torch
+            else (f"registered through {location}, by code that cannot be identified")
+        )
+    roots = [torch_dir]
+    for fn in functions:
+        problem = source_problem(fn, None, roots)
+        if problem is not None:
+            code = fn.__code__
+            return f"{code.co_qualname} from {code.co_filename}: {problem[0]}"
+    return None
+
+
+def _registered_functions(torch: Any, namespace: str, opname: str, key: str) -> list[Any]:
+    """The Python functions behind a registration made through torch's helpers, if found.
+
+    Each callable is expanded into the functions it closes over (``custom_op`` wraps the
+    caller's kernel in a function of its own), so the caller's code is what gets judged.
+    """
+    from trainwarden.env._targets import functions_of
+
+    given: list[Any] = []
+    custom = sys.modules.get("torch._library.custom_ops")
+    opdefs = getattr(custom, "OPDEFS", None)
+    opdef = opdefs.get(f"{namespace}::{opname}") if isinstance(opdefs, Mapping) else None
+    if opdef is not None:
+        # A custom_op: every function it was given (implementation, fake, autograd...).
+        given.extend(
+            getattr(opdef, attr, None)
+            for attr in (
+                "_init_fn",
+                "_abstract_fn",
+                "_backward_fn",
+                "_setup_context_fn",
+                "_vmap_fn",
+            )
+        )
+        for attr in ("_backend_fns", "_torch_dispatch_fns"):
+            table = getattr(opdef, attr, None)
+            if isinstance(table, Mapping):
+                given.extend(table.values())
+    elif key == "Autograd":
+        given.extend(_autograd_formulas(torch, namespace, opname))
+    functions: list[Any] = []
+    for item in given:
+        if item is None:
+            continue
+        found = list(functions_of(item))
+        if not found:
+            functions.append(_Opaque(item))  # a callable object: it cannot be attributed
+        functions.extend(found)
+    return functions
+
+
+def _autograd_formulas(torch: Any, namespace: str, opname: str) -> list[Any]:
+    """The formulas ``register_autograd`` was given for the op (every registration of it).
+
+    It builds an ``autograd.Function`` subclass whose ``backward`` closes over the op and an
+    ``Info`` holding the caller's functions (``supports_tensorlist`` wraps that ``backward``
+    once more, hence the search through closures).
+    """
+    function = getattr(getattr(torch, "autograd", None), "Function", None)
+    out: list[Any] = []
+    classes: list[type] = function.__subclasses__() if isinstance(function, type) else []
+    for cls in classes:
+        if not cls.__name__.startswith("GeneratedBackwardFor_"):
+            continue
+        cells = _closure_cells(cls.__dict__.get("backward"))
+        op, info = cells.get("op"), cells.get("info")
+        if getattr(op, "_namespace", None) == namespace and getattr(op, "_opname", None) == opname:
+            out.append(getattr(info, "_backward_fn", None))
+            out.append(getattr(info, "_setup_context_fn", None))
+    return out
+
+
+def _closure_cells(obj: Any, depth: int = 0) -> dict[str, Any]:
+    """Free variables of ``obj`` and of the functions it closes over, by name (first wins)."""
+    import types
+
+    fn = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+    if not isinstance(fn, types.FunctionType) or depth > 3:
+        return {}
+    cells: dict[str, Any] = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            cells.setdefault(name, cell.cell_contents)
+        except ValueError:  # noqa: PERF203 - an empty cell
+            continue
+    for value in list(cells.values()):
+        for name, inner in _closure_cells(value, depth + 1).items():
+            cells.setdefault(name, inner)
+    return cells
+
+
+class _Opaque:
+    """A registered callable that is not a Python function: it cannot be attributed."""
+
+    def __init__(self, obj: Any) -> None:
+        name = type(obj).__qualname__
+        self.__code__ = compile("", f"<{name} object>", "exec")
+
+
+def _dispatch_location(torch: Any, qualname: str, key: str) -> str | None:
+    for op in torch._C._dispatch_get_all_op_names():
+        if op != qualname and not op.startswith(qualname + "."):
+            continue
+        try:
+            text = torch._C._dispatch_dump(op)
+        except RuntimeError:
+            continue
+        for (_, found_key), location in _parse_dump(op, text).items():
+            if found_key == key:
+                return location
+    return None
 
 
 def _impl_is_core(impl: str) -> bool:

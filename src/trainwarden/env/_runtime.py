@@ -21,11 +21,13 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainwarden import patching
+from trainwarden.env._installed import class_defines, owner_classes, verified_function
 from trainwarden.env._kernels import (
     KernelReference,
     kernel_findings,
@@ -107,6 +109,9 @@ class RuntimeSnapshot:
     # Targets whose current objects were compared with their source, and what was found
     # (``None`` when they matched): unchanged objects need no second compile.
     sourced: dict[str, Finding | None] = field(default_factory=dict)
+    # Targets the package itself re-wrapped since the reference (torch wraps `manual_seed`
+    # when torch._dynamo loads): the wrapper became the reference; the note is kept for reports.
+    rewrapped: dict[str, Finding] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -173,6 +178,13 @@ def _wrapper_problem(patch: patching.Patch, originals: tuple[Any, ...]) -> str |
             try:
                 content = cell.cell_contents
             except ValueError:
+                continue
+            # The original itself, by identity: `random.seed` is a bound method of
+            # `random._inst`, and the reference compares its every part (`__func__`, code,
+            # defaults, closure). Its function must not be judged as trainwarden's code. A
+            # cell rebound to another binding of the same function (another instance) is
+            # not the original and is judged like any other function.
+            if any(content is o for o in originals):
                 continue
             inner = function_of(content)
             if inner is not None:
@@ -362,6 +374,14 @@ def _verify(
         current, ours = _underlying(obj) if id(obj) in replacements else (obj, [])
         parts = parts_of(current)
         before = ref.refs.get(name)
+        if before is not None and not same_parts(before.parts, parts):
+            note = _own_rewrap(name, module, path, before, current)
+            if note is not None:
+                ref.rewrapped[name] = note
+                ref.refs[name] = before = _Ref(current, parts)
+                ref.sourced.pop(name, None)
+        if info and name in ref.rewrapped:
+            by_module.setdefault(module, []).append(ref.rewrapped[name])
         if before is None:
             ref.refs[name] = before = _Ref(current, parts)
         elif not same_parts(before.parts, parts):
@@ -467,19 +487,95 @@ def _source_finding(
     name: str, module: str, path: str, obj: Any, roots: list[str]
 ) -> Finding | None:
     owner = _owner_of(module, path)
+    added_by: list[str] = []
     for fn in functions_of(obj):
         problem = source_problem(fn, owner, roots)
-        if problem is not None:
-            message, severity, verdict = problem
-            return Finding(
-                "env.runtime-source-mismatch",
-                severity,
-                f"{module}.{path}: {message}.",
-                Location(path=f"python:{name}"),
-                evidence=describe(fn),
-                verdict=verdict,
-            )
+        if problem is None:
+            continue
+        label = _installed_addition(path, owner, fn)
+        if label is not None:
+            added_by.append(label)
+            continue
+        message, severity, verdict = problem
+        return Finding(
+            "env.runtime-source-mismatch",
+            severity,
+            f"{module}.{path}: {message}.",
+            Location(path=f"python:{name}"),
+            evidence=describe(fn),
+            verdict=verdict,
+        )
+    if added_by:
+        packages = ", ".join(dict.fromkeys(added_by))
+        return Finding(
+            "env.runtime-added",
+            Severity.INFO,
+            f"{module}.{path} was added by {packages} (verified against its RECORD): the class "
+            "defines no such attribute in torch's source, so nothing of torch's was replaced.",
+            Location(path=f"python:{name}"),
+            evidence=packages,
+        )
     return None
+
+
+def _own_rewrap(name: str, module: str, path: str, before: _Ref, current: Any) -> Finding | None:
+    """A note when ``current`` is the package's own wrapper around the reference object.
+
+    torch rebinds some of its functions to wrappers of its own after the fact
+    (``torch.manual_seed = torch._disable_dynamo(torch.manual_seed)`` when ``torch._dynamo``
+    is imported, which transformers does). That is no tampering when the new object is a
+    function that closes over (or ``__wrapped__``s) the very reference object, and every
+    function of it other than the original's parts is code from the packages the critical
+    callables belong to that matches a fresh compile of its file. Anything else (the original
+    dropped, code from elsewhere, code patched in memory) stays ``runtime-patched``.
+    """
+    fn = function_of(current)
+    if fn is None:
+        return None
+    held: list[Any] = [fn.__dict__.get("__wrapped__")]
+    for cell in fn.__closure__ or ():
+        try:
+            held.append(cell.cell_contents)
+        except ValueError:  # noqa: PERF203 - an empty cell
+            continue
+    if not any(item is before.obj for item in held):
+        return None
+    theirs = {id(part) for part in before.parts}
+    roots = allowed_roots()
+    for inner in functions_of(current):
+        if id(inner) not in theirs and source_problem(inner, None, roots) is not None:
+            return None
+    return Finding(
+        "env.runtime-rewrapped",
+        Severity.INFO,
+        f"{module}.{path} is now {describe(fn)}, the package's own wrapper around the "
+        "reference's original (verified against its source); it is the reference from here on.",
+        Location(path=f"python:{name}"),
+        evidence=name,
+    )
+
+
+def _installed_addition(path: str, owner: Any, fn: Any) -> str | None:
+    """The distribution that *added* the class attribute ``path`` with ``fn``, else ``None``.
+
+    Libraries add methods to torch classes (transformers' ``Module.smart_apply``); that
+    replaces nothing of torch's. It counts as an addition only when all of these hold, so a
+    *replacement* of anything torch defines stays a finding:
+
+    - the attribute is a plain name (a dunder is a protocol torch and Python call);
+    - exactly one class of the MRO holds it (it shadows nothing inherited);
+    - that class's body in its own source never names it (torch does not define it);
+    - the function's code is a fresh compile of a file an installed distribution's RECORD
+      lists with the hash the file has now (``verified_function``).
+    """
+    head, _, attr = path.rpartition(".")
+    if not head or (attr.startswith("__") and attr.endswith("__")):
+        return None
+    holders = owner_classes(owner, attr)
+    if len(holders) != 1 or class_defines(holders[0], attr) is not False:
+        return None
+    label, _ = verified_function(fn)
+    return label
 
 
 def _owner_of(module: str, path: str) -> Any:
@@ -517,8 +613,22 @@ def _hook_findings(ref: RuntimeSnapshot) -> list[Finding]:
 
     sites = [os.path.normpath(p) + os.sep for p in site.getsitepackages() if p]
     out: list[Finding] = []
+    hooks = {id(h): h for h in (*new_meta, *new_path)}
     for item in check_import_hooks((), meta_path=new_meta, path_hooks=new_path):
-        if item.rule_id == "env.import-hook":
+        label = _verified_hook(hooks.get(id(_hook_by_label(item.evidence, hooks))))
+        if item.rule_id == "env.import-hook" and label is not None:
+            # transformers adds a finder for its renamed modules: installed code whose every
+            # method is a fresh compile of a file its RECORD vouches for is that package's
+            # behaviour, not a planted hook.
+            item = Finding(
+                "env.import-hook-known",
+                Severity.INFO,
+                f"{item.message.split(' (from ', 1)[0]}, added since the reference by {label} "
+                "(its code verified against the distribution's RECORD).",
+                item.location,
+                evidence=item.evidence,
+            )
+        elif item.rule_id == "env.import-hook":
             module = sys.modules.get((item.evidence or "").rsplit(".", 1)[0])
             file = getattr(module, "__file__", None)
             if isinstance(file, str) and any(os.path.normpath(file).startswith(s) for s in sites):
@@ -535,6 +645,59 @@ def _hook_findings(ref: RuntimeSnapshot) -> list[Finding]:
                 )
         out.append(item)
     return out
+
+
+def _hook_by_label(label: str | None, hooks: dict[int, Any]) -> Any:
+    """The new hook a finding's evidence (``module.qualname``) names, if exactly one does."""
+    if label is None:
+        return None
+    matches = []
+    for hook in hooks.values():
+        cls = hook if isinstance(hook, type) or hasattr(hook, "__code__") else type(hook)
+        name = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}"
+        if name == label:
+            matches.append(hook)
+    return matches[0] if len(matches) == 1 else None
+
+
+def _verified_hook(hook: Any) -> str | None:
+    """The distribution whose verified code *all* of ``hook`` is, else ``None``.
+
+    A finder's class (or the hook function) is judged by its code, never by the ``__module__``
+    it claims: every function it defines, through its whole MRO below ``object``, must be a
+    fresh compile of a file an installed distribution's RECORD vouches for.
+    """
+    if hook is None:
+        return None
+    if isinstance(hook, types.FunctionType):
+        functions: list[Any] = list(functions_of(hook))
+    else:
+        cls = hook if isinstance(hook, type) else type(hook)
+        functions = [
+            fn
+            for klass in cls.__mro__
+            if klass is not object
+            for value in vars(klass).values()
+            for fn in functions_of(value)
+        ]
+        if (
+            any(klass is not object and klass.__module__ == "builtins" for klass in cls.__mro__)
+            or not functions
+        ):
+            return None
+    labels = []
+    roots: list[str] | None = None
+    for fn in functions:
+        label, _ = verified_function(fn)
+        if label is None:
+            # Methods inherited from the standard library's ABCs (importlib.abc): judged
+            # against their own source, as the critical callables are.
+            roots = roots if roots is not None else allowed_roots()
+            if source_problem(fn, None, roots) is not None:
+                return None
+            continue
+        labels.append(label)
+    return ", ".join(dict.fromkeys(labels)) or None
 
 
 def _global_hooks() -> Iterator[tuple[str, int]]:

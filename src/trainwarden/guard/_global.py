@@ -34,6 +34,22 @@ logger = logging.getLogger("trainwarden.guard")
 PURPOSE = "guard-global"
 
 
+_SCHEDULER_CLASSES = ("LRScheduler", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau")
+
+
+def _driving(schedulers: list[Any], optimizer: Any) -> Any:
+    """The scheduler that drives ``optimizer``: the outermost, the last built among equals.
+
+    A composite (``SequentialLR``, ``ChainedScheduler``) holds its children in
+    ``_schedulers``; the children step only through it, so following one of them would judge
+    the composite's learning rate against a piece of its schedule.
+    """
+    mine = [s for s in schedulers if getattr(s, "optimizer", None) is optimizer]
+    children = {id(c) for s in mine for c in getattr(s, "_schedulers", None) or ()}
+    outer = [s for s in mine if id(s) not in children]
+    return outer[-1] if outer else None
+
+
 class GlobalGuard:
     """Handle of :func:`install_global`: the guards it attached, their findings, ``close()``."""
 
@@ -61,25 +77,37 @@ class GlobalGuard:
         self._guards: list[Guard] = []
         self._listeners: list[Callable[[StepInfo], None]] = []
         self._modules: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._schedulers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        # optimizer -> the schedulers built for it, in order of construction (weakly held).
+        self._schedulers: weakref.WeakKeyDictionary[Any, list[weakref.ReferenceType[Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.RLock()
         self._closed = False
         self._hooks: list[patching.TrackedHook] = []
-        handle = optim_mod.register_optimizer_step_pre_hook(self._first_step)
+        # One bound-method object per hook, registered *and* tracked: the registry recognises
+        # hooks by identity, and every `self._first_step` access makes a new bound method.
+        first_step, seen = self._first_step, self._seen
+        handle = optim_mod.register_optimizer_step_pre_hook(first_step)
         self._hooks.append(
             patching.track_hook(
-                handle, self._first_step, purpose=PURPOSE, target="global optimizer pre-hook"
+                handle, first_step, purpose=PURPOSE, target="global optimizer pre-hook"
             )
         )
         self._module_hook: patching.TrackedHook | None = patching.track_hook(
-            module_mod.register_module_forward_pre_hook(self._seen),
-            self._seen,
+            module_mod.register_module_forward_pre_hook(seen),
+            seen,
             purpose=PURPOSE,
             target="global module forward pre-hook",
         )
+        # LRScheduler.__init__ alone misses the composites: SequentialLR, ChainedScheduler and
+        # ReduceLROnPlateau do not call it, and the composite is what drives the optimizer
+        # (its children's schedules are only pieces of the declared one).
         self._patches = PatchSet(
             PURPOSE,
-            [Target("torch.optim.lr_scheduler", "LRScheduler.__init__", self._scheduler_init)],
+            [
+                Target("torch.optim.lr_scheduler", f"{cls}.__init__", self._scheduler_init)
+                for cls in _SCHEDULER_CLASSES
+            ],
         ).install()
 
     # ---------------------------------------------------------------------- discovery
@@ -90,13 +118,22 @@ class GlobalGuard:
     def _scheduler_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         owner = self
 
-        def __init__(scheduler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> None:
-            original(scheduler, optimizer, *args, **kwargs)
-            # SequentialLR and friends build children first; the outermost one wins.
-            with contextlib.suppress(TypeError):  # an optimizer that cannot be weakly referenced
-                owner._schedulers[optimizer] = scheduler
+        def __init__(scheduler: Any, *args: Any, **kwargs: Any) -> None:
+            original(scheduler, *args, **kwargs)
+            owner._note_scheduler(scheduler)
 
         return __init__
+
+    def _note_scheduler(self, scheduler: Any) -> None:
+        # The scheduler's own `optimizer` (ChainedScheduler takes its schedulers first and the
+        # optimizer is optional), not a positional argument.
+        optimizer = getattr(scheduler, "optimizer", None)
+        if optimizer is None:
+            return
+        with self._lock, contextlib.suppress(TypeError):  # not weakly referenceable
+            built = self._schedulers.setdefault(optimizer, [])
+            if not any(ref() is scheduler for ref in built):  # a subclass calling super()
+                built.append(weakref.ref(scheduler))
 
     def _find_model(self, optimizer: Any) -> Any:
         params = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -121,32 +158,31 @@ class GlobalGuard:
         return best[0]
 
     def _find_scheduler(self, optimizer: Any) -> Any:
-        found = self._schedulers.get(optimizer)
-        if found is not None:
-            return found
+        with self._lock:
+            built = [s for s in (r() for r in self._schedulers.get(optimizer, ())) if s is not None]
+        if not built:
+            built = self._schedulers_by_referrers(optimizer)
+        return _driving(built, optimizer)
+
+    @staticmethod
+    def _schedulers_by_referrers(optimizer: Any) -> list[Any]:
+        """Schedulers built before ``install_global``: they refer to the optimizer (once)."""
         import torch
 
-        # Built before install_global: the scheduler refers to the optimizer (once, at attach).
-        best = None
+        found: list[Any] = []
         for referrer in gc.get_referrers(optimizer):
-            owners = (
-                [referrer]
-                if isinstance(referrer, torch.optim.lr_scheduler.LRScheduler)
-                else [
+            if isinstance(referrer, torch.optim.lr_scheduler.LRScheduler):
+                owners = [referrer]
+            elif isinstance(referrer, dict):
+                owners = [
                     r
                     for r in gc.get_referrers(referrer)
                     if isinstance(r, torch.optim.lr_scheduler.LRScheduler)
                 ]
-                if isinstance(referrer, dict)
-                else []
-            )
-            for sched in owners:
-                # A composite (SequentialLR) holds its children: prefer it.
-                if getattr(sched, "optimizer", None) is optimizer and (
-                    best is None or hasattr(sched, "_schedulers")
-                ):
-                    best = sched
-        return best
+            else:
+                owners = []
+            found.extend(s for s in owners if all(s is not f for f in found))
+        return found
 
     # -------------------------------------------------------------------------- attach
 

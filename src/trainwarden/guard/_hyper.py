@@ -83,6 +83,7 @@ class HyperparamCheck:
         self.steps_taken = 0
         self._offset = 0
         self._wrapped_step: Any = None
+        self._wrapped_state: Any = None
         self.cost = 0.0
         self._pins = _Pins([self._settings(g) for g in optimizer.param_groups])
         if scheduler is None:
@@ -115,13 +116,32 @@ class HyperparamCheck:
         step.__wrapped__ = original  # type: ignore[attr-defined]
         scheduler.step = step
         self._wrapped_step = step
+        # torch's LRScheduler.state_dict copies the instance __dict__ whole, so the wrapper
+        # would land in the job's checkpoint (a local function: torch.save fails, and a
+        # checkpoint must not carry the guard's code). Leave it out.
+        original_state = scheduler.state_dict
+
+        def state_dict() -> Any:
+            state = original_state()
+            if isinstance(state, dict):
+                for key, ours in (("step", step), ("state_dict", state_dict)):
+                    if state.get(key) is ours:
+                        del state[key]
+            return state
+
+        state_dict.__wrapped__ = original_state  # type: ignore[attr-defined]
+        scheduler.state_dict = state_dict
+        self._wrapped_state = state_dict
 
     def detach(self) -> None:
         """Restore the scheduler's own ``step``."""
         if self.scheduler is not None and self._wrapped_step is not None:
             if self.scheduler.__dict__.get("step") is self._wrapped_step:
                 del self.scheduler.step
+            if self.scheduler.__dict__.get("state_dict") is self._wrapped_state:
+                del self.scheduler.state_dict
             self._wrapped_step = None
+            self._wrapped_state = None
 
     @property
     def t(self) -> int:

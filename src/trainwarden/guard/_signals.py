@@ -91,16 +91,19 @@ class SignalRecorder:
         run: str | None,
         signals: tuple[signal.Signals, ...],
         rank: Callable[[], int | None],
+        trusted: Callable[[int], bool] | None = None,
     ) -> None:
         self.sink = sink
         self.run = run
         self.signals = signals
         self.records: list[SignalRecord] = []
         self._rank = rank
+        self._trusted = trusted
         self._listeners: list[Callable[[SignalRecord], None]] = []
         self._before_default: list[Callable[[], None]] = []
         self._stop = threading.Event()
-        self.early = threading.active_count() == 1
+        self.unprotected = _threads_not_blocking(signals)
+        self.early = not self.unprotected
         self._thread = threading.Thread(target=self._loop, name="trainwarden-signals", daemon=True)
         self._owner = os.getpid()
 
@@ -142,17 +145,30 @@ class SignalRecorder:
             action,
         )
         self.records.append(record)
-        self._emit(record)
-        for fn in list(self._listeners):
+        trusted = self._is_trusted(int(info.si_pid))
+        self._emit(record, trusted=trusted)
+        # The job's own machinery (the supervisor, torchrun's agent, the rank's shim) ends
+        # ranks on purpose: recorded, never a finding.
+        for fn in [] if trusted else list(self._listeners):
             try:
                 fn(record)
             except Exception:  # noqa: PERF203  # recording goes on whatever an observer does
                 logger.exception("guard: signal listener failed")
         self._honour(sig, action)
 
-    def _emit(self, record: SignalRecord) -> None:
+    def _is_trusted(self, pid: int) -> bool:
+        if self._trusted is None or pid <= 0:
+            return False
+        try:
+            return bool(self._trusted(pid))
+        except Exception:  # an observer's failure must not stop the signal
+            logger.exception("guard: could not judge the sender of a signal")
+            return False
+
+    def _emit(self, record: SignalRecord, *, trusted: bool = False) -> None:
         if self.sink is None:
             return
+        extra = {"trusted": True} if trusted else {}
         try:
             self.sink.append(
                 "guard.signal",
@@ -164,6 +180,7 @@ class SignalRecorder:
                 sender=record.sender,
                 code=record.code,
                 action=record.action,
+                **extra,
             )
         except Exception:  # a failing sink must not swallow the signal
             logger.exception("guard: could not record %s", record.signal)
@@ -203,11 +220,45 @@ _active: SignalRecorder | None = None
 _lock = threading.Lock()
 
 
+def _threads_not_blocking(signals: Iterable[int]) -> int:
+    """How many *other* threads of this process can receive one of ``signals`` unrecorded.
+
+    A thread created after the signals were blocked inherits the mask (the supervisor's
+    bootstrap blocks them before its channel thread starts), so the count of threads alone
+    says nothing; each thread's mask is read from ``/proc/self/task/*/status`` (``SigBlk``).
+    Where ``/proc`` cannot be read, every other thread is counted.
+    """
+    wanted = 0
+    for signo in signals:
+        wanted |= 1 << (int(signo) - 1)
+    me = threading.get_native_id()
+    try:
+        tasks = [int(t.name) for t in Path("/proc/self/task").iterdir()]
+    except (OSError, ValueError):
+        return threading.active_count() - 1
+    count = 0
+    for tid in tasks:
+        if tid == me:
+            continue
+        try:
+            text = Path(f"/proc/self/task/{tid}/status").read_text()
+        except OSError:
+            continue  # the thread has ended
+        blocked = next(
+            (int(line.split()[1], 16) for line in text.splitlines() if line.startswith("SigBlk:")),
+            0,
+        )
+        if blocked & wanted != wanted:
+            count += 1
+    return count
+
+
 def record_signals(
     sink: EventSink | None,
     *,
     run: str | None = None,
     signals: Iterable[int] = DEFAULT_SIGNALS,
+    trusted: Callable[[int], bool] | None = None,
 ) -> SignalRecorder:
     """Record catchable termination signals with their sender, then honour them.
 
@@ -221,6 +272,9 @@ def record_signals(
         sink: Where ``guard.signal`` events go (``None``: only listeners and ``records``).
         run: The run id for the events.
         signals: Signals to record (SIGKILL and SIGSTOP cannot be).
+        trusted: ``trusted(pid)`` says whether a sender is the job's own machinery (the
+            supervisor, the launcher, the rank's shim): its signals are recorded as
+            ``guard.signal`` (``trusted: true``) and become no finding.
 
     Returns:
         The recorder (a process has at most one; a second call returns the first).
@@ -238,12 +292,13 @@ def record_signals(
     with _lock:
         if _active is not None and _active._owner == os.getpid():
             return _active
-        recorder = SignalRecorder(sink, run, chosen, _current_rank)
+        recorder = SignalRecorder(sink, run, chosen, _current_rank, trusted)
         if not recorder.early:
             logger.warning(
-                "trainwarden: record_signals() called with %d threads running; a signal "
-                "delivered to one of them is not recorded (call it before importing torch)",
-                threading.active_count() - 1,
+                "trainwarden: record_signals() called with %d thread(s) running that do not "
+                "block the signals; a signal delivered to one of them is not recorded (call it "
+                "before importing torch)",
+                recorder.unprotected,
             )
         _active = recorder.start()
         return recorder

@@ -274,21 +274,58 @@ class RankRuntime:
             sys.stderr.write(f"trainwarden: no stack dumps for this rank: {exc}\n")
 
     def enable_signals(self) -> None:
-        """Record signals with their sender: the guard's recorder, else our own."""
-        guard = _guard_module()
-        if guard is not None and hasattr(guard, "record_signals"):
-            guard.record_signals(self.sink, run=self.run_id, signals=RECORDED_SIGNALS)
-            return
+        """Record signals with their sender: the guard's recorder, else our own.
+
+        With the guard, one record per signal: ``guard.signal`` (the supervisor counts it as
+        it counts ``rank.signal``, by sender, and does not record the exit's signal again).
+        Signals from the supervisor, the launcher or the shim (this process's ancestors up to
+        the supervisor) are the job's own machinery: recorded, never a guard finding.
+        """
+        guard = _guard_module() if self._guard_enabled() else None
         channel = self.channel
+        if guard is not None and hasattr(guard, "record_signals"):
+            try:
+                recorder = guard.record_signals(
+                    self.sink,
+                    run=self.run_id,
+                    signals=RECORDED_SIGNALS,
+                    trusted=self._is_job_machinery,
+                )
+            except Exception as exc:  # the job runs, with our own recorder instead
+                sys.stderr.write(f"trainwarden: the guard's signal recorder failed ({exc})\n")
+            else:
+                if channel is not None and hasattr(recorder, "before_termination"):
+                    # The default action ends the process: the record must reach the
+                    # supervisor first (events go out on the channel's thread).
+                    recorder.before_termination(lambda: _flush(channel))
+                return
         SignalRecorder(
             lambda data: self.record("rank.signal", data),
             flush=(lambda: _flush(channel)) if channel is not None else lambda: None,
         ).start()
 
+    def _guard_enabled(self) -> bool:
+        settings = self.welcome.get("guard") or {}
+        return bool(settings.get("enabled", True))
+
+    def _is_job_machinery(self, pid: int) -> bool:
+        """Whether ``pid`` is this process's ancestor up to the supervisor (launcher, shim)."""
+        supervisor = self.welcome.get("supervisor_pid")
+        if not isinstance(supervisor, int):
+            return False
+        current = os.getppid()
+        for _ in range(16):
+            if current == pid:
+                return True
+            if current in (supervisor, 0, 1):
+                return False
+            current = _parent_of(current)
+        return False
+
     def enable_guard(self) -> None:
         """Configure the guard for this run, or fall back to heartbeats from a global hook."""
         guard_settings = self.welcome.get("guard") or {}
-        guard = _guard_module() if guard_settings.get("enabled", True) else None
+        guard = _guard_module() if self._guard_enabled() else None
         telemetry = self.welcome.get("telemetry_dir")
         if guard is not None:
             on_violation = guard_settings.get("on_violation", "halt")
@@ -338,6 +375,17 @@ class _RefusalForwarder(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
             self._runtime.record("load.refused", {"message": record.getMessage()[:2000]})
+
+
+def _parent_of(pid: int) -> int:
+    """The parent pid of ``pid`` from ``/proc`` (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        # The command name is in parentheses and may hold spaces: fields follow the last ")".
+        return int(stat.rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _unblock_in_child() -> None:

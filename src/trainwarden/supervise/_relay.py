@@ -137,11 +137,15 @@ class Relaying(SupervisorState):
             "egress": self.o.egress,
             "guard": {"enabled": self.o.guard, "on_violation": self.o.on_violation},
             "heartbeat_interval": 0.5,
+            # Signals from the supervisor and the processes between it and a rank (the
+            # launcher, the shim) are the job's own machinery, not an insider's.
+            "supervisor_pid": os.getpid(),
         }
         if role in ("rank", "process"):
             # The sampling secret goes only over this channel, only to the job's own
             # processes (checked by the kernel's peer credentials), never via the environment.
-            welcome["secret"] = self.secret.hex()
+            if self.secret is not None:
+                welcome["secret"] = self.secret.hex()
             welcome["stacks_signal"] = STACKS_SIGNAL
             welcome["stacks_file"] = str(
                 self.run_dir / "stacks" / f".live-rank-{rank}-{peer.pid}.txt"
@@ -202,7 +206,9 @@ class Relaying(SupervisorState):
                     entry["ranks"].append(proc.rank)
             if known:
                 return
-        elif event == "rank.signal":
+        elif event in ("rank.signal", "guard.signal"):
+            # The guard's recorder in the rank reports guard.signal instead of rank.signal:
+            # one record per signal either way, counted (T6) by its sender.
             signo = payload.get("signo")
             target = proc.shim if proc.role == "shim" and proc.shim else proc.pid
             with self.lock:
@@ -214,7 +220,10 @@ class Relaying(SupervisorState):
                 self._count("T6")
         elif event == "guard.finding":
             technique = payload.get("technique")
-            self._count(str(technique) if isinstance(technique, str) else "other")
+            # A signal is counted once, from its guard.signal record (which says whether the
+            # sender was the job's own machinery), not again from the guard's finding.
+            if payload.get("rule_id") != "guard.signal":
+                self._count(str(technique) if isinstance(technique, str) else "other")
             with self.lock:
                 if len(self.guard_findings) < 200:
                     self.guard_findings.append(

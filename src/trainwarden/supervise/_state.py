@@ -109,7 +109,7 @@ class SupervisorState:
     guard_findings: list[dict[str, Any]]
     nodes: list[str]
     world_size: int | None
-    secret: bytes
+    secret: bytes | None
     refused_peers: int
     stop_requests: int
     ledger: Any

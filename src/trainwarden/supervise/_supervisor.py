@@ -225,6 +225,12 @@ def _noop(stage: str, message: str) -> None:
     del stage, message
 
 
+def _commitment(secret: bytes | None) -> str | None:
+    if secret is None:
+        return None
+    return "sha256:" + hashlib.sha256(b"trainwarden-sampling-secret-v1\0" + secret).hexdigest()
+
+
 def run_job(options: RunOptions, *, progress: Progress | None = None) -> RunResult:
     """Pre-flight, launch, watch and attest the job; return when it (and its orphans) ended.
 
@@ -257,11 +263,8 @@ class _Supervisor(Watching, Relaying):
         self.problems: list[str] = []
         self.nodes: list[str] = []
         self.world_size: int | None = None
-        self.secret = os.urandom(32)
-        self.commitment = (
-            "sha256:"
-            + hashlib.sha256(b"trainwarden-sampling-secret-v1\0" + self.secret).hexdigest()
-        )
+        self.secret: bytes | None = os.urandom(32)
+        self.commitment: str | None = _commitment(self.secret)
         self.leader: int | None = None
         self.leader_exit: ExitStatus | None = None
         self.ledger: Any = None
@@ -294,6 +297,21 @@ class _Supervisor(Watching, Relaying):
         self.key = o.key if o.key is not None else PrivateKey.generate("trainwarden-run-ephemeral")
         self.multinode = bool(job.nnodes and job.nnodes > 1)
         self.node_label = str(job.node_rank) if job.node_rank is not None else None
+        if self.multinode or (job.launcher == "srun" and (job.world_size or 1) > 1):
+            # One supervisor per node (or per Slurm task), one run: every rank must sample
+            # with the same secret, or the guard sees "different secrets" and halts. With
+            # the platform key the supervisors derive it from the key and the run id (Ed25519
+            # signatures are deterministic; nobody without the key can compute it). With
+            # ephemeral keys they cannot agree: the guard's ranks then agree on rank 0's
+            # secret among themselves (`sampling: local`) and run.start commits to none.
+            self.secret = (
+                None
+                if self.ephemeral
+                else hashlib.sha256(
+                    self.key.sign(b"trainwarden-sampling-secret-v1\0" + self.run_id.encode())
+                ).digest()
+            )
+            self.commitment = _commitment(self.secret)
         check_writable_dir(self.run_dir, what="run directory")
         check_writable_dir(self.ledger_dir, what="ledger directory")
         for sub in ("telemetry", "stacks"):

@@ -73,6 +73,39 @@ def test_global_guard_notices_schedulers_built_after_it(sink: MemorySink) -> Non
     assert attach["reference"] == "SGD"
 
 
+def test_global_guard_follows_the_composite_scheduler_built_after_it(sink: MemorySink) -> None:
+    # tinygpt under `trainwarden run`: install_global runs first, then the script builds
+    # LinearLR, CosineAnnealingLR and the SequentialLR that drives them. SequentialLR does
+    # not call LRScheduler.__init__, so the guard must notice it by its own constructor,
+    # or it follows the last child built and halts a clean job at step 1.
+    with install_global(sink=sink) as gg:
+        job = make_job()
+        train(job, 12)
+        assert gg.findings == ()
+    attach = sink.named("guard.attach")[0].data
+    assert attach["lr"].startswith("replica of SequentialLR")
+
+
+def test_global_guard_follows_a_chained_scheduler(sink: MemorySink) -> None:
+    with install_global(sink=sink) as gg:
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        first = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
+        second = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+        chained = torch.optim.lr_scheduler.ChainedScheduler([first, second], optimizer=opt)
+        for _ in range(5):
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            chained.step()
+            opt.zero_grad()
+        # Whatever the guard can replicate of a chain, it must not judge the job against a
+        # single child's schedule (that would be a false finding every step).
+        assert [f.rule_id for f in gg.findings if f.rule_id == "guard.hyperparam"] == []
+    attach = sink.named("guard.attach")[0].data
+    assert "StepLR" not in attach["lr"]
+    assert "ExponentialLR" not in attach["lr"]
+
+
 def test_script_guard_takes_over_from_the_global_one(sink: MemorySink) -> None:
     job = make_job()
     with install_global(sink=sink) as gg:
@@ -160,3 +193,19 @@ def test_signal_recorded_by_the_recorder_becomes_a_finding(sink: MemorySink) -> 
     assert "4242" in finding.message
     assert finding.step == 3
     assert not finding.halts
+
+
+def test_a_guarded_scheduler_still_saves_and_resumes(sink: MemorySink, tmp_path: Path) -> None:
+    # The guard counts scheduler steps through a wrapper held by the scheduler instance;
+    # torch's state_dict copies the instance's __dict__, so the wrapper must stay out of the
+    # checkpoint (it does not pickle, and a checkpoint must not carry the guard's code).
+    job = make_job()
+    with install_global(sink=sink) as gg:
+        train(job, 5)
+        state = job.scheduler.state_dict()
+        assert "step" not in state
+        assert "state_dict" not in state
+        torch.save({"scheduler": state}, tmp_path / "ckpt.pt")
+        job.scheduler.load_state_dict(torch.load(tmp_path / "ckpt.pt")["scheduler"])
+        train(job, 3)
+        assert gg.findings == ()
