@@ -1300,13 +1300,13 @@ def _ledger_section(r: RunReport) -> str:
             "Signers",
             "checked against the trusted keys"
             if lg.signers_checked
-            else "not checked: no trusted key was given (--key)",
+            else "not checked: no trusted key was given (--pubkey)",
         ),
         (
             "Seals",
             "checked against the trusted seal keys"
             if lg.seals_checked
-            else "not checked against a seal key (--seal-key)",
+            else "not checked against a seal key (--seal-pubkey)",
         ),
     ]
     if first is not None:

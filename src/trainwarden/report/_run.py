@@ -225,7 +225,7 @@ def read_run(
             if e.event == "run.start":
                 supervisor_pid = e.actor.pid
                 break
-    key_args = " ".join(f"--key {shlex.quote(p)}" for p in key_paths) or "--key WRITER.pub"
+    key_args = " ".join(f"--pubkey {shlex.quote(p)}" for p in key_paths) or "--pubkey WRITER.pub"
     findings = build_findings(
         view=view,
         ledger=status,
@@ -433,8 +433,8 @@ def _reproduce(
     provenance: str,
 ) -> tuple[tuple[str, str], ...]:
     q = shlex.quote
-    keys = " ".join(f"--key {q(p)}" for p in key_paths) or "--key WRITER.pub"
-    seals = "".join(f" --seal-key {q(p)}" for p in seal_paths)
+    keys = " ".join(f"--pubkey {q(p)}" for p in key_paths) or "--pubkey WRITER.pub"
+    seals = "".join(f" --seal-pubkey {q(p)}" for p in seal_paths)
     run = f" --run {q(run_id)}" if run_id else ""
     out = [
         (

@@ -51,7 +51,7 @@ class SyntheticRun:
         run_dir: The run directory.
         run_id: The run's id.
         keys: Trusted public key files (supervisor and job), for ``--key``.
-        seal_key: The sealer's public key file, for ``--seal-key``.
+        seal_key: The sealer's public key file, for ``--seal-pubkey``.
         insider_key: The drill insider's public key file (``None`` unless ``drill``).
         checkpoints: Checkpoint files signed during the run.
         sabotage: What was done to the run, one phrase each (empty for a clean run).
