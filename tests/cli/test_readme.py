@@ -28,7 +28,8 @@ def test_help_block_is_current(block: object) -> None:
 def test_readme_starts_with_the_two_commands() -> None:
     fences = re.findall(r"```(?:sh|bash|console)\n(.*?)```", TEXT, re.DOTALL)
     first, second = fences[0].strip(), fences[1].strip()
-    assert "trainwarden demo" in first
+    assert "trainwarden drill" in first
+    assert "torch==2.13.0" in first
     assert "pytest" in second
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     # CI runs the README's test command.
