@@ -267,6 +267,38 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _run_once(tool: Tool, target: Path, result: Run | None) -> Run:
+    """Run ``tool`` once on ``target``; parse its output unless ``result`` already holds it."""
+    env = {**os.environ, **dict(tool.env)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        started = time.perf_counter()
+        cpu_before = _children_cpu()
+        try:
+            proc = subprocess.run(
+                tool.command(target, out),
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=SLOW_TIMEOUT,
+                check=False,
+                cwd=tmp,
+            )
+        except subprocess.TimeoutExpired:
+            return Run(seconds=[SLOW_TIMEOUT], timed_out=True, note="timed out")
+        elapsed = time.perf_counter() - started
+        cpu = _children_cpu() - cpu_before
+        if result is None:
+            try:
+                result = tool.parse(proc, target, out)
+            except (OSError, ValueError, KeyError) as exc:
+                result = Run(returncode=proc.returncode, note=f"unparsable output: {exc!r}")
+        result.seconds.append(elapsed)
+        result.cpu.append(cpu)
+    return result
+
+
 def run_tool(tool: Tool, target: Path, runs: int) -> Run:
     """Run ``tool`` on ``target`` ``runs`` times (once if slow); parse the first run.
 
@@ -274,37 +306,34 @@ def run_tool(tool: Tool, target: Path, runs: int) -> Run:
     install has its .pyc files; a source tree compiled on each run would time the compiler).
     """
     result: Run | None = None
-    env = {**os.environ, **dict(tool.env)}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    n = 1 if tool.slow else runs
-    for _ in range(n):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "report.json"
-            started = time.perf_counter()
-            cpu_before = _children_cpu()
-            try:
-                proc = subprocess.run(
-                    tool.command(target, out),
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    timeout=SLOW_TIMEOUT,
-                    check=False,
-                    cwd=tmp,
-                )
-            except subprocess.TimeoutExpired:
-                return Run(seconds=[SLOW_TIMEOUT], timed_out=True, note="timed out")
-            elapsed = time.perf_counter() - started
-            cpu = _children_cpu() - cpu_before
-            if result is None:
-                try:
-                    result = tool.parse(proc, target, out)
-                except (OSError, ValueError, KeyError) as exc:
-                    result = Run(returncode=proc.returncode, note=f"unparsable output: {exc!r}")
-            result.seconds.append(elapsed)
-            result.cpu.append(cpu)
+    for _ in range(1 if tool.slow else runs):
+        result = _run_once(tool, target, result)
+        if result.timed_out:
+            break
     assert result is not None
     return result
+
+
+def run_interleaved(fast: list[Tool], target: Path, runs: int) -> dict[str, Run]:
+    """Run the fast tools in rounds, one run of each per round (parse each one's first run).
+
+    On a shared machine the load drifts over seconds: tools timed one after the other would
+    each get a different machine. Interleaved, every round times all tools under about the
+    same load, so their ratio (medians, and the ratio within each round) is meaningful.
+    """
+    results: dict[str, Run] = {}
+    for _ in range(runs):
+        for tool in fast:
+            got = results.get(tool.name)
+            if got is not None and got.timed_out:
+                continue
+            results[tool.name] = _run_once(tool, target, got)
+    return results
+
+
+def _round_ratios(base: list[float], ours: list[float]) -> float:
+    """Median over the rounds of ``base / ours`` (runs of the same round, same load)."""
+    return median([b / o for b, o in zip(base, ours, strict=False) if o > 0])
 
 
 _BUDGET_PROBE = r"""
@@ -423,7 +452,8 @@ def report(
         "accelerate, ONNX, GGUF, JSON/YAML/text configs, tokenizers, images, nested archives) "
         f"and {len(corpus.attack_ids)} attack samples (`tests/attacks.py`). Whole-process "
         "wall-clock time and CPU time (user + system), every tool from compiled bytecode; fast "
-        f"tools: median of {runs} runs; ModelAudit: 1 run with its own timeout of "
+        f"tools: median of {runs} runs, interleaved (one run of each tool per round, so all "
+        "see about the same load); ModelAudit: 1 run with its own timeout of "
         f"{SLOW_TIMEOUT:.0f} s (it takes minutes), fickling driver: median of {runs}.",
         "",
         "| tool | version | benign folder wall (s) | CPU (s) | time / picklescan time |"
@@ -451,6 +481,9 @@ def report(
     tw = speed["trainwarden"]
     tw_ratio = base / median(tw.seconds) if tw.seconds else float("nan")
     tw_cpu_ratio = base_cpu / median(tw.cpu) if tw.cpu else float("nan")
+    ps = speed["picklescan"]
+    round_wall = _round_ratios(ps.seconds, tw.seconds) if ps.seconds else float("nan")
+    round_cpu = _round_ratios(ps.cpu, tw.cpu) if ps.cpu else float("nan")
     tw_big = big.get("trainwarden")
     tw_attacks = attacks["trainwarden"]
     must_be_unsafe = [i for i in corpus.attack_ids if corpus.attack_expected[i] == "unsafe"]
@@ -467,7 +500,10 @@ def report(
         "templates, names computed at load time) are expected unknown or unsafe.",
         "",
         f"Speed-up of trainwarden over picklescan on the mixed folder: **{tw_ratio:.2f}x** "
-        f"wall-clock, **{tw_cpu_ratio:.2f}x** CPU time (picklescan / trainwarden; goal >= 2x)"
+        f"wall-clock, **{tw_cpu_ratio:.2f}x** CPU time (picklescan / trainwarden, ratio of the "
+        f"medians; goal >= 2x); median of the {len(tw.seconds)} per-round ratios (the two "
+        f"runs of a round are timed back to back): {round_wall:.2f}x wall-clock, "
+        f"{round_cpu:.2f}x CPU time"
         + (
             f"; 8 GB checkpoint: **{median(tw_big.seconds):.3f} s** (goal < 0.15 s)."
             if tw_big and tw_big.seconds
@@ -535,9 +571,14 @@ def main() -> int:
     speed: dict[str, Run] = {}
     attacks: dict[str, Run] = {}
     big: dict[str, Run] = {}
+    fast = [t for t in all_tools if not t.slow]
+    print(f"bench: {args.runs} interleaved rounds of {', '.join(t.name for t in fast)} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    speed.update(run_interleaved(fast, corpus.benign, args.runs))
     for tool in all_tools:
         print(f"bench: {tool.name} ...", file=sys.stderr, flush=True)
-        speed[tool.name] = run_tool(tool, corpus.benign, args.runs)
+        if tool.slow:
+            speed[tool.name] = run_tool(tool, corpus.benign, args.runs)
         attacks[tool.name] = run_tool(tool, corpus.attacks, 1)
         if corpus.big is not None:
             big[tool.name] = run_tool(tool, corpus.big.parent, 3 if tool.name != "fickling" else 1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -78,7 +77,9 @@ def atomic_write(
         chunks = data
     _refuse_special(target, what)
     directory = target.parent
-    tmp = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    # os.urandom is what secrets.token_hex draws from; importing secrets (hmac, random,
+    # hashlib) costs every short-lived command ~5 ms of start-up for one name.
+    tmp = directory / f".{target.name}.{os.urandom(6).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
     except OSError as exc:

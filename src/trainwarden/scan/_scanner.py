@@ -39,10 +39,12 @@ __all__ = ["default_jobs", "scan_buffer", "scan_file", "scan_paths", "walk"]
 # Larger files are read on demand and get no digest: hashing an 8 GB checkpoint would cost
 # seconds to learn nothing the scan needs (`trainwarden sign` hashes files properly).
 WHOLE_READ_BYTES = 256 << 10
-# Below this many files a process pool costs more to start than it saves (measured: files of
-# a model folder scan in ~0.3-0.6 ms each in one process; a forked 2-process pool adds
-# ~30 ms, so it pays from a few hundred files on when a second CPU is idle).
-_PARALLEL_MIN_FILES = 200
+# Below this many files a process pool costs more than it saves. Files of a model folder scan
+# in ~0.3 ms each in one process; a forked pool adds ~30 ms to start, every worker imports
+# the format readers it meets again, and each report is pickled back: measured on a 2-core
+# machine over 523 mixed files, 2 workers took 1.5x the CPU time and no less wall time than
+# one process. From a few thousand files (a second or more of work) a second idle CPU pays.
+_PARALLEL_MIN_FILES = 2000
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,8 +231,15 @@ def _splice(ctx: Context, blob: Blob, member: str | None) -> tuple[bytes, list[i
             for skip in pending:  # raw reads joblib made from after the final frame
                 resume = _raw_read(ctx, blob, resume, skip, member, nested)
             return _join(ctx, blob, segments), nested, max(end, resume)
-        if name in _PUSH_ARG:
+        # The memo opcodes and the argument pushes are most of every stream: tested first.
+        if name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in _PUSH_ARG:
             stack.append(arg)
+        elif name in ("BINPUT", "PUT", "LONG_BINPUT"):
+            memo[_int(arg)] = stack[-1]
+        elif name in ("BINGET", "GET", "LONG_BINGET"):
+            stack.append(memo.get(_int(arg), _UNKNOWN))
         elif name in ("NONE",):
             stack.append(None)
         elif name == "NEWTRUE":
@@ -310,12 +317,6 @@ def _splice(ctx: Context, blob: Blob, member: str | None) -> tuple[bytes, list[i
                 pending.append(_array_skip(state))
             elif isinstance(target, _Obj):
                 target.state = state
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[_int(arg)] = stack[-1]
-        elif name == "MEMOIZE":
-            memo[len(memo)] = stack[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo.get(_int(arg), _UNKNOWN))
         elif name == "POP":
             stack.pop()
         elif name == "POP_MARK":

@@ -36,9 +36,16 @@ def is_tar_header(block: bytes) -> bool:
             stored = int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
         except ValueError:
             return False
-    unsigned = 256 + sum(block[:148]) + sum(block[156:512])
-    signed = sum(struct.unpack("148b8x356b", block[:512])) + 256
+    # tarfile sums the header both as unsigned and as signed bytes. The signed sum is the
+    # unsigned one less 256 for every byte >= 0x80: counted in C (translate), not by
+    # unpacking 504 Python ints, since every file's first block goes through here.
+    head = block[:148] + block[156:512]
+    unsigned = 256 + sum(head)
+    signed = unsigned - 256 * len(head.translate(None, _LOW_BYTES))
     return stored in (unsigned, signed)
+
+
+_LOW_BYTES = bytes(range(0x80))
 
 
 def sniff_head(head: bytes, size: int) -> str:
