@@ -27,7 +27,7 @@ import pytest
 
 from canary import Canary
 from trainwarden.keys import generate_key, load_public_key
-from trainwarden.ledger import Entry, read_ledger, verify_ledger
+from trainwarden.ledger import Entry, inspect_ledger, read_ledger, verify_ledger
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -210,6 +210,12 @@ def test_clean_run_records_everything_and_attests(
         assert expected in events, expected
     assert events.index("preflight.decision") < events.index("rank.start")
     assert events.index("run.exit") < events.index("provenance.signed")
+    # An operator checking the recorded files from anywhere finds them all unchanged.
+    files = inspect_ledger(
+        run_dir / "ledger", keys=[load_public_key(key_pair[1])], check_files=True
+    ).files
+    assert {Path(f.path).name for f in files} >= {"ckpt-000010.pt", "provenance.intoto.json"}
+    assert [f.path for f in files if f.status != "ok"] == []
     items = entries(run_dir)
     start = named(items, "run.start")[0]
     assert start["seed_commitment"].startswith("sha256:")
