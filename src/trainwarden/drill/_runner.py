@@ -26,10 +26,8 @@ from trainwarden.drill._attacks.sleeping_optimizer import planned_sleeps
 from trainwarden.drill._checks import (
     Observation,
     file_owner,
-    preflight_env,
-    preflight_scan,
     seal,
-    sign_checkpoints,
+    signed_checkpoints,
     verify_checkpoints,
     verify_ledger_issues,
 )
@@ -154,23 +152,18 @@ def _report_writer() -> Callable[..., object]:
     return writer
 
 
-def _unavailable() -> dict[str, str]:
-    """Components the drill cannot use yet, with the reason shown for their scenarios."""
+def _unavailable(*, defenses: bool) -> dict[str, str]:
+    """Components the drill cannot use, with the reason shown for their scenarios."""
     out = {}
     if importlib.util.find_spec("trainwarden.guard") is None:
         out["guard"] = (
             "guard not installed (trainwarden.guard, the runtime checks inside each rank)"
         )
-    else:
-        out["guard"] = "guard installed but not wired in: the drill does not run jobs under it yet"
+    elif not defenses:
+        out["guard"] = "guard turned off (unsafe_no_defenses): the attacks acted unhindered"
     if importlib.util.find_spec("trainwarden.supervise") is None:
         out["supervisor"] = (
             "supervisor not installed (trainwarden run, which records exits and signals)"
-        )
-    else:
-        out["supervisor"] = (
-            "supervisor installed but not wired in: the drill does not launch jobs with "
-            "trainwarden run yet"
         )
     return out
 
@@ -204,7 +197,7 @@ class _Drill:
         self.runs = [r for r in RUNS if r == CONTROL or any(s.run == r for s in scenarios)]
         self.done = 0
         self.account: InsiderAccount = choose_account()
-        self.unavailable = _unavailable()
+        self.unavailable = _unavailable(defenses=defenses)
         self.sandbox: Sandbox | None = None
         self.control: JobOutcome | None = None
         self.control_ckpts: list[Path] = []
@@ -288,8 +281,10 @@ class _Drill:
         if not self.defenses:
             notes.append("defences were off (unsafe_no_defenses): attacks acted unhindered")
         notes.append(
-            "pre-flight checks (env verify, scan) were run by the drill and recorded with the "
-            "platform key; jobs were launched with torchrun, not trainwarden run"
+            "every job ran under trainwarden run (pre-flight, guard in warn mode in every rank, "
+            "signals and exits, checkpoints signed with the platform key as written); "
+            "pre-flight findings and access warnings were recorded and the job let run, so "
+            "the runtime checks show what they catch"
         )
         return DrillResult(
             control=control,
@@ -303,8 +298,8 @@ class _Drill:
                 "env": True,
                 "sign": True,
                 "ledger": True,
-                "guard": False,
-                "supervisor": False,
+                "guard": "guard" not in self.unavailable,
+                "supervisor": "supervisor" not in self.unavailable,
             },
             seconds=time.monotonic() - start,
             sandbox=str(self.sb.root) if self.sb.keep else None,
@@ -466,19 +461,6 @@ class _Drill:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def _preflight(self, run: RunPaths, scan: Sequence[Path] = ()) -> None:
-        from trainwarden.keys import load_private_key
-        from trainwarden.ledger import Ledger
-
-        self._notify(
-            "preflight", "pre-flight: env verify" + (" and scan" if scan else ""), run.name
-        )
-        key = load_private_key(self.sb.keys["platform"].private)
-        with Ledger(run.ledger, key=key) as ledger:
-            preflight_env(self.sb, run, ledger)
-            if scan:
-                preflight_scan(scan, run, ledger)
-
     def _job(self, run: RunPaths, spec: JobSpec) -> Job:
         self._notify("job", f"training: {self.ranks} ranks, {spec.steps} steps", run.name)
         job = Job(self.sb, run, spec, ranks=self.ranks)
@@ -494,7 +476,6 @@ class _Drill:
 
     def _run_control(self) -> ScenarioResult:
         run = self.sb.prepare_run(CONTROL)
-        self._preflight(run)
         outcome = self._wait(self._job(run, JobSpec(_STEPS, _CKPT_EVERY, protect=self.defenses)))
         self.control = outcome
         problems: list[Observation] = []
@@ -503,7 +484,7 @@ class _Drill:
         self._notify("check", "signing, sealing and verifying the checkpoints", run.name)
         checks: list[Observation] = []
         try:
-            signatures = sign_checkpoints(self.sb, run)
+            signatures = signed_checkpoints(self._entries(run))
             self.control_ckpts = [Path(s.path) for s in signatures]
             seal(self.sb, run)
             checks += verify_checkpoints(self.sb, run, self.control_ckpts)
@@ -562,8 +543,9 @@ class _Drill:
         canary = self.sb.loot / "t1-canary.txt"
         outcomes = self._attack(run, [(scenario, {"checkpoint": str(ckpt), "canary": str(canary)})])
         owners = _owners([ckpt])
-        self._preflight(run, scan=[ckpt])
-        outcome = self._wait(self._job(run, JobSpec(_STEPS, resume=ckpt, protect=self.defenses)))
+        outcome = self._wait(
+            self._job(run, JobSpec(_STEPS, resume=ckpt, protect=self.defenses, scan=(ckpt,)))
+        )
         observations = _with_owners(ledger_observations(self._entries(run)), owners)
         refusal = _refusal(outcome, run.log, ckpt)
         if refusal is not None:
@@ -615,7 +597,6 @@ class _Drill:
         # Who owns the edited files now (the restore below puts the platform's back).
         owners = _owners([self.sb.site / t for t in touched])
         try:
-            self._preflight(run)
             outcome = self._wait(self._job(run, JobSpec(_STEPS, protect=self.defenses)))
         finally:
             # The platform repairs the environment from its record before the next run.
@@ -653,7 +634,6 @@ class _Drill:
             # Created when the job is over, so an insider still waiting gives up at once.
             "ended": str(run.run_dir / "job.ended"),
         }
-        self._preflight(run)
         self._notify("attack", f"the insider waits for step 10 to send {signal_name}", run.name)
         insider = self._start_insider(run, [(scenario, params)], keep_kill=True)
         job = self._job(run, JobSpec(_T6_STEPS, _CKPT_EVERY, protect=self.defenses))
@@ -672,9 +652,8 @@ class _Drill:
     def _run_t7(self, group: Sequence[Scenario]) -> list[ScenarioResult]:
         sb = self.sb
         run = sb.prepare_run("t7")
-        self._preflight(run)
         outcome = self._wait(self._job(run, JobSpec(_STEPS, _CKPT_EVERY, protect=self.defenses)))
-        signatures = sign_checkpoints(sb, run) if outcome.ok else []
+        signatures = signed_checkpoints(self._entries(run)) if outcome.ok else []
         if len(signatures) < 4:
             return self._unrunnable(
                 "t7", group, f"the colleague's run left {len(signatures)} checkpoint(s), not 4"
