@@ -856,9 +856,10 @@ def _timing_effect(outcome: JobOutcome, control: JobOutcome | None) -> Effect:
     planned = planned_sleeps(
         start=int(_T3["start"]), prob=float(_T3["prob"]), seed=int(_T3["seed"]), steps=len(steps)
     )
-    # Rank 0 waits for the sleeping rank in the next step's gradient all-reduce.
-    waits = [k + 1 for k in planned if k + 1 <= len(steps)]
-    slow = [k for k in waits if steps[k - 1] >= 0.9 * float(_T3["delay"])]
+    # Rank 0 waits for the sleeping rank at its next collective: the guard's per-step
+    # exchange in the same step, or (without the guard) the next step's gradient all-reduce.
+    waits = [k for k in planned if k + 1 <= len(steps)]
+    slow = [k for k in waits if max(steps[k - 1], steps[k]) >= 0.9 * float(_T3["delay"])]
     base = control.result.get("seconds") if control and control.result else None
     return Effect(
         bool(waits) and len(slow) >= 0.8 * len(waits),
