@@ -8,6 +8,7 @@ must not happen to the test process itself. Jobs that do not need torch are smal
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import itertools
 import json
@@ -438,6 +439,16 @@ def test_torchrun_two_ranks_each_rank_bootstrapped_and_its_exit_known(
     assert [Path(s["path"]).name for s in named(items, "checkpoint.signed")] == ["ckpt-000010.pt"]
     record = json.loads((tmp_path / "rd" / "run.json").read_text())
     assert (record["launcher"], record["world_size"]) == ("torchrun", 2)
+    # Each rank's guard closed at exit: its telemetry is complete and attested in the ledger.
+    assert sorted((c["rank"], c["steps"]) for c in named(items, "guard.close")) == [
+        (0, 10),
+        (1, 10),
+    ]
+    for attested in named(items, "guard.telemetry"):
+        lines = (tmp_path / "rd" / "telemetry" / f"rank-{attested['rank']}.jsonl").read_bytes()
+        assert attested["lines"] == 10 == len(lines.splitlines())
+        assert attested["sha256"] == hashlib.sha256(lines).hexdigest()
+    assert sorted(t["rank"] for t in named(items, "guard.telemetry")) == [0, 1]
 
 
 @pytest.mark.distributed
