@@ -102,18 +102,5 @@ def test_keep_into_a_non_empty_directory_is_refused(
     assert "new or empty" in capsys.readouterr().err
 
 
-def test_report_needs_the_html_report_component(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import trainwarden.report
-
-    if hasattr(trainwarden.report, "write_run_report"):
-        pytest.skip("the HTML run report is installed")
-    code = main(["drill", "--report", str(tmp_path / "r.html"), "--no-progress"])
-    assert code == 2
-    assert "write_run_report" in capsys.readouterr().err
-    assert not (tmp_path / "r.html").exists()
-
-
 # The whole drill through this command, with --keep and --output, is the CI drill test:
 # tests/unit/drill/test_drill_run.py.

@@ -122,34 +122,18 @@ def run_drill(
             f"not {ranks!r}"
         )
     scenarios = select_scenarios(tuple(only))
-    writer = _report_writer() if report is not None else None
     if report is not None:
         from trainwarden._fs import check_output_path
 
-        check_output_path(report, [])
+        check_output_path(report, [keep] if keep is not None else [])
     return _Drill(
         ranks=ranks,
         scenarios=scenarios,
         keep=keep,
         progress=progress,
         defenses=not unsafe_no_defenses,
-        report=(report, writer) if report is not None and writer is not None else None,
+        report=report,
     ).run()
-
-
-def _report_writer() -> Callable[..., object]:
-    """``trainwarden.report.write_run_report``, or a clear error where it is not installed."""
-    try:
-        module = importlib.import_module("trainwarden.report")
-    except ImportError:  # pragma: no cover - the package is part of trainwarden
-        module = None
-    writer: Callable[..., object] | None = getattr(module, "write_run_report", None)
-    if writer is None or not callable(writer):
-        raise ConfigError(
-            "--report needs the HTML run report (trainwarden.report.write_run_report), which "
-            "this installation does not have yet"
-        )
-    return writer
 
 
 def _unavailable(*, defenses: bool) -> dict[str, str]:
@@ -186,7 +170,7 @@ class _Drill:
         keep: Path | None,
         progress: ProgressCallback | None,
         defenses: bool,
-        report: tuple[Path, Callable[..., object]] | None = None,
+        report: Path | None = None,
     ) -> None:
         self.report_to = report
         self.ranks = ranks
@@ -240,7 +224,7 @@ class _Drill:
                 self.done += 1
             result = self._result(control, results, start)
             if self.report_to is not None:
-                self._write_reports(result, *self.report_to)
+                self._write_reports(result, self.report_to)
         finally:
             for item in reversed(self._active):
                 with contextlib.suppress(Exception):
@@ -248,24 +232,41 @@ class _Drill:
             self.sandbox.close()
         return replace(result, seconds=time.monotonic() - start)
 
-    def _write_reports(
-        self, result: DrillResult, index: Path, writer: Callable[..., object]
-    ) -> None:
+    def _write_reports(self, result: DrillResult, index: Path) -> None:
+        """The index page and one forensic report per run, each compared with the control."""
         from trainwarden._fs import atomic_write
         from trainwarden.drill._html import render_index
+        from trainwarden.report import write_run_report
 
-        self._notify("report", f"writing the HTML report {index}")
-        control_dir = self.sb.runs / CONTROL
-        links = {}
+        sb = self.sb
+        # Every key of the drill is trusted, so nothing shows as "not verified": the
+        # platform key signs run's entries and seals its ledgers, the ops key seals them
+        # again, the insider's and the colleague's keys sign their own entries.
+        keys = [sb.keys[role].public for role in ("platform", "victim", "insider")]
+        seal_keys = [sb.keys["seal"].public, sb.keys["platform"].public]
+        control_dir = sb.runs / CONTROL
+        links: dict[str, str] = {}
+        problems: dict[str, str] = {}
         for name in self.runs:
+            run_id = f"drill-{sb.token}-{name}"
             target = index.with_name(f"{index.stem}-{name}.html")
-            writer(
-                self.sb.runs / name,
-                target,
-                against=None if name == CONTROL else control_dir,
-            )
-            links[name] = target.name
-        atomic_write(index, render_index(result, links), what="report")
+            self._notify("report", f"report of run {name}: {target}", name)
+            try:
+                write_run_report(
+                    sb.runs / name,
+                    target,
+                    against=None if name == CONTROL else control_dir,
+                    keys=keys,
+                    seal_keys=seal_keys,
+                )
+            except Error as exc:
+                # One run's report failing (a run that never started) must not cost the
+                # others, nor the index that says what happened.
+                problems[run_id] = exc.diagnostics()
+                continue
+            links[run_id] = target.name
+        self._notify("report", f"writing the drill's report {index}")
+        atomic_write(index, render_index(result, links, problems).encode(), what="report")
 
     def _result(
         self, control: ScenarioResult, results: list[ScenarioResult], start: float
