@@ -55,6 +55,10 @@ _JOB_TIMEOUT = 300.0
 _INSIDER_TIMEOUT = 300.0
 # T6's job trains long enough that the kill always lands mid-run; it never finishes.
 _T6_STEPS = 2000
+# The guard run trains longer: the timing check judges a step against the robust spread of
+# its own history, which a loaded machine makes wide at first; more steps after warm-up give
+# the sleeping rank's stalls room to stand out however busy the machine is (a few seconds).
+_GUARD_STEPS = 80
 # T3: from step 5, sleep 0.15 s with probability 0.3 a step, on the last rank of jobs with
 # more than one rank (the incident's "only above 256 GPUs", scaled down).
 _T3 = {"start": 5, "prob": 0.3, "delay": 0.15, "threshold": 1, "seed": 20240}
@@ -598,7 +602,8 @@ class _Drill:
         # Who owns the edited files now (the restore below puts the platform's back).
         owners = _owners([self.sb.site / t for t in touched])
         try:
-            outcome = self._wait(self._job(run, JobSpec(_STEPS, protect=self.defenses)))
+            steps = _GUARD_STEPS if name == "guard" else _STEPS
+            outcome = self._wait(self._job(run, JobSpec(steps, protect=self.defenses)))
         finally:
             # The platform repairs the environment from its record before the next run.
             self.sb.restore(touched)
