@@ -551,8 +551,11 @@ class _Drill:
         outcome = self._wait(
             self._job(run, JobSpec(_STEPS, resume=ckpt, protect=self.defenses, scan=(ckpt,)))
         )
-        observations = _with_owners(ledger_observations(self._entries(run)), owners)
-        refusal = _refusal(outcome, run.log, ckpt)
+        entries = self._entries(run)
+        observations = _with_owners(ledger_observations(entries), owners)
+        # protect() in a rank refusing the checkpoint: as `run` relays it to the signed
+        # ledger (load.refused), else as the rank's traceback in the job's output.
+        refusal = _ledger_refusal(entries, ckpt) or _refusal(outcome, run.log, ckpt)
         if refusal is not None:
             observations.append(refusal)
         ran = canary.read_text(encoding="utf-8").splitlines() if canary.exists() else []
@@ -801,6 +804,27 @@ def _job_failure(outcome: JobOutcome) -> Observation:
     what = "timed out" if outcome.timed_out else f"ended with status {outcome.status}"
     tail = outcome.log_tail.strip().splitlines()[-1:] or [""]
     return Observation("job", None, f"the job {what}: {tail[0][:200]}", outcome.ended, "check")
+
+
+def _ledger_refusal(entries: Sequence[Any], ckpt: Path) -> Observation | None:
+    """``protect()`` refusing ``ckpt`` in a rank: the ``load.refused`` the supervisor signed."""
+    names = {str(ckpt), str(ckpt.resolve())}
+    for entry in entries:
+        message = entry.data.get("message")
+        if entry.event != "load.refused" or not isinstance(message, str):
+            continue
+        if any(name in message for name in names):
+            return Observation(
+                "protect()",
+                "load.refused",
+                message[:300],
+                entry.time,
+                "ledger",
+                path=str(ckpt),
+                facts={"step": 0, "rank": entry.data.get("rank"), "pid": entry.data.get("pid")},
+                evidence=file_owner(ckpt),
+            )
+    return None
 
 
 def _refusal(outcome: JobOutcome, log: Path, ckpt: Path) -> Observation | None:
