@@ -91,6 +91,13 @@ def _run(args: argparse.Namespace) -> int:
     # Before minutes of work: an output that cannot be written is a usage error now.
     check_output(args.output, [args.keep])
     check_output(args.report, [args.keep], what="--report")
+    for flag, path in (("--output", args.output), ("--report", args.report)):
+        if path is not None and args.keep is not None and str(path) != "-":
+            try:
+                Path(path).resolve().relative_to(Path(args.keep).resolve())
+            except ValueError:
+                continue
+            raise ConfigError(f"{flag} {path} lies inside the --keep directory {args.keep}")
     if (
         args.report is not None
         and args.output is not None

@@ -130,6 +130,10 @@ def run_drill(
         from trainwarden._fs import check_output_path
 
         check_output_path(report, [keep] if keep is not None else [])
+        if keep is not None and _inside(report, keep):
+            # The pages are written while the sandbox still holds the evidence they are
+            # about; nothing of the report may land among it.
+            raise ConfigError(f"the report {report} lies inside the --keep directory {keep}")
     return _Drill(
         ranks=ranks,
         scenarios=scenarios,
@@ -766,6 +770,15 @@ class _Drill:
 
 
 # -- effects and helpers ------------------------------------------------------------------
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it (both resolved, neither need exist)."""
+    try:
+        Path(path).resolve().relative_to(Path(directory).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _sha256(path: Path) -> str | None:
