@@ -45,7 +45,8 @@ def _check(result: ScenarioResult) -> str:
     first = result.first
     if first is None:
         return _e(result.reason or "-")
-    rule = f" <code>{_e(first.rule_id)}</code>" if first.rule_id else ""
+    # Guard findings are named by their rule: say it once.
+    rule = f" <code>{_e(first.rule_id)}</code>" if first.rule_id not in (None, first.check) else ""
     return _e(first.check) + rule
 
 
@@ -62,9 +63,12 @@ def _named(result: ScenarioResult) -> str:
 
 
 def _run_cell(result: ScenarioResult, link: str | None) -> str:
+    # "drill-<token>-t6-term" -> "t6-term"; the full id is the link's title.
+    parts = result.run.split("-", 2)
+    short = parts[2] if len(parts) == 3 and parts[0] == "drill" else result.run
     if link is None:
-        return _e(result.run)
-    return f'<a href="{_e(link)}">{_e(result.run)}</a>'
+        return f'<span title="{_e(result.run)}">{_e(short)}</span>'
+    return f'<a href="{_e(link)}" title="{_e(result.run)}">{_e(short)}</a>'
 
 
 def _row(result: ScenarioResult, link: str | None) -> str:
@@ -85,7 +89,7 @@ def _detection(d: Detection) -> str:
     evidence = f"; points at {_e(d.evidence.describe())}" if d.evidence is not None else ""
     return (
         f"<li><b>{_e(d.check)}</b>"
-        + (f" <code>{_e(d.rule_id)}</code>" if d.rule_id else "")
+        + (f" <code>{_e(d.rule_id)}</code>" if d.rule_id not in (None, d.check) else "")
         + f"{counts}: {_e(d.message)} <small>({_e(_after(d))}{evidence})</small></li>"
     )
 
@@ -94,7 +98,9 @@ def _section(result: ScenarioResult, link: str | None) -> str:
     parts = [
         f'<details id="{_e(result.scenario)}"'
         + (" open" if not result.passed else "")
-        + f"><summary>{_e(result.technique)} {_e(result.scenario)}: "
+        + "><summary>"
+        + (f"{_e(result.technique)} " if result.technique != "-" else "")
+        + f"{_e(result.scenario)}: "
         f'<span class="{_e(result.status)}">{_e(result.status)}</span></summary>',
         "<ul>",
     ]
