@@ -71,7 +71,8 @@ class DrillProgress:
     """One progress report of a running drill.
 
     Attributes:
-        stage: ``sandbox``, ``attack``, ``preflight``, ``job``, ``check``, ``result``.
+        stage: ``sandbox``, ``attack``, ``job`` (one job under ``trainwarden run``, its
+            pre-flight included), ``check``, ``result``, ``report``.
         message: What is happening, for a human.
         run: The run it is about, when any.
         done: Runs finished so far.
@@ -109,9 +110,10 @@ def run_drill(
         report: Write an HTML report here: an index of the result table, and beside it one
             forensic report per run (``trainwarden.report.write_run_report``, compared with
             the control run).
-        unsafe_no_defenses: Run the jobs without ``protect()`` (and, once wired, without the
-            guard), so the attacks act unhindered: for showing that they are real. Every
-            payload stays harmless, and nothing outside the sandbox is touched.
+        unsafe_no_defenses: Run the jobs without ``protect()`` and without the guard
+            (``trainwarden run --no-protect --no-guard``), so the attacks act unhindered: for
+            showing that they are real. Every payload stays harmless, and nothing outside the
+            sandbox is touched.
 
     Returns:
         The result; ``passed`` only if every attack was detected and the control was clean.
