@@ -85,18 +85,8 @@ def test_building_every_command_imports_no_heavy_library() -> None:
 # -- the same flag, the same meaning -------------------------------------------------------
 
 
-# cli/drill.py is being changed on the drill branch right now; it moves to the common helpers
-# at the merge (its --output is a plain Path: an empty name means the current directory).
-PENDING = {("drill",)}
-
-
 def test_common_flags_are_defined_once() -> None:
-    _check_common_flags({p: c for p, c in COMMAND_PARSERS.items() if p not in PENDING})
-
-
-@pytest.mark.xfail(strict=True, reason="cli/drill.py keeps its own --output until the merge")
-def test_the_drill_uses_the_common_flags_too() -> None:
-    _check_common_flags({p: COMMAND_PARSERS[p] for p in PENDING})
+    _check_common_flags(COMMAND_PARSERS)
 
 
 def _check_common_flags(parsers: dict[tuple[str, ...], argparse.ArgumentParser]) -> None:

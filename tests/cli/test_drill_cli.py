@@ -102,16 +102,27 @@ def test_keep_into_a_non_empty_directory_is_refused(
     assert "new or empty" in capsys.readouterr().err
 
 
-def test_report_needs_the_html_report_component(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--report", "{d}", "--only", "T8"], "is a directory"),
+        (["--report", "{d}/r.html", "--output", "{d}/r.html", "--only", "T8"], "same file"),
+        (["--output", "{d}", "--only", "T8"], "is a directory"),
+        (["--report", "{d}/keep/r.html", "--keep", "{d}/keep"], "inside the --keep directory"),
+        (["--output", "{d}/keep/o.txt", "--keep", "{d}/keep"], "inside the --keep directory"),
+        (["--report", ""], "empty path"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    import trainwarden.report
-
-    if hasattr(trainwarden.report, "write_run_report"):
-        pytest.skip("the HTML run report is installed")
-    code = main(["drill", "--report", str(tmp_path / "r.html"), "--no-progress"])
-    assert code == 2
-    assert "write_run_report" in capsys.readouterr().err
+    args = [a.replace("{d}", str(tmp_path)) for a in argv]
+    assert main(["drill", *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+    # Nothing was built: no sandbox kept, no report half-written.
+    assert not (tmp_path / "keep").exists()
     assert not (tmp_path / "r.html").exists()
 
 

@@ -8,6 +8,7 @@ must not happen to the test process itself. Jobs that do not need torch are smal
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import itertools
 import json
@@ -27,7 +28,7 @@ import pytest
 
 from canary import Canary
 from trainwarden.keys import generate_key, load_public_key
-from trainwarden.ledger import Entry, read_ledger, verify_ledger
+from trainwarden.ledger import Entry, inspect_ledger, read_ledger, verify_ledger
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -210,6 +211,12 @@ def test_clean_run_records_everything_and_attests(
         assert expected in events, expected
     assert events.index("preflight.decision") < events.index("rank.start")
     assert events.index("run.exit") < events.index("provenance.signed")
+    # An operator checking the recorded files from anywhere finds them all unchanged.
+    files = inspect_ledger(
+        run_dir / "ledger", keys=[load_public_key(key_pair[1])], check_files=True
+    ).files
+    assert {Path(f.path).name for f in files} >= {"ckpt-000010.pt", "provenance.intoto.json"}
+    assert [f.path for f in files if f.status != "ok"] == []
     items = entries(run_dir)
     start = named(items, "run.start")[0]
     assert start["seed_commitment"].startswith("sha256:")
@@ -432,6 +439,16 @@ def test_torchrun_two_ranks_each_rank_bootstrapped_and_its_exit_known(
     assert [Path(s["path"]).name for s in named(items, "checkpoint.signed")] == ["ckpt-000010.pt"]
     record = json.loads((tmp_path / "rd" / "run.json").read_text())
     assert (record["launcher"], record["world_size"]) == ("torchrun", 2)
+    # Each rank's guard closed at exit: its telemetry is complete and attested in the ledger.
+    assert sorted((c["rank"], c["steps"]) for c in named(items, "guard.close")) == [
+        (0, 10),
+        (1, 10),
+    ]
+    for attested in named(items, "guard.telemetry"):
+        lines = (tmp_path / "rd" / "telemetry" / f"rank-{attested['rank']}.jsonl").read_bytes()
+        assert attested["lines"] == 10 == len(lines.splitlines())
+        assert attested["sha256"] == hashlib.sha256(lines).hexdigest()
+    assert sorted(t["rank"] for t in named(items, "guard.telemetry")) == [0, 1]
 
 
 @pytest.mark.distributed

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainwarden.cli._common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, write_output
+from trainwarden.cli._common import (
+    EXIT_ERROR,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    Progress,
+    add_output_arguments,
+    add_progress_argument,
+    check_output,
+    dumps,
+    path_arg,
+    write_output,
+)
+from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
     from trainwarden.drill import DrillProgress, DrillResult, ScenarioResult
@@ -51,22 +60,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=DEFAULT_RANKS,
         help=f"ranks of every training job (default: {DEFAULT_RANKS}, at least 2)",
     )
-    parser.add_argument(
-        "--format", choices=("text", "json"), default="text", help="report format (default: text)"
-    )
-    parser.add_argument(
-        "--output", "-o", metavar="FILE", type=Path, help="write the table to FILE, not stdout"
-    )
+    add_output_arguments(parser, ("text", "json"))
     parser.add_argument(
         "--report",
         metavar="FILE",
-        type=Path,
-        help="also write an HTML report (FILE, and one forensic report per run beside it)",
+        type=path_arg,
+        help="also write an HTML report: FILE (the table, linking every run) and one forensic "
+        "report per run beside it (FILE's name with -RUN.html), each compared with the control",
     )
     parser.add_argument(
         "--keep",
         metavar="DIR",
-        type=Path,
+        type=path_arg,
         help="build the sandbox in DIR (new or empty) and keep it for inspection",
     )
     parser.add_argument(
@@ -76,83 +81,58 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=[],
         help="run only this technique (T4) or scenario id (T4-flip-one-rank); repeatable",
     )
-    parser.add_argument("--no-progress", action="store_true", help="never show progress")
+    add_progress_argument(parser)
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from trainwarden.drill import run_drill
 
-    with _progress(enabled=not args.no_progress) as callback:
+    # Before minutes of work: an output that cannot be written is a usage error now.
+    check_output(args.output, [args.keep])
+    check_output(args.report, [args.keep], what="--report")
+    for flag, path in (("--output", args.output), ("--report", args.report)):
+        if path is not None and args.keep is not None and str(path) != "-":
+            try:
+                Path(path).resolve().relative_to(Path(args.keep).resolve())
+            except ValueError:
+                continue
+            raise ConfigError(f"{flag} {path} lies inside the --keep directory {args.keep}")
+    if (
+        args.report is not None
+        and args.output is not None
+        and str(args.output) != "-"
+        and Path(args.report).resolve() == Path(args.output).resolve()
+    ):
+        raise ConfigError("--report and --output name the same file")
+    with Progress("drill", enabled=not args.no_progress) as progress:
         result = run_drill(
             ranks=args.ranks,
             only=tuple(args.only),
             keep=args.keep,
-            progress=callback,
+            progress=_progress_callback(progress),
             report=args.report,
         )
-    if args.format == "json":
-        text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
-    else:
-        text = render_text(result)
+    text = dumps(result.to_dict()) if args.format == "json" else render_text(result)
     write_output(text, args.output)
     if result.errors:
         return EXIT_ERROR
     return EXIT_OK if result.passed else EXIT_FINDINGS
 
 
-# -- progress (stderr) --------------------------------------------------------------------
+def _progress_callback(progress: Progress) -> Callable[[DrillProgress], None]:
+    """Adapt the drill's progress reports to the common display (results always shown)."""
 
-
-@contextmanager
-def _progress(*, enabled: bool) -> Iterator[Callable[[DrillProgress], None] | None]:
-    """Progress on stderr: a rich display on a terminal, plain lines otherwise."""
-    if not enabled:
-        yield None
-        return
-    if not sys.stderr.isatty():
-
-        def plain(event: DrillProgress) -> None:
-            where = f" {event.run}:" if event.run else ""
-            sys.stderr.write(f"drill [{event.done}/{event.total}]{where} {event.message}\n")
-            sys.stderr.flush()
-
-        yield plain
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("drill"),
-        BarColumn(bar_width=20),
-        TextColumn("{task.completed}/{task.total} runs"),
-        TimeElapsedColumn(),
-        TextColumn("[dim]{task.description}"),
-        console=console,
-        transient=True,
-    )
-    task = progress.add_task("", total=None)
-
-    def rich_callback(event: DrillProgress) -> None:
-        progress.update(
-            task,
-            completed=event.done,
-            total=event.total,
-            description=(f"{event.run}: " if event.run else "") + event.message[:70],
-        )
+    def callback(event: DrillProgress) -> None:
+        where = f"{event.run}: " if event.run else ""
+        progress.update(done=event.done, total=event.total, message=where + event.message)
         if event.result is not None:
-            style = "green" if event.result.passed else "red"
-            progress.console.print(
-                f"[{style}]{_status_word(event.result)}[/] {_line(event.result)}"
+            progress.note(
+                f"{_status_word(event.result)} {_line(event.result)}",
+                style="green" if event.result.passed else "red",
             )
 
-    progress.start()
-    try:
-        yield rich_callback
-    finally:
-        progress.stop()
+    return callback
 
 
 def _line(result: ScenarioResult) -> str:

@@ -3,7 +3,8 @@
 :func:`run_drill` builds a throwaway sandbox (its own Python environment with a mirror of the
 installed torch, keys, team directories, ledgers), runs a clean control job and then each
 attack of DESIGN.md, done by a second "insider" identity (another uid when run as root), against
-a small real training job (tinygpt, several ranks over gloo). It returns a
+a small real training job (tinygpt, several ranks over gloo, launched under ``trainwarden run``
+with the guard in every rank). It returns a
 :class:`DrillResult`: per scenario, whether it was detected, by which check, how long after the
 attack began (seconds and steps, measured from the insider's ``drill.scenario`` ledger entry)
 and whom the ledger names. ``DrillResult.passed`` is what the command's exit status 0 means:

@@ -1,22 +1,14 @@
-"""The checks the drill runs itself: the pre-flight before each job, and verifications after.
+"""The checks the drill runs after a job, as an operator would.
 
-Pre-flight: until ``trainwarden run`` launches the drill's jobs, the drill does the two
-pre-flight checks that exist today the way the supervisor will, and records them in the run's
-ledger with the platform key as ``preflight.env`` and ``preflight.scan`` (the data of
-docs/events.md). ``env verify`` runs as its own process against the sandbox's site-packages
-and the signed lock, so it judges the environment the job imports, not the drill's own.
-
-After a run: checkpoints are signed as the colleague with lineage in the run's ledger, the
-ledger is sealed (the ops cron), and verification is what an operator would run:
-``trainwarden verify`` with the ledger, ``trainwarden ledger verify --check-files``, and
-``scan`` of the checkpoints the job wrote.
+Everything before and during a job is ``trainwarden run``'s (pre-flight, the guard in every
+rank, signals and exits, signing checkpoints as they are written). After a run: the ledger is
+sealed (the ops cron), and verification is what an operator would run: ``trainwarden verify``
+with the ledger, ``trainwarden ledger verify --check-files``, and ``scan`` of the checkpoints
+the job wrote.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,20 +17,17 @@ from typing import Any
 from trainwarden.drill._job import utc_now
 from trainwarden.drill._results import Person
 from trainwarden.drill._sandbox import RunPaths, Sandbox
-from trainwarden.errors import Error, InputError
+from trainwarden.errors import Error
 
 __all__ = [
     "Observation",
+    "Signed",
     "file_owner",
-    "preflight_env",
-    "preflight_scan",
     "seal",
-    "sign_checkpoints",
+    "signed_checkpoints",
     "verify_checkpoints",
     "verify_ledger_issues",
 ]
-
-_MAX_FINDINGS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,114 +69,33 @@ def file_owner(path: str | Path, *, via: str = "file owner") -> Person | None:
     return Person(via=via, uid=uid, user=user_name(uid))
 
 
-def preflight_env(sandbox: Sandbox, run: RunPaths, ledger: Any) -> dict[str, Any]:
-    """``env verify`` of the sandbox against its signed lock; record ``preflight.env``.
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A checkpoint the supervisor signed as the job wrote it (``checkpoint.signed``)."""
 
-    Raises:
-        InputError: ``env verify`` could not run (exit 2) or gave no report.
+    path: str
+    sig_path: str
+    step: int | None
+    digest: str
+
+
+def signed_checkpoints(entries: Iterable[Any]) -> list[Signed]:
+    """The checkpoints ``trainwarden run`` signed, by step (its ``checkpoint.signed`` entries).
+
+    The supervisor signs each checkpoint with the platform key as it is completed, naming the
+    previous one as parent; the last signature of a path is the one on disk.
     """
-    import hashlib
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainwarden",
-        "env",
-        "verify",
-        "--path",
-        str(sandbox.site),
-        "--lock",
-        str(sandbox.lock),
-        "--key",
-        str(sandbox.keys["platform"].public),
-        # The lock records every pyc, so a changed pyc still shows; comparing each pyc
-        # with a fresh compile of its source (tens of seconds for torch) adds nothing here.
-        "--skip-pyc",
-        "--format",
-        "json",
-    ]
-    try:
-        proc = subprocess.run(  # noqa: S603  # our own CLI, fixed arguments
-            cmd, capture_output=True, text=True, timeout=600, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise InputError(f"env verify could not run: {exc}") from exc
-    if proc.returncode not in (0, 1):
-        raise InputError(f"env verify failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise InputError(f"env verify gave no JSON report: {exc}") from exc
-    # As in the JSON report (docs/events.md): rule_id, severity, message, evidence,
-    # location, verdict; only what is not safe, the first 50.
-    findings = [
-        f
-        for file in report.get("files", [])
-        for f in file.get("findings", [])
-        if f.get("verdict") != "safe"
-    ]
-    verdicts = [file.get("verdict", "error") for file in report.get("files", [])]
-    verdict = _worst(verdicts)
-    lock_bytes = sandbox.lock.read_bytes()
-    data = {
-        "verdict": verdict,
-        "summary": report.get("summary", {}),
-        "lock": {
-            "path": str(sandbox.lock),
-            "digest": "sha256:" + hashlib.sha256(lock_bytes).hexdigest(),
-        },
-        "findings": findings[:_MAX_FINDINGS],
-    }
-    ledger.append("preflight.env", run=run.run_id, **data)
-    return data
-
-
-def preflight_scan(paths: Sequence[Path], run: RunPaths, ledger: Any) -> dict[str, Any]:
-    """``scan`` the job's inputs (checkpoints it will load); record ``preflight.scan``."""
-    from trainwarden.scan import scan_path
-
-    report = scan_path(*paths)
-    files = [{"path": f.path, "verdict": f.verdict.value, "sha256": f.sha256} for f in report.files]
-    findings = [
-        finding.to_dict()
-        for file in report.files
-        for finding in file.findings
-        if finding.verdict.value != "safe"
-    ]
-    data = {
-        "paths": [str(p) for p in paths],
-        "verdict": _worst(str(f["verdict"]) for f in files),
-        "files": files,
-        "findings": findings[:_MAX_FINDINGS],
-    }
-    ledger.append("preflight.scan", run=run.run_id, **data)
-    return data
-
-
-def _worst(verdicts: Iterable[str]) -> str:
-    order = {"safe": 0, "unknown": 1, "unsafe": 2, "error": 3}
-    return max(verdicts, key=lambda v: order.get(v, 3), default="safe")
-
-
-def sign_checkpoints(sandbox: Sandbox, run: RunPaths) -> list[Any]:
-    """Sign the run's checkpoints as the colleague, oldest first, each naming its parent."""
-    from trainwarden.keys import load_private_key
-    from trainwarden.sign import sign_path
-
-    key = load_private_key(sandbox.keys["victim"].private)
-    signatures = []
-    parent = None
-    for path in sorted(run.ckpt.glob("ckpt-*.pt")):
-        step = int(path.stem.split("-", 1)[1])
-        signature = sign_path(
-            path, key, run=run.run_id, step=step, parent=parent, ledger=run.ledger, workers=1
-        )
-        # The colleague's files are shared with the team the way the directory is.
-        sandbox.share(path, mode=0o644)
-        sandbox.share(signature.sig_path, mode=0o644)
-        signatures.append(signature)
-        parent = signature.digest
-    return signatures
+    found: dict[str, Signed] = {}
+    for entry in entries:
+        if entry.event != "checkpoint.signed":
+            continue
+        data = entry.data
+        path, sig, digest = data.get("path"), data.get("signature"), data.get("digest")
+        if not isinstance(path, str) or not isinstance(sig, str) or not isinstance(digest, str):
+            continue
+        step = data.get("step")
+        found[path] = Signed(path, sig, step if isinstance(step, int) else None, digest)
+    return sorted(found.values(), key=lambda s: (s.step is None, s.step or 0, s.path))
 
 
 def seal(sandbox: Sandbox, run: RunPaths) -> None:

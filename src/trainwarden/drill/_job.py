@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ _SCRUBBED = (
     "TRAINWARDEN_PROTECT_PROFILES",
 )
 _LOG_TAIL = 4000
+_BATCH = 8
+_EPOCH_STEPS = 10
 
 
 def utc_now() -> str:
@@ -57,8 +60,10 @@ class JobSpec:
         ckpt_every: Write ``ckpt-<step>.pt`` every this many steps (``None``: never).
         resume: Checkpoint to resume from.
         step_sleep: Seconds each step pauses (keeps a long job from finishing too soon).
-        protect: Run under ``python -m trainwarden.protect`` (checkpoint loading refuses
-            what the scanner refuses).
+        protect: Run with the defences in the ranks: ``protect()`` (checkpoint loading
+            refuses what the scanner refuses) and the guard. Off only to show that the
+            attacks are real.
+        scan: Checkpoints the job will read, scanned by the pre-flight (``--scan``).
     """
 
     steps: int
@@ -66,6 +71,7 @@ class JobSpec:
     resume: Path | None = None
     step_sleep: float = 0.0
     protect: bool = True
+    scan: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +117,79 @@ class Job:
         self._t0 = 0.0
 
     def command(self) -> list[str]:
-        """The launcher command (``python -m torch.distributed.run ...``)."""
-        spec, run = self.spec, self.run
+        """The command: ``trainwarden run [options] -- python -m torch.distributed.run ...``.
+
+        The supervisor runs with the drill's interpreter (it never imports torch); the job
+        runs with the sandbox's, so ``run`` verifies the sandbox's site directory against the
+        platform's lock, and the ranks import the sandbox's torch.
+        """
+        spec, run, sb = self.spec, self.run, self.sandbox
         cmd = [
-            str(self.sandbox.python),
+            sys.executable,
+            "-m",
+            "trainwarden",
+            "run",
+            "--run-dir",
+            str(run.run_dir),
+            "--run-id",
+            run.run_id,
+            "--ledger",
+            str(run.ledger),
+            "--key",
+            str(sb.keys["platform"].private),
+            "--lock",
+            str(sb.lock),
+            "--lock-pubkey",
+            str(sb.keys["platform"].public),
+            "--checkpoints",
+            str(run.ckpt),
+            # The lock is taken without pyc verification; recompiling torch's sources on
+            # every run would add ~30 s and show nothing the lock's pyc digests do not.
+            "--env-check",
+            "fast",
+            # T3-T5 arrive through edited torch files: the pre-flight records them, and the
+            # job still runs so that the guard's runtime checks show what they catch. Same
+            # for T1, so that protect() in the ranks refuses the checkpoint too.
+            "--on",
+            "env-unsafe=warn",
+            "--on",
+            "scan-unsafe=warn",
+            # The team's environment and checkpoints are group-writable on purpose.
+            "--on",
+            "access=warn",
+            # In warn mode the guard records every finding and lets the job go on, so several
+            # attacks can share a run and each be timed.
+            "--on-violation",
+            "warn",
+            "--settle",
+            "0.5",
+            "--orphan-grace",
+            "2",
+            "--no-progress",
+        ]
+        for path in spec.scan:
+            cmd += ["--scan", str(path)]
+        if not spec.protect:
+            cmd += ["--no-protect", "--no-guard"]
+        cmd += [
+            "--",
+            str(sb.python),
             "-m",
             "torch.distributed.run",
-            "--standalone",
+            # Static rendezvous on a free local port, not --standalone: the c10d rendezvous
+            # of --standalone pickles its state through the store, and protect() in
+            # torchrun's agent refuses that pickle (it names a networking class).
+            "--master-addr=127.0.0.1",
+            f"--master-port={_free_port()}",
             f"--nproc-per-node={self.ranks}",
             "--max-restarts=0",
             "-m",
+            JOB_MODULE,
         ]
-        cmd += ["trainwarden.protect", "-m", JOB_MODULE] if spec.protect else [JOB_MODULE]
         cmd += ["--steps", str(spec.steps), "--out", str(run.out), "--ckpt-dir", str(run.ckpt)]
+        # Epochs of _EPOCH_STEPS steps: the sampler reshuffles (and the guard checks its order)
+        # several times in a short job.
+        cmd += ["--samples", str(_EPOCH_STEPS * _BATCH * self.ranks), "--batch", str(_BATCH)]
         if spec.ckpt_every is not None:
             cmd += ["--ckpt-every", str(spec.ckpt_every)]
         else:
@@ -136,7 +202,12 @@ class Job:
 
     def environment(self) -> dict[str, str]:
         """The job's environment: the caller's, without variables that reach outside."""
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        # TRAINWARDEN_*: a drill started inside another supervised run must not report to it.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _SCRUBBED and not k.startswith("TRAINWARDEN_")
+        }
         # No bytecode written anywhere: the mirror's __pycache__ entries stay links.
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONNOUSERSITE"] = "1"
@@ -211,6 +282,16 @@ class Job:
             except subprocess.TimeoutExpired:
                 continue
             return
+
+
+def _free_port() -> int:
+    """A TCP port free on the loopback interface now (the job's rendezvous port)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _tail(path: Path) -> str:

@@ -26,10 +26,8 @@ from trainwarden.drill._attacks.sleeping_optimizer import planned_sleeps
 from trainwarden.drill._checks import (
     Observation,
     file_owner,
-    preflight_env,
-    preflight_scan,
     seal,
-    sign_checkpoints,
+    signed_checkpoints,
     verify_checkpoints,
     verify_ledger_issues,
 )
@@ -57,6 +55,10 @@ _JOB_TIMEOUT = 300.0
 _INSIDER_TIMEOUT = 300.0
 # T6's job trains long enough that the kill always lands mid-run; it never finishes.
 _T6_STEPS = 2000
+# The guard run trains longer: the timing check judges a step against the robust spread of
+# its own history, which a loaded machine makes wide at first; more steps after warm-up give
+# the sleeping rank's stalls room to stand out however busy the machine is (a few seconds).
+_GUARD_STEPS = 80
 # T3: from step 5, sleep 0.15 s with probability 0.3 a step, on the last rank of jobs with
 # more than one rank (the incident's "only above 256 GPUs", scaled down).
 _T3 = {"start": 5, "prob": 0.3, "delay": 0.15, "threshold": 1, "seed": 20240}
@@ -69,7 +71,8 @@ class DrillProgress:
     """One progress report of a running drill.
 
     Attributes:
-        stage: ``sandbox``, ``attack``, ``preflight``, ``job``, ``check``, ``result``.
+        stage: ``sandbox``, ``attack``, ``job`` (one job under ``trainwarden run``, its
+            pre-flight included), ``check``, ``result``, ``report``.
         message: What is happening, for a human.
         run: The run it is about, when any.
         done: Runs finished so far.
@@ -107,9 +110,10 @@ def run_drill(
         report: Write an HTML report here: an index of the result table, and beside it one
             forensic report per run (``trainwarden.report.write_run_report``, compared with
             the control run).
-        unsafe_no_defenses: Run the jobs without ``protect()`` (and, once wired, without the
-            guard), so the attacks act unhindered: for showing that they are real. Every
-            payload stays harmless, and nothing outside the sandbox is touched.
+        unsafe_no_defenses: Run the jobs without ``protect()`` and without the guard
+            (``trainwarden run --no-protect --no-guard``), so the attacks act unhindered: for
+            showing that they are real. Every payload stays harmless, and nothing outside the
+            sandbox is touched.
 
     Returns:
         The result; ``passed`` only if every attack was detected and the control was clean.
@@ -124,53 +128,36 @@ def run_drill(
             f"not {ranks!r}"
         )
     scenarios = select_scenarios(tuple(only))
-    writer = _report_writer() if report is not None else None
     if report is not None:
         from trainwarden._fs import check_output_path
 
-        check_output_path(report, [])
+        check_output_path(report, [keep] if keep is not None else [])
+        if keep is not None and _inside(report, keep):
+            # The pages are written while the sandbox still holds the evidence they are
+            # about; nothing of the report may land among it.
+            raise ConfigError(f"the report {report} lies inside the --keep directory {keep}")
     return _Drill(
         ranks=ranks,
         scenarios=scenarios,
         keep=keep,
         progress=progress,
         defenses=not unsafe_no_defenses,
-        report=(report, writer) if report is not None and writer is not None else None,
+        report=report,
     ).run()
 
 
-def _report_writer() -> Callable[..., object]:
-    """``trainwarden.report.write_run_report``, or a clear error where it is not installed."""
-    try:
-        module = importlib.import_module("trainwarden.report")
-    except ImportError:  # pragma: no cover - the package is part of trainwarden
-        module = None
-    writer: Callable[..., object] | None = getattr(module, "write_run_report", None)
-    if writer is None or not callable(writer):
-        raise ConfigError(
-            "--report needs the HTML run report (trainwarden.report.write_run_report), which "
-            "this installation does not have yet"
-        )
-    return writer
-
-
-def _unavailable() -> dict[str, str]:
-    """Components the drill cannot use yet, with the reason shown for their scenarios."""
+def _unavailable(*, defenses: bool) -> dict[str, str]:
+    """Components the drill cannot use, with the reason shown for their scenarios."""
     out = {}
     if importlib.util.find_spec("trainwarden.guard") is None:
         out["guard"] = (
             "guard not installed (trainwarden.guard, the runtime checks inside each rank)"
         )
-    else:
-        out["guard"] = "guard installed but not wired in: the drill does not run jobs under it yet"
+    elif not defenses:
+        out["guard"] = "guard turned off (unsafe_no_defenses): the attacks acted unhindered"
     if importlib.util.find_spec("trainwarden.supervise") is None:
         out["supervisor"] = (
             "supervisor not installed (trainwarden run, which records exits and signals)"
-        )
-    else:
-        out["supervisor"] = (
-            "supervisor installed but not wired in: the drill does not launch jobs with "
-            "trainwarden run yet"
         )
     return out
 
@@ -193,7 +180,7 @@ class _Drill:
         keep: Path | None,
         progress: ProgressCallback | None,
         defenses: bool,
-        report: tuple[Path, Callable[..., object]] | None = None,
+        report: Path | None = None,
     ) -> None:
         self.report_to = report
         self.ranks = ranks
@@ -204,7 +191,7 @@ class _Drill:
         self.runs = [r for r in RUNS if r == CONTROL or any(s.run == r for s in scenarios)]
         self.done = 0
         self.account: InsiderAccount = choose_account()
-        self.unavailable = _unavailable()
+        self.unavailable = _unavailable(defenses=defenses)
         self.sandbox: Sandbox | None = None
         self.control: JobOutcome | None = None
         self.control_ckpts: list[Path] = []
@@ -247,7 +234,7 @@ class _Drill:
                 self.done += 1
             result = self._result(control, results, start)
             if self.report_to is not None:
-                self._write_reports(result, *self.report_to)
+                self._write_reports(result, self.report_to)
         finally:
             for item in reversed(self._active):
                 with contextlib.suppress(Exception):
@@ -255,24 +242,41 @@ class _Drill:
             self.sandbox.close()
         return replace(result, seconds=time.monotonic() - start)
 
-    def _write_reports(
-        self, result: DrillResult, index: Path, writer: Callable[..., object]
-    ) -> None:
+    def _write_reports(self, result: DrillResult, index: Path) -> None:
+        """The index page and one forensic report per run, each compared with the control."""
         from trainwarden._fs import atomic_write
         from trainwarden.drill._html import render_index
+        from trainwarden.report import write_run_report
 
-        self._notify("report", f"writing the HTML report {index}")
-        control_dir = self.sb.runs / CONTROL
-        links = {}
+        sb = self.sb
+        # Every key of the drill is trusted, so nothing shows as "not verified": the
+        # platform key signs run's entries and seals its ledgers, the ops key seals them
+        # again, the insider's and the colleague's keys sign their own entries.
+        keys = [sb.keys[role].public for role in ("platform", "victim", "insider")]
+        seal_keys = [sb.keys["seal"].public, sb.keys["platform"].public]
+        control_dir = sb.runs / CONTROL
+        links: dict[str, str] = {}
+        problems: dict[str, str] = {}
         for name in self.runs:
+            run_id = f"drill-{sb.token}-{name}"
             target = index.with_name(f"{index.stem}-{name}.html")
-            writer(
-                self.sb.runs / name,
-                target,
-                against=None if name == CONTROL else control_dir,
-            )
-            links[name] = target.name
-        atomic_write(index, render_index(result, links), what="report")
+            self._notify("report", f"report of run {name}: {target}", name)
+            try:
+                write_run_report(
+                    sb.runs / name,
+                    target,
+                    against=None if name == CONTROL else control_dir,
+                    keys=keys,
+                    seal_keys=seal_keys,
+                )
+            except Error as exc:
+                # One run's report failing (a run that never started) must not cost the
+                # others, nor the index that says what happened.
+                problems[run_id] = exc.diagnostics()
+                continue
+            links[run_id] = target.name
+        self._notify("report", f"writing the drill's report {index}")
+        atomic_write(index, render_index(result, links, problems).encode(), what="report")
 
     def _result(
         self, control: ScenarioResult, results: list[ScenarioResult], start: float
@@ -288,8 +292,10 @@ class _Drill:
         if not self.defenses:
             notes.append("defences were off (unsafe_no_defenses): attacks acted unhindered")
         notes.append(
-            "pre-flight checks (env verify, scan) were run by the drill and recorded with the "
-            "platform key; jobs were launched with torchrun, not trainwarden run"
+            "every job ran under trainwarden run (pre-flight, guard in warn mode in every rank, "
+            "signals and exits, checkpoints signed with the platform key as written); "
+            "pre-flight findings and access warnings were recorded and the job let run, so "
+            "the runtime checks show what they catch"
         )
         return DrillResult(
             control=control,
@@ -303,8 +309,8 @@ class _Drill:
                 "env": True,
                 "sign": True,
                 "ledger": True,
-                "guard": False,
-                "supervisor": False,
+                "guard": "guard" not in self.unavailable,
+                "supervisor": "supervisor" not in self.unavailable,
             },
             seconds=time.monotonic() - start,
             sandbox=str(self.sb.root) if self.sb.keep else None,
@@ -466,19 +472,6 @@ class _Drill:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def _preflight(self, run: RunPaths, scan: Sequence[Path] = ()) -> None:
-        from trainwarden.keys import load_private_key
-        from trainwarden.ledger import Ledger
-
-        self._notify(
-            "preflight", "pre-flight: env verify" + (" and scan" if scan else ""), run.name
-        )
-        key = load_private_key(self.sb.keys["platform"].private)
-        with Ledger(run.ledger, key=key) as ledger:
-            preflight_env(self.sb, run, ledger)
-            if scan:
-                preflight_scan(scan, run, ledger)
-
     def _job(self, run: RunPaths, spec: JobSpec) -> Job:
         self._notify("job", f"training: {self.ranks} ranks, {spec.steps} steps", run.name)
         job = Job(self.sb, run, spec, ranks=self.ranks)
@@ -494,7 +487,6 @@ class _Drill:
 
     def _run_control(self) -> ScenarioResult:
         run = self.sb.prepare_run(CONTROL)
-        self._preflight(run)
         outcome = self._wait(self._job(run, JobSpec(_STEPS, _CKPT_EVERY, protect=self.defenses)))
         self.control = outcome
         problems: list[Observation] = []
@@ -503,7 +495,7 @@ class _Drill:
         self._notify("check", "signing, sealing and verifying the checkpoints", run.name)
         checks: list[Observation] = []
         try:
-            signatures = sign_checkpoints(self.sb, run)
+            signatures = signed_checkpoints(self._entries(run))
             self.control_ckpts = [Path(s.path) for s in signatures]
             seal(self.sb, run)
             checks += verify_checkpoints(self.sb, run, self.control_ckpts)
@@ -562,10 +554,14 @@ class _Drill:
         canary = self.sb.loot / "t1-canary.txt"
         outcomes = self._attack(run, [(scenario, {"checkpoint": str(ckpt), "canary": str(canary)})])
         owners = _owners([ckpt])
-        self._preflight(run, scan=[ckpt])
-        outcome = self._wait(self._job(run, JobSpec(_STEPS, resume=ckpt, protect=self.defenses)))
-        observations = _with_owners(ledger_observations(self._entries(run)), owners)
-        refusal = _refusal(outcome, run.log, ckpt)
+        outcome = self._wait(
+            self._job(run, JobSpec(_STEPS, resume=ckpt, protect=self.defenses, scan=(ckpt,)))
+        )
+        entries = self._entries(run)
+        observations = _with_owners(ledger_observations(entries), owners)
+        # protect() in a rank refusing the checkpoint: as `run` relays it to the signed
+        # ledger (load.refused), else as the rank's traceback in the job's output.
+        refusal = _ledger_refusal(entries, ckpt) or _refusal(outcome, run.log, ckpt)
         if refusal is not None:
             observations.append(refusal)
         ran = canary.read_text(encoding="utf-8").splitlines() if canary.exists() else []
@@ -615,8 +611,8 @@ class _Drill:
         # Who owns the edited files now (the restore below puts the platform's back).
         owners = _owners([self.sb.site / t for t in touched])
         try:
-            self._preflight(run)
-            outcome = self._wait(self._job(run, JobSpec(_STEPS, protect=self.defenses)))
+            steps = _GUARD_STEPS if name == "guard" else _STEPS
+            outcome = self._wait(self._job(run, JobSpec(steps, protect=self.defenses)))
         finally:
             # The platform repairs the environment from its record before the next run.
             self.sb.restore(touched)
@@ -653,7 +649,6 @@ class _Drill:
             # Created when the job is over, so an insider still waiting gives up at once.
             "ended": str(run.run_dir / "job.ended"),
         }
-        self._preflight(run)
         self._notify("attack", f"the insider waits for step 10 to send {signal_name}", run.name)
         insider = self._start_insider(run, [(scenario, params)], keep_kill=True)
         job = self._job(run, JobSpec(_T6_STEPS, _CKPT_EVERY, protect=self.defenses))
@@ -672,9 +667,8 @@ class _Drill:
     def _run_t7(self, group: Sequence[Scenario]) -> list[ScenarioResult]:
         sb = self.sb
         run = sb.prepare_run("t7")
-        self._preflight(run)
         outcome = self._wait(self._job(run, JobSpec(_STEPS, _CKPT_EVERY, protect=self.defenses)))
-        signatures = sign_checkpoints(sb, run) if outcome.ok else []
+        signatures = signed_checkpoints(self._entries(run)) if outcome.ok else []
         if len(signatures) < 4:
             return self._unrunnable(
                 "t7", group, f"the colleague's run left {len(signatures)} checkpoint(s), not 4"
@@ -780,6 +774,15 @@ class _Drill:
 # -- effects and helpers ------------------------------------------------------------------
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it (both resolved, neither need exist)."""
+    try:
+        Path(path).resolve().relative_to(Path(directory).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def _sha256(path: Path) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -816,6 +819,27 @@ def _job_failure(outcome: JobOutcome) -> Observation:
     what = "timed out" if outcome.timed_out else f"ended with status {outcome.status}"
     tail = outcome.log_tail.strip().splitlines()[-1:] or [""]
     return Observation("job", None, f"the job {what}: {tail[0][:200]}", outcome.ended, "check")
+
+
+def _ledger_refusal(entries: Sequence[Any], ckpt: Path) -> Observation | None:
+    """``protect()`` refusing ``ckpt`` in a rank: the ``load.refused`` the supervisor signed."""
+    names = {str(ckpt), str(ckpt.resolve())}
+    for entry in entries:
+        message = entry.data.get("message")
+        if entry.event != "load.refused" or not isinstance(message, str):
+            continue
+        if any(name in message for name in names):
+            return Observation(
+                "protect()",
+                "load.refused",
+                message[:300],
+                entry.time,
+                "ledger",
+                path=str(ckpt),
+                facts={"step": 0, "rank": entry.data.get("rank"), "pid": entry.data.get("pid")},
+                evidence=file_owner(ckpt),
+            )
+    return None
 
 
 def _refusal(outcome: JobOutcome, log: Path, ckpt: Path) -> Observation | None:
@@ -877,9 +901,10 @@ def _timing_effect(outcome: JobOutcome, control: JobOutcome | None) -> Effect:
     planned = planned_sleeps(
         start=int(_T3["start"]), prob=float(_T3["prob"]), seed=int(_T3["seed"]), steps=len(steps)
     )
-    # Rank 0 waits for the sleeping rank in the next step's gradient all-reduce.
-    waits = [k + 1 for k in planned if k + 1 <= len(steps)]
-    slow = [k for k in waits if steps[k - 1] >= 0.9 * float(_T3["delay"])]
+    # Rank 0 waits for the sleeping rank at its next collective: the guard's per-step
+    # exchange in the same step, or (without the guard) the next step's gradient all-reduce.
+    waits = [k for k in planned if k + 1 <= len(steps)]
+    slow = [k for k in waits if max(steps[k - 1], steps[k]) >= 0.9 * float(_T3["delay"])]
     base = control.result.get("seconds") if control and control.result else None
     return Effect(
         bool(waits) and len(slow) >= 0.8 * len(waits),

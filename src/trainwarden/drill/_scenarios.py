@@ -2,8 +2,12 @@
 
 A scenario is one attack of DESIGN.md's T1-T8 done by the insider, plus the checks that must
 catch it. Scenarios share a job run only where every detection still points at one of them
-alone (T2's two edits name different files; T7's three attacks hit different checkpoints;
-T8 tampers with the ledger of T7's run after T7's detections are recorded).
+alone: T2's two edits name different files, and T4's perturbation of every rank rides along
+(only the guard's update checks count for it, and nothing else in that run is T4); T3, T4's
+flip of one rank and T5's two attacks share the "guard" run, since the guard runs in warn
+mode and each of them is caught by checks of its own technique and rule; T7's three attacks
+hit different checkpoints; T8 tampers with the ledger of T7's run after T7's detections are
+recorded.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "optimizer sleeps at random on one rank when world size > 1",
         "edited torch/optim/optimizer.py: a step pre-hook sleeps at random on the last rank, "
         "only in jobs above the world-size threshold",
-        "t3",
+        "guard",
         "guard",
         ("guard.timing",),
     ),
@@ -86,7 +90,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "T4",
         "update direction flipped on one rank",
         "edited torch/optim/optimizer.py: step hooks reverse every update on the last rank",
-        "t4-one",
+        "guard",
         "guard",
         ("guard.update", "guard.cross-rank", "guard.weights"),
     ),
@@ -96,7 +100,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "update perturbed identically on all ranks",
         "edited torch/optim/optimizer.py: step hooks add the same noise to the update on every "
         "rank, so cross-rank checksums still agree",
-        "t4-all",
+        "t2",
         "guard",
         ("guard.update", "guard.weights"),
     ),
@@ -106,7 +110,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "data order changed and RNG reseeded",
         "edited torch/utils/data/distributed.py: the sampler shuffles with another seed and "
         "reseeds torch's RNG",
-        "t5",
+        "guard",
         "guard",
         ("guard.data-order", "guard.reseed", "guard.rng"),
     ),
@@ -115,7 +119,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "T5",
         "learning rate changed outside the schedule",
         "edited torch/optim/lr_scheduler.py: a step hook multiplies the learning rate mid-run",
-        "t5",
+        "guard",
         "guard",
         ("guard.hyperparam",),
     ),
@@ -203,10 +207,7 @@ RUNS: tuple[str, ...] = (
     "t6-kill",
     "t7",
     "t2",
-    "t3",
-    "t4-one",
-    "t4-all",
-    "t5",
+    "guard",
 )
 
 

@@ -172,6 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=Config.lr)
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--batch", type=int, default=Config.batch)
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=Config.samples,
+        help="sequences in the corpus (fewer: shorter epochs, so the sampler reshuffles sooner)",
+    )
     parser.add_argument("--ckpt-dir", type=Path, help="write ckpt-<step>.pt here (rank 0)")
     parser.add_argument("--ckpt-every", type=int, default=10, help="steps between checkpoints")
     parser.add_argument("--resume", type=Path, help="checkpoint to resume from")
@@ -189,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--guard-warn", action="store_true", help="record violations and go on (default: halt)"
     )
     args = parser.parse_args(argv)
+    if args.samples < 1:
+        parser.error("--samples must be at least 1")
 
     import torch
     import torch.distributed as dist
@@ -203,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=args.lr,
         seed=args.seed,
         batch=args.batch,
+        samples=args.samples,
         width=args.width,
         layers=args.layers,
     )

@@ -267,6 +267,10 @@ class CheckpointWatcher:
                 "signature": signed.sig_path,
                 "files": signed.files,
                 "bytes": signed.size,
+                # As trainwarden sign records it: `ledger verify --check-files` compares the
+                # file with this digest as a signing manifest (a checkpoint digest is not
+                # the file's plain SHA-256), which needs the shard size.
+                "shard_size": signature.manifest.shard_size,
             },
         )
         with self._lock:

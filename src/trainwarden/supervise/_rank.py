@@ -178,7 +178,15 @@ class RankRuntime:
             time.sleep(self._interval)
 
     def close(self) -> None:
-        """Flush what is queued (at exit)."""
+        """Close the guard, then flush what is queued (at exit)."""
+        guard = self._guard
+        if guard is not None:
+            # The guard's last telemetry lines, guard.telemetry (the digest that attests
+            # them) and guard.close go out over the channel: close it while that is open.
+            try:
+                guard.close()
+            except Exception:  # the exit of the job must not fail for it
+                logging.getLogger(__name__).exception("closing the guard at exit failed")
         channel = self.channel
         if channel is not None and not channel.lost:
             if self._beating:  # the last steps since the heartbeat thread's last tick

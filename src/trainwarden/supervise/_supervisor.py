@@ -767,7 +767,9 @@ class _Supervisor(Watching, Relaying):
             return None
         self.append(
             "provenance.signed",
-            path=relative_to(written.path, self.run_dir),
+            # Absolute, as checkpoint.signed records its paths: `ledger verify --check-files`
+            # checks recorded files from wherever the operator runs it.
+            path=str(Path(written.path).resolve()),
             digest=written.digest,
             subjects=written.subjects,
         )

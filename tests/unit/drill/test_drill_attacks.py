@@ -284,17 +284,27 @@ def test_t8_edits_and_drops_are_what_ledger_verify_reports(tmp_path: Path) -> No
         rewrite_entry(edited, 9, replace=None)
 
 
-def test_t6_finds_the_job_workers_but_not_the_launcher(tmp_path: Path) -> None:
+def test_t6_finds_the_job_workers_but_not_the_launcher_or_a_shim(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     cmdlines = {
         "100": ["python", "-m", "torch.distributed.run", "-m", JOB_MODULE, "--ckpt-dir", "/c/t6"],
         "101": ["python", "-u", "-m", JOB_MODULE, "--ckpt-dir", "/c/t6"],
         "102": ["python", "-u", "-m", JOB_MODULE, "--ckpt-dir", "/c/t6"],
         "103": ["python", "-u", "-m", JOB_MODULE, "--ckpt-dir", "/c/other"],
+        # Under trainwarden run: the shim relays to its rank, the rank trains.
+        "105": [
+            *("python", "-m", "trainwarden.supervise.bootstrap", "shim", "--", "python", "-u"),
+            *("-m", "trainwarden.supervise.bootstrap", "rank", "--", "-m", JOB_MODULE),
+            *("--ckpt-dir", "/c/t6"),
+        ],
+        "106": [
+            *("python", "-u", "-m", "trainwarden.supervise.bootstrap", "rank", "--"),
+            *("-m", JOB_MODULE, "--ckpt-dir", "/c/t6"),
+        ],
         "self": ["python"],
     }
     for pid, args in cmdlines.items():
         (proc / pid).mkdir(parents=True)
         (proc / pid / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
     (proc / "104").mkdir()  # a process that vanished: no cmdline
-    assert find_workers("/c/t6", proc=proc) == [101, 102]
+    assert find_workers("/c/t6", proc=proc) == [101, 102, 106]

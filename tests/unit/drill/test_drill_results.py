@@ -146,10 +146,20 @@ def test_html_index_escapes_and_links_each_run() -> None:
         status="detected",
         detections=(Detection("preflight.env", "env.pth-exec", "m", None, 1.5, 0, True, "ledger"),),
     )
-    page = render_index(_result(row), {"control": "r-control.html", "t2": "r-t2.html"})
+    page = render_index(
+        _result(row),
+        {"r0": "r-control.html", "drill-abc-t2": "r-t2.html"},
+        {"drill-abc-t6": "<b>cannot</b>"},
+    )
     assert "<script>alert(1)</script>" not in page
+    assert "<b>cannot</b>" not in page
     assert "&lt;script&gt;" in page
     assert 'href="r-t2.html"' in page
+    assert 'href="r-control.html"' in page
+    assert 'href="#T2-pth-hook"' in page  # the table row links the attack's section
     assert "0 steps, 1.5 s" in page
+    assert "the report of run drill-abc-t6 could not be written" in page
     assert page.startswith("<!doctype html>")
-    assert "did not pass" not in page  # control clean and the one attack detected
+    assert "<script" not in page
+    # Control clean and the one attack detected.
+    assert 'trainwarden drill: <span class="passed">passed</span>' in page

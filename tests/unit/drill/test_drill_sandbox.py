@@ -4,6 +4,7 @@ insider under its own uid."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -204,3 +205,44 @@ def test_without_another_uid_the_insider_is_a_second_key_under_the_same_uid(
         assert entry.actor.identity == "intern@drill"  # the key still tells them apart
     finally:
         sandbox.restore(outcomes[scenario.id].get("touched", []))
+
+
+def test_every_job_is_launched_under_trainwarden_run_with_the_sandbox_interpreter(
+    sandbox: Sandbox,
+) -> None:
+    from trainwarden.drill._job import Job, JobSpec
+
+    run = sandbox.prepare_run("launch-check")
+    resume = run.ckpt / "ckpt-000020.pt"
+    cmd = Job(sandbox, run, JobSpec(40, 10, resume=resume, scan=(resume,)), ranks=2).command()
+    split = cmd.index("--")
+    supervisor, job = cmd[:split], cmd[split + 1 :]
+    assert supervisor[:4] == [sys.executable, "-m", "trainwarden", "run"]
+    options = dict(itertools.pairwise(supervisor))
+    assert options["--run-id"] == run.run_id
+    assert options["--ledger"] == str(run.ledger)
+    assert options["--key"] == str(sandbox.keys["platform"].private)
+    assert options["--lock"] == str(sandbox.lock)
+    assert options["--env-check"] == "fast"
+    assert options["--on-violation"] == "warn"
+    assert ("--scan", str(resume)) in itertools.pairwise(supervisor)
+    assert {"env-unsafe=warn", "scan-unsafe=warn", "access=warn"} <= {
+        value for flag, value in itertools.pairwise(supervisor) if flag == "--on"
+    }
+    # The job runs with the sandbox's interpreter, so its ranks import the sandbox's torch;
+    # epochs of 10 steps, so the guard sees the sampler reshuffle.
+    assert job[:3] == [str(sandbox.python), "-m", "torch.distributed.run"]
+    assert "--standalone" not in job
+    assert job[job.index("--samples") + 1] == str(10 * 8 * 2)
+    assert job[job.index("--resume") + 1] == str(resume)
+    # Without defences (to show the attacks are real), neither protect() nor the guard.
+    bare = Job(sandbox, run, JobSpec(40, protect=False), ranks=2).command()
+    assert {"--no-protect", "--no-guard"} <= set(bare[: bare.index("--")])
+
+
+def test_the_job_refuses_an_empty_corpus() -> None:
+    from trainwarden.examples.tinygpt import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--samples", "0"])
+    assert exc.value.code == 2

@@ -185,3 +185,30 @@ def _wait_signed(watcher: CheckpointWatcher, count: int) -> None:
     while len(watcher.signed) < count and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(watcher.signed) == count
+
+
+def test_signed_records_pass_ledger_check_files_and_a_change_fails_it(
+    tmp_path: Path, key: PrivateKey
+) -> None:
+    # The supervisor's `checkpoint.signed` must be checkable by `ledger verify --check-files`
+    # (a checkpoint digest is a signing manifest's root, not the file's plain SHA-256).
+    from trainwarden.ledger import Ledger, inspect_ledger
+
+    ledger_dir = tmp_path / "ledger"
+    with Ledger(ledger_dir, key=key) as ledger:
+
+        def record(event: str, data: dict[str, Any]) -> None:
+            ledger.append(event, run="run-1", **data)
+
+        watcher = CheckpointWatcher([tmp_path / "ckpt"], key=key, run_id="run-1", record=record)
+        watcher.baseline()
+        (tmp_path / "ckpt").mkdir()
+        ckpt = tmp_path / "ckpt" / "ckpt-000010.pt"
+        ckpt.write_bytes(b"weights" * 1000)
+        assert len(watcher.finish(timeout=30)) == 1
+    report = inspect_ledger(ledger_dir, keys=[key.public], check_files=True)
+    assert [f.status for f in report.files] == ["ok"]
+    assert report.issues == ()
+    ckpt.write_bytes(b"Weights" * 1000)
+    report = inspect_ledger(ledger_dir, keys=[key.public], check_files=True)
+    assert [f.status for f in report.files] == ["changed"]

@@ -25,7 +25,9 @@ JOB_MODULE = "trainwarden.examples.tinygpt"
 def find_workers(marker: str, *, proc: Path = Path("/proc")) -> list[int]:
     """Pids of the job's workers: their command line runs the job and mentions ``marker``.
 
-    The launcher's own process (``torch.distributed.run``) is left out.
+    The launcher's own process (``torch.distributed.run``) and, under ``trainwarden run``,
+    each rank's shim (which only relays to the rank it started) are left out: the insider
+    signals a process that trains.
     """
     pids = []
     for entry in proc.iterdir():
@@ -40,10 +42,19 @@ def find_workers(marker: str, *, proc: Path = Path("/proc")) -> list[int]:
         if (
             JOB_MODULE in args
             and "torch.distributed.run" not in args
+            and not _is_shim(args)
             and any(marker in a for a in args)
         ):
             pids.append(int(name))
     return sorted(pids)
+
+
+def _is_shim(args: list[str]) -> bool:
+    """``trainwarden run``'s per-rank shim under torchrun: it relays to the rank, its child."""
+    for i, arg in enumerate(args[:-1]):
+        if arg == "trainwarden.supervise.bootstrap" and args[i + 1] == "shim":
+            return True
+    return False
 
 
 def attack(ctx: AttackContext) -> AttackOutcome:

@@ -98,7 +98,9 @@ def attack_lr(ctx: AttackContext) -> AttackOutcome:
     """Multiply the learning rate once at step ``start``; the schedule carries it on."""
     params = ctx.params
     start = int(params["start"])
-    ctx.begin(step=start)
+    # The hook multiplies the rate after optimizer step ``start``: step ``start + 1`` is the
+    # first whose update uses it.
+    ctx.begin(step=start + 1)
     source = lr_payload(start=start, factor=float(params.get("factor", 4.0)))
     touched = edit_torch_file(Path(params["site"]), SCHEDULER_FILE, source)
     return AttackOutcome(touched=touched, details={"file": SCHEDULER_FILE})
