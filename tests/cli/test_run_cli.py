@@ -399,9 +399,13 @@ def test_a_resumed_run_names_the_checkpoint_the_previous_run_produced(tmp_path: 
 @pytest.mark.torch
 @pytest.mark.distributed
 @pytest.mark.slow
+@pytest.mark.parametrize("rendezvous", ["static", "standalone"])
 def test_torchrun_two_ranks_each_rank_bootstrapped_and_its_exit_known(
-    tmp_path: Path, key_pair: tuple[Path, Path]
+    tmp_path: Path, key_pair: tuple[Path, Path], rendezvous: str
 ) -> None:
+    # --standalone uses torchrun's dynamic (c10d) rendezvous, whose agents pass their state
+    # through the store as a pickle: protect() in the agent must load it.
+    where = ["--standalone"] if rendezvous == "standalone" else ["--master-port", str(_free_port())]
     proc = tw(
         "run",
         *FAST,
@@ -413,8 +417,7 @@ def test_torchrun_two_ranks_each_rank_bootstrapped_and_its_exit_known(
         str(BIN / "torchrun"),
         "--nproc-per-node",
         "2",
-        "--master-port",
-        str(_free_port()),
+        *where,
         "-m",
         "trainwarden.examples.tinygpt",
         "--steps",

@@ -433,12 +433,16 @@ _NAME_PATTERNS: tuple[tuple[str, Severity, str], ...] = (
 
 # Exact names under a catalogued module that are plain data classes, not what the module is
 # catalogued for: torch.distributed.checkpoint writes its `.metadata` file with _StorageInfo
-# (FSDP / DCP checkpoints), and a jagged nested tensor pickles the (dim, min, max) _DimRange
-# of torch._dynamo. Only the exact names are exempt; their attributes still match.
+# (FSDP / DCP checkpoints), a jagged nested tensor pickles the (dim, min, max) _DimRange
+# of torch._dynamo, and torchrun's dynamic rendezvous (`--standalone`, c10d) passes its state
+# between agents as a pickle of _RendezvousState and _NodeDesc. Only the exact names are
+# exempt; their attributes still match.
 _NOT_CATALOGUED = frozenset(
     {
         "torch.distributed.checkpoint.filesystem._StorageInfo",
         "torch._dynamo.decorators._DimRange",
+        "torch.distributed.elastic.rendezvous.dynamic_rendezvous._RendezvousState",
+        "torch.distributed.elastic.rendezvous.dynamic_rendezvous._NodeDesc",
     }
 )
 

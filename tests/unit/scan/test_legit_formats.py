@@ -696,3 +696,34 @@ def test_numpy_matrix_in_joblib_is_safe_but_calling_it_is_not() -> None:
     # Allowlisted as a value: a pickle that calls the class itself (np.matrix parses
     # strings) is not a pickle numpy writes.
     assert scan_bytes(b"cnumpy\nmatrix\n(S'1 2'\ntR.").verdict is Verdict.UNKNOWN
+
+
+@pytest.mark.torch
+def test_torchrun_rendezvous_state_is_safe_and_its_module_is_not() -> None:
+    import datetime
+
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    from trainwarden.load import pickle_loads
+
+    # torchrun's agents (`--standalone`, every c10d rendezvous) keep this state in the store
+    # as pickle.dumps(state) and read it back with pickle.loads: under `trainwarden run` that
+    # load goes through protect(). Regression: the class sat under the catalogue's
+    # "torch.distributed.elastic" network entry, so `run -- torchrun --standalone` failed.
+    state = dr._RendezvousState()
+    node = dr._NodeDesc("host", 4242, 0)
+    state.round = 3
+    state.participants[node] = 0
+    state.wait_list.add(node)
+    state.redundancy_list.add(dr._NodeDesc("other", 7, 1))
+    state.last_heartbeats[node] = datetime.datetime(2026, 1, 1, 12, 0)
+    state.deadline = datetime.datetime(2026, 1, 1, 12, 5)
+    data = pickle.dumps(state)
+    _safe_bytes(data, "pickle")
+    loaded = pickle_loads(data)
+    assert loaded.participants == state.participants
+    assert loaded.last_heartbeats == state.last_heartbeats
+    # Only the two exact dataclasses: the module's functions still open connections.
+    for name in ("create_handler", "DynamicRendezvousHandler"):
+        payload = b"\x80\x04c" + dr.__name__.encode() + b"\n" + name.encode() + b"\n)R."
+        assert scan_bytes(payload, name="x.pkl").verdict is Verdict.UNSAFE, name

@@ -241,6 +241,17 @@ def _torch() -> dict[tuple[str, str], Entry]:
     ):  # fmt: skip
         out[(dcp, name)] = (dcp_why, NEW)
     out[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = (dcp_why, NEW)
+    # torchrun's agents (`--standalone` and every c10d rendezvous) keep the rendezvous state in
+    # the store as a pickle and load it with pickle.loads: under `trainwarden run` that load
+    # goes through protect(). Both are dataclasses of strings, ints, sets, dicts and datetimes
+    # (no __setstate__): NEWOBJ makes an empty instance and BUILD stores the fields.
+    rdzv = "torch.distributed.elastic.rendezvous.dynamic_rendezvous"
+    rdzv_why = (
+        "torchrun's rendezvous state dataclass (agent to agent through the store): rebuilt "
+        "with NEWOBJ and BUILD, which only store fields"
+    )
+    out[(rdzv, "_RendezvousState")] = (rdzv_why, NEW)
+    out[(rdzv, "_NodeDesc")] = (rdzv_why, NEW)
     out[(dcp, "_MEM_FORMAT_ENCODING")] = (
         "an enum of three memory-format codes; calling it looks a member up by value",
         CALL,
