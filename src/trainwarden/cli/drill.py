@@ -157,12 +157,7 @@ def _status_word(result: ScenarioResult) -> str:
 
 
 def _after(result: ScenarioResult) -> str:
-    first = result.first
-    if first is None:
-        return "-"
-    steps = "-" if first.steps is None else f"{first.steps} steps"
-    seconds = "-" if first.seconds is None else f"{first.seconds:.1f} s"
-    return f"{steps}, {seconds}"
+    return "-" if result.first is None else result.first.after()
 
 
 def _named(result: ScenarioResult) -> str:

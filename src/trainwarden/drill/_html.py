@@ -34,11 +34,7 @@ def _e(value: object) -> str:
 
 
 def _after(first: Detection | None) -> str:
-    if first is None:
-        return "-"
-    steps = "-" if first.steps is None else f"{first.steps} steps"
-    seconds = "-" if first.seconds is None else f"{first.seconds:.1f} s"
-    return f"{steps}, {seconds}"
+    return "-" if first is None else first.after()
 
 
 def _check(result: ScenarioResult) -> str:

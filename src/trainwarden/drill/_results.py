@@ -123,6 +123,12 @@ class Detection:
     source: str
     evidence: Person | None = None
 
+    def after(self) -> str:
+        """How long after the attack began, as the table says it (``3 steps, 1.2 s``)."""
+        steps = "-" if self.steps is None else f"{self.steps} steps"
+        seconds = "-" if self.seconds is None else f"{self.seconds:.1f} s"
+        return f"{steps}, {seconds}"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form with stable keys."""
         return {
