@@ -184,6 +184,13 @@ def test_the_report_links_every_run_and_the_control_is_clean(drill: Drill) -> No
     control = (report / "drill-control.html").read_text(encoding="utf-8")
     assert "No sign of sabotage" in control
     assert "<script" not in index
+    # The attacked runs' pages show what the guard found in them, as their own findings.
+    guarded = {s["run"] for s in drill.data["scenarios"] if s["scenario"].startswith("T3")}
+    for run in guarded:
+        page = (report / f"drill-{_run_name(run)}.html").read_text(encoding="utf-8")
+        assert "No sign of sabotage" not in page
+        for rule in ("guard.timing", "guard.hyperparam", "guard.reseed"):
+            assert rule in page, (run, rule)
 
 
 @pytest.mark.parametrize("scenario", [s.id for s in SCENARIOS if s.id != "T1-resume-checkpoint"])
