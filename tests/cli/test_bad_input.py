@@ -286,3 +286,26 @@ def test_output_that_is_no_file_is_a_clear_error(
     if kind == "directory":
         assert sorted(p.name for p in bad.iterdir()) == ["junk"]  # nothing written into it
         assert "is a directory" in err
+
+
+@pytest.mark.parametrize("command", [*OUTPUT_COMMANDS, ("drill",)], ids=" ".join)
+def test_output_in_a_missing_directory_is_refused_before_any_work(
+    command: tuple[str, ...],
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A long command (a drill, the report of a large run) must not do all its work and only
+    # then find it cannot write: the missing directory is named up front.
+    bad = tmp_path / "no-such-dir" / "out"
+    build = COMMAND_ARGV.get(command)
+    argv = [*build(world, tmp_path)] if build is not None else list(command)
+    flags = ["-o", str(bad)] if command != ("drill",) else ["--report", str(bad)]
+    with _deadline(60):
+        code = main([*argv, *flags])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert code == 2, (command, out, err)
+    assert "no directory" in err, err
+    assert not bad.parent.exists()
+    assert not (world["root"] / "rd").exists()  # a run is never launched

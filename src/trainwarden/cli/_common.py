@@ -212,8 +212,12 @@ def check_output(
     A report written over the file it is about destroys the evidence; a report written into a
     verified directory becomes an unexpected file of the next verification.
 
+    A missing parent directory is refused here too, so a long command (a drill, a report of a
+    large run) does not do all its work and then fail to write.
+
     Raises:
-        InputError: ``output`` is an input, lies inside one, or is a directory.
+        InputError: ``output`` is an input, lies inside one, is a directory, or its parent
+            directory does not exist.
     """
     if output is None or str(output) == "-":
         return
@@ -222,8 +226,11 @@ def check_output(
     from trainwarden._fs import check_output_path
 
     check_output_path(output, [p for p in inputs if p is not None])
-    if Path(output).is_dir():
+    path = Path(output)
+    if path.is_dir():
         raise InputError(f"{what} {output} is a directory")
+    if not path.parent.is_dir():
+        raise InputError(f"{what} {output}: no directory {path.parent} to write it in")
 
 
 def dumps(value: Any) -> str:

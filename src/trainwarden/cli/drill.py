@@ -88,9 +88,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from trainwarden.drill import run_drill
 
-    # Before minutes of work: an output that cannot be written is a usage error now.
-    check_output(args.output, [args.keep])
-    check_output(args.report, [args.keep], what="--report")
+    # Before minutes of work: an output that cannot be written is a usage error now. The
+    # --keep directory may not exist yet (the drill makes it), so an output inside it is
+    # named as such before the common checks call its directory missing.
     for flag, path in (("--output", args.output), ("--report", args.report)):
         if path is not None and args.keep is not None and str(path) != "-":
             try:
@@ -98,6 +98,8 @@ def _run(args: argparse.Namespace) -> int:
             except ValueError:
                 continue
             raise ConfigError(f"{flag} {path} lies inside the --keep directory {args.keep}")
+    check_output(args.output, [args.keep])
+    check_output(args.report, [args.keep], what="--report")
     if (
         args.report is not None
         and args.output is not None
