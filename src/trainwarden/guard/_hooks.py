@@ -268,7 +268,8 @@ class HookAudit:
         old = _functions(slot.values)
         before = {id(f) for f in old}
         findings = []
-        for fn in _functions(current):
+        functions = _functions(current)
+        for fn in functions:
             if id(fn) in before and any(fn is f for f in old):
                 continue
             if patching.lookup_hook(fn) is not None or patching.lookup(fn) is not None:
@@ -288,7 +289,7 @@ class HookAudit:
                     subject=f"hook:{slot.label}:{id(fn)}",
                 )
             )
-        now = {id(f) for f in _functions(current)}
+        now = {id(f) for f in functions}
         gone = [f for f in old if id(f) not in now]
         for fn in gone:
             if patching.lookup_hook(fn) is not None:
