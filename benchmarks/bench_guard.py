@@ -2,9 +2,11 @@
 
 Run: python benchmarks/bench_guard.py [--steps N] [--repeats R] [--no-write]
 
-For two model sizes (tinygpt's tiny default, 0.11 M parameters in 29 tensors, ~10-20 ms a
-step, and a realistic one, 1.8 M parameters in 53 tensors, 100-200 ms a step on one core)
-and for 1 and 2 ranks (DDP over gloo), the same
+For three model sizes (tinygpt's tiny default, 0.11 M parameters in 29 tensors, ~10-20 ms a
+step; a small realistic one, 1.8 M parameters in 53 tensors, ~110 ms a step on one core; a
+medium one, 7.5 M parameters in 77 tensors, ~0.4 s a step: the guard's cost is nearly
+constant per step, so the three show how its share falls as steps grow) and for 1 and 2
+ranks (DDP over gloo), the same
 process trains alternately without a guard and with ``Guard(model, optimizer,
 scheduler=scheduler)`` at its defaults, in blocks of N steps, R times; median step times
 (steady state, attach excluded and reported apart) give the overhead, and the guard's own
@@ -32,6 +34,7 @@ SIZES = {
     # name: (width, layers, context, batch)
     "tiny": (64, 2, 32, 8),
     "realistic": (192, 4, 64, 8),
+    "medium": (320, 6, 64, 8),
 }
 
 
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="steps per block")
     parser.add_argument("--repeats", type=int, default=3, help="bare/guarded block pairs")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
-    parser.add_argument("--sizes", default="tiny,realistic")
+    parser.add_argument("--sizes", default="tiny,realistic,medium")
     parser.add_argument("--worlds", default="1,2")
     parser.add_argument("--sync", action="store_true", help="verify updates on the training thread")
     args = parser.parse_args(argv)

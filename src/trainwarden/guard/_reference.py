@@ -15,6 +15,7 @@ complex or sparse tensors), are reported as not verified, with the reason.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,24 @@ class Bucket:
     has_state: bool
     tail: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # (start, end, weight decay) when the bucket spans groups that differ only in their
+    # weight decay (computed together, the decay applied per segment); None: the group's.
+    decays: list[tuple[int, int, float]] | None = None
+
+    def decay_segments(self, group_decay: float) -> list[tuple[int, int, float]]:
+        """The weight decay of each segment of the bucket."""
+        if self.decays is not None:
+            return self.decays
+        return [(0, int(self.params.numel()), group_decay)]
+
+    def decay_vector(self, group_decay: float) -> Any:
+        """The weight decay of each coordinate (float64 numpy), for magnitudes."""
+        import numpy as np
+
+        out = np.zeros(int(self.params.numel()))
+        for a, b, wd in self.decay_segments(group_decay):
+            out[a:b] = wd
+        return out
 
 
 @dataclass
@@ -83,8 +102,15 @@ def _wrapped(value: float, dtype: Any = None) -> Any:
 
     A Python scalar passed to ``x.mul_(s)`` stays a float64 value that the kernel converts to
     its compute type; the ``.Scalar`` overloads the CPU foreach loops call round it to the
-    tensor's dtype first (visible in bf16). ``dtype`` selects the latter.
+    tensor's dtype first (visible in bf16). ``dtype`` selects the latter. Cached: the
+    constants (betas, eps, 1.0) recur every step, and kernels only read their scalars.
     """
+    return _scalar_tensor(value, math.copysign(1.0, value) < 0, dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _scalar_tensor(value: float, negative: bool, dtype: Any) -> Any:
+    # ``negative`` keeps -0.0 and 0.0 apart (they compare and hash equal).
     import torch
 
     return torch.tensor(value, dtype=dtype or torch.float64)
@@ -333,11 +359,23 @@ class AdamReference(Reference):
         exp_avg = ops.copy(bucket.state["exp_avg"])
         exp_avg_sq = ops.copy(bucket.state["exp_avg_sq"])
         grad = bucket.grads if not maximize else ops.neg(bucket.grads)
-        if wd != 0:
-            if decoupled:
-                ops.mul_scalar_(param, 1 - lr * wd)
-            else:
-                grad = ops.add(grad, param, wd)
+        segments = bucket.decay_segments(wd)
+        if len(segments) == 1:
+            decay = segments[0][2]
+            if decay != 0:
+                if decoupled:
+                    ops.mul_scalar_(param, 1 - lr * decay)
+                else:
+                    grad = ops.add(grad, param, decay)
+        elif decoupled:
+            for a, b, decay in segments:
+                if decay != 0:
+                    ops.mul_scalar_(param[a:b], 1 - lr * decay)
+        else:
+            grad = ops.copy(grad) if grad is bucket.grads else grad
+            for a, b, decay in segments:
+                if decay != 0:
+                    ops.add_(grad[a:b], param[a:b], decay)
         ops.lerp_(exp_avg, grad, 1 - beta1)
         ops.mul_scalar_(exp_avg_sq, beta2)
         ops.addcmul_(exp_avg_sq, grad, grad, 1 - beta2)
@@ -382,8 +420,15 @@ class SGDReference(Reference):
             # The operations of torch.optim.sgd._single_tensor_sgd, in order.
             param = ops.copy(bucket.params)
             grad = bucket.grads if not maximize else ops.neg(bucket.grads)
-            if wd != 0:
-                grad = ops.add(grad, param, wd)
+            segments = bucket.decay_segments(wd)
+            if len(segments) == 1:
+                if segments[0][2] != 0:
+                    grad = ops.add(grad, param, segments[0][2])
+            else:
+                grad = ops.copy(grad) if grad is bucket.grads else grad
+                for a, b, decay in segments:
+                    if decay != 0:
+                        ops.add_(grad[a:b], param[a:b], decay)
             if momentum != 0:
                 if not bucket.has_state:
                     buf = ops.copy(grad)
@@ -437,7 +482,7 @@ def _adam_magnitude(
     with np.errstate(divide="ignore", invalid="ignore"):
         step_size = lr / (1 - beta1**step)
         adam = np.abs(step_size * m / denom)
-    decay = np.abs(lr * wd * p) if (wd and decoupled) else 0.0
+    decay = np.abs(lr * bucket.decay_vector(wd) * p) if decoupled else 0.0
     out: Any = np.nan_to_num(adam + decay, nan=0.0, posinf=0.0)
     return out
 

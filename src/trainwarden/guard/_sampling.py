@@ -76,7 +76,7 @@ class Sampler:
         self.verify_fraction = verify_fraction
         self._offsets_key: tuple[int, ...] | None = None
         self._offsets: Any = None
-        self._block: tuple[int, Any, Any, Any] | None = None
+        self._block: tuple[int, Any, list[Sample]] | None = None
 
     def __repr__(self) -> str:  # never show the secret
         return f"Sampler(k={self.k}, verify_fraction={self.verify_fraction})"
@@ -92,8 +92,13 @@ class Sampler:
             return True
         return self.derive(b"verify", step) < int(self.verify_fraction * 2**64)
 
-    def _block_for(self, step: int, offsets: Any) -> tuple[int, Any, Any, Any]:
-        """The coordinates of ``step``'s block of steps, laid out once for all of them."""
+    def _block_for(self, step: int, offsets: Any) -> tuple[int, Any, list[Sample]]:
+        """The samples of ``step``'s block of steps, laid out once for all of them.
+
+        Laying out 16 steps together costs little more than one: the guard's work between
+        steps runs in caches the training step has just flushed, where every distinct
+        operation is paid again, so the per-step part is a lookup.
+        """
         import numpy as np
 
         block = step // _BLOCK
@@ -110,7 +115,20 @@ class Sampler:
             flat = bounds[:-1] + rng.integers(0, widths, size=(_BLOCK, strata), dtype=np.int64)
             owners = np.searchsorted(offsets, flat, side="right") - 1
             local = flat - offsets[owners]
-            cached = self._block = (block, offsets, owners, local)
+            # Where each row's runs of one parameter start (and end), for all rows at once.
+            change = np.empty(owners.shape, dtype=bool)
+            change[:, 0] = True
+            np.not_equal(owners[:, 1:], owners[:, :-1], out=change[:, 1:])
+            rows, columns = np.nonzero(change)
+            cuts = np.searchsorted(rows, np.arange(1, _BLOCK))
+            first = block * _BLOCK
+            samples = []
+            for row, starts in enumerate(np.split(columns, cuts)):
+                ends = np.empty_like(starts)
+                ends[:-1] = starts[1:]
+                ends[-1] = strata
+                samples.append(Sample(first + row, strata, owners[row], local[row], starts, ends))
+            cached = self._block = (block, offsets, samples)
         return cached
 
     def coordinates(self, step: int, sizes: Sequence[int]) -> Sample:
@@ -126,14 +144,14 @@ class Sampler:
         if int(offsets[-1]) == 0:
             empty = np.empty(0, dtype=np.int64)
             return Sample(step, 0, empty, empty, empty, empty)
-        _, _, all_owners, all_local = self._block_for(step, offsets)
-        row = step % _BLOCK
-        owners, local = all_owners[row], all_local[row]
-        change = np.empty(owners.size, dtype=bool)
-        change[0] = True
-        np.not_equal(owners[1:], owners[:-1], out=change[1:])
-        starts = np.flatnonzero(change)
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:]
-        ends[-1] = owners.size
-        return Sample(step, int(owners.size), owners, local, starts, ends)
+        _, _, samples = self._block_for(step, offsets)
+        return samples[step % _BLOCK]
+
+    def block(self, step: int, sizes: Sequence[int]) -> list[Sample]:
+        """The samples of every step of ``step``'s block (16 consecutive steps)."""
+        first = step - step % _BLOCK
+        self.coordinates(step, sizes)
+        cached = self._block
+        if cached is None:  # no coordinates at all
+            return [self.coordinates(first + row, sizes) for row in range(_BLOCK)]
+        return cached[2]

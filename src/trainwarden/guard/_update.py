@@ -33,6 +33,7 @@ from trainwarden.findings import Severity
 from trainwarden.guard._config import GuardConfig
 from trainwarden.guard._findings import GuardFinding
 from trainwarden.guard._kernels import Kernels, kernels_for
+from trainwarden.guard._memory import Located, Memory
 from trainwarden.guard._reference import Bucket, Outcome, Reference, reference_for
 from trainwarden.guard._sampling import Sample, Sampler
 
@@ -185,8 +186,10 @@ class _Selection:
     owner: Any  # numpy int64: table entry of each coordinate
     local: Any  # numpy int64: index in the entry's flattened tensor
     runs: list[tuple[int, int, int]]  # (entry, start, end) in the coordinate arrays
-    index: list[Any]  # per run: its local indices (numpy on CPU, a device tensor otherwise)
     entries: list[int] = field(default_factory=list)  # per run: its entry
+    # Per run: its local indices (numpy on CPU, a device tensor otherwise); laid out on first
+    # use (the one-gather read of CPU memory needs none).
+    index: list[Any] | None = None
 
 
 @dataclass
@@ -202,6 +205,7 @@ class _Partition:
     bits: Any  # numpy unsigned dtype of the same width
     params: _Views = field(default_factory=_Views)
     state: dict[str, _Views] = field(default_factory=dict)
+    memory: Memory | None = None  # CPU partitions: every kind read in one gather
 
     @property
     def cpu(self) -> bool:
@@ -216,6 +220,16 @@ class _StateRead:
     missing: dict[str, set[int]]  # per key: runs whose entry had no such tensor
     present: list[bool]  # per run: the parameter has state
     steps: list[float | None]  # per run: the optimizer's step count, if it keeps one
+
+
+@dataclass
+class _After:
+    """What the post-hook of step N read for one partition."""
+
+    values: Any = None  # weights at S_N, as the step wrote them
+    state: dict[str, Any] = field(default_factory=dict)  # state at S_N (when verifying)
+    baseline: Any = None  # weights at S_N+1 (step N+1's inputs, the continuity baseline)
+    state_next: _StateRead | None = None  # state at S_N+1 (when N+1 is verified)
 
 
 @dataclass
@@ -296,15 +310,16 @@ class _Worker:
         self.cpu = 0.0
         self._thread.start()
 
-    def submit(self, key: tuple[str, int], job: Callable[[], Any]) -> None:
-        self._jobs.put((key, job))
+    def submit(self, key: tuple[str, int], job: Callable[[], Any], *, keep: bool = True) -> None:
+        """Queue ``job``; its value is kept for :meth:`result` unless ``keep`` is false."""
+        self._jobs.put((key, job, keep))
 
     def _run(self) -> None:
         while True:
             item = self._jobs.get()
             if item is None:
                 return
-            key, job = item
+            key, job, keep = item
             start = time.thread_time()
             try:
                 value: Any = job()
@@ -312,6 +327,8 @@ class _Worker:
                 logger.exception("guard: verification job failed")
                 value = exc
             self.cpu += time.thread_time() - start
+            if not keep:
+                continue
             with self._cond:
                 self._done[key] = value
                 self._cond.notify_all()
@@ -391,6 +408,9 @@ class UpdateCheck:
         self._kinds_cache: tuple[list[Any], dict[str, list[Any]]] | None = None
         self._step_views = _StepViews()
         self._judges: dict[int, list[tuple[str, int]]] = {}
+        self._sizes = self.table.sizes
+        self._deferred: list[_Job] = []
+        self._laid: dict[int, tuple[Sample, list[_Selection]]] = {}
         self.cost = 0.0
         self.verified_steps = 0
         self.checked = 0
@@ -425,6 +445,10 @@ class UpdateCheck:
             part = _Partition(
                 key, members, member, first.dtype, first.device, np.dtype(storage), np.dtype(bits)
             )
+            if part.cpu and key[0] in _STORAGE:
+                part.memory = Memory(
+                    members, len(self.table.entries), self.table.sizes, first.dtype, storage
+                )
             self._partitions.append(part)
 
     def close(self) -> None:
@@ -435,6 +459,7 @@ class UpdateCheck:
 
     def rebaseline(self) -> None:
         """Forget what was read and expected (a legitimate reload replaced weights or state)."""
+        self._deferred.clear()
         self._state_cache = None  # load_state_dict brings new state tensors
         self._kinds_cache = None
         self._step_views = _StepViews()
@@ -442,6 +467,8 @@ class UpdateCheck:
         for part in self._partitions:
             part.params.clear()
             part.state.clear()
+            if part.memory is not None:
+                part.memory.forget()
 
         def forget() -> None:
             self._expected.clear()
@@ -453,7 +480,9 @@ class UpdateCheck:
 
     def _run(self, key: tuple[str, int], job: Callable[[], Any]) -> None:
         if self._worker is not None:
-            self._worker.submit(key, job)
+            # A reference job leaves its value in _expected (failures included): nobody
+            # collects it by key, so it is not kept (it would pile up, one per step).
+            self._worker.submit(key, job, keep=key[0] != "expect")
             return
         try:
             self._sync[key] = job()  # its cost is its caller's (before_step / after_step)
@@ -495,26 +524,37 @@ class UpdateCheck:
                 starts = change
                 ends = np.append(change[1:], owner.size).astype(np.int64)
             if starts is None or not owner.size:
-                out.append(_Selection(sample.step, 0, owner, local_, [], []))
+                out.append(_Selection(sample.step, 0, owner, local_, [], [], []))
                 continue
             bounds = starts.tolist()
             entries = owner[starts].tolist()
             runs = list(zip(entries, bounds, ends.tolist(), strict=True))
-            if part.cpu:
-                index = [local_[a:b] for _, a, b in runs]
-            else:
-                import torch
-
-                flat = torch.from_numpy(np.ascontiguousarray(local_)).to(part.device)
-                index = list(torch.split(flat, [b - a for _, a, b in runs]))
-            out.append(
-                _Selection(sample.step, int(owner.size), owner, local_, runs, index, entries)
-            )
+            out.append(_Selection(sample.step, int(owner.size), owner, local_, runs, entries))
         return out
 
+    def _index(self, part: _Partition, sel: _Selection) -> list[Any]:
+        """Per run of ``sel``, its local indices (laid out once)."""
+        if sel.index is None:
+            if part.cpu:
+                sel.index = [sel.local[a:b] for _, a, b in sel.runs]
+            else:
+                import numpy as np
+                import torch
+
+                flat = torch.from_numpy(np.ascontiguousarray(sel.local)).to(part.device)
+                sel.index = list(torch.split(flat, [b - a for _, a, b in sel.runs]))
+        return sel.index
+
     def _sample(self, step: int) -> tuple[Sample, list[_Selection]]:
-        sample = self.sampler.coordinates(step, self.table.sizes)
-        return sample, self._select(sample)
+        """Step ``step``'s sample and its selections (laid out for its whole block at once)."""
+        laid = self._laid.get(step)
+        if laid is None:
+            self._laid = {
+                sample.step: (sample, self._select(sample))
+                for sample in self.sampler.block(step, self._sizes)
+            }
+            laid = self._laid[step]
+        return laid
 
     # ------------------------------------------------------------------------------ gather
 
@@ -543,16 +583,16 @@ class UpdateCheck:
             else:  # gradients: new tensors every step, viewed for this read only
                 resolved = [tensors[e] for e in sel.entries]
                 plain = False
-                fast = _read_each(resolved, sel.index, part.dtype)
+                fast = _read_each(resolved, self._index(part, sel), part.dtype)
                 if fast is not None:
                     return fast
             if plain:
                 # The hot path: one numpy gather per tensor, no torch dispatch.
-                pieces = [v[ix] for v, ix in zip(resolved, sel.index, strict=True)]
+                pieces = [v[ix] for v, ix in zip(resolved, self._index(part, sel), strict=True)]
             else:
                 pieces = []
                 for position, v in enumerate(resolved):
-                    ix = sel.index[position]
+                    ix = self._index(part, sel)[position]
                     if v is None:
                         if missing is None:
                             return None
@@ -574,7 +614,7 @@ class UpdateCheck:
         out: list[Any] = []
         for position, e in enumerate(sel.entries):
             t = tensors[e]
-            index = sel.index[position]
+            index = self._index(part, sel)[position]
             if t is None:
                 if missing is None:
                     return None
@@ -651,14 +691,7 @@ class UpdateCheck:
                 views = part.state[key] = _Views()
             values[key] = self._gather(part, sel, tensors, views, gone)
             missing[key] = gone
-        present: list[bool] = []
-        steps: list[float | None] = []
-        step_views = self._step_views
-        for e, _a, _b in sel.runs:
-            st = dicts[e]
-            present.append(st is not None)
-            value = st.get("step") if st is not None else None
-            steps.append(step_views.read(e, value) if value is not None else None)
+        present, steps = self._step_counts(dicts, sel)
         return _StateRead(values, missing, present, steps)
 
     def _state_kinds(self, dicts: list[Any]) -> dict[str, list[Any]]:
@@ -668,6 +701,112 @@ class UpdateCheck:
         kinds = {key: self._state_kind(dicts, key) for key in self._state_keys(dicts)}
         self._kinds_cache = (dicts, kinds)
         return kinds
+
+    # ------------------------------------------------------------------------ fused reads
+
+    def _read_before(
+        self,
+        part: _Partition,
+        sel: _Selection,
+        params: list[Any],
+        grads: list[Any] | None,
+        no_grad: set[int],
+    ) -> tuple[Any, Any]:
+        """The weights (and, when verifying, the gradients) at ``sel`` before the step."""
+        memory = part.memory
+        if memory is not None:
+            located = [memory.locate("param", params)]
+            if grads is not None:
+                located.append(memory.locate("grad", grads, fresh=True))
+            if all(k is not None for k in located):
+                found = [k for k in located if k is not None]
+                out = memory.read(found, sel.owner, sel.local)
+                if grads is None:
+                    return out[0], None
+                no_grad.update(_missing_runs(sel, found[1]))
+                return out[0], out[1]
+        before = self._gather(part, sel, params, part.params)
+        if grads is None:
+            return before, None
+        return before, self._gather(part, sel, grads, None, no_grad)
+
+    def _read_after(
+        self,
+        part: _Partition,
+        sel: _Selection | None,
+        following: _Selection | None,
+        params: list[Any],
+        *,
+        state_now: bool,
+        state_next: bool,
+    ) -> _After:
+        """What the step wrote at ``sel`` and what the next step starts from at ``following``.
+
+        One gather for the weights and every state tensor at both samples when the partition's
+        memory can be read directly; otherwise kind by kind.
+        """
+        import numpy as np
+
+        out = _After()
+        memory = part.memory
+        want_now = sel is not None and state_now
+        want_next = following is not None and state_next
+        if memory is not None and (sel is not None or following is not None):
+            located: list[Located | None] = [memory.locate("param", params)]
+            keys: list[str] = []
+            dicts: list[Any] = []
+            if want_now or want_next:
+                dicts = self._state_tensors()
+                for key, tensors in self._state_kinds(dicts).items():
+                    keys.append(key)
+                    located.append(memory.locate("state:" + key, tensors))
+            if all(k is not None for k in located):
+                found = [k for k in located if k is not None]
+                parts = [s for s in (sel, following) if s is not None]
+                owner, local = parts[0].owner, parts[0].local
+                if len(parts) == 2:
+                    owner = np.concatenate([parts[0].owner, parts[1].owner])
+                    local = np.concatenate([parts[0].local, parts[1].local])
+                values = memory.read(found, owner, local)
+                cut = sel.n if sel is not None else 0
+                if sel is not None:
+                    out.values = values[0, :cut]
+                    if want_now:
+                        out.state = {key: values[1 + i, :cut] for i, key in enumerate(keys)}
+                if following is not None:
+                    out.baseline = values[0, cut:]
+                    if want_next:
+                        missing = {
+                            key: _missing_runs(following, found[1 + i])
+                            for i, key in enumerate(keys)
+                        }
+                        state = {key: values[1 + i, cut:] for i, key in enumerate(keys)}
+                        present, steps = self._step_counts(dicts, following)
+                        out.state_next = _StateRead(state, missing, present, steps)
+                return out
+        if sel is not None:
+            out.values = self._gather(part, sel, params, part.params)
+            if want_now:
+                out.state = self._read_state(part, sel).values
+        if following is not None:
+            out.baseline = self._gather(part, following, params, part.params)
+            if want_next:
+                out.state_next = self._read_state(part, following)
+        return out
+
+    def _step_counts(
+        self, dicts: list[Any], sel: _Selection
+    ) -> tuple[list[bool], list[float | None]]:
+        """Per run of ``sel``: whether its parameter has state, and its step count."""
+        present: list[bool] = []
+        steps: list[float | None] = []
+        step_views = self._step_views
+        for e in sel.entries:
+            st = dicts[e]
+            present.append(st is not None)
+            value = st.get("step") if st is not None else None
+            steps.append(step_views.read(e, value) if value is not None else None)
+        return present, steps
 
     # --------------------------------------------------------------------------------- pre
 
@@ -679,6 +818,7 @@ class UpdateCheck:
         (weights edited between the steps).
         """
         start = time.thread_time()
+        self._deferred.clear()  # a step that never finished (skipped by a scaler)
         inputs = self._inputs.pop(step, None)
         selections = self._selections.pop(step, None)
         if selections is None or inputs is None:
@@ -701,14 +841,13 @@ class UpdateCheck:
         for index, (part, sel) in enumerate(zip(self._partitions, selections, strict=True)):
             if not sel.n:
                 continue
-            before = self._gather(part, sel, params, part.params)
+            no_grad: set[int] = set()
+            before, grad_values = self._read_before(part, sel, params, grads, no_grad)
             earlier = inputs[index] if inputs is not None else None
             if self.check_weights and earlier is not None:
                 findings.extend(self._continuity(part, sel, step, earlier.params, before))
             if grads is None:
                 continue
-            no_grad: set[int] = set()
-            grad_values = self._gather(part, sel, grads, None, no_grad)
             state = earlier.state if earlier is not None else None
             if state is None:
                 state = self._read_state(part, sel)
@@ -720,7 +859,12 @@ class UpdateCheck:
             if groups is None:
                 groups = [_snapshot(g) for g in self.optimizer.param_groups]
             job = _Job(self, part, index, sel, step, groups, before, grad_values, no_grad, state)
-            self._run(("expect", step * 64 + index), job.expect)
+            if self._worker is None:
+                # Computed right after the step instead (see after_step): the same kernels
+                # the optimizer just ran are then in the caches, not the backward's.
+                self._deferred.append(job)
+            else:
+                self._run(("expect", step * 64 + index), job.expect)
         if grads is not None:
             self._verifying.add(step)
             self._grads[step] = (_digest(grad_digests), sq, finite)
@@ -770,10 +914,15 @@ class UpdateCheck:
         the verdict on the update comes with :meth:`collect` (at once in synchronous mode).
         """
         start = time.thread_time()
+        deferred, self._deferred = self._deferred, []
+        for job in deferred:
+            if job.step == step:
+                job.expect()
         result = StepResult(step=step)
         current = self._samples.get(step)
         selections = self._selections.get(step)
         if current is None or selections is None:
+            self.cost += time.thread_time() - start
             return result
         verifying = step in self._verifying
         self._verifying.discard(step)
@@ -788,22 +937,27 @@ class UpdateCheck:
         inputs: list[_Inputs | None] = []
         for index, part in enumerate(self._partitions):
             sel = selections[index]
+            following = nexts[index] if nexts is not None else None
+            read = self._read_after(
+                part,
+                sel if sel.n else None,
+                following if following is not None and following.n else None,
+                params,
+                state_now=verifying,
+                state_next=next_verified,
+            )
             if sel.n:
-                values = self._gather(part, sel, params, part.params)
-                digests.append(_host(part, values))
+                digests.append(_host(part, read.values))
                 if verifying:
                     key = ("judge", step * 64 + index)
                     judges.append(key)
-                    state = self._read_state(part, sel).values
-                    self._run(key, _Judgement(self, part, index, step, values, state).run)
-            if nexts is not None:
-                following = nexts[index]
+                    judgement = _Judgement(self, part, index, step, read.values, read.state)
+                    self._run(key, judgement.run)
+            if following is not None:
                 if not following.n:
                     inputs.append(None)
                     continue
-                baseline = self._gather(part, following, params, part.params)
-                state_next = self._read_state(part, following) if next_verified else None
-                inputs.append(_Inputs(following, baseline, state_next))
+                inputs.append(_Inputs(following, read.baseline, read.state_next))
         result.param_digest = _digest(digests)
         result.sampled = current.count
         grads = self._grads.pop(step, None)
@@ -865,7 +1019,7 @@ class UpdateCheck:
         state = read.values
         before_h = _host(part, before)
         state_h = {key: _host(part, v) for key, v in state.items()}
-        variants = [before_h.copy()]
+        variants: list[Any] = [before_h.copy()]
         verify = np.zeros(n, dtype=bool)
         exact = np.ones(n, dtype=bool)
         approx: Any = None
@@ -874,10 +1028,13 @@ class UpdateCheck:
         outcomes: list[tuple[int, int, Outcome]] = []
         # Runs of consecutive tensors that share a group, a step count and the presence of a
         # gradient and of state are one bucket: contiguous in the sample, computed together.
+        # Groups that differ only in their weight decay (the usual decay / no-decay split)
+        # are one bucket, the decay applied per segment: half the kernel calls.
+        classes = self._merge_classes(groups)
         keys = []
         for position, (e, _a, _b) in enumerate(sel.runs):
             keys.append(
-                (entries[e].group, read.steps[position], position not in no_grad,
+                (classes[entries[e].group], read.steps[position], position not in no_grad,
                  read.present[position])
             )  # fmt: skip
         position = 0
@@ -892,6 +1049,7 @@ class UpdateCheck:
             if group_index in self.unsupported_groups:
                 continue
             group = groups[group_index]
+            decays = _decay_segments(sel, entries, groups, first_run, last_run, group_index)
             verify[a:b] = True
             if not with_grad:
                 # The optimizer skips parameters without a gradient: nothing may change.
@@ -924,19 +1082,27 @@ class UpdateCheck:
                 step=(step_value or 0.0) if with_state else 0.0,
                 has_state=with_state,
                 tail=tail,
+                decays=decays,
             )
             try:
                 outcome = self.reference.compute(kernels, group, bucket)
             except (RuntimeError, KeyError, TypeError, ValueError) as exc:
                 logger.warning("guard: reference failed for group %d: %s", group_index, exc)
-                self.unsupported_groups[group_index] = f"reference failed: {exc}"
+                for g, cls in enumerate(classes):
+                    if cls == group_index:
+                        self.unsupported_groups[g] = f"reference failed: {exc}"
                 verify[a:b] = False
                 continue
             outs = [_storage(v) for v in outcome.variants]
-            while len(variants) < len(outs):
-                variants.append(variants[0].copy())
-            for i, target in enumerate(variants):
-                target[a:b] = outs[min(i, len(outs) - 1)]
+            # The usual case: one bucket is the whole sample, its arrays are the result.
+            whole = a == 0 and b == n and not outcomes
+            if whole:
+                variants = outs
+            else:
+                while len(variants) < len(outs):
+                    variants.append(variants[0].copy())
+                for i, target in enumerate(variants):
+                    target[a:b] = outs[min(i, len(outs) - 1)]
             exact[a:b] = outcome.exact
             outcomes.append((a, b, outcome))
             if outcome.approx is not None:
@@ -946,6 +1112,9 @@ class UpdateCheck:
                 approx[a:b] = _storage(outcome.approx)
                 approx_mask[a:b] = True
             for key, vs in outcome.state.items():
+                if whole:
+                    state_exp[key] = [_storage(v) for v in vs]
+                    continue
                 arrays = state_exp.setdefault(
                     key, [state_h[key].copy() if key in state_h else np.zeros(n, part.storage)]
                 )
@@ -958,6 +1127,27 @@ class UpdateCheck:
             sel, before_h, variants, state_exp, state_h, _host(part, grads), verify, exact,
             approx, approx_mask, outcomes,
         )  # fmt: skip
+
+    def _merge_classes(self, groups: list[dict[str, Any]]) -> list[int]:
+        """Per param group, the first group it can be computed with (its own index if none).
+
+        Groups merge when every setting but the weight decay is equal, neither is fused (the
+        fused kernels take one decay) and both are verified.
+        """
+        out: list[int] = []
+        leaders: list[int] = []
+        unsupported = self.unsupported_groups
+        for g, settings in enumerate(groups):
+            leader = g
+            if not settings.get("fused") and g not in unsupported:
+                for other in leaders:
+                    if _same_but_decay(groups[other], settings):
+                        leader = other
+                        break
+            if leader == g:
+                leaders.append(g)
+            out.append(leader)
+        return out
 
     # -------------------------------------------------------------------------- judging
 
@@ -1302,6 +1492,14 @@ def _read_each(tensors: list[Any], index: list[Any], dtype: Any) -> Any:
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+def _missing_runs(sel: _Selection, located: Located) -> set[int]:
+    """Run positions of ``sel`` whose entry has no tensor of ``located``'s kind."""
+    if located.missing is None:
+        return set()
+    missing = located.missing
+    return {position for position, e in enumerate(sel.entries) if missing[e]}
+
+
 def _snapshot(group: dict[str, Any]) -> dict[str, Any]:
     """A param group's settings as plain values (schedulers may change tensors in place)."""
     out: dict[str, Any] = {}
@@ -1313,6 +1511,48 @@ def _snapshot(group: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, tuple):
             value = tuple(v.item() if hasattr(v, "item") else v for v in value)
         out[key] = value
+    return out
+
+
+def _same_but_decay(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two groups' settings are equal except their weight decay."""
+    if a.keys() != b.keys():
+        return False
+    try:
+        return all(
+            bool(a[key] == b[key]) and type(a[key]) is type(b[key])
+            for key in a
+            if key != "weight_decay"
+        )
+    except (RuntimeError, TypeError, ValueError):  # settings that do not compare plainly
+        return False
+
+
+def _decay_segments(
+    sel: _Selection,
+    entries: list[_Entry],
+    groups: list[dict[str, Any]],
+    first_run: int,
+    last_run: int,
+    leader: int,
+) -> list[tuple[int, int, float]] | None:
+    """(start, end, weight decay) of runs ``first_run:last_run`` by group, bucket-relative.
+
+    ``None`` when they all belong to ``leader``, the group whose settings the bucket is
+    computed with (its own decay applies).
+    """
+    runs = sel.runs
+    if all(entries[runs[i][0]].group == leader for i in range(first_run, last_run)):
+        return None
+    origin = runs[first_run][1]
+    out: list[tuple[int, int, float]] = []
+    for i in range(first_run, last_run):
+        e, a, b = runs[i]
+        decay = float(groups[entries[e].group].get("weight_decay", 0) or 0)
+        if out and out[-1][2] == decay and out[-1][1] == a - origin:
+            out[-1] = (out[-1][0], b - origin, decay)
+        else:
+            out.append((a - origin, b - origin, decay))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,62 @@ def test_anomalies_are_context_not_proof() -> None:
     nan = check.observe(32, "grad_norm", float("nan"))
     assert nan
     assert "nan" in nan[0].message
+
+
+def _audited() -> tuple[Any, Any, Any]:
+    import torch
+
+    from trainwarden.guard._hooks import HookAudit
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # A parameter whose hook dict exists but is empty (a hook was added and removed before
+    # attach): later hooks go into that very dict, in place.
+    model[0].weight.register_hook(lambda g: g).remove()
+    audit = HookAudit(optimizer, model, rank=0)
+    audit.baseline()
+    return model, optimizer, audit
+
+
+def _tamperings() -> dict[str, Any]:
+    import torch
+
+    def scale(*args: Any) -> None:
+        return None
+
+    return {
+        "parameter hook into an existing empty dict": lambda m, o: m[0].weight.register_hook(
+            lambda g: g * 2
+        ),
+        "parameter hook, first one": lambda m, o: m[2].bias.register_hook(lambda g: g * 2),
+        "post-accumulate hook": lambda m, o: m[2].weight.register_post_accumulate_grad_hook(scale),
+        "module forward hook": lambda m, o: m[1].register_forward_hook(scale),
+        "module hook written into its dict": lambda m, o: m[0]._forward_pre_hooks.__setitem__(
+            10_000, scale
+        ),
+        "instance forward": lambda m, o: setattr(m[2], "forward", lambda x: x),
+        "optimizer post-hook": lambda m, o: o.register_step_post_hook(scale),
+        "optimizer hook container replaced": lambda m, o: setattr(
+            o, "_optimizer_step_pre_hooks", {1: scale}
+        ),
+        "global forward hook": lambda m, o: torch.nn.modules.module.register_module_forward_hook(
+            scale
+        ),
+    }
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("what", sorted(_tamperings()))
+def test_hook_audit_bulk_check_sees_every_kind_of_added_hook(what: str) -> None:
+    model, optimizer, audit = _audited()
+    assert audit._fast is not None  # the bulk comparison is in use
+    assert audit.check(1) == []
+    handle = _tamperings()[what](model, optimizer)
+    try:
+        found = audit.check(2)
+        assert [f.rule_id for f in found] == ["guard.hooks"], what
+        assert audit.check(3) == []  # reported once, then the new state is the baseline
+        assert audit._fast is not None
+    finally:
+        if hasattr(handle, "remove"):
+            handle.remove()

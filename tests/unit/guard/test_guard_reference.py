@@ -130,6 +130,71 @@ def test_one_perturbed_sampled_coordinate_is_caught(name: str) -> None:
     assert [f.step for f in findings if f.rule_id == "guard.update"] == [7]
 
 
+def _grouped(factory: Any, **second: Any) -> Any:
+    """The network's parameters in two (or three) groups, as decay / no-decay splits do."""
+
+    def build(params: Any) -> Any:
+        params = list(params)
+        groups = [
+            {"params": params[:2]},
+            {"params": params[2:4], "weight_decay": 0.0, **second},
+            {"params": params[4:], "weight_decay": 0.25},
+        ]
+        return factory(groups)
+
+    return build
+
+
+GROUPED = {
+    "adamw-decay-split": _grouped(lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.1)),
+    "adam-l2-decay-split": _grouped(lambda g: torch.optim.Adam(g, lr=1e-2, weight_decay=0.05)),
+    "adamw-foreach-amsgrad-split": _grouped(
+        lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.1, foreach=True, amsgrad=True)
+    ),
+    "sgd-nesterov-split": _grouped(
+        lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    ),
+    "adamw-own-lr": _grouped(lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.1), lr=3e-3),
+    "adamw-fused-split": _grouped(
+        lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.1, fused=True)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUPED))
+def test_groups_that_differ_in_weight_decay_are_computed_together_bit_for_bit(
+    name: str,
+) -> None:
+    worst, findings, check = _train(GROUPED[name], torch.float32, 30)
+    assert findings == []
+    assert worst == 0.0
+    groups = [dict(g, params=None) for g in check.optimizer.param_groups]
+    classes = check._merge_classes(groups)
+    if name == "adamw-own-lr":
+        assert classes == [0, 1, 0]  # another learning rate: its own bucket
+    elif "fused" in name:
+        assert classes == [0, 1, 2]  # a fused kernel takes one decay
+    else:
+        assert classes == [0, 0, 0]
+
+
+@pytest.mark.parametrize("name", ["adamw-decay-split", "adam-l2-decay-split", "sgd-nesterov-split"])
+def test_a_perturbed_coordinate_of_a_merged_group_is_caught(name: str) -> None:
+    def nudge(step: int, model: Any, check: UpdateCheck) -> None:
+        if step != 6:
+            return
+        sample = check._samples[step]
+        # The last sampled parameter: in the third group (decay 0.25).
+        entry, positions = sample.per_param[-1]
+        assert check.table.entries[entry].group == 2
+        param = check.table.entries[entry].param
+        with torch.no_grad():
+            param.view(-1)[int(positions[0])] += 1e-3
+
+    _, findings, _ = _train(GROUPED[name], torch.float32, 8, tamper=nudge)
+    assert [f.step for f in findings if f.rule_id == "guard.update"] == [6]
+
+
 def test_unsupported_optimizers_and_settings_say_why() -> None:
     from trainwarden.guard._reference import reference_for
 

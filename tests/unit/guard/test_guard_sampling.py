@@ -94,3 +94,21 @@ def test_commitment_does_not_reveal_the_secret() -> None:
     assert value != commitment(SECRET + b"!")
     assert SECRET.hex() not in value
     assert "secret" not in repr(Sampler(SECRET, k=1))
+
+
+def test_a_block_of_samples_is_each_steps_own_sample() -> None:
+    sizes = [1000, 37, 250_000, 5, 1]
+    sampler = Sampler(SECRET, k=300)
+    block = sampler.block(21, sizes)
+    assert [s.step for s in block] == list(range(16, 32))
+    fresh = Sampler(SECRET, k=300)
+    for sample in block:
+        alone = fresh.coordinates(sample.step, sizes)
+        np.testing.assert_array_equal(sample.owners, alone.owners)
+        np.testing.assert_array_equal(sample.local, alone.local)
+        # Runs of one parameter: where the owner changes, to the end.
+        change = np.flatnonzero(np.diff(sample.owners, prepend=-1))
+        np.testing.assert_array_equal(sample.starts, change)
+        np.testing.assert_array_equal(sample.ends, np.append(change[1:], sample.count))
+    # Negative steps (tests only) fall in their own blocks too.
+    assert [s.step for s in sampler.block(-3, sizes)] == list(range(-16, 0))
