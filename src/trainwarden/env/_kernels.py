@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +193,7 @@ def _judge_kernels(
 
 
 def kernel_findings(
-    torch: Any, reference: KernelReference, *, all_ops: bool
+    torch: Any, reference: KernelReference, *, all_ops: bool, pace: Callable[[], None] | None = None
 ) -> tuple[list[Finding], list[Finding]]:
     """Findings about kernel registrations, and an info finding about what was checked.
 
@@ -206,6 +206,8 @@ def kernel_findings(
     dump = torch._C._dispatch_dump
     found: list[Finding] = []
     for op in ops:
+        if pace is not None:
+            pace()
         try:
             text = dump(op)
         except RuntimeError:

@@ -74,7 +74,8 @@ def _worker(rank: int, world: int, port: int, scenarios: tuple[str, ...], out: s
     torn = False
     try:
         for name in scenarios:
-            records.append(_play(name, rank, world))
+            play = play_heavy if name in HEAVY_SCENARIOS else _play
+            records.append(play(name, rank, world))
             if name == "hooks-removed-one-rank":
                 torn = True
                 break
@@ -86,6 +87,77 @@ def _worker(rank: int, world: int, port: int, scenarios: tuple[str, ...], out: s
         Path(out, f"rank-{rank}.json").write_text(json.dumps(records))
     if not torn:
         dist.destroy_process_group()
+
+
+#: Scenarios with the guard's code-integrity checks running all the time (see
+#: test_guard_timing_heavy.py); not in SCENARIOS, launched on their own.
+HEAVY_SCENARIOS = ("clean-during-code-checks", "short-sleeps-during-code-checks")
+
+
+def heavy_config() -> Any:
+    """Default thresholds; the code checks (runtime and package) due every 0.2 s."""
+    from trainwarden.guard import GuardConfig
+
+    return GuardConfig(code_every=0.2, package_every=0.2, watchdog_interval=0.05)
+
+
+def sleep_steps(seed: int, first: int, last: int, p: float = 0.15) -> list[int]:
+    """Steps in ``[first, last]`` at which the insider sleeps (probability ``p`` each)."""
+    import random
+
+    rng = random.Random(seed)
+    return [s for s in range(first, last + 1) if rng.random() < p]
+
+
+def play_heavy(name: str, rank: int, world: int) -> dict[str, Any]:
+    """A run of ``HEAVY_SCENARIOS``: rank 1 sleeps 0.15 s in the optimizer step at random."""
+    from guardtools import make_job, train
+
+    from trainwarden.errors import GuardViolation
+    from trainwarden.events import MemorySink
+    from trainwarden.guard import Guard
+    from trainwarden.guard._timing import busy
+
+    steps = 120
+    job = make_job(steps=steps, world=world, rank=rank, ddp=True)
+    sleeps = sleep_steps(5, 20, steps) if name.startswith("short-sleeps") and rank == 1 else []
+    import torch.optim.adam as adam_module
+
+    original = adam_module.adam
+    armed: list[int] = []
+    overlapped: list[int] = []
+
+    def sleepy(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            step = armed.pop()
+            before = busy()
+            time.sleep(0.15)
+            if busy() > before:
+                overlapped.append(step)
+        return original(*args, **kwargs)
+
+    adam_module.adam = sleepy
+    tamper = {s: (lambda j, s: armed.append(s)) for s in sleeps}
+    record: dict[str, Any] = {"scenario": name, "rank": rank, "sleeps": sleeps}
+    started = busy()
+    guard = Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=MemorySink(),
+                  config=heavy_config())  # fmt: skip
+    try:
+        record.update(halted=None, steps=train(job, steps, tamper=tamper))
+    except GuardViolation as exc:
+        record.update(
+            halted=getattr(exc, "step", guard.step), ranks=list(getattr(exc, "ranks", []))
+        )
+    finally:
+        adam_module.adam = original
+        record["busy"] = busy() - started
+        guard.close()
+    record["overlapped"] = overlapped
+    record["findings"] = [
+        {"rule": f.rule_id, "rank": f.rank, "step": f.step, "message": f.message}
+        for f in guard.findings
+    ]
+    return record
 
 
 def _play(name: str, rank: int, world: int) -> dict[str, Any]:
