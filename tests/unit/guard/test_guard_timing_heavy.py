@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch.optim.adam as adam_module
-from guarddist import HEAVY_SCENARIOS, heavy_config, run_ranks, sleep_steps
+from guarddist import HEAVY_SCENARIOS, collecting, heavy_config, run_ranks, sleep_steps
 from guardtools import make_job, train
 
 from trainwarden.env import snapshot_runtime, verify_runtime
@@ -47,9 +47,14 @@ def burners() -> Iterator[None]:
             proc.wait()
 
 
+collected: list[int] = []
+
+
 def _sleepy_run(sink: MemorySink, sleeps: list[int]) -> tuple[Guard, list[int]]:
     """Train with the code checks running throughout; sleep SLEEP s in the optimizer step at
-    ``sleeps``. Returns the (closed) guard and the sleeps during which a paced check worked."""
+    ``sleeps``. Returns the (closed) guard and the sleeps during which a paced check worked;
+    ``collected`` gets the sleeps during which a full garbage collection ran elsewhere."""
+    collected.clear()
     original = adam_module.adam
     armed: list[int] = []
     overlapped: list[int] = []
@@ -58,10 +63,12 @@ def _sleepy_run(sink: MemorySink, sleeps: list[int]) -> tuple[Guard, list[int]]:
         # Inside Adam.step, between the guard's pre- and post-hooks, where T3's sleep was.
         if armed:
             step = armed.pop()
-            before = busy()
+            before, gc_before = busy(), collecting()
             time.sleep(SLEEP)
             if busy() > before:
                 overlapped.append(step)
+            if collecting() - gc_before > 0.05:
+                collected.append(step)
         return original(*args, **kwargs)
 
     job = make_job(steps=STEPS)
@@ -108,7 +115,14 @@ def test_every_short_sleep_during_the_code_checks_is_named(sink: MemorySink) -> 
     # after a long unit, a source file's compile, or between two checks).
     assert len(overlapped) >= 0.6 * len(sleeps), (overlapped, sleeps)
     timing = _timing(guard)
-    assert {f.step for f in timing} == set(sleeps), [f.message for f in timing]
+    named = {f.step for f in timing}
+    # A full collection run by another thread during a sleep is subtracted from it (the
+    # documented limit): such a sleep may pass. Every other one is named, nothing else is.
+    assert set(sleeps) - set(collected) <= named <= set(sleeps), (
+        [f.message for f in timing],
+        collected,
+    )
+    assert len(collected) <= 2
     assert all(f.rank == 0 and "optimizer step" in f.message for f in timing)
 
 
@@ -148,23 +162,27 @@ def test_pacer_refuses_a_nonsense_share() -> None:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_ranks_name_a_short_sleep_during_the_code_checks(tmp_path: Path) -> None:
+def test_two_ranks_name_every_short_sleep_during_the_code_checks(tmp_path: Path) -> None:
     records = run_ranks(2, HEAVY_SCENARIOS, tmp_path, timeout=600)
     crashes = [r for r in records if r["scenario"] == "crash"]
     assert not crashes, crashes[0]["error"]
     by = {(r["scenario"], r["rank"]): r for r in records}
     for rank in (0, 1):
         clean = by[("clean-during-code-checks", rank)]
-        assert clean["halted"] is None, clean
+        assert clean["steps"] == 120
         assert clean["busy"] > 0.05, "the code checks must have worked during the run"
         assert not [f for f in clean["findings"] if f["rule"] == "guard.timing"], clean
     sleeper = by[("short-sleeps-during-code-checks", 1)]
-    first = sleeper["sleeps"][0]
-    assert sleeper["overlapped"][:1] == [first], "the sleep must fall while a code check works"
+    sleeps = sleeper["sleeps"]
+    assert len(sleeps) >= 10
+    assert len(sleeper["overlapped"]) >= 0.6 * len(sleeps), sleeper
     for rank in (0, 1):
+        # Every rank judges the same exchanged numbers; the sleeper and rank 0 record them.
         record = by[("short-sleeps-during-code-checks", rank)]
-        assert record["halted"] == first, record
         timing = [f for f in record["findings"] if f["rule"] == "guard.timing"]
-        assert timing, record
+        named = {f["step"] for f in timing}
+        # As in the one-rank test: a full collection elsewhere during a sleep may hide it.
+        assert set(sleeps) - set(sleeper["collected"]) <= named <= set(sleeps), (timing, sleeper)
+        assert len(sleeper["collected"]) <= 2
         assert {f["rank"] for f in timing} == {1}
         assert all("optimizer step" in f["message"] for f in timing)
