@@ -29,14 +29,14 @@ from trainwarden.guard._timing import Abandoned
 
 __all__ = ["CodeIntegrity"]
 
+logger = logging.getLogger("trainwarden.guard")
+
+#: Called between units of work; the watchdog passes a ``Pacer``, direct calls nothing.
 Pace = Callable[[], None]
 
 
 def _unpaced() -> None:
     """No pacing (a direct call, not from the watchdog)."""
-
-
-logger = logging.getLogger("trainwarden.guard")
 
 
 def _package_files(root: str, pace: Pace = _unpaced) -> dict[str, tuple[int, int, int, int]]:
