@@ -9,8 +9,8 @@ not running (``/proc/thread-self/schedstat``: CPU contention from other processe
 counted as own work, so a loaded machine does not look like a sleeping rank.
 
 The guard's own heavy checks (code integrity, in the watchdog thread) share the interpreter
-lock with the training thread. They run paced (:class:`Pacer`): slices of at most a few
-millisecond of work, each followed by a rest nine times as long, so the training thread never
+lock with the training thread. They run paced (:class:`Pacer`): slices of about a millisecond
+of work, each followed by a rest nine times as long, so the training thread never
 waits long for the lock; and the wall time of every slice is subtracted from the phases it
 overlaps, like run-queue delay (the training thread can only have waited for the lock while a
 slice ran). No looser threshold is needed while they run: a sleep overlapping a heavy check
@@ -76,8 +76,9 @@ def run_delay() -> float:
     """Seconds not spent on the job's own work: waiting for a CPU or for the guard's checks.
 
     Run-queue delay comes from ``/proc/thread-self/schedstat`` (0 where unavailable); the
-    collector's pauses are the interpreter's, not the job's, and no sleep can hide in them;
-    :func:`busy` is the time the guard's paced heavy checks may have held the interpreter lock.
+    collector's pauses are the interpreter's, not the job's (one that another thread runs
+    during a sleep hides up to its length: the documented limit); :func:`busy` is the time the
+    guard's paced heavy checks may have held the interpreter lock.
     """
     return _run_queue() + _gc["total"] + busy()
 
@@ -90,7 +91,8 @@ _busy: tuple[float, float] = (0.0, 0.0)
 def busy() -> float:
     """Wall seconds the guard's paced heavy checks have worked so far, in this process.
 
-    Monotonic. Read from the training thread at a phase boundary, it includes the slice in
+    Non-decreasing, but for the garbage collection a finished slice hands back to
+    :func:`run_delay`. Read from the training thread at a phase boundary, it includes the slice in
     progress up to now: the training thread runs Python, so any slice that started has
     released the lock, and the time until the training thread got it back was a wait.
     """
