@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +193,11 @@ def _judge_kernels(
 
 
 def kernel_findings(
-    torch: Any, reference: KernelReference, *, all_ops: bool
+    torch: Any,
+    reference: KernelReference,
+    *,
+    all_ops: bool,
+    pace: Callable[[], None] = lambda: None,
 ) -> tuple[list[Finding], list[Finding]]:
     """Findings about kernel registrations, and an info finding about what was checked.
 
@@ -206,6 +210,7 @@ def kernel_findings(
     dump = torch._C._dispatch_dump
     found: list[Finding] = []
     for op in ops:
+        pace()  # the caller's chance to rest between operators (see snapshot_runtime)
         try:
             text = dump(op)
         except RuntimeError:

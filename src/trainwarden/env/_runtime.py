@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,7 +195,13 @@ def _wrapper_problem(patch: patching.Patch, originals: tuple[Any, ...]) -> str |
 # ------------------------------------------------------------------------------- snapshots
 
 
-def snapshot_runtime(*, kernels: bool = True, all_kernels: bool = False) -> RuntimeSnapshot:
+def _unpaced() -> None:
+    """No pacing: the check runs straight through."""
+
+
+def snapshot_runtime(
+    *, kernels: bool = True, all_kernels: bool = False, pace: Callable[[], None] = _unpaced
+) -> RuntimeSnapshot:
     """Take a reference of the critical callables, kernels and hooks of this process now.
 
     Take it as early as possible (before the training script runs, in a launcher or a
@@ -207,6 +213,9 @@ def snapshot_runtime(*, kernels: bool = True, all_kernels: bool = False) -> Runt
         kernels: Also record the torch dispatcher's kernels (when torch is imported).
         all_kernels: Record every operator's kernels, not only the core training operators
             (about 100 ms instead of about 5 ms).
+        pace: Called between units of work (a callable, an operator): a caller in another
+            thread than the job's (trainwarden's guard) rests there to leave the job the
+            interpreter lock.
 
     Returns:
         A new snapshot; pass it to :func:`verify_runtime` or :func:`check_runtime`.
@@ -214,6 +223,7 @@ def snapshot_runtime(*, kernels: bool = True, all_kernels: bool = False) -> Runt
     snapshot = RuntimeSnapshot(taken_at=time.time())
     with snapshot.lock:
         for name, (module, path) in critical_targets().items():
+            pace()
             try:
                 obj = resolve(module, path)
             except (LookupError, AttributeError):
@@ -223,7 +233,7 @@ def snapshot_runtime(*, kernels: bool = True, all_kernels: bool = False) -> Runt
         torch = torch_module()
         if torch is not None and kernels:
             snapshot.kernel_reference.impls = library_impls(torch)
-            kernel_findings(torch, snapshot.kernel_reference, all_ops=all_kernels)
+            kernel_findings(torch, snapshot.kernel_reference, all_ops=all_kernels, pace=pace)
             snapshot.kernels_recorded = True
         snapshot.hooks = tuple(sys.meta_path) + tuple(sys.path_hooks)
         snapshot.global_hooks = frozenset(_global_hooks())
@@ -254,6 +264,7 @@ def verify_runtime(
     kernels: bool = True,
     all_kernels: bool = False,
     source_budget: float | None = None,
+    pace: Callable[[], None] = _unpaced,
 ) -> Report:
     """Check that the critical callables, kernels and hooks of this process are the originals.
 
@@ -276,6 +287,8 @@ def verify_runtime(
         source_budget: Seconds this call may spend compiling sources; callables whose
             source is not compiled yet when it runs out are compared by a later call, and the
             report says how many wait (``None``: compare everything now).
+        pace: Called between units of work (a callable, a source file's compile, an
+            operator): see :func:`snapshot_runtime`.
 
     Returns:
         A report with one entry per module that has findings (``command="env runtime"``),
@@ -292,6 +305,7 @@ def verify_runtime(
             all_kernels=all_kernels,
             source_budget=source_budget,
             info=True,
+            pace=pace,
         )
     if taken:
         note = Finding(
@@ -347,6 +361,7 @@ def _verify(
     all_kernels: bool,
     source_budget: float | None,
     info: bool,
+    pace: Callable[[], None] = _unpaced,
 ) -> list[FileReport]:
     roots: list[str] | None = None
     by_module: dict[str, list[Finding]] = {}
@@ -357,6 +372,7 @@ def _verify(
     # lookup per attribute is the cheapest way to say so (identity, as patching.lookup).
     replacements = {id(p.replacement) for p in patching.installed_patches()}
     for name, (module, path) in critical_targets().items():
+        pace()
         try:
             obj = resolve(module, path)
         except (LookupError, AttributeError):
@@ -447,7 +463,7 @@ def _verify(
     dispatcher: list[Finding] = []
     if torch is not None and kernels:
         problems_found, kernel_info = kernel_findings(
-            torch, ref.kernel_reference, all_ops=all_kernels
+            torch, ref.kernel_reference, all_ops=all_kernels, pace=pace
         )
         dispatcher.extend(problems_found)
         if info:

@@ -7,7 +7,8 @@ kernels overriding core ``aten`` operators are that package's findings, re-repor
 disk when it attaches (size, modification and change times of every file: a change to any of
 them, even one restored to its old modification time, moves the change time) and compares
 periodically; files that changed are hashed and named. Both run in the watchdog thread, off
-the training thread.
+the training thread, paced (``pace``: a :class:`~trainwarden.guard._timing.Pacer`, called
+between units of work) so that they leave the interpreter lock to the training thread.
 """
 
 # ruff: noqa: PTH100, PTH118, PTH120
@@ -19,22 +20,32 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from trainwarden.findings import Severity, Verdict
 from trainwarden.guard._findings import GuardFinding
+from trainwarden.guard._timing import Abandoned
 
 __all__ = ["CodeIntegrity"]
 
 logger = logging.getLogger("trainwarden.guard")
 
+#: Called between units of work; the watchdog passes a ``Pacer``, direct calls nothing.
+Pace = Callable[[], None]
 
-def _package_files(root: str) -> dict[str, tuple[int, int, int, int]]:
+
+def _unpaced() -> None:
+    """No pacing (a direct call, not from the watchdog)."""
+
+
+def _package_files(root: str, pace: Pace = _unpaced) -> dict[str, tuple[int, int, int, int]]:
     """``relative path -> (size, mtime_ns, ctime_ns, inode)`` of every file under ``root``."""
     out: dict[str, tuple[int, int, int, int]] = {}
     stack = [root]
     while stack:
         current = stack.pop()
+        pace()
         try:
             entries = list(os.scandir(current))
         except OSError:
@@ -49,6 +60,7 @@ def _package_files(root: str) -> dict[str, tuple[int, int, int, int]]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            pace()
             out[os.path.relpath(entry.path, root)] = (
                 st.st_size,
                 st.st_mtime_ns,
@@ -58,12 +70,13 @@ def _package_files(root: str) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
-def _hash(path: str) -> str | None:
+def _hash(path: str, pace: Pace = _unpaced) -> str | None:
     h = hashlib.sha256()
     try:
         with open(path, "rb") as fh:  # noqa: PTH123 - a plain read of a package file
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
+                pace()
     except OSError:
         return None
     return h.hexdigest()
@@ -89,21 +102,21 @@ class CodeIntegrity:
         self.last_run = 0.0
         self.last_package = 0.0
 
-    def start(self) -> None:
+    def start(self, pace: Pace = _unpaced) -> None:
         """Take the references (runtime snapshot, package fingerprint). Off the hot path."""
         start = time.thread_time()
         from trainwarden.env import snapshot_runtime
 
-        self._reference = snapshot_runtime()
+        self._reference = snapshot_runtime(pace=pace)
         torch = sys.modules.get("torch")
         file = getattr(torch, "__file__", None)
         if isinstance(file, str):
             self._root = os.path.dirname(os.path.abspath(file))
-            self._files = _package_files(self._root)
+            self._files = _package_files(self._root, pace)
         self.cost += time.thread_time() - start
         self.last_run = self.last_package = time.monotonic()
 
-    def verify(self, step: int) -> list[GuardFinding]:
+    def verify(self, step: int, pace: Pace = _unpaced) -> list[GuardFinding]:
         """Run ``trainwarden.env.verify_runtime`` against the attach-time reference."""
         if self._reference is None:
             return []
@@ -111,7 +124,9 @@ class CodeIntegrity:
         from trainwarden.env import verify_runtime
 
         try:
-            report = verify_runtime(self._reference)
+            report = verify_runtime(self._reference, pace=pace)
+        except Abandoned:
+            raise  # the guard closed: no verdict, and nothing failed
         except Exception as exc:  # the check must not take the job down; say it failed
             logger.warning("guard: runtime verification failed: %s", exc)
             return [
@@ -173,12 +188,12 @@ class CodeIntegrity:
         self.cost += time.thread_time() - start
         return findings
 
-    def verify_package(self, step: int) -> list[GuardFinding]:
+    def verify_package(self, step: int, pace: Pace = _unpaced) -> list[GuardFinding]:
         """Compare torch's files on disk with the fingerprint taken at attach."""
         if self._files is None or self._root is None:
             return []
         start = time.thread_time()
-        now = _package_files(self._root)
+        now = _package_files(self._root, pace)
         changed = sorted(
             set(now) ^ set(self._files)
             | {k for k in now.keys() & self._files.keys() if now[k] != self._files[k]}
@@ -193,7 +208,7 @@ class CodeIntegrity:
                 what = "disappeared"
             else:
                 what = "changed"
-            digest = _hash(os.path.join(self._root, rel)) if after is not None else None
+            digest = _hash(os.path.join(self._root, rel), pace) if after is not None else None
             findings.append(
                 GuardFinding(
                     rule_id="guard.code",

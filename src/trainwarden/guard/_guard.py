@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,6 @@ from trainwarden.guard._sync import (
     FLAG_CATCH_UP,
     FLAG_FINDING,
     FLAG_HALT,
-    FLAG_NOISY,
     MAGIC,
     UNKNOWN,
     WIDTH,
@@ -73,7 +73,7 @@ from trainwarden.guard._sync import (
     seconds,
 )
 from trainwarden.guard._telemetry import TelemetryWriter, release, writer_for
-from trainwarden.guard._timing import PHASES, PhaseClock, StallDetector, phase_label
+from trainwarden.guard._timing import PHASES, Pacer, PhaseClock, StallDetector, phase_label
 from trainwarden.guard._update import ParamTable, UpdateCheck, full_digest, local
 
 __all__ = ["Guard", "StepInfo", "StepViolation"]
@@ -329,8 +329,6 @@ class Guard:
         self._halt_sent = False
         self._lines: dict[int, dict[str, Any]] = {}
         self._verdicts: dict[int, tuple[float | None, int]] = {}
-        self._heavy_epoch = 0
-        self._step_epoch = 0
         self._step_base: dict[int, int] | None = None
         self._detached_at = 0
         self._in_step = False
@@ -442,6 +440,20 @@ class Guard:
     def _current_step(self) -> int:
         """The step in progress: the counter inside an optimizer step, the next one between."""
         return self.step if self._in_step else self.step + 1
+
+    def _paced(self, check: Callable[[Pacer], list[GuardFinding] | None]) -> list[GuardFinding]:
+        """Run a heavy code check paced, leaving the training thread the interpreter lock.
+
+        Its slices are subtracted from the training thread's phases (see ``_timing.Pacer``),
+        so steps it overlaps are judged like any other; it stops early once the guard closes.
+        """
+        with Pacer(stop=self._closed) as pace:
+            return check(pace) or []
+        return []
+
+    def _closed(self) -> bool:
+        """Whether this guard was closed (its watchdog checks stop at their next rest)."""
+        return not self.active
 
     def _alive(self) -> bool:
         # Read afresh (close() runs in another thread while the watchdog works).
@@ -1184,13 +1196,6 @@ class Guard:
         own: list[GuardFinding],
     ) -> list[list[int]]:
         flags = (FLAG_HALT if any(f.halts for f in own) else 0) | (FLAG_FINDING if own else 0)
-        epoch = self._heavy_epoch
-        if self._clock.noisy or epoch != self._step_epoch or epoch % 2 == 1:
-            # This rank's phases overlapped its own heavy checks (they hold the interpreter
-            # lock for a while): judged with a stricter threshold by every rank.
-            flags |= FLAG_NOISY
-            self._clock.noisy = True
-        self._step_epoch = epoch
         row = self._row(step, flags, result, full, phases, len(own))
         if self._exchange_off or not self.exchange.distributed:
             return [row]
@@ -1251,7 +1256,6 @@ class Guard:
             if "cross-rank" in self.config.checks:
                 out.extend(self._cross_rank(step, rows))
         if "timing" in self.config.checks:
-            noisy = self._clock.noisy
             matrix = [
                 [
                     seconds(row[F_FWD]),
@@ -1263,13 +1267,8 @@ class Guard:
             ]
             if len(rows) == 1:
                 matrix = [[phases.get(name) for name in PHASES]]
-            noisy_ranks = {r for r, row in enumerate(rows) if row[F_FLAGS] & FLAG_NOISY}
-            if noisy and len(rows) == 1:
-                noisy_ranks = {0}
             waits = [seconds(row[F_ROUND_WAIT]) for row in rows]
-            for finding in self.stalls.observe(
-                step, matrix, waits, reporter=self.rank, noisy=noisy_ranks
-            ):
+            for finding in self.stalls.observe(step, matrix, waits, reporter=self.rank):
                 # Every rank reaches the same verdict; the stalled rank and rank 0 record it.
                 if finding.rank == self.rank or self.rank == 0:
                     if self._record(finding):
@@ -1485,8 +1484,7 @@ class Guard:
         now = time.monotonic()
         if self.code is not None and not self._code_started:
             self._code_started = True
-            with self._heavy():
-                self.code.start()
+            self._paced(self.code.start)
         if self.hooks is not None and self.step > 0:
             missing = self.hooks.own_present()
             # Without its post-hook this rank no longer joins the exchanges: take its place.
@@ -1544,32 +1542,15 @@ class Guard:
             return
         if self.code is not None and now >= self._next_code:
             self._next_code = now + self.config.code_every
-            with self._heavy():
-                found = self.code.verify(self.step)
-            for finding in found:
+            for finding in self._paced(functools.partial(self.code.verify, self.step)):
                 self._defer(finding)
         if self.code is not None and now >= self._next_package:
             self._next_package = now + self.config.package_every
-            with self._heavy():
-                found = self.code.verify_package(self.step)
-            for finding in found:
+            for finding in self._paced(functools.partial(self.code.verify_package, self.step)):
                 self._defer(finding)
         if self._telemetry is not None and now >= self._next_flush:
             self._next_flush = now + self.config.telemetry_flush
             self._telemetry.flush()
-
-    @contextlib.contextmanager
-    def _heavy(self) -> Iterator[None]:
-        """Mark a heavy watchdog check (it holds the interpreter lock for a while).
-
-        Steps it overlaps are judged for timing with a stricter threshold: their phases include
-        our work, not only the job's.
-        """
-        self._heavy_epoch += 1
-        try:
-            yield
-        finally:
-            self._heavy_epoch += 1
 
     # ------------------------------------------------------------------------ helpers
 

@@ -8,6 +8,14 @@ finishes its all-reduce, plus the guard's own exchange). Time the thread spent r
 not running (``/proc/thread-self/schedstat``: CPU contention from other processes) is not
 counted as own work, so a loaded machine does not look like a sleeping rank.
 
+The guard's own heavy checks (code integrity, in the watchdog thread) share the interpreter
+lock with the training thread. They run paced (:class:`Pacer`): slices of about a millisecond
+of work, each followed by a rest nine times as long, so the training thread never
+waits long for the lock; and the wall time of every slice is subtracted from the phases it
+overlaps, like run-queue delay (the training thread can only have waited for the lock while a
+slice ran). No looser threshold is needed while they run: a sleep overlapping a heavy check
+loses at most the slices' share of it (a tenth, plus one slice) to that subtraction.
+
 The test is robust: a phase is a stall when it exceeds the median of its own recent history
 by ``z`` robust standard deviations (1.4826 x MAD), by ``rel`` of the median and by an absolute
 floor at once. Warm-up steps are ignored, checkpoint saves are not counted as own work, stalls
@@ -22,14 +30,23 @@ import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from trainwarden.findings import Severity
 from trainwarden.guard._config import GuardConfig
 from trainwarden.guard._findings import GuardFinding
 
-__all__ = ["PHASES", "PhaseClock", "StallDetector", "phase_label", "run_delay"]
+__all__ = [
+    "PHASES",
+    "Abandoned",
+    "Pacer",
+    "PhaseClock",
+    "StallDetector",
+    "busy",
+    "phase_label",
+    "run_delay",
+]
 
 #: Phases judged, in the order they are exchanged.
 PHASES = ("fwd", "bwd", "opt", "other")
@@ -56,12 +73,104 @@ def _install_gc_timer() -> None:
 
 
 def run_delay() -> float:
-    """Seconds not spent on the job's own work: waiting for a CPU, and in garbage collection.
+    """Seconds not spent on the job's own work: waiting for a CPU or for the guard's checks.
 
     Run-queue delay comes from ``/proc/thread-self/schedstat`` (0 where unavailable); the
-    collector's pauses are the interpreter's, not the job's, and no sleep can hide in them.
+    collector's pauses are the interpreter's, not the job's (one that another thread runs
+    during a sleep hides up to its length: the documented limit); :func:`busy` is the time the
+    guard's paced heavy checks may have held the interpreter lock.
     """
-    return _run_queue() + _gc["total"]
+    return _run_queue() + _gc["total"] + busy()
+
+
+# (seconds of finished slices, start of the slice in progress or 0.0): one tuple, replaced
+# whole by the pacing thread, so the training thread reads a consistent pair without a lock.
+_busy: tuple[float, float] = (0.0, 0.0)
+
+
+def busy() -> float:
+    """Wall seconds the guard's paced heavy checks have worked so far, in this process.
+
+    Non-decreasing, but for the garbage collection a finished slice hands back to
+    :func:`run_delay`. Read from the training thread at a phase boundary, it includes the slice in
+    progress up to now: the training thread runs Python, so any slice that started has
+    released the lock, and the time until the training thread got it back was a wait.
+    """
+    total, since = _busy
+    return total + (time.monotonic() - since if since else 0.0)
+
+
+class Abandoned(Exception):
+    """A paced check was stopped at a rest (its guard closed); the pacer's ``with`` ends it."""
+
+
+class Pacer:
+    """Paces a heavy check of the guard's own threads so training keeps the interpreter lock.
+
+    Call it between units of work (a file, a callable, an operator). After ``work`` seconds of
+    work it rests ``work * (1 / duty - 1)`` seconds (a slice longer than ``work``, e.g. a
+    source file's compile, earns a proportionally longer rest), so the check takes at most
+    ``duty`` of the lock; the interpreter forces a switch only every 5 ms, which would let a
+    heavy check hold the lock for 5 ms at every one of the training thread's native calls.
+    Every slice's wall time is added to :func:`busy` (minus garbage collection, already counted
+    by :func:`run_delay`), which the phases subtract: the training thread can only have waited
+    for the lock while a slice ran.
+
+    Use it as a context manager around the check, in one thread at a time (the watchdog).
+    ``stop()`` true at a rest abandons the check (:class:`Abandoned`): a guard closed while
+    its paced check still runs does not leave it running for seconds beside the next one.
+    """
+
+    def __init__(
+        self,
+        work: float = 0.001,
+        duty: float = 0.1,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
+        if not 0.0 < duty <= 1.0 or work <= 0.0:
+            raise ValueError("a pacer needs work > 0 and 0 < duty <= 1")
+        self.work = work
+        self.rest = 1.0 / duty - 1.0
+        self.rested = 0.0
+        self._stop = stop
+        self._since = 0.0
+        self._gc = 0.0
+
+    def __enter__(self) -> Pacer:
+        self._begin()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> bool:
+        self._end()
+        return kind is Abandoned
+
+    def __call__(self) -> None:
+        """A unit of work is done: rest if this slice has used its share."""
+        if not self._since or time.monotonic() - self._since < self.work:
+            return
+        worked = self._end()
+        pause = worked * self.rest
+        time.sleep(pause)
+        self.rested += pause
+        if self._stop is not None and self._stop():
+            raise Abandoned
+        self._begin()
+
+    def _begin(self) -> None:
+        global _busy
+        self._gc = _gc["total"]
+        self._since = time.monotonic()
+        _busy = (_busy[0], self._since)
+
+    def _end(self) -> float:
+        global _busy
+        if not self._since:
+            return 0.0
+        worked = time.monotonic() - self._since
+        collected = _gc["total"] - self._gc
+        _busy = (_busy[0] + max(0.0, worked - collected), 0.0)
+        self._since = 0.0
+        return worked
 
 
 def _run_queue() -> float:
@@ -93,6 +202,8 @@ class PhaseClock:
     """
 
     step_start: float = field(default_factory=time.monotonic)
+    _start_busy: float = field(default_factory=busy)
+    _first_busy: float = 0.0
     fwd: float = 0.0
     bwd: float = 0.0
     opt: float = 0.0
@@ -110,7 +221,6 @@ class PhaseClock:
     first_fwd: float | None = None
     current: str | None = None
     current_since: float = 0.0
-    noisy: bool = False
     _bwd_end: float | None = None
     _bwd_end_delay: float = 0.0
 
@@ -121,7 +231,7 @@ class PhaseClock:
         now = time.monotonic()
         self._fwd_start, self._fwd_delay = now, run_delay()
         if self.first_fwd is None:
-            self.first_fwd = now
+            self.first_fwd, self._first_busy = now, busy()
         self.current, self.current_since = "fwd", now
 
     def forward_end(self) -> None:
@@ -167,10 +277,14 @@ class PhaseClock:
         return now
 
     def other(self, previous_end: float | None) -> float | None:
-        """Time between the previous step's end and this step's first forward, minus excluded."""
+        """Time between the previous step's end and this step's first forward, minus excluded.
+
+        The guard's paced heavy checks are not the job's time either (see :func:`busy`).
+        """
         if previous_end is None or self.first_fwd is None:
             return None
-        return max(0.0, self.first_fwd - previous_end - self.excluded)
+        held = self._first_busy - self._start_busy
+        return max(0.0, self.first_fwd - previous_end - self.excluded - held)
 
 
 @dataclass
@@ -213,7 +327,6 @@ class StallDetector:
         waits: Sequence[float | None],
         *,
         reporter: int,
-        noisy: set[int] | frozenset[int] = frozenset(),
     ) -> list[GuardFinding]:
         """Judge ``phases[rank][i]`` (seconds, ``None`` unknown) of one step.
 
@@ -222,8 +335,6 @@ class StallDetector:
             phases: Per rank, the durations of :data:`PHASES`.
             waits: Per rank, seconds it waited for the others at the last exchange.
             reporter: This process's rank (findings carry it as the observer).
-            noisy: Ranks whose phases overlapped a heavy check of their guard (judged with a
-                stricter threshold).
         """
         start = time.thread_time()
         cfg = self.config
@@ -242,10 +353,6 @@ class StallDetector:
                 median, mad, threshold = self._threshold(key, hist, name, fresh=False)
                 if value - median > threshold:
                     median, mad, threshold = self._threshold(key, hist, name, fresh=True)
-                if rank in noisy:
-                    # The rank ran a heavy check of the guard in this step: interpreter-lock
-                    # contention can triple a phase; a sleep still stands out.
-                    threshold = max(3 * threshold, 2 * median + 2.5 * cfg.timing_min_excess)
                 excess = value - median
                 # Between steps live data loading, logging and evaluation: a pause every rank
                 # shares (an epoch boundary) is not one rank stalling.

@@ -74,7 +74,8 @@ def _worker(rank: int, world: int, port: int, scenarios: tuple[str, ...], out: s
     torn = False
     try:
         for name in scenarios:
-            records.append(_play(name, rank, world))
+            play = play_heavy if name in HEAVY_SCENARIOS else _play
+            records.append(play(name, rank, world))
             if name == "hooks-removed-one-rank":
                 torn = True
                 break
@@ -86,6 +87,97 @@ def _worker(rank: int, world: int, port: int, scenarios: tuple[str, ...], out: s
         Path(out, f"rank-{rank}.json").write_text(json.dumps(records))
     if not torn:
         dist.destroy_process_group()
+
+
+#: Scenarios with the guard's code-integrity checks running all the time (see
+#: test_guard_timing_heavy.py); not in SCENARIOS, launched on their own.
+HEAVY_SCENARIOS = ("clean-during-code-checks", "short-sleeps-during-code-checks")
+
+
+def heavy_config() -> Any:
+    """Default thresholds; the code checks (runtime and package) due every 0.2 s."""
+    from trainwarden.guard import GuardConfig
+
+    return GuardConfig(code_every=0.2, package_every=0.2, watchdog_interval=0.05)
+
+
+def sleep_steps(seed: int, first: int, last: int, p: float = 0.15) -> list[int]:
+    """Steps in ``[first, last]`` at which the insider sleeps (probability ``p`` each)."""
+    import random
+
+    rng = random.Random(seed)
+    return [s for s in range(first, last + 1) if rng.random() < p]
+
+
+def collecting() -> float:
+    """Seconds this process has spent in garbage collection, in any thread, so far.
+
+    A full collection takes ~0.25 s with torch loaded; one run by another thread (the guard's
+    watchdog) during a sleep is subtracted from it (docs/guard.md, Timing: the limits).
+    """
+    from trainwarden.guard import _timing
+
+    return float(_timing._gc["total"])
+
+
+def play_heavy(name: str, rank: int, world: int) -> dict[str, Any]:
+    """A run of ``HEAVY_SCENARIOS`` (findings recorded, not halting): in ``short-sleeps-...``
+    rank 1 sleeps 0.15 s in the optimizer step at random steps."""
+    from guardtools import make_job, train
+
+    from trainwarden.env import snapshot_runtime, verify_runtime
+    from trainwarden.events import MemorySink
+    from trainwarden.guard import Guard
+    from trainwarden.guard._timing import busy
+
+    steps = 120
+    job = make_job(steps=steps, world=world, rank=rank, ddp=True)
+    sleepy_run = name.startswith("short-sleeps")
+    if sleepy_run:
+        # The first code check of a process compiles torch sources, units of up to ~80 ms a
+        # sleep can overlap (the documented limit); done before, as in the one-rank test.
+        verify_runtime(snapshot_runtime())
+    sleeps = sleep_steps(5, 20, steps) if sleepy_run and rank == 1 else []
+    import torch.optim.adam as adam_module
+
+    original = adam_module.adam
+    armed: list[int] = []
+    overlapped: list[int] = []
+    collected: list[int] = []
+
+    def sleepy(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            step = armed.pop()
+            before, gc_before = busy(), collecting()
+            time.sleep(0.15)
+            if busy() > before:
+                overlapped.append(step)
+            if collecting() - gc_before > 0.05:
+                collected.append(step)
+        return original(*args, **kwargs)
+
+    adam_module.adam = sleepy
+    tamper = {s: (lambda j, s: armed.append(s)) for s in sleeps}
+    record: dict[str, Any] = {"scenario": name, "rank": rank, "sleeps": sleeps}
+    started = busy()
+    guard = Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=MemorySink(),
+                  config=heavy_config(), on_violation="warn")  # fmt: skip
+    opt: dict[int, float | None] = {}
+    guard.add_step_listener(lambda info: opt.__setitem__(info.step, info.phases.get("opt")))
+    try:
+        record["steps"] = train(job, steps, tamper=tamper)
+    finally:
+        record["opt"] = {s: opt.get(s) for s in sleeps}
+        adam_module.adam = original
+        record["busy"] = busy() - started
+        guard.close()
+    record["overlapped"] = overlapped
+    record["collected"] = collected
+    record["findings"] = [
+        {"rule": f.rule_id, "rank": f.rank, "step": f.step, "message": f.message}
+        for f in guard.findings
+    ]
+    return record
 
 
 def _play(name: str, rank: int, world: int) -> dict[str, Any]:
