@@ -59,13 +59,13 @@ _T6_STEPS = 2000
 # its own history, which a loaded machine makes wide at first; more steps after warm-up give
 # the sleeping rank's stalls room to stand out however busy the machine is (a few seconds).
 _GUARD_STEPS = 80
-# T3: from step 5, sleep 0.8 s with probability 0.15 a step, on the last rank of jobs with
-# more than one rank (the incident's "only above 256 GPUs", scaled down). The sleeps must
-# stand out even in steps the guard judges with its stricter threshold (while its own heavy
-# code-integrity pass runs, which on a loaded 2-core machine can last most of the run):
-# there a stall must exceed 3x the usual threshold (0.3 s or more); 0.15 s sleeps were then
-# missed on a busy machine.
-_T3 = {"start": 5, "prob": 0.15, "delay": 0.8, "threshold": 1, "seed": 20240}
+# T3: from step 5, sleep 0.4 s with probability 0.15 a step, on the last rank of jobs with
+# more than one rank (the incident's "only above 256 GPUs", scaled down). The guard names a
+# sleep of 0.15 s even while its own code checks run (they are paced and their slices
+# subtracted from the phases); the first check of a process holds the interpreter lock for
+# up to ~80 ms per source compile, so the drill sleeps long enough to keep a margin on a
+# loaded 2-core machine.
+_T3 = {"start": 5, "prob": 0.15, "delay": 0.4, "threshold": 1, "seed": 20240}
 _T4_START = 10
 _T5_LR = {"start": 10, "factor": 4.0}
 

@@ -25,7 +25,6 @@ __all__ = [
     "FLAG_CATCH_UP",
     "FLAG_FINDING",
     "FLAG_HALT",
-    "FLAG_NOISY",
     "WIDTH",
     "Exchange",
     "ExchangeError",
@@ -37,7 +36,8 @@ MAGIC = 0x5457_4755  # "TWGU"
 FLAG_HALT = 1
 FLAG_FINDING = 2
 FLAG_CATCH_UP = 4
-FLAG_NOISY = 8
+# Bit 8 (a rank that overlapped its own heavy checks) is no longer set: those checks are
+# paced and subtracted from the phases. Kept unused so rows of older versions still parse.
 WIDTH = 18
 # Field positions in a rank's row.
 F_MAGIC, F_GUARD, F_STEP, F_FLAGS = 0, 1, 2, 3
