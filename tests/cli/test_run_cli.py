@@ -95,6 +95,46 @@ time.sleep(120)  # the other ranks wait until torchrun ends them
 """
 
 
+# Trains for a while under `run --no-guard`, then reports what each of trainwarden's threads
+# in this rank did meanwhile: CPU ticks and wake-ups (context switches) from /proc.
+IDLE_JOB = """
+import json, os, threading, time
+import torch
+def per_thread():
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        name = names.get(int(tid), "")
+        if not name.startswith("trainwarden-"):
+            continue
+        with open(f"/proc/self/task/{tid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/self/task/{tid}/status") as fh:
+            switches = sum(int(l.split()[1]) for l in fh if "ctxt_switches" in l)
+        out[name] = (int(fields[11]) + int(fields[12]), switches)
+    return out
+model = torch.nn.Linear(64, 64)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+def step():
+    opt.zero_grad()
+    model(torch.ones(8, 64)).sum().backward()
+    opt.step()
+step()  # the heartbeat thread starts on the first step
+before, start = per_thread(), time.monotonic()
+steps = 0
+while time.monotonic() - start < 3.0:
+    step()
+    steps += 1
+after, seconds = per_thread(), time.monotonic() - start
+report = {}
+for name, (ticks, switches) in after.items():
+    ticks0, switches0 = before.get(name, (0, 0))
+    report[name] = [ticks - ticks0, switches - switches0]
+tick = os.sysconf("SC_CLK_TCK")
+print(json.dumps({"seconds": seconds, "steps": steps, "threads": report, "tick": tick}))
+"""
+
+
 def tw(
     *args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
@@ -732,6 +772,39 @@ def test_a_hung_rank_is_recorded_with_its_stacks(tmp_path: Path) -> None:
     assert "hang.py" in stacks
     (recovered,) = named(items, "rank.recovered")
     assert recovered["step"] == 4
+
+
+@pytest.mark.torch
+def test_the_rank_runtime_stays_idle_while_the_job_trains(tmp_path: Path) -> None:
+    # What a rank runs beside the training thread (channel, heartbeats, signal recording,
+    # egress flusher) must not compete with it: a few wake-ups a second at most, no CPU to
+    # speak of. A thread that polls (a short timeout in a loop) wakes hundreds of times.
+    (tmp_path / "idle.py").write_text(IDLE_JOB)
+    proc = tw(
+        "run",
+        *FAST,
+        "--no-guard",
+        "--hang-timeout",
+        "1",
+        "--run-dir",
+        "rd",
+        "--",
+        PY,
+        "idle.py",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    threads = report["threads"]
+    assert {"trainwarden-channel", "trainwarden-heartbeat", "trainwarden-signals"} <= set(threads)
+    assert report["steps"] > 0
+    seconds = report["seconds"]
+    for name, (_, wakeups) in threads.items():
+        assert wakeups / seconds < 10, (name, wakeups, seconds)
+    cpu = sum(ticks for ticks, _ in threads.values()) / report["tick"]
+    assert cpu < 0.05 * seconds, threads
+    # Few wake-ups, yet the heartbeats kept up: no step went unreported for a second.
+    assert named(entries(tmp_path / "rd"), "rank.hang") == []
 
 
 def _run_waiting(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
