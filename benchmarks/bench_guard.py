@@ -255,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
             "coordinates verified every step, every check on, telemetry written), in blocks, "
             "and reports median step times, wall and CPU (of the training thread). The guard's "
             "own cost is the CPU time the training thread spent inside the guard's hooks "
-            "(gathering the sampled values: random reads into cold memory, most of it), which "
-            "the noise of a shared machine does not blur; the verification thread's CPU "
-            "(recomputing and judging the update, overlapped with the next step) is listed "
-            "with the checks. Attach (a one-time cost, plus a first code-integrity pass of "
-            "about 2 s in the watchdog thread) is excluded from the step times.",
+            "(the update check, most of it: reading the sampled values and recomputing them, "
+            "in caches the step has just flushed), which the noise of a shared machine does "
+            "not blur; the verification thread's CPU (with verify_async) is listed with the "
+            "checks. Attach (a one-time cost, plus a first code-integrity pass of about 2 s "
+            "of CPU in the watchdog thread, paced over about ten times as much wall time) is "
+            "excluded from the step times.",
             "",
             "| model | guard settings | ranks | wall step, no guard (ms) | wall step, guard (ms) "
             "| wall overhead "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from trainwarden.guard._data import OrderEvent, sampler_patches
 from trainwarden.guard._hyper import ClipRecord
 from trainwarden.guard._rng import Reseed, reseed_patches
+from trainwarden.guard._timing import explicit_collections
 from trainwarden.patching import PatchSet, Target
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ def _clip_and_save_patches() -> PatchSet:
             Target("torch.nn.utils.clip_grad", "clip_grad_norm_", clip),
             Target("torch", "save", save),
             Target("torch.serialization", "save", save),
+            Target("gc", "collect", explicit_collections),
         ],
     )
 

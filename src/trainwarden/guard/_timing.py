@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from trainwarden.findings import Severity
 from trainwarden.guard._config import GuardConfig
@@ -53,15 +55,38 @@ PHASES = ("fwd", "bwd", "opt", "other")
 _fd: dict[int, int] = {}
 
 
-_gc = {"total": 0.0, "start": 0.0, "installed": False}
+_gc = {"total": 0.0, "start": 0.0, "installed": False, "own": False}
+# Explicit collections (``gc.collect()`` through the guard's wrapper) in progress, per thread;
+# threads inside an optimizer step under a guard's clock.
+_explicit = threading.local()
+_stepping: set[int] = set()
 
 
 def _gc_callback(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc["start"] = time.monotonic()
+        # A collection asked for explicitly while an optimizer step runs is that step's own
+        # work: no training framework collects inside optimizer.step() (they do between
+        # steps), and subtracting it would let a sleep hide as a loop of gc.collect() calls.
+        _gc["own"] = bool(getattr(_explicit, "depth", 0)) and bool(_stepping)
     elif _gc["start"]:
-        _gc["total"] += time.monotonic() - _gc["start"]
+        if not _gc["own"]:
+            _gc["total"] += time.monotonic() - _gc["start"]
         _gc["start"] = 0.0
+        _gc["own"] = False
+
+
+def explicit_collections(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``gc.collect`` that marks its collections as asked for (the guard installs it)."""
+
+    def collect(*args: Any, **kwargs: Any) -> Any:
+        _explicit.depth = getattr(_explicit, "depth", 0) + 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _explicit.depth -= 1
+
+    return collect
 
 
 def _install_gc_timer() -> None:
@@ -266,6 +291,7 @@ class PhaseClock:
 
     def optimizer_start(self) -> None:
         """The guard's pre-step checks are done: the optimizer's own work starts now."""
+        _stepping.add(threading.get_ident())
         self._opt_start, self._opt_delay = time.monotonic(), run_delay()
 
     def optimizer_end(self) -> float:
@@ -273,6 +299,7 @@ class PhaseClock:
         now = time.monotonic()
         if self._opt_start is not None:
             self.opt = max(0.0, now - self._opt_start - (run_delay() - self._opt_delay))
+        _stepping.discard(threading.get_ident())
         self.current = None
         return now
 

@@ -344,6 +344,59 @@ def test_sampler_order_change_is_caught(sink: MemorySink, attack: str) -> None:
         assert "guard.detached" in rules(info.value.findings)
 
 
+def test_a_stall_made_of_garbage_collections_in_the_optimizer_step_is_named(
+    sink: MemorySink,
+) -> None:
+    # The guard subtracts the interpreter's own collections from the phases; collections the
+    # step asks for itself, in a loop, are a sleep by another name.
+    import gc
+    import time
+
+    import torch.optim.adam as adam_module
+
+    start = _start(5, 16, 30)
+    config = GuardConfig(timing_warmup=3, timing_min_excess=0.3)
+    original = adam_module.adam
+    collect = gc.collect  # taken now, as code edited in the environment would call it
+
+    def collecting(*args: Any, **kwargs: Any) -> Any:
+        began = time.monotonic()
+        while time.monotonic() - began < 1.2:
+            gc.collect()
+        return original(*args, **kwargs)
+
+    def tamper(job: Job, step: int) -> None:
+        adam_module.adam = collecting
+
+    job = make_job(steps=40)
+    try:
+        with (
+            Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=sink, config=config),
+            pytest.raises(StepViolation) as info,
+        ):
+            train(job, 40, tamper={start: tamper})
+    finally:
+        adam_module.adam = original
+    assert gc.collect is collect  # the guard's wrapper is gone with the guard
+    assert info.value.step == start
+    timing = [f for f in info.value.findings if f.rule_id == "guard.timing"]
+    assert timing, info.value.findings
+    assert "optimizer step" in timing[0].message
+
+
+def test_collections_a_job_asks_for_between_steps_are_not_a_stall(sink: MemorySink) -> None:
+    # Megatron's and torchtitan's manual garbage collection: gc.collect() every few steps,
+    # between them. Not the job's stall, also on one rank.
+    import gc
+
+    config = GuardConfig(timing_warmup=3, timing_min_excess=0.3)
+    job = make_job(steps=40)
+    between = {step: (lambda job, step: gc.collect()) for step in range(8, 40, 4)}
+    with Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=sink, config=config) as g:
+        train(job, 40, between=between)
+    assert [f for f in g.findings if f.rule_id == "guard.timing"] == []
+
+
 def test_rank_sleeping_in_the_optimizer_step_is_named(sink: MemorySink) -> None:
     import time
 
