@@ -409,7 +409,6 @@ class UpdateCheck:
         self._step_views = _StepViews()
         self._judges: dict[int, list[tuple[str, int]]] = {}
         self._sizes = self.table.sizes
-        self._deferred: list[_Job] = []
         self._laid: dict[int, tuple[Sample, list[_Selection]]] = {}
         self.cost = 0.0
         self.verified_steps = 0
@@ -459,7 +458,6 @@ class UpdateCheck:
 
     def rebaseline(self) -> None:
         """Forget what was read and expected (a legitimate reload replaced weights or state)."""
-        self._deferred.clear()
         self._state_cache = None  # load_state_dict brings new state tensors
         self._kinds_cache = None
         self._step_views = _StepViews()
@@ -818,7 +816,6 @@ class UpdateCheck:
         (weights edited between the steps).
         """
         start = time.thread_time()
-        self._deferred.clear()  # a step that never finished (skipped by a scaler)
         inputs = self._inputs.pop(step, None)
         selections = self._selections.pop(step, None)
         if selections is None or inputs is None:
@@ -860,9 +857,7 @@ class UpdateCheck:
                 groups = [_snapshot(g) for g in self.optimizer.param_groups]
             job = _Job(self, part, index, sel, step, groups, before, grad_values, no_grad, state)
             if self._worker is None:
-                # Computed right after the step instead (see after_step): the same kernels
-                # the optimizer just ran are then in the caches, not the backward's.
-                self._deferred.append(job)
+                job.expect()  # its cost is before_step's; it stores its value (or failure)
             else:
                 self._run(("expect", step * 64 + index), job.expect)
         if grads is not None:
@@ -914,10 +909,6 @@ class UpdateCheck:
         the verdict on the update comes with :meth:`collect` (at once in synchronous mode).
         """
         start = time.thread_time()
-        deferred, self._deferred = self._deferred, []
-        for job in deferred:
-            if job.step == step:
-                job.expect()
         result = StepResult(step=step)
         current = self._samples.get(step)
         selections = self._selections.get(step)
