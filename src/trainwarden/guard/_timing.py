@@ -55,20 +55,23 @@ PHASES = ("fwd", "bwd", "opt", "other")
 _fd: dict[int, int] = {}
 
 
-_gc = {"total": 0.0, "start": 0.0, "installed": False, "own": False}
+_gc: dict[str, Any] = {"total": 0.0, "start": 0.0, "installed": False, "own": False}
 # Explicit collections (``gc.collect()`` through the guard's wrapper) in progress, per thread;
 # threads inside an optimizer step under a guard's clock.
 _explicit = threading.local()
 _stepping: set[int] = set()
+# The collector's thresholds when the first guard's clock started (what "automatic" meant).
+_thresholds: list[tuple[int, ...]] = []
 
 
 def _gc_callback(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc["start"] = time.monotonic()
-        # A collection asked for explicitly while an optimizer step runs is that step's own
-        # work: no training framework collects inside optimizer.step() (they do between
-        # steps), and subtracting it would let a sleep hide as a loop of gc.collect() calls.
-        _gc["own"] = bool(getattr(_explicit, "depth", 0)) and bool(_stepping)
+        # A collection asked for while an optimizer step runs is that step's own work: no
+        # training framework collects inside optimizer.step() (they do between steps), and
+        # subtracting it would let a sleep hide as a loop of gc.collect() calls, or as the
+        # collections that thresholds lowered below the ones at attach set off.
+        _gc["own"] = bool(_stepping) and (bool(getattr(_explicit, "depth", 0)) or _lowered())
     elif _gc["start"]:
         if not _gc["own"]:
             _gc["total"] += time.monotonic() - _gc["start"]
@@ -89,10 +92,21 @@ def explicit_collections(original: Callable[..., Any]) -> Callable[..., Any]:
     return collect
 
 
+def _lowered() -> bool:
+    """Whether a collection threshold is below the one recorded when timing started."""
+    import gc
+
+    if not _thresholds:
+        return False
+    now = gc.get_threshold()
+    return any(0 < current < before for current, before in zip(now, _thresholds[0], strict=False))
+
+
 def _install_gc_timer() -> None:
     if not _gc["installed"]:
         import gc
 
+        _thresholds.append(gc.get_threshold())
         gc.callbacks.append(_gc_callback)
         _gc["installed"] = True
 
@@ -105,7 +119,7 @@ def run_delay() -> float:
     during a sleep hides up to its length: the documented limit); :func:`busy` is the time the
     guard's paced heavy checks may have held the interpreter lock.
     """
-    return _run_queue() + _gc["total"] + busy()
+    return _run_queue() + float(_gc["total"]) + busy()
 
 
 # (seconds of finished slices, start of the slice in progress or 0.0): one tuple, replaced

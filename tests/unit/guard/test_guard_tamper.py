@@ -398,6 +398,29 @@ def test_a_stall_made_of_garbage_collections_in_the_optimizer_step_is_named(
     assert gc.collect is collect  # the guard's wrapper is gone with the guard
 
 
+def test_a_stall_made_of_collections_set_off_by_lowered_thresholds_is_named(
+    sink: MemorySink,
+) -> None:
+    # No explicit call: thresholds of 1 make the interpreter collect at every allocation.
+    import gc
+    import time
+
+    def collecting() -> None:
+        # Objects kept alive, so that full collections (the expensive ones) keep coming:
+        # nearly all of the stall is spent inside the collector.
+        before = gc.get_threshold()
+        gc.set_threshold(1, 1, 1)
+        kept: list[Any] = []
+        try:
+            began = time.monotonic()
+            while time.monotonic() - began < 1.2:
+                kept.append([[] for _ in range(5000)])
+        finally:
+            gc.set_threshold(*before)
+
+    _stall_in_adam(sink, 6, collecting)
+
+
 def test_collections_a_job_asks_for_between_steps_are_not_a_stall(sink: MemorySink) -> None:
     # Megatron's and torchtitan's manual garbage collection: gc.collect() every few steps,
     # between them. Not the job's stall, also on one rank.
