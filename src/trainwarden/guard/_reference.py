@@ -359,23 +359,14 @@ class AdamReference(Reference):
         exp_avg = ops.copy(bucket.state["exp_avg"])
         exp_avg_sq = ops.copy(bucket.state["exp_avg_sq"])
         grad = bucket.grads if not maximize else ops.neg(bucket.grads)
-        segments = bucket.decay_segments(wd)
-        if len(segments) == 1:
-            decay = segments[0][2]
-            if decay != 0:
-                if decoupled:
-                    ops.mul_scalar_(param, 1 - lr * decay)
-                else:
-                    grad = ops.add(grad, param, decay)
-        elif decoupled:
+        if decoupled:
+            segments = bucket.decay_segments(wd)
             for a, b, decay in segments:
                 if decay != 0:
-                    ops.mul_scalar_(param[a:b], 1 - lr * decay)
+                    target = param if len(segments) == 1 else param[a:b]
+                    ops.mul_scalar_(target, 1 - lr * decay)
         else:
-            grad = ops.copy(grad) if grad is bucket.grads else grad
-            for a, b, decay in segments:
-                if decay != 0:
-                    ops.add_(grad[a:b], param[a:b], decay)
+            grad = _l2_decay(ops, bucket, grad, param, wd)
         ops.lerp_(exp_avg, grad, 1 - beta1)
         ops.mul_scalar_(exp_avg_sq, beta2)
         ops.addcmul_(exp_avg_sq, grad, grad, 1 - beta2)
@@ -420,15 +411,7 @@ class SGDReference(Reference):
             # The operations of torch.optim.sgd._single_tensor_sgd, in order.
             param = ops.copy(bucket.params)
             grad = bucket.grads if not maximize else ops.neg(bucket.grads)
-            segments = bucket.decay_segments(wd)
-            if len(segments) == 1:
-                if segments[0][2] != 0:
-                    grad = ops.add(grad, param, segments[0][2])
-            else:
-                grad = ops.copy(grad) if grad is bucket.grads else grad
-                for a, b, decay in segments:
-                    if decay != 0:
-                        ops.add_(grad[a:b], param[a:b], decay)
+            grad = _l2_decay(ops, bucket, grad, param, wd)
             if momentum != 0:
                 if not bucket.has_state:
                     buf = ops.copy(grad)
@@ -463,6 +446,23 @@ class SGDReference(Reference):
             return Outcome(params, states, magnitude, exact=False)
         fused_params, fused_states = fused
         return Outcome(fused_params, fused_states, magnitude, exact=exact, approx=params[0])
+
+
+def _l2_decay(ops: _Ops, bucket: Bucket, grad: Any, param: Any, wd: float) -> Any:
+    """``grad + decay * param`` per decay segment (SGD's and Adam's L2 weight decay).
+
+    One segment: torch's ``grad.add(param, alpha=decay)``, out of place. Several (groups
+    computed together): the same kernel in place on each segment of a copy of the gradient.
+    """
+    segments = bucket.decay_segments(wd)
+    if len(segments) == 1:
+        decay = segments[0][2]
+        return ops.add(grad, param, decay) if decay != 0 else grad
+    grad = ops.copy(grad) if grad is bucket.grads else grad
+    for a, b, decay in segments:
+        if decay != 0:
+            ops.add_(grad[a:b], param[a:b], decay)
+    return grad
 
 
 def _adam_magnitude(

@@ -55,13 +55,15 @@ PHASES = ("fwd", "bwd", "opt", "other")
 _fd: dict[int, int] = {}
 
 
-_gc: dict[str, Any] = {"total": 0.0, "start": 0.0, "installed": False, "own": False}
+# ``thresholds``: the collector's thresholds when the first guard's clock started (what
+# "automatic" meant then).
+_gc: dict[str, Any] = {
+    "total": 0.0, "start": 0.0, "installed": False, "own": False, "thresholds": None,
+}  # fmt: skip
 # Explicit collections (``gc.collect()`` through the guard's wrapper) in progress, per thread;
 # threads inside an optimizer step under a guard's clock.
 _explicit = threading.local()
 _stepping: set[int] = set()
-# The collector's thresholds when the first guard's clock started (what "automatic" meant).
-_thresholds: list[tuple[int, ...]] = []
 
 
 def _gc_callback(phase: str, info: dict[str, int]) -> None:
@@ -96,17 +98,18 @@ def _lowered() -> bool:
     """Whether a collection threshold is below the one recorded when timing started."""
     import gc
 
-    if not _thresholds:
+    recorded = _gc["thresholds"]
+    if recorded is None:
         return False
     now = gc.get_threshold()
-    return any(0 < current < before for current, before in zip(now, _thresholds[0], strict=False))
+    return any(0 < current < before for current, before in zip(now, recorded, strict=False))
 
 
 def _install_gc_timer() -> None:
     if not _gc["installed"]:
         import gc
 
-        _thresholds.append(gc.get_threshold())
+        _gc["thresholds"] = gc.get_threshold()
         gc.callbacks.append(_gc_callback)
         _gc["installed"] = True
 

@@ -446,7 +446,7 @@ class UpdateCheck:
             )
             if part.cpu and key[0] in _STORAGE:
                 part.memory = Memory(
-                    members, len(self.table.entries), self.table.sizes, first.dtype, storage
+                    members, len(self.table.entries), self._sizes, first.dtype, storage
                 )
             self._partitions.append(part)
 
