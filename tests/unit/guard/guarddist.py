@@ -7,11 +7,14 @@ what happened to it (halted at which step, with which findings) for the test to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,49 @@ def collecting() -> float:
     return float(_timing._gc["total"])
 
 
+@dataclass
+class Sleeps:
+    """An insider's sleeps in Adam.step at armed steps, and what each sleep overlapped."""
+
+    seconds: float
+    armed: list[int] = field(default_factory=list)
+    overlapped: list[int] = field(default_factory=list)  # a paced check of the guard worked
+    collected: list[int] = field(default_factory=list)  # a full collection ran elsewhere
+
+    def tamper(self, steps: list[int]) -> dict[int, Any]:
+        """``train``'s tamper map arming a sleep at each of ``steps``."""
+        return {s: (lambda j, s: self.armed.append(s)) for s in steps}
+
+
+@contextlib.contextmanager
+def sleeping_adam(seconds: float) -> Iterator[Sleeps]:
+    """Adam.step sleeps ``seconds`` at armed steps, between the guard's pre- and post-hooks,
+    where T3's sleep was (restored on exit)."""
+    import torch.optim.adam as adam_module
+
+    from trainwarden.guard._timing import busy
+
+    sleeps = Sleeps(seconds)
+    original = adam_module.adam
+
+    def sleepy(*args: Any, **kwargs: Any) -> Any:
+        if sleeps.armed:
+            step = sleeps.armed.pop()
+            before, gc_before = busy(), collecting()
+            time.sleep(seconds)
+            if busy() > before:
+                sleeps.overlapped.append(step)
+            if collecting() - gc_before > 0.05:
+                sleeps.collected.append(step)
+        return original(*args, **kwargs)
+
+    adam_module.adam = sleepy
+    try:
+        yield sleeps
+    finally:
+        adam_module.adam = original
+
+
 def play_heavy(name: str, rank: int, world: int) -> dict[str, Any]:
     """A run of ``HEAVY_SCENARIOS`` (findings recorded, not halting): in ``short-sleeps-...``
     rank 1 sleeps 0.15 s in the optimizer step at random steps."""
@@ -138,41 +184,21 @@ def play_heavy(name: str, rank: int, world: int) -> dict[str, Any]:
         # sleep can overlap (the documented limit); done before, as in the one-rank test.
         verify_runtime(snapshot_runtime())
     sleeps = sleep_steps(5, 20, steps) if sleepy_run and rank == 1 else []
-    import torch.optim.adam as adam_module
-
-    original = adam_module.adam
-    armed: list[int] = []
-    overlapped: list[int] = []
-    collected: list[int] = []
-
-    def sleepy(*args: Any, **kwargs: Any) -> Any:
-        if armed:
-            step = armed.pop()
-            before, gc_before = busy(), collecting()
-            time.sleep(0.15)
-            if busy() > before:
-                overlapped.append(step)
-            if collecting() - gc_before > 0.05:
-                collected.append(step)
-        return original(*args, **kwargs)
-
-    adam_module.adam = sleepy
-    tamper = {s: (lambda j, s: armed.append(s)) for s in sleeps}
     record: dict[str, Any] = {"scenario": name, "rank": rank, "sleeps": sleeps}
     started = busy()
-    guard = Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=MemorySink(),
-                  config=heavy_config(), on_violation="warn")  # fmt: skip
-    opt: dict[int, float | None] = {}
-    guard.add_step_listener(lambda info: opt.__setitem__(info.step, info.phases.get("opt")))
-    try:
-        record["steps"] = train(job, steps, tamper=tamper)
-    finally:
-        record["opt"] = {s: opt.get(s) for s in sleeps}
-        adam_module.adam = original
-        record["busy"] = busy() - started
-        guard.close()
-    record["overlapped"] = overlapped
-    record["collected"] = collected
+    with sleeping_adam(0.15) as insider:
+        guard = Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=MemorySink(),
+                      config=heavy_config(), on_violation="warn")  # fmt: skip
+        opt: dict[int, float | None] = {}
+        guard.add_step_listener(lambda info: opt.__setitem__(info.step, info.phases.get("opt")))
+        try:
+            record["steps"] = train(job, steps, tamper=insider.tamper(sleeps))
+        finally:
+            record["opt"] = {s: opt.get(s) for s in sleeps}
+            record["busy"] = busy() - started
+            guard.close()
+    record["overlapped"] = insider.overlapped
+    record["collected"] = insider.collected
     record["findings"] = [
         {"rule": f.rule_id, "rank": f.rank, "step": f.step, "message": f.message}
         for f in guard.findings

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch.optim.adam as adam_module
-from guarddist import HEAVY_SCENARIOS, collecting, heavy_config, run_ranks, sleep_steps
+from guarddist import HEAVY_SCENARIOS, heavy_config, run_ranks, sleep_steps, sleeping_adam
 from guardtools import make_job, train
 
 from trainwarden.env import snapshot_runtime, verify_runtime
@@ -55,38 +54,21 @@ def _sleepy_run(sink: MemorySink, sleeps: list[int]) -> tuple[Guard, list[int]]:
     ``sleeps``. Returns the (closed) guard and the sleeps during which a paced check worked;
     ``collected`` gets the sleeps during which a full garbage collection ran elsewhere."""
     collected.clear()
-    original = adam_module.adam
-    armed: list[int] = []
-    overlapped: list[int] = []
-
-    def sleepy(*args: Any, **kwargs: Any) -> Any:
-        # Inside Adam.step, between the guard's pre- and post-hooks, where T3's sleep was.
-        if armed:
-            step = armed.pop()
-            before, gc_before = busy(), collecting()
-            time.sleep(SLEEP)
-            if busy() > before:
-                overlapped.append(step)
-            if collecting() - gc_before > 0.05:
-                collected.append(step)
-        return original(*args, **kwargs)
-
     job = make_job(steps=STEPS)
-    tamper = {s: (lambda j, s: armed.append(s)) for s in sleeps}
-    adam_module.adam = sleepy
-    try:
-        with Guard(
+    with (
+        sleeping_adam(SLEEP) as insider,
+        Guard(
             job.model,
             job.optimizer,
             scheduler=job.scheduler,
             sink=sink,
             config=heavy_config(),
             on_violation="warn",
-        ) as guard:
-            assert train(job, STEPS, tamper=tamper) == STEPS
-    finally:
-        adam_module.adam = original
-    return guard, overlapped
+        ) as guard,
+    ):
+        assert train(job, STEPS, tamper=insider.tamper(sleeps)) == STEPS
+    collected.extend(insider.collected)
+    return guard, insider.overlapped
 
 
 def _timing(guard: Guard) -> list[Any]:
