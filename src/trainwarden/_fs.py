@@ -25,6 +25,7 @@ __all__ = [
     "fsync_directory",
     "open_regular",
     "read_regular",
+    "refuse_special",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -75,7 +76,7 @@ def atomic_write(
         chunks = (data,)
     else:
         chunks = data
-    _refuse_special(target, what)
+    refuse_special(target, what)
     directory = target.parent
     # os.urandom is what secrets.token_hex draws from; importing secrets (hmac, random,
     # hashlib) costs every short-lived command ~5 ms of start-up for one name.
@@ -116,7 +117,8 @@ def atomic_write(
     return target
 
 
-def _refuse_special(target: Path, what: str) -> None:
+def refuse_special(target: Path, what: str) -> None:
+    """Refuse to replace an existing device, FIFO or socket with a regular file."""
     try:
         info = target.stat()  # follows links: /dev/stdout -> /proc/self/fd/1 -> a pipe
     except (OSError, ValueError):

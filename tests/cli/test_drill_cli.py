@@ -111,6 +111,9 @@ def test_keep_into_a_non_empty_directory_is_refused(
         (["--report", "{d}/keep/r.html", "--keep", "{d}/keep"], "inside the --keep directory"),
         (["--output", "{d}/keep/o.txt", "--keep", "{d}/keep"], "inside the --keep directory"),
         (["--report", ""], "empty path"),
+        # The HTML index is written as a whole file, never as a stream: a device is refused
+        # now, not after the drill's minutes of work.
+        (["--report", "/dev/full"], "it is a device"),
     ],
 )
 def test_unwritable_outputs_are_refused_before_any_work(

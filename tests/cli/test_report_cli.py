@@ -116,6 +116,21 @@ def test_unwritable_output_exits_2(runs, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_a_device_output_is_refused_before_the_run_is_read(runs, capsys, monkeypatch):
+    # The HTML page is written as a whole file, never as a stream: refused up front.
+    import trainwarden.report as report
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run was read before the output was checked")
+
+    monkeypatch.setattr(report, "write_run_report", never)
+    bad, _ = runs
+    assert main(["report", str(bad.run_dir), "-o", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert "it is a device" in err
+    assert "Traceback" not in err
+
+
 def test_console_script_end_to_end(runs, tmp_path):
     bad, _ = runs
     out = tmp_path / "r.html"

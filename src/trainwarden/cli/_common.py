@@ -206,6 +206,7 @@ def check_output(
     inputs: Iterable[str | os.PathLike[str] | None],
     *,
     what: str = "--output",
+    streams: bool = True,
 ) -> None:
     """Refuse an output over an input or inside an input directory, before any work is done.
 
@@ -213,11 +214,13 @@ def check_output(
     verified directory becomes an unexpected file of the next verification.
 
     A missing parent directory is refused here too, so a long command (a drill, a report of a
-    large run) does not do all its work and then fail to write.
+    large run) does not do all its work and then fail to write. So is, with ``streams=False``
+    (outputs always written as a whole file, never as a stream), an existing device, FIFO or
+    socket, which that write refuses anyway.
 
     Raises:
-        InputError: ``output`` is an input, lies inside one, is a directory, or its parent
-            directory does not exist.
+        InputError: ``output`` is an input, lies inside one, is a directory, its parent
+            directory does not exist, or (``streams=False``) it is a special file.
     """
     if output is None or str(output) == "-":
         return
@@ -231,6 +234,10 @@ def check_output(
         raise InputError(f"{what} {output} is a directory")
     if not path.parent.is_dir():
         raise InputError(f"{what} {output}: no directory {path.parent} to write it in")
+    if not streams:
+        from trainwarden._fs import refuse_special
+
+        refuse_special(path, what)
 
 
 def dumps(value: Any) -> str:

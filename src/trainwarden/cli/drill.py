@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
                 continue
             raise ConfigError(f"{flag} {path} lies inside the --keep directory {args.keep}")
     check_output(args.output, [args.keep])
-    check_output(args.report, [args.keep], what="--report")
+    check_output(args.report, [args.keep], what="--report", streams=False)
     if (
         args.report is not None
         and args.output is not None

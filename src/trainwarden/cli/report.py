@@ -108,7 +108,9 @@ def _report(args: argparse.Namespace) -> int:
         )
     # The report must not replace what it reports on (the library also refuses an output
     # inside the run directory; a key or the clean run are inputs too).
-    check_output(args.output, [args.run_dir, args.against, *args.pubkey, *args.seal_pubkey])
+    check_output(
+        args.output, [args.run_dir, args.against, *args.pubkey, *args.seal_pubkey], streams=False
+    )
     # Read before anything else, with the option named in the message; the report reads them
     # again from the paths, which it also shows in the commands that re-check the run.
     load_public_keys(args.pubkey)
