@@ -1142,15 +1142,26 @@ def test_the_key_can_come_from_a_descriptor(tmp_path: Path, key_pair: tuple[Path
         (["--settle", "nan", "--", PY, "-c", "pass"], "finite"),
         (["--orphan-grace", "-1", "--", PY, "-c", "pass"], "negative"),
         (["--key", "k", "--key-fd", "3", "--", PY, "-c", "pass"], "not both"),
+        # Named inputs that do not exist or are not what they claim: refused before launch,
+        # not passed over (a mistyped --scan is a checkpoint never scanned).
+        (["--scan", "typo.pt", "--", PY, "-c", "pass"], "scan path typo.pt does not exist"),
+        (["--lock", "missing.lock", "--", PY, "-c", "pass"], "cannot read lock"),
+        (["--lock", "garbage", "--", PY, "-c", "pass"], "garbage is not a trainwarden env lock"),
+        (["--lock", "lock.json", "--", PY, "-c", "pass"], "not a valid trainwarden env lock"),
+        (["--profile", "nosuch", "--", PY, "-c", "pass"], "unknown protect profile 'nosuch'"),
+        (["--checkpoints", "garbage", "--", PY, "-c", "pass"], "garbage is not a directory"),
     ],
 )
 def test_misconfigurations_exit_2_with_a_message(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
+    (tmp_path / "garbage").write_bytes(b"\xc4\x00 not a lock")
+    (tmp_path / "lock.json").write_text('{"schema": "something else"}')
     proc = tw("run", *FAST, *args, cwd=tmp_path)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "trainwarden-runs").exists()  # refused before anything was made
 
 
 def test_a_public_key_is_not_a_signing_key(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
@@ -1267,3 +1278,9 @@ def test_progress_on_a_terminal_uses_rich_and_on_a_log_plain_lines(
     with _common.Progress("", enabled=False) as off:
         _RunProgress(off)("preflight", "nothing")
     assert quiet.getvalue() == ""
+    # --no-progress silences progress, never a warning (it is what scripts and batch jobs use).
+    with _common.Progress("", enabled=False) as off:
+        _RunProgress(off)("preflight", "! environment could not be verified")
+    assert (
+        quiet.getvalue() == "trainwarden: preflight: warning: environment could not be verified\n"
+    )

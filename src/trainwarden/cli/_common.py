@@ -390,7 +390,7 @@ class Progress:
 
         Args:
             label: What the work is, e.g. ``signing ckpt/``.
-            enabled: ``False`` for ``--no-progress``: nothing is ever shown.
+            enabled: ``False`` for ``--no-progress``: nothing is shown but ``always`` notes.
             unit: ``bytes`` (shown as sizes with a rate), a plural noun, or ``""``.
             clock: Monotonic seconds (tests pass a fake).
         """
@@ -407,6 +407,7 @@ class Progress:
         self._live: Any = None  # rich.progress.Progress while shown
         self._task: Any = None
         self._console: Any = None
+        self._broken = False  # stderr failed once: never try again
         term = os.environ.get("TERM", "")
         self.terminal = enabled and term != "dumb" and _isatty(sys.stderr)
 
@@ -453,14 +454,16 @@ class Progress:
             except (OSError, ValueError):
                 self.enabled = False  # progress is never worth failing the command for
 
-    def note(self, text: str, *, style: str = "") -> None:
+    def note(self, text: str, *, style: str = "", always: bool = False) -> None:
         """Print ``trainwarden: TEXT`` on stderr now (above the live display on a terminal).
 
         Args:
             text: The line (escaped here).
             style: A rich style for a terminal, e.g. ``yellow`` for a warning.
+            always: Print it under ``--no-progress`` too (a warning is not progress: the
+                flag is used in scripts and batch jobs, where hiding it hides it for good).
         """
-        if not self.enabled:
+        if not (self.enabled or always) or self._broken:
             return
         with self._lock:
             line = f"trainwarden: {shown(text)}"
@@ -475,6 +478,7 @@ class Progress:
                     sys.stderr.flush()
             except (OSError, ValueError):
                 self.enabled = False
+                self._broken = True
 
     def stop(self) -> None:
         """Clear the live display (e.g. before another program writes to the terminal).

@@ -410,8 +410,9 @@ class _RunProgress:
     Long pre-flight steps (the environment, scanning, digesting, the access audit) are
     progress: a live line on a terminal, a line every few seconds on a log. Everything else
     (the pre-flight verdicts, the launch, signals, checkpoints signed) is an event of the run,
-    always printed; a message starting with ``! `` is a warning. The live line is cleared
-    before the job runs, so it never mixes with the job's own output.
+    printed as it happens; a message starting with ``! `` is a warning, printed under
+    ``--no-progress`` too. The live line is cleared before the job runs, so it never mixes
+    with the job's own output.
     """
 
     _TRANSIENT = frozenset({"env", "scan", "inputs", "access"})
@@ -427,4 +428,6 @@ class _RunProgress:
         warn = message.startswith("! ")
         text = message[2:] if warn else message
         style = "yellow" if warn else "dim" if stage == "preflight" else "bold"
-        self.progress.note(f"{stage}: {'warning: ' if warn else ''}{text}", style=style)
+        self.progress.note(
+            f"{stage}: {'warning: ' if warn else ''}{text}", style=style, always=warn
+        )

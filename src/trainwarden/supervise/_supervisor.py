@@ -279,6 +279,39 @@ class _Supervisor(Watching, Relaying):
 
     # -- the whole run -------------------------------------------------------------------------
 
+    def _check_options(self) -> None:
+        """Refuse, before anything is created or launched, options that name the wrong thing.
+
+        Each of these would otherwise pass in silence: a mistyped ``scan`` path is a checkpoint
+        never scanned, a ``lock`` that is not a lock leaves the environment unverified (the
+        policy's ``env-error``, by default a warning), an unknown protect profile fails in every
+        rank, a checkpoint "directory" that is a file is never watched. A lock's *signature* is
+        the pre-flight's to judge (tampering is a finding, not a typo).
+
+        Raises:
+            ConfigError: An unknown profile, a checkpoint directory that is not a directory.
+            InputError: A scan path that does not exist, a lock that cannot be read or parsed.
+        """
+        from trainwarden.scan import PROFILES
+
+        o = self.o
+        for name in o.protect_profiles:
+            if name not in PROFILES:
+                raise ConfigError(
+                    f"unknown protect profile {name!r} (known: {', '.join(sorted(PROFILES))})"
+                )
+        for path in o.scan:
+            if not os.path.lexists(self.cwd / path):
+                raise InputError(f"scan path {path} does not exist")
+        for path in o.checkpoints:
+            target = self.cwd / path
+            if os.path.lexists(target) and not target.is_dir():
+                raise ConfigError(f"checkpoint directory {path} is not a directory")
+        if o.lock is not None:
+            from trainwarden.env import read_lock
+
+            read_lock(Path(o.lock))  # as the pre-flight reads it
+
     def run(self) -> RunResult:
         o = self.o
         # First: the key is in memory already, and the checks below start processes of the
@@ -288,6 +321,7 @@ class _Supervisor(Watching, Relaying):
         job = parse_command(o.command, launcher=o.launcher, environ=self.environ, cwd=self.cwd)
         self.job = job
         resolve_program(job.argv[0], environ=self.environ, cwd=self.cwd)
+        self._check_options()
         self.info: InterpreterInfo | None = None
         if job.interpreter is not None:
             self.progress("launch", f"inspecting the job's Python ({job.interpreter})")
