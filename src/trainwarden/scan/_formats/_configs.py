@@ -1,7 +1,8 @@
 """Configuration files that pull in code, and plain JSON, text and data.
 
 HF ``config.json`` (``auto_map``), Keras configs (Lambda layers, modules outside keras) and
-legacy Keras HDF5 files are reported when they make a loader import or run code.
+legacy Keras HDF5 files are reported when they make a loader import or run code; chat
+templates (in configs and ``*.jinja`` files) when they reach for Python objects.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from trainwarden.findings import Severity, Verdict
 from trainwarden.scan._formats._base import Blob, Context
+from trainwarden.scan._formats._jinja import TEMPLATE_SUFFIXES, check_template, config_templates
 
 __all__ = [
     "analyse_hdf5",
@@ -73,12 +75,25 @@ def data_format(blob: Blob, head: bytes) -> str:
 
 
 def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> str:
-    """Like :func:`data_format`, reporting configuration that makes loaders fetch code."""
+    """Like :func:`data_format`, reporting configuration that makes loaders fetch code.
+
+    Chat templates are checked where loaders find them: a config's ``chat_template``
+    (``tokenizer_config.json``, ``chat_template.json``) and a ``*.jinja`` file
+    (``chat_template.jinja``, ``additional_chat_templates/``).
+    """
     doc = _load_json(blob, head)
     if doc is None:
-        return "text" if _is_text(head) else "data"
+        if not _is_text(head):
+            return "data"
+        name = (member or ctx.path).lower()
+        if name.endswith(TEMPLATE_SUFFIXES) and blob.size <= _JSON_MAX:
+            text = bytes(blob.read(0, blob.size)).decode("utf-8", "replace")
+            check_template(ctx, text, name.rsplit("/", 1)[-1], member, rule="hf.chat-template")
+        return "text"
     if isinstance(doc, dict):
         _check_hf_config(ctx, doc, member)
+        for key, template in config_templates(doc):
+            check_template(ctx, template, key, member, rule="hf.chat-template")
         if _HF_KEYS & doc.keys():
             return "hf-config"
     return "json"

@@ -9,11 +9,11 @@ templates are Jinja that inference servers render: risky constructs in them are 
 from __future__ import annotations
 
 import json
-import re
 import struct
 from typing import Any
 
 from trainwarden.scan._formats._base import Blob, Context
+from trainwarden.scan._formats._jinja import check_template
 
 __all__ = ["analyse_gguf", "analyse_safetensors"]
 
@@ -117,13 +117,6 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 _GGML_MAX_DIMS = 4
 _GGML_MAX_TYPE = 64
 _MAX_COUNT = 1 << 32
-# Jinja constructs used to escape the sandbox or reach Python objects (SSTI); legitimate chat
-# templates need none of them.
-_JINJA_RISKY = (
-    r"__\w+__|\|\s*attr\b|\battr\s*\(|\blipsum\b|\bcycler\b|\bjoiner\b|\bself\s*\.|"
-    r"\bimport\b|\bos\s*\.|\bpopen\b|\bsubprocess\b|\beval\s*\(|\bexec\s*\(|\bgetattr\b|"
-    r"\bglobals\b|\bbuiltins\b|\bmro\b|\bsubclasses\b|\bfrom_pyfile\b|\bconfig\s*\."
-)
 
 
 class _GgufError(Exception):
@@ -202,7 +195,9 @@ def analyse_gguf(ctx: Context, blob: Blob, member: str | None) -> str:
             if key == "general.alignment" and isinstance(value, int):
                 alignment = value
             if key.startswith("tokenizer.chat_template") and isinstance(value, bytes):
-                _check_template(ctx, value.decode("utf-8", "replace"), key, member)
+                check_template(
+                    ctx, value.decode("utf-8", "replace"), key, member, rule="gguf.chat-template"
+                )
         if alignment <= 0 or alignment & (alignment - 1):
             raise _GgufError(f"alignment {alignment} is not a power of two")
         tensors: list[tuple[int, int]] = []
@@ -233,15 +228,3 @@ def analyse_gguf(ctx: Context, blob: Blob, member: str | None) -> str:
             offset=cur.pos,
         )
     return "gguf"
-
-
-def _check_template(ctx: Context, template: str, key: str, member: str | None) -> None:
-    hits = sorted({m.group(0) for m in re.finditer(_JINJA_RISKY, template)})
-    if hits:
-        ctx.unknown(
-            "gguf.chat-template",
-            f"chat template {key!r} uses Jinja constructs that reach Python objects (a known "
-            "template-injection vector in servers that render it)",
-            member,
-            evidence=", ".join(hits)[:200],
-        )
