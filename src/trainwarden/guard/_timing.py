@@ -6,7 +6,9 @@ all wait for it in the next collective. The guard times each rank's own work per
 separately, the time spent waiting (from the last gradient to the optimizer step, where DDP
 finishes its all-reduce, plus the guard's own exchange). Time the thread spent runnable but
 not running (``/proc/thread-self/schedstat``: CPU contention from other processes) is not
-counted as own work, so a loaded machine does not look like a sleeping rank.
+counted as own work, nor is CPU time up to that delay (the training thread spinning at the
+barriers of intra-op workers that wait for a CPU), so a loaded machine does not look like a
+sleeping rank.
 
 The guard's own heavy checks (code integrity, in the watchdog thread) share the interpreter
 lock with the training thread. They run paced (:class:`Pacer`): slices of about a millisecond
@@ -122,7 +124,37 @@ def run_delay() -> float:
     during a sleep hides up to its length: the documented limit); :func:`busy` is the time the
     guard's paced heavy checks may have held the interpreter lock.
     """
-    return _run_queue() + float(_gc["total"]) + busy()
+    return _mark(cpu=False)[0]
+
+
+# A phase boundary: (run_delay(), its run-queue part, the thread's CPU seconds or -1.0 when
+# the boundary is marked from another thread, e.g. a gradient hook on an autograd thread).
+_Mark = tuple[float, float, float]
+
+
+def _mark(cpu: bool = True) -> _Mark:
+    queued = _run_queue()
+    return (
+        queued + float(_gc["total"]) + busy(),
+        queued,
+        time.thread_time() if cpu else -1.0,
+    )
+
+
+def _own(wall: float, start: _Mark, end: _Mark) -> float:
+    """Own work in a phase of ``wall`` seconds between two boundaries.
+
+    Not own work: the run-queue delay, the collector's pauses and the guard's slices (see
+    :func:`run_delay`), and, under CPU contention, the thread's CPU time up to its run-queue
+    delay. A thread whose intra-op workers wait for a CPU spins at their barriers: on a
+    2-core machine at load 5 a 2 ms backward measured 120 ms of CPU beside 120 ms of run-queue
+    delay, contention that looked like a stalled rank. A sleep is neither CPU nor run-queue
+    time, so none of it is subtracted; only busy work hidden behind as much contention is.
+    """
+    spin = 0.0
+    if start[2] >= 0.0 and end[2] >= 0.0:
+        spin = max(0.0, min(end[2] - start[2], end[1] - start[1]))
+    return max(0.0, wall - (end[0] - start[0]) - spin)
 
 
 # (seconds of finished slices, start of the slice in progress or 0.0): one tuple, replaced
@@ -252,26 +284,28 @@ class PhaseClock:
     wait: float | None = None
     excluded: float = 0.0
     forwards: int = 0
+    _thread: int = 0  # the training thread (the one that runs forward)
     _fwd_start: float | None = None
-    _fwd_delay: float = 0.0
+    _fwd_mark: _Mark = (0.0, 0.0, -1.0)
     _fwd_end: float | None = None
-    _fwd_end_delay: float = 0.0
+    _fwd_end_mark: _Mark = (0.0, 0.0, -1.0)
     _last_grad: float | None = None
-    _last_grad_delay: float = 0.0
+    _last_grad_mark: _Mark = (0.0, 0.0, -1.0)
     _opt_start: float | None = None
-    _opt_delay: float = 0.0
+    _opt_mark: _Mark = (0.0, 0.0, -1.0)
     first_fwd: float | None = None
     current: str | None = None
     current_since: float = 0.0
     _bwd_end: float | None = None
-    _bwd_end_delay: float = 0.0
+    _bwd_end_mark: _Mark = (0.0, 0.0, -1.0)
 
     def __post_init__(self) -> None:
         _install_gc_timer()
 
     def forward_start(self) -> None:
         now = time.monotonic()
-        self._fwd_start, self._fwd_delay = now, run_delay()
+        self._thread = threading.get_ident()
+        self._fwd_start, self._fwd_mark = now, _mark()
         if self.first_fwd is None:
             self.first_fwd, self._first_busy = now, busy()
         self.current, self.current_since = "fwd", now
@@ -280,42 +314,43 @@ class PhaseClock:
         if self._fwd_start is None:
             return
         now = time.monotonic()
-        delay = run_delay()
-        self.fwd += max(0.0, now - self._fwd_start - (delay - self._fwd_delay))
+        mark = _mark()
+        self.fwd += _own(now - self._fwd_start, self._fwd_mark, mark)
         self.forwards += 1
-        self._fwd_end, self._fwd_end_delay = now, delay
+        self._fwd_end, self._fwd_end_mark = now, mark
         self._fwd_start = None
         self.current, self.current_since = "bwd", now
 
     def last_gradient(self) -> None:
-        self._last_grad, self._last_grad_delay = time.monotonic(), run_delay()
+        # On CUDA the hook runs on an autograd thread: its CPU time is not the training's.
+        self._last_grad = time.monotonic()
+        self._last_grad_mark = _mark(cpu=threading.get_ident() == self._thread)
 
     def backward_end(self) -> None:
         """The job called ``optimizer.step()``: backward (and its collective wait) are over."""
         now = time.monotonic()
-        delay = run_delay()
+        mark = _mark()
         if self._fwd_end is not None:
             if self._last_grad is not None and self._last_grad >= self._fwd_end:
-                self.bwd += max(
-                    0.0,
-                    self._last_grad - self._fwd_end - (self._last_grad_delay - self._fwd_end_delay),
+                self.bwd += _own(
+                    self._last_grad - self._fwd_end, self._fwd_end_mark, self._last_grad_mark
                 )
                 self.wait = max(0.0, now - self._last_grad)
             else:
-                self.bwd += max(0.0, now - self._fwd_end - (delay - self._fwd_end_delay))
-        self._bwd_end, self._bwd_end_delay = now, delay
+                self.bwd += _own(now - self._fwd_end, self._fwd_end_mark, mark)
+        self._bwd_end, self._bwd_end_mark = now, mark
         self.current, self.current_since = "opt", now
 
     def optimizer_start(self) -> None:
         """The guard's pre-step checks are done: the optimizer's own work starts now."""
         _stepping.add(threading.get_ident())
-        self._opt_start, self._opt_delay = time.monotonic(), run_delay()
+        self._opt_start, self._opt_mark = time.monotonic(), _mark()
 
     def optimizer_end(self) -> float:
         """Close the step; returns the end time."""
         now = time.monotonic()
         if self._opt_start is not None:
-            self.opt = max(0.0, now - self._opt_start - (run_delay() - self._opt_delay))
+            self.opt = _own(now - self._opt_start, self._opt_mark, _mark())
         _stepping.discard(threading.get_ident())
         self.current = None
         return now

@@ -168,3 +168,33 @@ def test_hook_audit_bulk_check_sees_every_kind_of_added_hook(what: str) -> None:
     finally:
         if hasattr(handle, "remove"):
             handle.remove()
+
+
+# -- timing: what a phase's own work is ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wall", "start", "end", "own"),
+    [
+        # Uncontended: the wall time less the run-queue delay, collections and slices.
+        (0.010, (0.0, 0.0, 1.0), (0.002, 0.0, 1.008), 0.008),
+        # Spinning for workers that wait for a CPU: its CPU time, up to the run-queue delay,
+        # is contention (measured: 244 ms of wall, 121 ms CPU, 123 ms queued, 2 ms of work).
+        (0.244, (0.0, 0.0, 1.0), (0.123, 0.123, 1.121), 0.0),
+        # A 0.4 s sleep under the same contention: none of it is subtracted.
+        (0.6, (0.0, 0.0, 1.0), (0.1, 0.1, 1.1), 0.4),
+        # CPU time unknown (a boundary marked from an autograd thread): delays only.
+        (0.244, (0.0, 0.0, -1.0), (0.123, 0.123, 1.121), 0.121),
+        # Never negative.
+        (0.001, (0.0, 0.0, 1.0), (0.01, 0.01, 1.01), 0.0),
+    ],
+)
+def test_a_phase_own_work_excludes_contention_but_never_a_sleep(
+    wall: float,
+    start: tuple[float, float, float],
+    end: tuple[float, float, float],
+    own: float,
+) -> None:
+    from trainwarden.guard._timing import _own
+
+    assert _own(wall, start, end) == pytest.approx(own, abs=1e-9)
