@@ -6,9 +6,9 @@ all wait for it in the next collective. The guard times each rank's own work per
 separately, the time spent waiting (from the last gradient to the optimizer step, where DDP
 finishes its all-reduce, plus the guard's own exchange). Time the thread spent runnable but
 not running (``/proc/thread-self/schedstat``: CPU contention from other processes) is not
-counted as own work, nor is CPU time up to that delay (the training thread spinning at the
-barriers of intra-op workers that wait for a CPU), so a loaded machine does not look like a
-sleeping rank.
+counted as own work, nor, with intra-op workers, as much again (the training thread spinning
+at the barriers of workers that wait for a CPU, then blocking on them), so a loaded machine does
+not look like a sleeping rank.
 
 The guard's own heavy checks (code integrity, in the watchdog thread) share the interpreter
 lock with the training thread. They run paced (:class:`Pacer`): slices of about a millisecond
@@ -124,37 +124,34 @@ def run_delay() -> float:
     during a sleep hides up to its length: the documented limit); :func:`busy` is the time the
     guard's paced heavy checks may have held the interpreter lock.
     """
-    return _mark(cpu=False)[0]
+    return _mark()[0]
 
 
-# A phase boundary: (run_delay(), its run-queue part, the thread's CPU seconds or -1.0 when
-# the boundary is marked from another thread, e.g. a gradient hook on an autograd thread).
-_Mark = tuple[float, float, float]
+# A phase boundary: (run_delay() of the training thread, its run-queue part).
+_Mark = tuple[float, float]
 
 
-def _mark(cpu: bool = True) -> _Mark:
-    queued = _run_queue()
-    return (
-        queued + float(_gc["total"]) + busy(),
-        queued,
-        time.thread_time() if cpu else -1.0,
-    )
+def _mark(thread: int | None = None) -> _Mark:
+    """The training thread's delays now (``thread``: its native id, from any thread)."""
+    queued = _run_queue(thread)
+    return queued + float(_gc["total"]) + busy(), queued
 
 
-def _own(wall: float, start: _Mark, end: _Mark) -> float:
+def _own(wall: float, start: _Mark, end: _Mark, *, workers: bool = False) -> float:
     """Own work in a phase of ``wall`` seconds between two boundaries.
 
     Not own work: the run-queue delay, the collector's pauses and the guard's slices (see
-    :func:`run_delay`), and, under CPU contention, the thread's CPU time up to its run-queue
-    delay. A thread whose intra-op workers wait for a CPU spins at their barriers: on a
-    2-core machine at load 5 a 2 ms backward measured 120 ms of CPU beside 120 ms of run-queue
-    delay, contention that looked like a stalled rank. A sleep is neither CPU nor run-queue
-    time, so none of it is subtracted; only busy work hidden behind as much contention is.
+    :func:`run_delay`). With intra-op ``workers`` (more than one intra-op thread), also up to
+    as much again as the run-queue delay: under CPU contention the training thread spins at
+    their barriers, then blocks, while they wait for a CPU. On a 2-core machine at load 5 a
+    2 ms backward measured 120 ms of CPU beside 120 ms of queueing (and at most 50 ms
+    blocked, always less than its queueing): contention that was named a stall. Without
+    workers there is nothing to wait for, and busy work (a loop in the step) stays whole
+    under contention too. A sleep is not run-queue time: it loses at most its phase's
+    queueing, which an insider cannot raise without loading the machine for everyone.
     """
-    spin = 0.0
-    if start[2] >= 0.0 and end[2] >= 0.0:
-        spin = max(0.0, min(end[2] - start[2], end[1] - start[1]))
-    return max(0.0, wall - (end[0] - start[0]) - spin)
+    queued = max(0.0, end[1] - start[1]) if workers else 0.0
+    return max(0.0, wall - (end[0] - start[0]) - queued)
 
 
 # (seconds of finished slices, start of the slice in progress or 0.0): one tuple, replaced
@@ -247,23 +244,27 @@ class Pacer:
         return worked
 
 
-def _run_queue() -> float:
-    import threading
-
-    ident = threading.get_ident()
-    fd = _fd.get(ident)
+def _run_queue(thread: int | None = None) -> float:
+    """Seconds thread ``thread`` (native id; the caller's by default) waited for a CPU."""
+    if thread is None:
+        thread = threading.get_native_id()
+    fd = _fd.get(thread)
     if fd is None:
         try:
-            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            fd = os.open(f"/proc/self/task/{thread}/schedstat", os.O_RDONLY)
         except OSError:
             fd = -1
-        _fd[ident] = fd
+        _fd[thread] = fd
     if fd < 0:
         return 0.0
     try:
         fields = os.pread(fd, 128, 0).split()
         return int(fields[1]) / 1e9
-    except (OSError, IndexError, ValueError):
+    except OSError:  # the thread ended: its id may be reused, open again next time
+        os.close(fd)
+        del _fd[thread]
+        return 0.0
+    except (IndexError, ValueError):
         return 0.0
 
 
@@ -284,27 +285,31 @@ class PhaseClock:
     wait: float | None = None
     excluded: float = 0.0
     forwards: int = 0
-    _thread: int = 0  # the training thread (the one that runs forward)
+    _thread: int | None = None  # the training thread's native id (the one that runs forward)
+    _workers: bool = False  # more than one intra-op thread (see _own)
     _fwd_start: float | None = None
-    _fwd_mark: _Mark = (0.0, 0.0, -1.0)
+    _fwd_mark: _Mark = (0.0, 0.0)
     _fwd_end: float | None = None
-    _fwd_end_mark: _Mark = (0.0, 0.0, -1.0)
+    _fwd_end_mark: _Mark = (0.0, 0.0)
     _last_grad: float | None = None
-    _last_grad_mark: _Mark = (0.0, 0.0, -1.0)
+    _last_grad_mark: _Mark = (0.0, 0.0)
     _opt_start: float | None = None
-    _opt_mark: _Mark = (0.0, 0.0, -1.0)
+    _opt_mark: _Mark = (0.0, 0.0)
     first_fwd: float | None = None
     current: str | None = None
     current_since: float = 0.0
     _bwd_end: float | None = None
-    _bwd_end_mark: _Mark = (0.0, 0.0, -1.0)
+    _bwd_end_mark: _Mark = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         _install_gc_timer()
 
     def forward_start(self) -> None:
         now = time.monotonic()
-        self._thread = threading.get_ident()
+        self._thread = threading.get_native_id()
+        import torch
+
+        self._workers = torch.get_num_threads() > 1
         self._fwd_start, self._fwd_mark = now, _mark()
         if self.first_fwd is None:
             self.first_fwd, self._first_busy = now, busy()
@@ -315,16 +320,15 @@ class PhaseClock:
             return
         now = time.monotonic()
         mark = _mark()
-        self.fwd += _own(now - self._fwd_start, self._fwd_mark, mark)
+        self.fwd += _own(now - self._fwd_start, self._fwd_mark, mark, workers=self._workers)
         self.forwards += 1
         self._fwd_end, self._fwd_end_mark = now, mark
         self._fwd_start = None
         self.current, self.current_since = "bwd", now
 
     def last_gradient(self) -> None:
-        # On CUDA the hook runs on an autograd thread: its CPU time is not the training's.
-        self._last_grad = time.monotonic()
-        self._last_grad_mark = _mark(cpu=threading.get_ident() == self._thread)
+        # On CUDA the hook runs on an autograd thread: the delays are the training thread's.
+        self._last_grad, self._last_grad_mark = time.monotonic(), _mark(self._thread)
 
     def backward_end(self) -> None:
         """The job called ``optimizer.step()``: backward (and its collective wait) are over."""
@@ -333,11 +337,16 @@ class PhaseClock:
         if self._fwd_end is not None:
             if self._last_grad is not None and self._last_grad >= self._fwd_end:
                 self.bwd += _own(
-                    self._last_grad - self._fwd_end, self._fwd_end_mark, self._last_grad_mark
+                    self._last_grad - self._fwd_end,
+                    self._fwd_end_mark,
+                    self._last_grad_mark,
+                    workers=self._workers,
                 )
                 self.wait = max(0.0, now - self._last_grad)
             else:
-                self.bwd += _own(now - self._fwd_end, self._fwd_end_mark, mark)
+                self.bwd += _own(
+                    now - self._fwd_end, self._fwd_end_mark, mark, workers=self._workers
+                )
         self._bwd_end, self._bwd_end_mark = now, mark
         self.current, self.current_since = "opt", now
 
@@ -350,7 +359,7 @@ class PhaseClock:
         """Close the step; returns the end time."""
         now = time.monotonic()
         if self._opt_start is not None:
-            self.opt = _own(now - self._opt_start, self._opt_mark, _mark())
+            self.opt = _own(now - self._opt_start, self._opt_mark, _mark(), workers=self._workers)
         _stepping.discard(threading.get_ident())
         self.current = None
         return now

@@ -1492,12 +1492,18 @@ def _missing_runs(sel: _Selection, located: Located) -> set[int]:
 
 
 def _snapshot(group: dict[str, Any]) -> dict[str, Any]:
-    """A param group's settings as plain values (schedulers may change tensors in place)."""
+    """A param group's settings as plain values (schedulers may change tensors in place).
+
+    A tensor ``lr`` stays a tensor (a copy): torch's arithmetic with it differs from a float's
+    in the last bit, and the reference must take the same path.
+    """
     out: dict[str, Any] = {}
     for key, value in group.items():
         if key == "params":
             continue
-        if hasattr(value, "item") and hasattr(value, "numel") and value.numel() == 1:
+        if key == "lr" and hasattr(value, "detach") and hasattr(value, "numel"):
+            value = value.detach().clone()
+        elif hasattr(value, "item") and hasattr(value, "numel") and value.numel() == 1:
             value = value.item()
         elif isinstance(value, tuple):
             value = tuple(v.item() if hasattr(v, "item") else v for v in value)
