@@ -216,6 +216,9 @@ def read_run(
         notes.append(f"provenance statement: {provenance.error}")
     if provenance.verified is None:
         unverified.append(f"provenance {provenance.verification}")
+    unreadable = [o for o in provenance.outputs if o[1] == "unreadable"]
+    if unreadable:
+        unverified.append(f"{len(unreadable)} output(s) of the provenance statement not checked")
     stacks = _read_stacks(root / "stacks", notes)
     supervisor_pid = None
     if info is not None:
