@@ -776,6 +776,10 @@ def _telemetry_suspicions(telemetry: Telemetry, found: Sequence[RunFinding]) -> 
     if len(telemetry.ranks) < 2 or telemetry.bins == 0:
         return []
     covered = {(f.technique, f.rank) for f in found}
+    # Telemetry edited after the guard closed it is the evidence's tampering (T8): what it
+    # now says about its rank (slow, off the reference) is not evidence of T3 or T4.
+    edited = {f.rank for f in found if f.check == "telemetry.changed"}
+    covered |= {(t, rank) for rank in edited for t in ("T3", "T4")}
     out = []
     work = [(r.rank, r.metric("work")) for r in telemetry.ranks]
     slow_bins: dict[int, list[int]] = defaultdict(list)

@@ -492,6 +492,21 @@ def test_checkpoints_can_be_left_unhashed_but_then_are_not_verified(clean: Synth
     assert report.verdict != "clean"
 
 
+def test_telemetry_edited_to_frame_a_rank_is_t8_not_a_slow_rank(clean: SyntheticRun) -> None:
+    # Someone rewrote rank 1's telemetry after the guard closed it, so that rank 1 looks
+    # slow: the evidence shows the telemetry was edited (T8), not that rank 1 slept (T3).
+    path = clean.run_dir / "telemetry" / "rank-1.jsonl"
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        record["opt"] = (record.get("opt") or 0.0) + 1.5
+        lines.append(json.dumps(record, separators=(",", ":")))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = _read(clean)
+    assert any(f.check == "telemetry.changed" and f.rank == 1 for f in report.findings)
+    assert not [f for f in report.findings if f.technique in ("T3", "T4")]
+
+
 def _writer_files(run: SyntheticRun) -> list[Path]:
     return sorted((run.run_dir / "ledger" / "writers").glob("*.jsonl"))
 
