@@ -508,6 +508,11 @@ def _ledger_findings(
             if writer is not None and writer.key:
                 named = f"key {writer.key} ({writer.identity or '?'}), not a trusted key"
         tail = "; what it says now cannot be trusted" if issue.kind in ("altered", "forged") else ""
+        # No seal by a trusted seal key: its seals were deleted, or it was never sealed. The
+        # ledger cannot tell which, so evidence tampering is suspected, not established.
+        unsealed = issue.kind == "seal_missing"
+        if unsealed:
+            tail = "; seals deleted and a ledger never sealed look the same"
         out.append(
             RunFinding(
                 technique="T8",
@@ -515,8 +520,8 @@ def _ledger_findings(
                 title=_LEDGER_TITLES.get(issue.kind, f"Ledger {issue.kind.replace('_', ' ')}"),
                 message=f"{where}: {issue.message}{tail}",
                 evidence=f"{issue.file}:{issue.line}" if issue.file and issue.line else issue.file,
-                severity="critical",
-                established=True,
+                severity="high" if unsealed else "critical",
+                established=not unsealed,
                 time=entry.time if entry is not None else None,
                 rank=as_int(entry.data.get("rank")) if entry is not None else None,
                 reported_by="ledger verification (now)",

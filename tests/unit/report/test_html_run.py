@@ -507,6 +507,19 @@ def test_telemetry_edited_to_frame_a_rank_is_t8_not_a_slow_rank(clean: Synthetic
     assert not [f for f in report.findings if f.technique in ("T3", "T4")]
 
 
+def test_a_ledger_with_no_trusted_seal_is_suspected_not_established(clean: SyntheticRun) -> None:
+    # With --seal-pubkey, a ledger without a seal by that key had its seals deleted or was
+    # never sealed (as trainwarden drill's runs other than the control and T7): the evidence
+    # cannot tell which, so it is suspected evidence tampering, not established.
+    for seal in (clean.run_dir / "ledger" / "seals").glob("*.jsonl"):
+        seal.unlink()
+    report = _read(clean)
+    (missing,) = [f for f in report.findings if f.check == "ledger.seal_missing"]
+    assert missing.technique == "T8"
+    assert not missing.established
+    assert report.verdict == "suspicious"
+
+
 def _writer_files(run: SyntheticRun) -> list[Path]:
     return sorted((run.run_dir / "ledger" / "writers").glob("*.jsonl"))
 
