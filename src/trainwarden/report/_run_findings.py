@@ -523,7 +523,10 @@ def _ledger_findings(
                 severity="high" if unsealed else "critical",
                 established=not unsealed,
                 time=entry.time if entry is not None else None,
-                rank=as_int(entry.data.get("rank")) if entry is not None else None,
+                # The rank an edited or forged entry names is whatever its author wrote.
+                rank=as_int(entry.data.get("rank"))
+                if entry is not None and issue.kind not in ("altered", "forged")
+                else None,
                 reported_by="ledger verification (now)",
                 named=named,
                 anchor=anchor_of(entry.writer, entry.seq) if entry is not None else None,

@@ -146,6 +146,7 @@ def test_ledger_edit_and_telemetry_edit_are_evidence_tampering(sabotaged: Synthe
     assert report.ledger.first_break.kind == "altered"
     (altered,) = _by_check(report, "ledger.altered")
     assert "guard.signal" in altered.message  # type: ignore[attr-defined]
+    assert altered.ranks == ()  # type: ignore[attr-defined]  # the edited entry's rank: untrusted
     checks = {rank: status for rank, status, _ in report.telemetry_checks}
     assert checks[3] == "changed"
     assert checks[6] == "unattested"  # SIGKILLed: the guard never closed
