@@ -159,7 +159,7 @@ def _guard_signal_findings(
     and a ``guard.finding`` with ``rule_id: guard.signal``: keyed by ``(rank, pid)`` of the
     receiving process, so the signal's card can cite the finding instead of repeating it.
     """
-    recorded = {(k.rank, k.pid) for k in kills if k.source != "exit-status"}
+    recorded = {(k.rank, k.pid) for k in kills}
     out: dict[tuple[int | None, int | None], list[Entry]] = defaultdict(list)
     for entry in view.entries:
         if entry.event != "guard.finding" or entry.data.get("rule_id") != "guard.signal":
@@ -168,6 +168,14 @@ def _guard_signal_findings(
         if key in recorded:
             out[key].append(entry)
     return dict(out)
+
+
+def _about(entry: Entry, signal: str) -> bool:
+    """Whether the guard's ``guard.signal`` finding is about ``signal`` ("SIGTERM from pid 7")."""
+    return any(
+        (as_text(entry.data.get(field), 80) or "").startswith(f"{signal} ")
+        for field in ("evidence", "message")
+    )
 
 
 def _guard_findings(
@@ -321,7 +329,7 @@ def _kill_findings(
             e
             for r in rows
             for e in guard_signals.get((r.rank, r.pid), ())
-            if view.integrity_of(e) in ("verified", "unchecked")
+            if view.integrity_of(e) in ("verified", "unchecked") and _about(e, signal)
         ]
         witnesses = ", ".join(sorted({r.source for r in rows}))
         if sender is not None:
@@ -359,6 +367,31 @@ def _kill_findings(
                     named=sender if trusted_sender else None,
                     anchor=k.anchor,
                     reproduce=f"{show} --event rank.signal --event guard.signal",
+                )
+            )
+            continue
+        if backing:
+            # The record with the sender is gone; the guard's finding about the signal
+            # verifies and says what the OS told it.
+            d = backing[0].data
+            out.append(
+                RunFinding(
+                    technique="T6",
+                    check="guard.signal",
+                    title=f"{signal} sent to {target} by another process",
+                    message=(
+                        f"{target} (pid {_opt(k.pid)}) ended by {signal}; the guard's finding "
+                        f"about it verifies: {as_text(d.get('message'), 300)}"
+                    ),
+                    evidence=as_text(d.get("evidence"), 300),
+                    severity="high",
+                    established=True,
+                    rank=rank,
+                    ranks=() if rank is None else (rank,),
+                    time=backing[0].time,
+                    reported_by=f"recorded via {witnesses}, guard",
+                    anchor=anchor_of(backing[0].writer, backing[0].seq),
+                    reproduce=f"{show} --event guard.finding --event rank.exit",
                 )
             )
             continue

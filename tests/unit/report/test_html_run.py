@@ -797,6 +797,25 @@ def _signal_run(tmp_path: Path, *events: tuple[str, dict[str, object]]) -> tuple
             ],
             ("established", "unknown user (uid 4242), pid 77: kill 9"),
         ),
+        # The guard's finding and the exit, the signal's own record gone: still one card.
+        (
+            [
+                (
+                    "guard.finding",
+                    {
+                        "rule_id": "guard.signal",
+                        "technique": "T6",
+                        "message": "SIGTERM received from pid 77 (uid 4242, kill 9)",
+                        "evidence": "SIGTERM from pid 77",
+                        "rank": 1,
+                        "established": True,
+                        "pid": 9,
+                    },
+                ),
+                ("rank.exit", {"rank": 1, "pid": 9, "status": None, "signal": "SIGTERM"}),
+            ],
+            ("established", None),
+        ),
         # torchrun's agent (a process of the job without a rank) stopping rank 0 after rank 1
         # failed: the shim records the signal it forwards. The job's machinery, no attack.
         (
@@ -861,6 +880,7 @@ def _signal_run(tmp_path: Path, *events: tuple[str, dict[str, object]]) -> tuple
         "crash",
         "supervisor-killed",
         "guard-signal-and-its-finding",
+        "guard-finding-and-exit-only",
         "launcher-teardown-via-shim",
         "guard-trusted-sender",
         "shim-from-another-process",
