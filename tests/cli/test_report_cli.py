@@ -101,6 +101,24 @@ def test_missing_run_directory_exits_2(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("what", ["empty", "file", "parent"])
+def test_a_path_that_is_no_run_directory_exits_2(runs, tmp_path, capsys, what):
+    bad, _ = runs
+    target = {"empty": tmp_path / "empty", "file": tmp_path / "f", "parent": bad.run_dir.parent}[
+        what
+    ]
+    if what == "empty":
+        target.mkdir()
+    elif what == "file":
+        target.write_text("x")
+    out = tmp_path / "r.html"
+    assert main(["report", str(target), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not a run directory" in err or "not a directory" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
 def test_output_over_the_evidence_exits_2_and_changes_nothing(runs, capsys):
     bad, _ = runs
     target = bad.run_dir / "run.json"
@@ -110,10 +128,27 @@ def test_output_over_the_evidence_exits_2_and_changes_nothing(runs, capsys):
     assert target.read_bytes() == before
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli/report.py refuses any output inside the run directory before the library's "
+    "own check; docs/report.md and write_run_report allow RUN_DIR/report.html",
+)
+def test_the_report_may_be_written_into_the_run_directory(runs, capsys):
+    _, clean = runs
+    out = clean.run_dir / "report.html"
+    try:
+        assert main(["report", str(clean.run_dir), "-o", str(out), *_keys(clean)]) in (0, 1)
+        assert out.exists()
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def test_unwritable_output_exits_2(runs, tmp_path, capsys):
     bad, _ = runs
     assert main(["report", str(bad.run_dir), "-o", str(tmp_path / "no" / "dir" / "r.html")]) == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no directory" in err
+    assert "Traceback" not in err
 
 
 def test_a_device_output_is_refused_before_the_run_is_read(runs, capsys, monkeypatch):

@@ -370,8 +370,8 @@ def _nav(r: RunReport) -> str:
         (
             "kills",
             "Kills",
-            sum(1 for k in r.kills if k.source != "supervisor"),
-            any(k.source != "supervisor" for k in r.kills),
+            sum(1 for k in r.kills if not k.machinery),
+            any(not k.machinery for k in r.kills),
         ),
         (
             "checkpoints",
@@ -976,7 +976,7 @@ def _kills_section(r: RunReport) -> str:
     # The supervisor stopping many ranks at once is one row, not one per rank.
     teardown: dict[tuple[str, int | None, str | None], list[KillRow]] = {}
     for k in r.kills:
-        if k.source == "supervisor" and k.rank is not None:
+        if k.machinery and k.rank is not None:
             teardown.setdefault((k.signal, k.sender_pid, k.note), []).append(k)
     grouped = {id(group[0]): group for group in teardown.values() if len(group) > 1}
     skip = {id(k) for group in grouped.values() for k in group[1:]}
@@ -984,7 +984,7 @@ def _kills_section(r: RunReport) -> str:
         if id(k) in skip:
             continue
         group = grouped.get(id(k), [k])
-        outside = k.source != "supervisor"
+        outside = not k.machinery
         named = k.sender_pid is not None or k.signal in ("SIGKILL", "SIGTERM")
         integ = ""
         if k.integrity not in ("verified", "unchecked"):
@@ -1014,8 +1014,9 @@ def _kills_section(r: RunReport) -> str:
         rows.append(_tr(cells, "st-bad" if outside and named else ""))
     sub = (
         "Every signal a rank or the supervisor received and every death by signal, with the "
-        "sender where the OS told it (<code>sigwaitinfo</code>). <code>supervisor</code> rows "
-        "are the supervisor stopping its own ranks."
+        "sender where the OS told it (<code>sigwaitinfo</code>). Unmarked rows "
+        "are the job's own machinery stopping its ranks (the supervisor, torchrun's agent "
+        "after a rank failed): recorded, never findings."
     )
     return _section(
         "kills",

@@ -127,6 +127,9 @@ def read_run(
     _check_dir(root, "run directory")
     if against is not None:
         _check_dir(Path(against), "clean run directory")
+    _check_run_parts(root, "run directory")
+    if against is not None:
+        _check_run_parts(Path(against), "clean run directory")
     trusted, key_paths = load_keys(keys)
     sealers, seal_paths = load_keys(seal_keys)
     notes: list[str] = []
@@ -170,6 +173,14 @@ def read_run(
         unverified.append(f"the ledger could not be read ({ledger_error})")
     elif not status.signers_checked:
         unverified.append("the ledger's signers were not checked (no trusted --key given)")
+    torn = [n for n in status.notes if n.kind == "in_progress"]
+    if torn:
+        # Said at the top, not only in the ledger section: a record was cut off (a crash, a
+        # failed write, or an edit) and what it held was not read.
+        unverified.append(
+            f"{len(torn)} ledger file(s) end in an incomplete entry, which was not read: "
+            + "; ".join(f"{n.file}: {n.message}" for n in torn[:3])
+        )
     timeline, omitted = build_timeline(view)
     kills = build_kills(view)
     step("checkpoints")
@@ -216,6 +227,9 @@ def read_run(
         notes.append(f"provenance statement: {provenance.error}")
     if provenance.verified is None:
         unverified.append(f"provenance {provenance.verification}")
+    unreadable = [o for o in provenance.outputs if o[1] == "unreadable"]
+    if unreadable:
+        unverified.append(f"{len(unreadable)} output(s) of the provenance statement not checked")
     stacks = _read_stacks(root / "stacks", notes)
     supervisor_pid = None
     if info is not None:
@@ -311,6 +325,24 @@ def _check_dir(path: Path, what: str) -> None:
         next(path.iterdir(), None)
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+#: What ``trainwarden run`` writes into every run directory (docs/events.md).
+RUN_PARTS = ("run.json", "ledger", "telemetry", _PROVENANCE)
+
+
+def _check_run_parts(path: Path, what: str) -> None:
+    """Refuse a directory with none of a run's parts: nothing in it to report on.
+
+    A run directory with some parts missing is reported (what is missing is said); one with
+    none of them is a wrong path (an empty directory, a parent of the run directory), where
+    a page saying "not verified" would only hide the mistake.
+    """
+    if not any(os.path.lexists(path / part) for part in RUN_PARTS):
+        raise InputError(
+            f"{what} {path} is not a run directory: it has none of "
+            f"{', '.join(RUN_PARTS)} (what trainwarden run --run-dir writes)"
+        )
 
 
 def _read_run_info(root: Path, notes: list[str]) -> RunInfo | None:

@@ -104,13 +104,18 @@ def build_findings(
         f" --run {shlex.quote(run_id)}" if run_id else ""
     )
     findings: list[RunFinding] = []
-    findings.extend(_guard_findings(view, show))
+    # A signal the guard recorded is one card: its guard.signal record (with the sender)
+    # is the signal's card, the guard's finding about it only backs that card.
+    signal_findings = _guard_signal_findings(view, kills)
+    skip = {(e.writer, e.seq) for entries in signal_findings.values() for e in entries}
+    findings.extend(_guard_findings(view, show, skip))
     findings.extend(_preflight_findings(view, show))
-    findings.extend(_kill_findings(kills, supervisor_pid, show))
+    findings.extend(_kill_findings(kills, supervisor_pid, show, view, signal_findings))
     findings.extend(_checkpoint_findings(checkpoints, ledger_path, key_args))
     findings.extend(_ledger_findings(view, ledger, ledger_path, key_args))
     findings.extend(_telemetry_integrity_findings(telemetry_checks, show))
     findings.extend(_provenance_findings(provenance, key_args))
+    findings.extend(_provenance_output_findings(provenance, checkpoints, key_args))
     findings.extend(_telemetry_suspicions(telemetry, findings))
     findings = [
         dataclasses.replace(f, ranks=(f.rank,)) if f.rank is not None and not f.ranks else f
@@ -145,13 +150,43 @@ GUARD_TITLES: Mapping[str, str] = {
 }
 
 
-def _guard_findings(view: LedgerView, show: str) -> list[RunFinding]:
+def _guard_signal_findings(
+    view: LedgerView, kills: Sequence[KillRow]
+) -> dict[tuple[int | None, int | None], list[Entry]]:
+    """The guard's ``guard.signal`` findings about signals that have a record of their own.
+
+    In a rank with the guard, one signal leaves a ``guard.signal`` record (signal, sender)
+    and a ``guard.finding`` with ``rule_id: guard.signal``: keyed by ``(rank, pid)`` of the
+    receiving process, so the signal's card can cite the finding instead of repeating it.
+    """
+    recorded = {(k.rank, k.pid) for k in kills}
+    out: dict[tuple[int | None, int | None], list[Entry]] = defaultdict(list)
+    for entry in view.entries:
+        if entry.event != "guard.finding" or entry.data.get("rule_id") != "guard.signal":
+            continue
+        key = (as_int(entry.data.get("rank")), as_int(entry.data.get("pid")))
+        if key in recorded:
+            out[key].append(entry)
+    return dict(out)
+
+
+def _about(entry: Entry, signal: str) -> bool:
+    """Whether the guard's ``guard.signal`` finding is about ``signal`` ("SIGTERM from pid 7")."""
+    return any(
+        (as_text(entry.data.get(field), 80) or "").startswith(f"{signal} ")
+        for field in ("evidence", "message")
+    )
+
+
+def _guard_findings(
+    view: LedgerView, show: str, skip: frozenset[tuple[str, int]] | set[tuple[str, int]]
+) -> list[RunFinding]:
     # The guard may report the same check at many steps and on many ranks (a learning rate
     # changed for everyone): one card per (rule, technique), naming every rank and the first
     # occurrence, so 64 ranks do not make 64 cards.
     groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     for entry in view.entries:
-        if entry.event != "guard.finding":
+        if entry.event != "guard.finding" or (entry.writer, entry.seq) in skip:
             continue
         d = entry.data
         rule = as_text(d.get("rule_id"), 80) or as_text(d.get("check"), 80) or "guard"
@@ -263,15 +298,19 @@ def _sender_of(k: KillRow) -> str | None:
 
 
 def _kill_findings(
-    kills: Sequence[KillRow], supervisor_pid: int | None, show: str
+    kills: Sequence[KillRow],
+    supervisor_pid: int | None,
+    show: str,
+    view: LedgerView,
+    guard_signals: Mapping[tuple[int | None, int | None], Sequence[Entry]],
 ) -> list[RunFinding]:
     out = []
     # Several witnesses may record one signal (the supervisor's sigwaitinfo, the guard in the
     # rank): one card per (rank, signal), the sender taken from a record that still verifies.
     groups: dict[tuple[int | None, str], list[KillRow]] = defaultdict(list)
     for k in kills:
-        if k.source == "supervisor":
-            continue  # the supervisor stopping its own ranks (halt, teardown) is not an attack
+        if k.machinery:
+            continue  # the job's machinery stopping its own ranks (halt, teardown): no attack
         if (
             k.sender_pid is not None
             and supervisor_pid is not None
@@ -286,6 +325,12 @@ def _kill_findings(
         k = named_rows[0] if named_rows else (good or rows)[0]
         target = f"rank {rank}" if rank is not None else "the supervisor"
         sender = _sender_of(k)
+        backing = [
+            e
+            for r in rows
+            for e in guard_signals.get((r.rank, r.pid), ())
+            if view.integrity_of(e) in ("verified", "unchecked") and _about(e, signal)
+        ]
         witnesses = ", ".join(sorted({r.source for r in rows}))
         if sender is not None:
             message = (
@@ -303,6 +348,9 @@ def _kill_findings(
                     )
             if not trusted_sender:
                 message += f" [the only record naming the sender is {k.integrity}]"
+            if backing:
+                guard_says = as_text(backing[0].data.get("message"), 300)
+                message += f". The guard's finding about this signal verifies: {guard_says}"
             out.append(
                 RunFinding(
                     technique="T6",
@@ -311,14 +359,39 @@ def _kill_findings(
                     message=message,
                     evidence=sender,
                     severity="high",
-                    established=trusted_sender,
+                    established=trusted_sender or bool(backing),
                     rank=rank,
                     ranks=() if rank is None else (rank,),
                     time=k.time,
                     reported_by=f"recorded via {witnesses}",
-                    named=sender,
+                    named=sender if trusted_sender else None,
                     anchor=k.anchor,
                     reproduce=f"{show} --event rank.signal --event guard.signal",
+                )
+            )
+            continue
+        if backing:
+            # The record with the sender is gone; the guard's finding about the signal
+            # verifies and says what the OS told it.
+            d = backing[0].data
+            out.append(
+                RunFinding(
+                    technique="T6",
+                    check="guard.signal",
+                    title=f"{signal} sent to {target} by another process",
+                    message=(
+                        f"{target} (pid {_opt(k.pid)}) ended by {signal}; the guard's finding "
+                        f"about it verifies: {as_text(d.get('message'), 300)}"
+                    ),
+                    evidence=as_text(d.get("evidence"), 300),
+                    severity="high",
+                    established=True,
+                    rank=rank,
+                    ranks=() if rank is None else (rank,),
+                    time=backing[0].time,
+                    reported_by=f"recorded via {witnesses}, guard",
+                    anchor=anchor_of(backing[0].writer, backing[0].seq),
+                    reproduce=f"{show} --event guard.finding --event rank.exit",
                 )
             )
             continue
@@ -468,6 +541,11 @@ def _ledger_findings(
             if writer is not None and writer.key:
                 named = f"key {writer.key} ({writer.identity or '?'}), not a trusted key"
         tail = "; what it says now cannot be trusted" if issue.kind in ("altered", "forged") else ""
+        # No seal by a trusted seal key: its seals were deleted, or it was never sealed. The
+        # ledger cannot tell which, so evidence tampering is suspected, not established.
+        unsealed = issue.kind == "seal_missing"
+        if unsealed:
+            tail = "; seals deleted and a ledger never sealed look the same"
         out.append(
             RunFinding(
                 technique="T8",
@@ -475,10 +553,13 @@ def _ledger_findings(
                 title=_LEDGER_TITLES.get(issue.kind, f"Ledger {issue.kind.replace('_', ' ')}"),
                 message=f"{where}: {issue.message}{tail}",
                 evidence=f"{issue.file}:{issue.line}" if issue.file and issue.line else issue.file,
-                severity="critical",
-                established=True,
+                severity="high" if unsealed else "critical",
+                established=not unsealed,
                 time=entry.time if entry is not None else None,
-                rank=as_int(entry.data.get("rank")) if entry is not None else None,
+                # The rank an edited or forged entry names is whatever its author wrote.
+                rank=as_int(entry.data.get("rank"))
+                if entry is not None and issue.kind not in ("altered", "forged")
+                else None,
                 reported_by="ledger verification (now)",
                 named=named,
                 anchor=anchor_of(entry.writer, entry.seq) if entry is not None else None,
@@ -696,11 +777,50 @@ def _provenance_findings(provenance: Provenance, key_args: str) -> list[RunFindi
     return out
 
 
+def _provenance_output_findings(
+    provenance: Provenance, checkpoints: Sequence[CheckpointRow], key_args: str
+) -> list[RunFinding]:
+    """Outputs changed or deleted after a statement that still verifies named them: T7.
+
+    The statement is intact (its signature verifies), so nothing about the evidence was
+    tampered with; what changed is the checkpoint. A checkpoint the ledger's records
+    already show as changed or missing has its card: only outputs no card covers get one.
+    """
+    covered = {c.path for c in checkpoints if c.status in ("changed", "missing")}
+    verify = f"trainwarden provenance verify {shlex.quote(provenance.path)} {key_args}".rstrip()
+    out = []
+    for path, status, detail in provenance.outputs:
+        if status == "unreadable" or path in covered:
+            continue
+        deleted = status == "missing"
+        out.append(
+            RunFinding(
+                technique="T7",
+                check=f"provenance.output-{status}",
+                title="Checkpoint deleted" if deleted else "Checkpoint modified after the run",
+                message=(
+                    f"{path} is named by the run's signed provenance statement (which verifies) "
+                    + ("and is gone" if deleted else f"and changed since: {detail}")
+                ),
+                evidence=None if deleted else detail,
+                severity="critical",
+                established=True,
+                reported_by="provenance outputs rehashed (now)",
+                reproduce=verify,
+            )
+        )
+    return out
+
+
 def _telemetry_suspicions(telemetry: Telemetry, found: Sequence[RunFinding]) -> list[RunFinding]:
     """Anomalies in the telemetry that no other finding explains (suspected only)."""
     if len(telemetry.ranks) < 2 or telemetry.bins == 0:
         return []
     covered = {(f.technique, f.rank) for f in found}
+    # Telemetry edited after the guard closed it is the evidence's tampering (T8): what it
+    # now says about its rank (slow, off the reference) is not evidence of T3 or T4.
+    edited = {f.rank for f in found if f.check == "telemetry.changed"}
+    covered |= {(t, rank) for rank in edited for t in ("T3", "T4")}
     out = []
     work = [(r.rank, r.metric("work")) for r in telemetry.ranks]
     slow_bins: dict[int, list[int]] = defaultdict(list)

@@ -586,6 +586,7 @@ def build_kills(view: LedgerView) -> tuple[KillRow, ...]:
     """Signals received and deaths by signal, in time order."""
     rows: list[KillRow] = []
     signalled: set[tuple[int | None, str]] = set()
+    launchers = _launcher_pids(view)
     for entry in view.entries:
         d = entry.data
         if entry.event in ("rank.signal", "guard.signal", "supervisor.signal"):
@@ -596,6 +597,7 @@ def build_kills(view: LedgerView) -> tuple[KillRow, ...]:
                 "guard" if entry.event == "guard.signal" else "?"
             )
             signalled.add((rank, signal))
+            sender_pid = as_int(sender.get("pid")) if sender else None
             rows.append(
                 KillRow(
                     time=entry.time,
@@ -603,13 +605,14 @@ def build_kills(view: LedgerView) -> tuple[KillRow, ...]:
                     pid=as_int(d.get("pid")),
                     signal=signal,
                     source=source,
-                    sender_pid=as_int(sender.get("pid")) if sender else None,
+                    sender_pid=sender_pid,
                     sender_uid=as_int(sender.get("uid")) if sender else None,
                     sender_user=as_text(sender.get("user"), 64) if sender else None,
                     sender_cmdline=_cmdline(sender.get("cmdline")) if sender else None,
                     note=as_text(d.get("note")),
                     anchor=anchor_of(entry.writer, entry.seq),
                     integrity=view.integrity_of(entry),
+                    machinery=_from_machinery(view, entry, source, sender_pid, launchers),
                 )
             )
     for entry in view.entries:
@@ -636,6 +639,40 @@ def build_kills(view: LedgerView) -> tuple[KillRow, ...]:
     return tuple(rows)
 
 
+def _launcher_pids(view: LedgerView) -> frozenset[int]:
+    """Pids of the job's processes without a rank (``process.start``): its launcher.
+
+    Under torchrun, the agent stops the other ranks when one fails, by signalling each
+    rank's shim (its child), which records the signal with ``source: shim``.
+    """
+    return frozenset(
+        pid
+        for e in view.entries
+        if e.event == "process.start"
+        and as_int(e.data.get("rank")) is None
+        and (pid := as_int(e.data.get("pid"))) is not None
+        and view.integrity_of(e) in ("verified", "unchecked")
+    )
+
+
+def _from_machinery(
+    view: LedgerView, entry: Entry, source: str, sender_pid: int | None, launchers: frozenset[int]
+) -> bool:
+    """Whether the job's own machinery sent this signal, as an entry that verifies says.
+
+    The supervisor stopping its ranks (``source: supervisor``), the guard judging the sender
+    to be the rank's ancestor (``trusted: true``: the supervisor, the launcher, the shim), or
+    the launcher signalling a rank's shim. An entry that no longer verifies vouches for none.
+    """
+    if view.integrity_of(entry) not in ("verified", "unchecked"):
+        return False
+    if source == "supervisor":
+        return True
+    if entry.event == "guard.signal" and entry.data.get("trusted") is True:
+        return True
+    return source == "shim" and sender_pid is not None and sender_pid in launchers
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 
@@ -649,17 +686,32 @@ def build_checkpoints(
     """
     from trainwarden.ledger import checkpoint_records
 
-    records = checkpoint_records(view.entries, run=run_id) if run_id else ()
+    all_records = checkpoint_records(view.entries, run=run_id) if run_id else ()
+    # A record that no longer verifies (edited, forged) is the ledger's tampering, shown as
+    # such: it cannot say what a checkpoint should hold, nor that its deletion was recorded
+    # (a forged "checkpoint.deleted" must not turn a deletion into a recorded one).
+    integrity = {(e.writer, e.seq): view.integrity_of(e) for e in view.entries}
+    records = [
+        r for r in all_records if integrity.get((r.writer, r.seq)) in ("verified", "unchecked")
+    ]
     latest: dict[str, Any] = {}
     for record in records:
         latest[record.path] = record
+    for record in all_records:
+        if record.path not in latest:
+            latest[record.path] = record
     # Lineage: every signed checkpoint names the previous one's digest as its parent.
     signed = sorted(
-        (r for r in records if r.event != "checkpoint.deleted" and r.step is not None),
+        (r for r in all_records if r.event != "checkpoint.deleted" and r.step is not None),
         key=lambda r: (r.step, r.time),
     )
     lineage: dict[tuple[str, int], str] = {}
     for before, after in itertools.pairwise(signed):
+        if any(
+            integrity.get((r.writer, r.seq)) not in ("verified", "unchecked")
+            for r in (before, after)
+        ):
+            continue  # an edited record breaks no lineage: the ledger's tampering shows it
         if after.parent is not None and before.digest is not None and after.parent != before.digest:
             lineage[(after.writer, after.seq)] = (
                 f"names parent {short_digest(after.parent)}, but the checkpoint signed before it "
@@ -670,6 +722,7 @@ def build_checkpoints(
         signer = (
             f"{record.actor.identity} — {record.actor.user}({record.actor.uid})@{record.actor.host}"
         )
+        untrusted = integrity.get((record.writer, record.seq)) not in ("verified", "unchecked")
         base = {
             "path": path,
             "event": record.event,
@@ -682,6 +735,16 @@ def build_checkpoints(
             "lineage": lineage.get((record.writer, record.seq)),
             "anchor": anchor_of(record.writer, record.seq),
         }
+        if untrusted:
+            kind = integrity.get((record.writer, record.seq))
+            rows.append(
+                CheckpointRow(
+                    status="unchecked",
+                    reason=f"its only ledger record is {kind}: what it says cannot be trusted",
+                    **base,
+                )
+            )
+            continue
         if record.event == "checkpoint.deleted":
             rows.append(CheckpointRow(status="deleted", **base))
             continue

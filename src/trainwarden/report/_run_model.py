@@ -130,7 +130,12 @@ class TimelineEvent:
 
 @dataclass(frozen=True, slots=True)
 class KillRow:
-    """A signal or a death by signal: ``rank.signal``, ``guard.signal``, ``rank.exit``..."""
+    """A signal or a death by signal: ``rank.signal``, ``guard.signal``, ``rank.exit``...
+
+    ``machinery`` is true for a signal the job's own machinery sent to its ranks (the
+    supervisor, torchrun's agent stopping the other ranks after one failed, a sender the
+    guard judged to be the rank's ancestor): shown in the table, never a finding.
+    """
 
     time: str
     rank: int | None
@@ -144,6 +149,7 @@ class KillRow:
     note: str | None = None
     anchor: str = ""
     integrity: str = "verified"
+    machinery: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +294,10 @@ class Provenance:
     """The provenance statement (DSSE envelope, in-toto Statement v1, SLSA Provenance v1).
 
     Parsed defensively for display; ``verification`` says whether its signature was
-    verified, and if not, why not.
+    verified, and if not, why not. ``outputs`` lists the outputs (subjects) that no longer
+    match a statement whose signature verified, as ``(path, status, detail)`` with status
+    ``modified``, ``missing`` or ``unreadable``: the checkpoints changed (T7), not the
+    statement (T8).
     """
 
     path: str
@@ -312,6 +321,7 @@ class Provenance:
     verification: str = "not verified"
     ledger_digest: str | None = None
     digest: str | None = None
+    outputs: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,8 +89,10 @@ def read_provenance(
     if statement is None:
         return Provenance(**fields, error=error, verification="not verified: malformed")
     fields.update(_statement_fields(statement))
-    verified, verification = _verify(path, list(keys), list(key_paths), outputs=check_outputs)
-    return Provenance(**fields, verified=verified, verification=verification)
+    verified, verification, outputs = _verify(
+        path, list(keys), list(key_paths), outputs=check_outputs
+    )
+    return Provenance(**fields, verified=verified, verification=verification, outputs=outputs)
 
 
 def _decode_payload(payload: object) -> tuple[dict[str, Any] | None, str | None]:
@@ -193,17 +195,54 @@ def flatten(value: object, prefix: str = "", *, limit: int = _MAX_ROWS) -> list[
 
 def _verify(
     path: Path, keys: list[Any], key_paths: list[str | os.PathLike[str]], *, outputs: bool
-) -> tuple[bool | None, str]:
+) -> tuple[bool | None, str, tuple[tuple[str, str, str], ...]]:
+    """``(verified, why, outputs that differ)`` of the statement at ``path``.
+
+    A statement whose signature and shape verify is authentic even when the outputs it
+    names changed since: those are the checkpoints' story (T7), returned apart, and the
+    statement itself stays verified (T8 is only for a statement that does not verify).
+    """
     from trainwarden.provenance import verify_provenance
 
     if not keys:
-        return None, "not verified: no trusted key given (--pubkey)"
+        return None, "not verified: no trusted key given (--pubkey)", ()
+    names = ", ".join(str(p) for p in key_paths) or f"{len(keys)} key(s)"
     try:
         verify_provenance(path, keys, check_outputs=outputs)
     except VerificationError as exc:
-        return False, f"does not verify: {exc}"
+        changed = _changed_outputs(exc)
+        if changed is None:
+            return False, f"does not verify: {exc}", ()
+        return (
+            True,
+            f"signature verified against {names}; {len(changed)} output(s) no longer match "
+            "the statement (see the checkpoint findings)",
+            changed,
+        )
     except Error as exc:
-        return None, f"not verified: {exc}"
-    names = ", ".join(str(p) for p in key_paths) or f"{len(keys)} key(s)"
+        return None, f"not verified: {exc}", ()
     what = "signature and outputs" if outputs else "signature"
-    return True, f"{what} verified against {names}"
+    return True, f"{what} verified against {names}", ()
+
+
+def _changed_outputs(exc: VerificationError) -> tuple[tuple[str, str, str], ...] | None:
+    """The outputs that differ, when they are all that failed (``None`` otherwise).
+
+    ``ProvenanceMismatch`` carries the verification's ``result``: which checks failed, and
+    whether the signature verified (``signer``) before the outputs were compared.
+    """
+    from trainwarden.findings import Verdict
+
+    result: Any = getattr(exc, "result", None)
+    if result is None:
+        return None
+    failed = [f for f in result.report.findings if f.verdict is not Verdict.SAFE]
+    if result.signer is None or result.statement is None or not failed:
+        return None
+    if not all(f.rule_id.startswith("provenance.output-") for f in failed):
+        return None
+    return tuple(
+        (c.path, c.status, c.reason or f"the statement records {c.expected}, now {c.actual}")
+        for c in result.subjects
+        if c.status in ("modified", "missing", "unreadable")
+    )

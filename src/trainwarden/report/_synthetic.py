@@ -204,6 +204,7 @@ class _Writer:
         self.t0 = time.time()
         self.commit = hashlib.sha256(f"commit-{self.seed}".encode()).hexdigest()[:40]
         self.pids = {r: 40000 + 17 * r for r in range(self.ranks)}
+        self.agent_pid = 39990
         self.sup = Ledger(self.ledger_dir, key=self.supervisor_key, fsync="never")
         self.writers = [
             Ledger(self.ledger_dir, key=self.job_key, fsync="never") for _ in range(self.ranks)
@@ -273,6 +274,18 @@ class _Writer:
             seed_commitment=_digest(f"seed-{self.seed}"),
         )
         self._preflight()
+        # torchrun's agent: a process of the job without a rank (it starts the ranks).
+        sup.append(
+            "process.start",
+            run=run,
+            rank=None,
+            local_rank=None,
+            node=None,
+            pid=self.agent_pid,
+            host=_node(0),
+            role="process",
+            restart=0,
+        )
         for r in range(self.ranks):
             sup.append(
                 "rank.start",
@@ -720,56 +733,10 @@ class _Writer:
             if self.hostile:
                 cmd = ["sh", "-c", f"kill -TERM {self.pids[self.victim]} # {HOSTILE[0]}"]
             sender = {"pid": 31337, "uid": 1002, "user": "mallory", "cmdline": cmd}
-            sup.append(
-                "rank.signal",
-                run=run,
-                rank=self.victim,
-                pid=self.pids[self.victim],
-                signal="SIGTERM",
-                signo=15,
-                sender=sender,
-                source="sigwaitinfo",
-                note=None,
-            )
-            self.writers[self.victim].append(
-                "guard.signal",
-                run=run,
-                rank=self.victim,
-                pid=self.pids[self.victim],
-                signal="SIGTERM",
-                signo=15,
-                sender=sender,
-            )
-            sup.append(
-                "rank.exit",
-                run=run,
-                rank=self.victim,
-                pid=self.pids[self.victim],
-                status=None,
-                signal="SIGTERM",
-                seconds=round(time.time() - self.t0, 3),
-            )
-            sup.append(
-                "rank.signal",
-                run=run,
-                rank=self.killed,
-                pid=self.pids[self.killed],
-                signal="SIGKILL",
-                signo=9,
-                sender=None,
-                source="exit-status",
-                note="SIGKILL cannot be caught; sender unknown",
-            )
-            sup.append(
-                "rank.exit",
-                run=run,
-                rank=self.killed,
-                pid=self.pids[self.killed],
-                status=None,
-                signal="SIGKILL",
-                seconds=round(time.time() - self.t0, 3),
-            )
+            self._signals(run, last, sender)
             live -= {self.victim, self.killed}
+            # torchrun's agent stops the other ranks once one failed: it signals each rank's
+            # shim, which records the signal (source "shim") and forwards it.
             for r in sorted(live):
                 sup.append(
                     "rank.signal",
@@ -779,13 +746,13 @@ class _Writer:
                     signal="SIGTERM",
                     signo=15,
                     sender={
-                        "pid": 39999,
+                        "pid": self.agent_pid,
                         "uid": 1000,
                         "user": "alice",
-                        "cmdline": ["trainwarden", "run"],
+                        "cmdline": ["python", "-m", "torch.distributed.run", *self.command[1:]],
                     },
-                    source="supervisor",
-                    note="stopping the remaining ranks after rank failures",
+                    source="shim",
+                    note="sent to the rank's shim (its parent under torchrun) and forwarded",
                 )
         for r, w in enumerate(self.writers):
             if r == self.killed and self.sabotaged:
@@ -835,6 +802,69 @@ class _Writer:
             findings=findings,
         )
         self._write_run_json(ended=_now(), status=1 if self.sabotaged else 0)
+
+    def _signals(self, run: str, last: int, sender: dict[str, Any]) -> None:
+        """The records of a real run under torchrun (docs/events.md) of the two kills.
+
+        SIGTERM to a rank with the guard: the guard's recorder writes ``guard.signal`` (with
+        the sender) and the guard a ``guard.finding`` (``guard.signal``), both relayed and
+        signed by the supervisor, then the shim's ``rank.exit``. SIGKILL: the shim's
+        ``rank.signal`` from the exit status (no sender) and ``rank.exit``.
+        """
+        sup, victim, killed = self.sup, self.victim, self.killed
+        sup.append(
+            "guard.signal",
+            run=run,
+            rank=victim,
+            pid=self.pids[victim],
+            signal="SIGTERM",
+            signo=15,
+            sender=sender,
+            code="SI_USER",
+            action="default",
+        )
+        sup.append(
+            "guard.finding",
+            run=run,
+            rule_id="guard.signal",
+            technique="T6",
+            check="signals",
+            severity="medium",
+            message=(
+                f"SIGTERM received from pid {sender['pid']} (uid {sender['uid']}, "
+                f"{' '.join(sender['cmdline'])})"
+            ),
+            evidence=f"SIGTERM from pid {sender['pid']}",
+            rank=victim,
+            step=last,
+            established=True,
+            pid=self.pids[victim],
+            host=_node(victim),
+            observer=victim,
+        )
+        for rank, name, signo in ((victim, "SIGTERM", 15), (killed, "SIGKILL", 9)):
+            if name == "SIGKILL":
+                sup.append(
+                    "rank.signal",
+                    run=run,
+                    rank=rank,
+                    pid=self.pids[rank],
+                    signal=name,
+                    signo=signo,
+                    sender=None,
+                    source="exit-status",
+                    note="SIGKILL cannot be caught; sender unknown",
+                )
+            sup.append(
+                "rank.exit",
+                run=run,
+                rank=rank,
+                pid=self.pids[rank],
+                status=None,
+                signal=name,
+                seconds=round(time.time() - self.t0, 3),
+                observed_by="shim",
+            )
 
     def _provenance(self, checkpoints: list[Path]) -> None:
         # Through the real provenance API, so the report verifies what `trainwarden run`
@@ -934,10 +964,10 @@ class _Writer:
         # intern: the signature no longer matches, so the entry shows as altered.
         for path in sorted((self.ledger_dir / "writers").glob("*.jsonl")):
             text = path.read_text(encoding="utf-8")
-            if '"event":"rank.signal"' in text and '"user":"mallory"' in text:
+            if '"event":"guard.signal"' in text and '"user":"mallory"' in text:
                 lines = text.split("\n")
                 for i, line in enumerate(lines):
-                    if '"event":"rank.signal"' in line and '"user":"mallory"' in line:
+                    if '"event":"guard.signal"' in line and '"user":"mallory"' in line:
                         lines[i] = line.replace('"user":"mallory"', '"user":"intern"').replace(
                             '"uid":1002', '"uid":1003'
                         )

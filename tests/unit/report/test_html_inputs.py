@@ -197,3 +197,37 @@ def test_a_run_with_only_a_ledger_still_reports(tmp_path: Path) -> None:
     report = read_run(tmp_path, keys=[key.public])
     assert report.run_id == "a"  # the run whose run.start names this directory
     assert any("run.json is missing" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("content", [[], ["notes.txt"], ["runs/"]])
+def test_a_directory_with_no_part_of_a_run_is_an_error(tmp_path: Path, content: list[str]) -> None:
+    # An empty directory, or the parent of the run directory: nothing to report on, and a
+    # "not verified" page would only hide the wrong path.
+    for name in content:
+        if name.endswith("/"):
+            (tmp_path / name).mkdir()
+        else:
+            (tmp_path / name).write_text("x")
+    with pytest.raises(InputError, match="is not a run directory"):
+        read_run(tmp_path)
+
+
+def test_any_one_part_of_a_run_is_enough_to_report(run: SyntheticRun) -> None:
+    for part in ("run.json", "ledger", "provenance.intoto.json"):
+        target = run.run_dir / part
+        if target.is_dir():
+            target.rename(run.run_dir / "ledger-moved")
+        else:
+            target.unlink()
+    assert read_run(run.run_dir).verdict != "clean"  # telemetry/ alone: reported
+
+
+def test_a_torn_ledger_entry_is_said_at_the_top(run: SyntheticRun) -> None:
+    # The last entry of a writer file cut in the middle (a crash, a failed write, an edit):
+    # the ledger library ignores it; the report must say a record was not read.
+    writer = sorted((run.run_dir / "ledger" / "writers").glob("*.jsonl"))[0]
+    data = writer.read_bytes()
+    writer.write_bytes(data[: len(data) - 40])
+    report = read_run(run.run_dir, keys=run.keys)
+    assert any("incomplete entry" in u for u in report.unverified)
+    assert report.verdict != "clean"

@@ -88,24 +88,44 @@ def test_a_check_seen_by_every_rank_is_one_card(sabotaged: SyntheticRun) -> None
     assert "reported 8 times by 8 ranks" in lr.message  # type: ignore[attr-defined]
 
 
-def test_the_sender_comes_from_a_record_that_still_verifies(sabotaged: SyntheticRun) -> None:
-    # The supervisor's record of the SIGTERM was edited to blame the intern; the guard's own
-    # record in rank 2 still names mallory and verifies.
+def test_an_edited_sender_is_not_named_but_the_guard_finding_still_counts(
+    sabotaged: SyntheticRun,
+) -> None:
+    # As in a real run, the SIGTERM left one record with its sender (guard.signal) and the
+    # guard's finding about it. The record was edited to blame the intern: the sender it
+    # names now cannot be trusted, but the guard's finding about the same signal verifies.
     report = _read(sabotaged)
-    (kill,) = [f for f in report.findings if f.check.startswith("signal.sender")]
+    (kill,) = [f for f in report.findings if f.technique == "T6" and f.rank == 2]
+    assert kill.check.startswith("signal.sender")
     assert kill.established
-    assert kill.named is not None
-    assert kill.named.startswith("mallory (uid 1002)")
-    assert "intern" in kill.message
-    assert "altered" in kill.message
+    assert kill.named is None
+    assert "the only record naming the sender is altered" in kill.message
+    assert "SIGTERM received from pid 31337 (uid 1002" in kill.message
     rows = [k for k in report.kills if k.rank == 2 and k.signal == "SIGTERM"]
-    assert {k.integrity for k in rows} == {"altered", "verified"}
+    assert [k.integrity for k in rows] == ["altered"]
     (sigkill,) = [f for f in report.findings if f.title == "Rank 6 died of SIGKILL"]
     assert not sigkill.established
     assert sigkill.named is None
-    # The supervisor stopping the other ranks is in the table, never a finding.
-    assert any(k.source == "supervisor" for k in report.kills)
-    assert not any("supervisor" in f.check for f in report.findings)
+    # torchrun's agent stopping the other ranks is in the table, never a finding.
+    teardown = [k for k in report.kills if k.source == "shim"]
+    assert teardown
+    assert all(k.machinery for k in teardown)
+    assert not [f for f in report.findings if f.technique == "T6" and f.rank not in (2, 6)]
+
+
+def test_one_signal_is_one_card_and_the_synthetic_run_records_it_as_a_real_run_does(
+    sabotaged: SyntheticRun,
+) -> None:
+    # A real run under torchrun (trainwarden drill's T6-sigterm) records a SIGTERM to a rank
+    # with the guard as guard.signal + guard.finding (rule guard.signal) + rank.exit, and no
+    # rank.signal; the report shows it as one card.
+    report = _read(sabotaged)
+    events = {e.event for e in report.timeline if e.rank == 2 or 2 in e.ranks}
+    assert "rank.signal" not in events
+    assert {"guard.signal", "guard.finding", "rank.exit"} <= events
+    t6 = [f for f in report.findings if f.technique == "T6"]
+    assert sorted(f.rank for f in t6 if f.rank is not None) == [2, 6]
+    assert not [f for f in report.findings if f.check.startswith("guard.signal")]
 
 
 def test_checkpoints_modified_and_deleted_after_signing(sabotaged: SyntheticRun) -> None:
@@ -125,14 +145,15 @@ def test_ledger_edit_and_telemetry_edit_are_evidence_tampering(sabotaged: Synthe
     assert report.ledger.first_break is not None
     assert report.ledger.first_break.kind == "altered"
     (altered,) = _by_check(report, "ledger.altered")
-    assert "rank.signal" in altered.message  # type: ignore[attr-defined]
+    assert "guard.signal" in altered.message  # type: ignore[attr-defined]
+    assert altered.ranks == ()  # type: ignore[attr-defined]  # the edited entry's rank: untrusted
     checks = {rank: status for rank, status, _ in report.telemetry_checks}
     assert checks[3] == "changed"
     assert checks[6] == "unattested"  # SIGKILLed: the guard never closed
     assert {s for r, s in checks.items() if r not in (3, 6)} == {"ok"}
     assert any(f.check == "telemetry.changed" and f.rank == 3 for f in report.findings)
     row = next(e for e in report.timeline if e.integrity == "altered")
-    assert row.event == "rank.signal"
+    assert row.event == "guard.signal"
     assert row.level == "bad"
 
 
@@ -363,12 +384,141 @@ def test_a_recorded_deletion_is_not_a_finding(clean: SyntheticRun) -> None:
     assert not [f for f in report.findings if f.technique == "T7"]
 
 
+@pytest.mark.parametrize("how", ["rewrite", "delete"])
+def test_outputs_changed_after_the_provenance_was_signed_are_t7_not_t8(
+    clean: SyntheticRun, how: str
+) -> None:
+    # The statement names the last checkpoints as its outputs; one changed after it was
+    # signed. The statement itself is intact: the checkpoint changed (T7), the evidence not.
+    path = clean.checkpoints[-1]
+    if how == "rewrite":
+        path.write_bytes(b"\x80\x04other weights")
+    else:
+        path.unlink()
+    report = _read(clean)
+    assert report.provenance.verified is True
+    assert [o[:2] for o in report.provenance.outputs] == [
+        (str(path.resolve()), "modified" if how == "rewrite" else "missing")
+    ]
+    assert not [f for f in report.findings if f.technique == "T8"]
+    (card,) = [f for f in report.findings if f.technique == "T7"]  # one card, not two
+    assert card.established
+    assert card.check == ("checkpoint.changed" if how == "rewrite" else "checkpoint.missing")
+
+
+def test_an_output_no_ledger_record_covers_gets_its_own_t7_card(clean: SyntheticRun) -> None:
+    from trainwarden.report._run_findings import build_findings
+    from trainwarden.report._run_model import Provenance
+
+    provenance = Provenance(
+        path="p.json",
+        present=True,
+        verified=True,
+        outputs=(("/srv/out/final.pt", "modified", "sha256:aa now sha256:bb"),),
+    )
+    report = _read(clean)
+    findings = build_findings(
+        view=_view(report),
+        ledger=report.ledger,
+        ledger_path="ledger",
+        run_id=report.run_id,
+        kills=(),
+        checkpoints=report.checkpoints,
+        telemetry=report.telemetry,
+        telemetry_checks=(),
+        provenance=provenance,
+        supervisor_pid=None,
+        key_args="",
+    )
+    (card,) = findings
+    assert (card.technique, card.check, card.established) == (
+        "T7",
+        "provenance.output-modified",
+        True,
+    )
+
+
+def _view(report: RunReport) -> object:
+    from trainwarden.report._run_ledger import LedgerView
+
+    return LedgerView(entries=(), integrity={}, signers_checked=True, trusted=frozenset())
+
+
+def test_a_forged_deletion_record_does_not_hide_a_deletion(clean: SyntheticRun) -> None:
+    # trainwarden drill's T8-denied: after deleting a checkpoint, the insider appends a
+    # "checkpoint.deleted" signed by a fresh key labelled as the colleague.
+    from trainwarden.keys import PrivateKey
+    from trainwarden.ledger import Ledger
+
+    path = _ckpt(clean)
+    key = PrivateKey.generate("alice@cluster")
+    with Ledger(clean.run_dir / "ledger", key=key) as ledger:
+        ledger.append("checkpoint.deleted", run=clean.run_id, path=str(path.resolve()))
+    path.unlink()
+    report = _read(clean)
+    row = next(c for c in report.checkpoints if c.path == str(path.resolve()))
+    assert row.status == "missing"
+    assert any(f.check == "checkpoint.missing" and f.established for f in report.findings)
+    assert any(f.check == "ledger.forged" for f in report.findings)
+
+
+def test_an_edited_checkpoint_record_is_ledger_tampering_not_a_changed_checkpoint(
+    clean: SyntheticRun,
+) -> None:
+    # The file is untouched; its ledger record's digest was edited. The evidence shows the
+    # ledger was tampered with (T8), not that the checkpoint changed (T7).
+    path = _ckpt(clean)
+    recorded = str(path.resolve())
+    for writer in _writer_files(clean):
+        lines = writer.read_text(encoding="utf-8").split("\n")
+        for i, line in enumerate(lines):
+            if '"event":"checkpoint.signed"' in line and json.dumps(recorded) in line:
+                digest = json.loads(line)["data"]["digest"]
+                lines[i] = line.replace(digest, "sha256:" + "0" * 64)
+                writer.write_text("\n".join(lines), encoding="utf-8")
+                break
+    report = _read(clean)
+    row = next(c for c in report.checkpoints if c.path == recorded)
+    assert row.status == "unchecked"
+    assert "altered" in (row.reason or "")
+    assert not [f for f in report.findings if f.technique == "T7"]
+    assert any(f.check == "ledger.altered" for f in report.findings)
+
+
 def test_checkpoints_can_be_left_unhashed_but_then_are_not_verified(clean: SyntheticRun) -> None:
     _ckpt(clean).write_bytes(b"changed")
     report = _read(clean, check_checkpoints=False)
     assert {c.status for c in report.checkpoints} == {"not-checked"}
     assert any("not verified" in u for u in report.unverified)
     assert report.verdict != "clean"
+
+
+def test_telemetry_edited_to_frame_a_rank_is_t8_not_a_slow_rank(clean: SyntheticRun) -> None:
+    # Someone rewrote rank 1's telemetry after the guard closed it, so that rank 1 looks
+    # slow: the evidence shows the telemetry was edited (T8), not that rank 1 slept (T3).
+    path = clean.run_dir / "telemetry" / "rank-1.jsonl"
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        record["opt"] = (record.get("opt") or 0.0) + 1.5
+        lines.append(json.dumps(record, separators=(",", ":")))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = _read(clean)
+    assert any(f.check == "telemetry.changed" and f.rank == 1 for f in report.findings)
+    assert not [f for f in report.findings if f.technique in ("T3", "T4")]
+
+
+def test_a_ledger_with_no_trusted_seal_is_suspected_not_established(clean: SyntheticRun) -> None:
+    # With --seal-pubkey, a ledger without a seal by that key had its seals deleted or was
+    # never sealed (as trainwarden drill's runs other than the control and T7): the evidence
+    # cannot tell which, so it is suspected evidence tampering, not established.
+    for seal in (clean.run_dir / "ledger" / "seals").glob("*.jsonl"):
+        seal.unlink()
+    report = _read(clean)
+    (missing,) = [f for f in report.findings if f.check == "ledger.seal_missing"]
+    assert missing.technique == "T8"
+    assert not missing.established
+    assert report.verdict == "suspicious"
 
 
 def _writer_files(run: SyntheticRun) -> list[Path]:
@@ -609,6 +759,118 @@ def _signal_run(tmp_path: Path, *events: tuple[str, dict[str, object]]) -> tuple
             ],
             ("established", "root (uid 0), pid 66: scancel 12"),
         ),
+        # The records of trainwarden drill's T6-sigterm (a real run under torchrun): the
+        # guard's signal record, its finding about the same signal, the shim's exit: one card.
+        (
+            [
+                (
+                    "guard.signal",
+                    {
+                        "rank": 1,
+                        "pid": 9,
+                        "signal": "SIGTERM",
+                        "signo": 15,
+                        "code": "SI_USER",
+                        "action": "default",
+                        "sender": {"pid": 77, "uid": 4242, "user": None, "cmdline": "kill 9"},
+                    },
+                ),
+                (
+                    "guard.finding",
+                    {
+                        "rule_id": "guard.signal",
+                        "technique": "T6",
+                        "check": "signals",
+                        "severity": "medium",
+                        "message": "SIGTERM received from pid 77 (uid 4242, kill 9)",
+                        "evidence": "SIGTERM from pid 77",
+                        "rank": 1,
+                        "step": 11,
+                        "established": True,
+                        "pid": 9,
+                    },
+                ),
+                (
+                    "rank.exit",
+                    {"rank": 1, "pid": 9, "status": None, "signal": "SIGTERM"},
+                ),
+            ],
+            ("established", "unknown user (uid 4242), pid 77: kill 9"),
+        ),
+        # The guard's finding and the exit, the signal's own record gone: still one card.
+        (
+            [
+                (
+                    "guard.finding",
+                    {
+                        "rule_id": "guard.signal",
+                        "technique": "T6",
+                        "message": "SIGTERM received from pid 77 (uid 4242, kill 9)",
+                        "evidence": "SIGTERM from pid 77",
+                        "rank": 1,
+                        "established": True,
+                        "pid": 9,
+                    },
+                ),
+                ("rank.exit", {"rank": 1, "pid": 9, "status": None, "signal": "SIGTERM"}),
+            ],
+            ("established", None),
+        ),
+        # torchrun's agent (a process of the job without a rank) stopping rank 0 after rank 1
+        # failed: the shim records the signal it forwards. The job's machinery, no attack.
+        (
+            [
+                ("process.start", {"rank": None, "pid": 300, "role": "process"}),
+                (
+                    "rank.signal",
+                    {
+                        "rank": 0,
+                        "pid": 8,
+                        "signal": "SIGTERM",
+                        "signo": 15,
+                        "source": "shim",
+                        "note": "sent to the rank's shim (its parent under torchrun) and forwarded",
+                        "sender": {"pid": 300, "uid": 0, "user": "root", "cmdline": "torchrun"},
+                    },
+                ),
+            ],
+            (None, None),
+        ),
+        # A sender the guard judged to be the rank's own ancestor (trusted: true).
+        (
+            [
+                (
+                    "guard.signal",
+                    {
+                        "rank": 1,
+                        "pid": 9,
+                        "signal": "SIGTERM",
+                        "signo": 15,
+                        "trusted": True,
+                        "sender": {"pid": 300, "uid": 0, "user": "root", "cmdline": "torchrun"},
+                    },
+                ),
+            ],
+            (None, None),
+        ),
+        # The same signal from a process that is not the launcher is an attack.
+        (
+            [
+                ("process.start", {"rank": None, "pid": 300, "role": "process"}),
+                (
+                    "rank.signal",
+                    {
+                        "rank": 0,
+                        "pid": 8,
+                        "signal": "SIGTERM",
+                        "signo": 15,
+                        "source": "shim",
+                        "sender": {"pid": 301, "uid": 4242, "user": None, "cmdline": "kill 8"},
+                    },
+                ),
+            ],
+            ("established", "unknown user (uid 4242), pid 301: kill 8"),
+        ),
     ],
     ids=[
         "sender-named",
@@ -617,6 +879,11 @@ def _signal_run(tmp_path: Path, *events: tuple[str, dict[str, object]]) -> tuple
         "from-supervisor-pid",
         "crash",
         "supervisor-killed",
+        "guard-signal-and-its-finding",
+        "guard-finding-and-exit-only",
+        "launcher-teardown-via-shim",
+        "guard-trusted-sender",
+        "shim-from-another-process",
     ],
 )
 def test_signals_are_judged_by_what_the_os_told(
