@@ -128,11 +128,6 @@ def test_output_over_the_evidence_exits_2_and_changes_nothing(runs, capsys):
     assert target.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/report.py refuses any output inside the run directory before the library's "
-    "own check; docs/report.md and write_run_report allow RUN_DIR/report.html",
-)
 def test_the_report_may_be_written_into_the_run_directory(runs, capsys):
     _, clean = runs
     out = clean.run_dir / "report.html"

@@ -106,11 +106,10 @@ def _report(args: argparse.Namespace) -> int:
         raise InputError(
             "refusing to write an HTML report to a terminal: use -o FILE (or redirect stdout)"
         )
-    # The report must not replace what it reports on (the library also refuses an output
-    # inside the run directory; a key or the clean run are inputs too).
-    check_output(
-        args.output, [args.run_dir, args.against, *args.pubkey, *args.seal_pubkey], streams=False
-    )
+    # The report must not replace a key it reads; the library refuses an output over any part
+    # of the evidence (the run's files, its checkpoints, the clean run) once it knows them, and
+    # allows RUN_DIR/report.html.
+    check_output(args.output, [*args.pubkey, *args.seal_pubkey], streams=False)
     # Read before anything else, with the option named in the message; the report reads them
     # again from the paths, which it also shows in the commands that re-check the run.
     load_public_keys(args.pubkey)
