@@ -1035,6 +1035,11 @@ class Guard:
                 self._record(finding)
             self._check_patches(step)
         self._check_step_method(step)
+        if self.code is not None and self.code.changed():
+            # A critical callable rebound since the last runtime check: judged now, on this
+            # thread, so that the step it changes is the step that halts.
+            for finding in self.code.verify(step):
+                self._record(finding)
         if self._expected_full is not None:
             start = time.thread_time()
             now = full_digest([e.param for e in self.table.entries])

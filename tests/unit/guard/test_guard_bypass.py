@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from typing import Any
 
 import pytest
@@ -200,3 +201,78 @@ def test_declared_reload_and_resume_before_the_first_step_are_not_findings(
         assert guard.findings == ()
     assert len(sink.named("guard.reload")) == 2
     assert sink.named("guard.declared")
+
+
+def _clip_ten_times_harder() -> Any:
+    import torch.nn.utils.clip_grad as clip_module
+
+    original = clip_module._clip_grads_with_norm_
+
+    def harder(parameters: Any, max_norm: float, total_norm: Any, *args: Any, **kw: Any) -> Any:
+        return original(parameters, max_norm * 0.1, total_norm, *args, **kw)
+
+    return patched(clip_module, "_clip_grads_with_norm_", harder)
+
+
+def _smoothed_loss() -> Any:
+    import torch.nn.functional as functional
+
+    original = functional.cross_entropy
+
+    def smoothed(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **{**kwargs, "label_smoothing": 0.2})
+
+    return patched(functional, "cross_entropy", smoothed)
+
+
+def _smoothed_loss_code() -> Any:
+    # The function object stays the same (identity checks pass); its code is another's.
+    import torch.nn.functional as functional
+
+    def smoothed(
+        input: Any,
+        target: Any,
+        weight: Any = None,
+        size_average: Any = None,
+        ignore_index: int = -100,
+        reduce: Any = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> Any:
+        # Runs with torch.nn.functional's globals: its _Reduction, not this module's.
+        reduction_enum = globals()["_Reduction"].get_enum(reduction)
+        return torch._C._nn.cross_entropy_loss(  # type: ignore[attr-defined]
+            input, target, weight, reduction_enum, ignore_index, 0.2
+        )
+
+    return patched(functional.cross_entropy, "__code__", smoothed.__code__)
+
+
+@pytest.mark.parametrize("patch", [_clip_ten_times_harder, _smoothed_loss, _smoothed_loss_code])
+def test_live_patch_on_the_gradient_path_is_caught_in_its_step(
+    sink: MemorySink, patch: Any
+) -> None:
+    # What the gradients go through before the optimizer (the loss, the functions that
+    # clip_grad_norm_ calls) is not recomputed: the reference takes the patched gradients as
+    # given. Before: named by the runtime check only, up to code_every (60 s) later.
+    job = make_job()
+    patches: list[Any] = []
+
+    def tamper(job: Job, step: int) -> None:
+        patches.append(patch())
+        patches[-1].__enter__()
+
+    try:
+        with Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=sink) as guard:
+            assert guard.code is not None
+            while guard.code.checks < 1:  # the first runtime check records the bindings
+                time.sleep(0.05)
+            with pytest.raises(StepViolation) as info:
+                train(job, STEPS, tamper={START: tamper})
+    finally:
+        for applied in patches:
+            applied.__exit__(None, None, None)
+    assert info.value.step == START
+    code = [f for f in info.value.findings if f.rule_id == "guard.code"]
+    assert code
+    assert "changed while the job ran" in code[0].message
