@@ -961,7 +961,7 @@ class Guard:
                 GuardFinding(
                     rule_id="guard.weights",
                     severity=Severity.CRITICAL,
-                    message="the optimizer's parameters are no longer the tensors it had at attach",
+                    message=self._identity_message(),
                     rank=self.rank,
                     step=step,
                     evidence=(
@@ -1063,6 +1063,19 @@ class Guard:
             self._add_cost("weights", start)
         self._clock.optimizer_start()
         return
+
+    def _identity_message(self) -> str:
+        """What happened to the optimizer's parameter slots: replaced, or moved.
+
+        The same tensors moved between groups take another group's lr and weight decay.
+        """
+        now = [id(p) for group in self.optimizer.param_groups for p in group["params"]]
+        if len(now) == len(self._param_ids) and set(now) == self._param_ids:
+            return (
+                "the optimizer's parameters were moved between its param groups after attach: "
+                "they now take another group's settings (lr, weight decay)"
+            )
+        return "the optimizer's parameters are no longer the tensors it had at attach"
 
     def _reload_finding(self, step: int) -> GuardFinding | None:
         """A ``load_state_dict`` since the last step that no declared change accounts for.

@@ -99,6 +99,20 @@ def test_model_parameters_swapped_out_of_the_optimizer_are_caught(
     assert "blocks.0.mlp" in weights[0].message
 
 
+def test_parameters_moved_between_param_groups_are_named_as_moved(sink: MemorySink) -> None:
+    # The same tensors in other groups: the no-decay group's parameters decayed (before:
+    # named as tensors replaced, which sent the reader looking for the wrong thing).
+    def move(job: Job, step: int) -> None:
+        decay, no_decay = job.optimizer.param_groups[:2]
+        no_decay["params"].append(decay["params"].pop())
+
+    violation = _halted(make_job(), sink, tamper={START: move})
+    assert violation.step == START
+    weights = [f for f in violation.findings if f.rule_id == "guard.weights"]
+    assert weights
+    assert "moved between its param groups" in weights[0].message
+
+
 def _noop(*args: Any, **kwargs: Any) -> None:
     return None
 
@@ -276,3 +290,25 @@ def test_live_patch_on_the_gradient_path_is_caught_in_its_step(
     code = [f for f in info.value.findings if f.rule_id == "guard.code"]
     assert code
     assert "changed while the job ran" in code[0].message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "_update.py (not this branch's to edit): UpdateCheck.expect indexes the groups "
+        "snapshot with each entry's attach-time group, an IndexError once a group is removed"
+    ),
+)
+def test_a_removed_param_group_leaves_the_update_check_running(sink: MemorySink) -> None:
+    # The removal itself is caught (guard.hyperparam, guard.weights); the update check should
+    # go on verifying what is left rather than fail with a medium "could not verify".
+    def remove(job: Job, step: int) -> None:
+        job.optimizer.param_groups.pop()
+
+    job = make_job()
+    with Guard(
+        job.model, job.optimizer, scheduler=job.scheduler, sink=sink, on_violation="warn"
+    ) as guard:
+        train(job, START + 2, tamper={START: remove})
+    assert "guard.hyperparam" in rules(guard.findings)
+    assert not [f for f in guard.findings if "update check failed" in f.message]
