@@ -312,3 +312,31 @@ def test_a_removed_param_group_leaves_the_update_check_running(sink: MemorySink)
         train(job, START + 2, tamper={START: remove})
     assert "guard.hyperparam" in rules(guard.findings)
     assert not [f for f in guard.findings if "update check failed" in f.message]
+
+
+def _negate_first_moment(job: Job, step: int) -> None:
+    with torch.no_grad():
+        for state in job.optimizer.state.values():
+            state["exp_avg"].neg_()
+
+
+def _reset_step_count(job: Job, step: int) -> None:
+    for state in job.optimizer.state.values():
+        state["step"].fill_(1.0)  # bias correction as at the first step: a larger update
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "_update.py (not this branch's to edit): the state read after step N-1 is not read "
+        "again before step N, so an edit between the steps shows only as step N's update "
+        "differing from the reference (guard.update), not as the state edited (guard.weights)"
+    ),
+)
+@pytest.mark.parametrize("edit", [_negate_first_moment, _reset_step_count])
+def test_optimizer_state_edited_between_steps_is_named_as_such(sink: MemorySink, edit: Any) -> None:
+    violation = _halted(make_job(), sink, between={START: edit})
+    assert violation.step == START + 1
+    state = [f for f in violation.findings if f.rule_id == "guard.weights"]
+    assert state
+    assert "between steps" in state[0].message
