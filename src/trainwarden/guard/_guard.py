@@ -1092,8 +1092,8 @@ class Guard:
             rule_id="guard.weights",
             severity=Severity.HIGH,
             message=(
-                f"the {what}'s {'weights' if what == 'model' else 'state'} were replaced through "
-                f"load_state_dict after step {after} with no declared change "
+                f"the {what}'s {'weights were' if what == 'model' else 'state was'} replaced "
+                f"through load_state_dict after step {after} with no declared change "
                 "(guard.declare_change): whatever was loaded became the baseline"
             ),
             rank=self.rank,
