@@ -279,8 +279,11 @@ def test_live_patch_on_the_gradient_path_is_caught_in_its_step(
     try:
         with Guard(job.model, job.optimizer, scheduler=job.scheduler, sink=sink) as guard:
             assert guard.code is not None
+            waited = 0.0
             while guard.code.checks < 1:  # the first runtime check records the bindings
+                assert waited < 300, "the guard's first runtime check did not finish"
                 time.sleep(0.05)
+                waited += 0.05
             with pytest.raises(StepViolation) as info:
                 train(job, STEPS, tamper={START: tamper})
     finally:
