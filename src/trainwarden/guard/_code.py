@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import os
 import sys
 import time
+import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from trainwarden.findings import Severity, Verdict
@@ -82,6 +85,85 @@ def _hash(path: str, pace: Pace = _unpaced) -> str | None:
     return h.hexdigest()
 
 
+_CODE = operator.attrgetter("__code__")
+
+
+@dataclass(frozen=True, slots=True)
+class _Bindings:
+    """Where every critical callable is bound, what is bound there, and each function's code.
+
+    Compared in bulk, in C, every step. The runtime check (every ``code_every`` seconds)
+    judges a change; this only notices one within the step it happens: a live patch of a
+    function on the gradients' path (the functions ``clip_grad_norm_`` calls,
+    ``torch.nn.functional``) feeds the reference the patched gradients, so nothing else in
+    the step can tell.
+    """
+
+    dicts: tuple[dict[str, Any], ...]
+    dict_attrs: tuple[str, ...]
+    dict_bound: tuple[Any, ...]
+    classes: tuple[types.MappingProxyType[str, Any], ...]
+    class_attrs: tuple[str, ...]
+    class_bound: tuple[Any, ...]
+    functions: tuple[Any, ...]
+    codes: tuple[Any, ...]
+
+    @classmethod
+    def now(cls, targets: Any) -> _Bindings:
+        """The bindings of ``targets`` (``critical_targets()``) as they are now."""
+        dicts, dict_attrs, classes, class_attrs = [], [], [], []
+        for module, path in targets.values():
+            owner, attr = _owner(module, path)
+            if isinstance(owner, types.ModuleType):
+                dicts.append(vars(owner))
+                dict_attrs.append(attr)
+            elif isinstance(owner, type):
+                classes.append(owner.__dict__)
+                class_attrs.append(attr)
+        dict_bound = tuple(map(dict.get, dicts, dict_attrs))
+        class_bound = tuple(map(types.MappingProxyType.get, classes, class_attrs))
+        functions = tuple(
+            {id(f): f for f in map(_function, dict_bound + class_bound) if f is not None}.values()
+        )
+        return cls(
+            tuple(dicts), tuple(dict_attrs), dict_bound, tuple(classes),
+            tuple(class_attrs), class_bound, functions, tuple(map(_CODE, functions)),
+        )  # fmt: skip
+
+    def unchanged(self) -> bool:
+        """Whether every binding and every function's code object are as recorded.
+
+        About 0.2 ms for 1900 bindings on the test machine; defaults and closure cells are the
+        runtime check's.
+        """
+        is_ = operator.is_
+        return (
+            all(map(is_, map(dict.get, self.dicts, self.dict_attrs), self.dict_bound))
+            and all(
+                map(
+                    is_,
+                    map(types.MappingProxyType.get, self.classes, self.class_attrs),
+                    self.class_bound,
+                )
+            )
+            and all(map(is_, map(_CODE, self.functions), self.codes))
+        )
+
+
+def _owner(module: str, path: str) -> tuple[Any, str]:
+    """The namespace holding ``module:path``'s last name (without triggering descriptors)."""
+    obj: Any = sys.modules.get(module)
+    *parents, attr = path.split(".")
+    for part in parents:
+        obj = obj.__dict__.get(part) if isinstance(obj, type) else getattr(obj, part, None)
+    return obj, attr
+
+
+def _function(obj: Any) -> types.FunctionType | None:
+    inner = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+    return inner if isinstance(inner, types.FunctionType) else None
+
+
 class CodeIntegrity:
     """Runtime verification of the live process plus the torch package's files.
 
@@ -101,6 +183,34 @@ class CodeIntegrity:
         self.checks = 0
         self.last_run = 0.0
         self.last_package = 0.0
+        #: The bindings as of the last runtime check; None until the first one ran.
+        self._bindings: _Bindings | None = None
+
+    def changed(self) -> bool:
+        """Whether a critical callable was rebound (or its code replaced) since the last check.
+
+        Cheap enough for every step; :meth:`verify` judges what changed.
+        """
+        bindings = self._bindings
+        if bindings is None:
+            return False
+        start = time.thread_time()
+        try:
+            return not bindings.unchanged()
+        except (AttributeError, TypeError):  # a namespace or function replaced wholesale
+            return True
+        finally:
+            self.cost += time.thread_time() - start
+
+    def _rebind(self) -> None:
+        """Record the bindings after a runtime check (modules imported since join them)."""
+        from trainwarden.env import critical_targets
+
+        try:
+            self._bindings = _Bindings.now(critical_targets())
+        except (AttributeError, TypeError, LookupError) as exc:
+            logger.debug("guard: cannot record the critical bindings: %s", exc)
+            self._bindings = None
 
     def start(self, pace: Pace = _unpaced) -> None:
         """Take the references (runtime snapshot, package fingerprint). Off the hot path."""
@@ -183,6 +293,7 @@ class CodeIntegrity:
                 )
         if first:
             self._baseline = seen
+        self._rebind()
         self.checks += 1
         self.last_run = time.monotonic()
         self.cost += time.thread_time() - start

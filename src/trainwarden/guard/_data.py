@@ -14,13 +14,13 @@ import hashlib
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainwarden.patching import PatchSet, Target
 
-__all__ = ["DATA_PURPOSE", "BatchDigest", "OrderEvent", "sampler_patches"]
+__all__ = ["DATA_PURPOSE", "BatchDigest", "OrderEvent", "sampler_patches", "sampler_problems"]
 
 logger = logging.getLogger("trainwarden.guard")
 
@@ -99,6 +99,7 @@ class OrderEvent:
     digest: str
     problem: str | None  # None when the order is the declared one
     subject: str
+    source: Any = field(default=None, compare=False, repr=False)  # the sampler (weakly held)
 
 
 @dataclass
@@ -111,6 +112,8 @@ class _Declared:
     drop_last: bool
     length: int
     last_epoch: int | None = None
+    requested: int | None = None  # the epoch the job last asked for with set_epoch()
+    cls: Any = None  # the sampler's class when pinned
 
 
 _declared: weakref.WeakKeyDictionary[Any, _Declared] = weakref.WeakKeyDictionary()
@@ -134,16 +137,19 @@ def _declare(sampler: Any) -> _Declared:
         )
     else:
         found = _Declared(kind, None, True, 1, 0, False, length)
+    found.cls = type(sampler)
     _declared[sampler] = found
     return found
 
 
-def declare(sampler: Any) -> None:
+def declare(sampler: Any) -> bool:
     """Pin a sampler's parameters now (the guard does it at attach when given the loader)."""
     try:
         _declare(sampler)
     except (AttributeError, TypeError) as exc:
         logger.debug("guard: cannot pin sampler %r: %s", sampler, exc)
+        return False
+    return True
 
 
 def _distributed_order(d: _Declared, epoch: int) -> list[int]:
@@ -224,6 +230,19 @@ def sampler_patches(notify: Callable[[OrderEvent], None]) -> PatchSet:
 
         return __iter__
 
+    def set_epoch(original: Callable[..., Any]) -> Callable[..., Any]:
+        def set_epoch(self: Any, epoch: int) -> None:
+            # What the job asks for, so that an epoch that does not follow shows (an
+            # ``epoch`` attribute written after the call, a set_epoch that ignores it).
+            original(self, epoch)
+            if os.getpid() == owner:
+                try:
+                    _declare(self).requested = int(epoch)
+                except (AttributeError, TypeError, ValueError) as exc:
+                    logger.debug("guard: cannot pin sampler %r: %s", self, exc)
+
+        return set_epoch
+
     def random_sampler(original: Callable[..., Any]) -> Callable[..., Any]:
         def __iter__(self: Any) -> Iterator[int]:
             if os.getpid() != owner:
@@ -250,12 +269,45 @@ def sampler_patches(notify: Callable[[OrderEvent], None]) -> PatchSet:
         DATA_PURPOSE,
         [
             Target("torch.utils.data.distributed", "DistributedSampler.__iter__", distributed),
+            Target("torch.utils.data.distributed", "DistributedSampler.set_epoch", set_epoch),
             Target("torch.utils.data.sampler", "RandomSampler.__iter__", random_sampler),
         ],
     )
 
 
+def sampler_problems(samplers: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(subject, problem)`` for each of ``samplers`` whose class or methods were replaced.
+
+    Checked every step (a few samplers, microseconds): a sampler's class swapped for a
+    subclass, or a method replaced on the instance, may skip the wrappers that check its
+    order at each epoch (a subclass's own ``__iter__``) or freeze its epoch.
+    """
+    out = []
+    for sampler in list(samplers):
+        declared = _declared.get(sampler)
+        if declared is None:
+            continue
+        problem = _replaced(sampler, declared)
+        if problem is not None:
+            out.append((f"sampler:{id(sampler)}:replaced:{problem}", problem))
+    return out
+
+
+def _replaced(sampler: Any, declared: _Declared) -> str | None:
+    if declared.cls is not None and type(sampler) is not declared.cls:
+        return (
+            f"the {declared.kind}'s class was changed to {type(sampler).__qualname__} "
+            f"({type(sampler).__module__})"
+        )
+    return _shadowed(sampler)
+
+
 def _changes(sampler: Any, declared: _Declared, epoch: int) -> str | None:
+    replaced = _replaced(sampler, declared)
+    if replaced is not None:
+        return replaced
+    if declared.requested is not None and epoch != declared.requested:
+        return f"set_epoch({declared.requested}) was called but the sampler's epoch is {epoch}"
     for name, want in (
         ("seed", declared.seed),
         ("shuffle", declared.shuffle),
@@ -272,6 +324,25 @@ def _changes(sampler: Any, declared: _Declared, epoch: int) -> str | None:
     if last is not None and (epoch < last or epoch > last + 1):
         return f"epoch {epoch} follows epoch {last} ({'went back' if epoch < last else 'skipped'})"
     return None
+
+
+def _shadowed(sampler: Any) -> str | None:
+    """A method of the sampler's class replaced on the instance.
+
+    ``set_epoch`` made a no-op freezes the epoch, and with it the order: every epoch replays
+    the first one's.
+    """
+    cls = type(sampler)
+    for name, value in vars(sampler).items():
+        if callable(value) and callable(getattr(cls, name, None)):
+            return f"the sampler's {name} was replaced on the instance ({_describe(value)})"
+    return None
+
+
+def _describe(fn: Any) -> str:
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{name} at {code.co_filename}:{code.co_firstlineno}" if code is not None else name
 
 
 def _first_difference(got: list[int], want: list[int]) -> str:
@@ -297,6 +368,7 @@ def _tell(
         _order_digest(indices),
         problem,
         f"sampler:{id(sampler)}:{epoch}",
+        weakref.ref(sampler),
     )
     try:
         notify(event)

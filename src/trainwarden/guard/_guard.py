@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from trainwarden.guard._config import (
     check_secret,
     current_defaults,
 )
-from trainwarden.guard._data import BatchDigest, OrderEvent, declare
+from trainwarden.guard._data import BatchDigest, OrderEvent, declare, sampler_problems
 from trainwarden.guard._findings import GuardFinding
 from trainwarden.guard._hooks import HookAudit, describe_hook
 from trainwarden.guard._hyper import ClipRecord, HyperparamCheck
@@ -74,6 +75,7 @@ from trainwarden.guard._sync import (
 )
 from trainwarden.guard._telemetry import TelemetryWriter, release, writer_for
 from trainwarden.guard._timing import PHASES, Pacer, PhaseClock, StallDetector, phase_label
+from trainwarden.guard._topology import ModelTopology
 from trainwarden.guard._update import ParamTable, UpdateCheck, full_digest, local
 
 __all__ = ["Guard", "StepInfo", "StepViolation"]
@@ -297,6 +299,14 @@ class Guard:
             else None
         )
         self.hooks = HookAudit(self.optimizer, model, rank=self.rank) if "hooks" in checks else None
+        # FSDP2 swaps sharded and unsharded parameters in its modules as it runs: not compared.
+        self.topology = (
+            ModelTopology(plain, {e.name: e.param for e in self.table.entries}, rank=self.rank)
+            if plain is not None
+            and "weights" in checks
+            and not any(e.sharded for e in self.table.entries)
+            else None
+        )
         self.stalls = StallDetector(self.config)
         self.code = CodeIntegrity(rank=self.rank) if "code" in checks else None
         self.anomaly = (
@@ -309,6 +319,11 @@ class Guard:
         )
         self._step_fn = type(self.optimizer).step
         self._instance_step = self.optimizer.__dict__.get("step")
+        #: What replaced the optimizer's step after attach (None while it is the original).
+        self._step_replaced: str | None = None
+        #: A reload (what, steps done) after training started, and the last declared change.
+        self._reload: tuple[str, int] | None = None
+        self._declared_at: int | None = None
         self._seeds = initial_seeds()
         self._clip: list[ClipRecord] = []
         self._clip_norm: Any = None
@@ -344,8 +359,12 @@ class Guard:
         self._telemetry: TelemetryWriter | None = None
         if directory is not None and self.config.telemetry:
             self._telemetry = writer_for(directory, self.rank)
+        #: The samplers feeding this job: given at attach, or seen starting an epoch.
+        self._samplers: weakref.WeakSet[Any] = weakref.WeakSet()
         if data is not None:
-            declare(getattr(data, "sampler", data))
+            sampler = getattr(data, "sampler", data)
+            if declare(sampler):
+                self._samplers.add(sampler)
         self._attach(model)
 
     # --------------------------------------------------------------------------- attach
@@ -542,9 +561,13 @@ class Guard:
             self.hyper.repin()
         if self.hooks is not None:
             self.hooks.baseline()
+        if self.topology is not None:
+            self.topology.baseline()
         self.update.rebaseline()
         self._step_fn = type(self.optimizer).step
         self._instance_step = self.optimizer.__dict__.get("step")
+        self._step_replaced = None
+        self._declared_at = self.step
         self._seeds = initial_seeds()
         self._emit("guard.declared", rank=self.rank, step=self.step, reason=str(reason)[:500])
 
@@ -695,6 +718,10 @@ class Guard:
         """A sampler started an epoch (from the process's patches)."""
         if not self.active or "data" not in self.config.checks:
             return
+        sampler = event.source() if event.source is not None else None
+        if sampler is not None:
+            with contextlib.suppress(TypeError):  # an unhashable sampler is checked per epoch
+                self._samplers.add(sampler)
         if event.problem is None:
             return
         self._defer(
@@ -777,7 +804,11 @@ class Guard:
             return
         self._train_thread = threading.get_ident()
         clock = self._clock
-        if clock.forwards == 0 and clock._fwd_start is None and self.step > 0:
+        if (
+            self.step > 0
+            and clock._fwd_start is None
+            and (clock.forwards == 0 or self._step_overdue(clock.forwards))
+        ):
             self._detached_check()
         start = time.thread_time()
         clock.forward_start()
@@ -860,8 +891,11 @@ class Guard:
     def _reloaded(self, what: str) -> None:
         if not self.active:
             return
-        # load_state_dict replaces weights (or optimizer state) on purpose: recorded, and the
-        # continuity check starts again from the loaded values.
+        # load_state_dict replaces weights (or optimizer state): recorded, and the continuity
+        # check starts again from the loaded values. Before the first step it is the job's
+        # resume; later it must be declared (guard.declare_change) before the next step.
+        if self.step > 0:
+            self._reload = (what, self.step)
         self.update.rebaseline()
         if what == "optimizer":
             self._step_base = {k: v - self.step for k, v in self._optimizer_counters().items()}
@@ -927,7 +961,7 @@ class Guard:
                 GuardFinding(
                     rule_id="guard.weights",
                     severity=Severity.CRITICAL,
-                    message="the optimizer's parameters are no longer the tensors it had at attach",
+                    message=self._identity_message(),
                     rank=self.rank,
                     step=step,
                     evidence=(
@@ -938,6 +972,12 @@ class Guard:
                     subject="params-replaced",
                 )
             )
+        if self.topology is not None:
+            for finding in self.topology.check(step):
+                self._record(finding)
+        reload = self._reload_finding(step)
+        if reload is not None and "weights" in checks:
+            self._record(reload)
         self._add_cost("weights", start)
         if self.hyper is not None:
             for finding in self.hyper.before_step(step):
@@ -954,6 +994,17 @@ class Guard:
                     self._record(finding)
             for finding in self.hyper.counter_drift(step):
                 self._record(finding)
+            replaced = self.hyper.wrapper_replaced()
+            if replaced is not None:
+                self._record(
+                    self._detached_finding(
+                        step,
+                        "the guard's wrapper of the LR scheduler's step was replaced after "
+                        f"attach ({replaced}): the steps it counts, which the schedule's replica "
+                        "follows, are no longer seen",
+                        "scheduler step",
+                    )
+                )
         for finding in self.update.before_step(step):
             self._record(finding)
         start = time.thread_time()
@@ -977,11 +1028,18 @@ class Guard:
                 )
                 self._seeds = seeds
         self._add_cost("rng", start)
+        if "data" in checks:
+            self._check_samplers(step)
         if self.hooks is not None:
             for finding in self.hooks.check(step):
                 self._record(finding)
             self._check_patches(step)
         self._check_step_method(step)
+        if self.code is not None and self.code.changed():
+            # A critical callable rebound since the last runtime check: judged now, on this
+            # thread, so that the step it changes is the step that halts.
+            for finding in self.code.verify(step):
+                self._record(finding)
         if self._expected_full is not None:
             start = time.thread_time()
             now = full_digest([e.param for e in self.table.entries])
@@ -1005,6 +1063,63 @@ class Guard:
             self._add_cost("weights", start)
         self._clock.optimizer_start()
         return
+
+    def _identity_message(self) -> str:
+        """What happened to the optimizer's parameter slots: replaced, or moved.
+
+        The same tensors moved between groups take another group's lr and weight decay.
+        """
+        now = [id(p) for group in self.optimizer.param_groups for p in group["params"]]
+        if len(now) == len(self._param_ids) and set(now) == self._param_ids:
+            return (
+                "the optimizer's parameters were moved between its param groups after attach: "
+                "they now take another group's settings (lr, weight decay)"
+            )
+        return "the optimizer's parameters are no longer the tensors it had at attach"
+
+    def _reload_finding(self, step: int) -> GuardFinding | None:
+        """A ``load_state_dict`` since the last step that no declared change accounts for.
+
+        Loading is the sanctioned way to replace every weight or every state tensor at once,
+        so the comparisons restart from what was loaded; mid-run it is a finding unless the
+        job declared it (a rollback after a loss spike calls ``declare_change``).
+        """
+        reload, self._reload = self._reload, None
+        if reload is None or self._declared_at == reload[1]:
+            return None
+        what, after = reload
+        return GuardFinding(
+            rule_id="guard.weights",
+            severity=Severity.HIGH,
+            message=(
+                f"the {what}'s {'weights were' if what == 'model' else 'state was'} replaced "
+                f"through load_state_dict after step {after} with no declared change "
+                "(guard.declare_change): whatever was loaded became the baseline"
+            ),
+            rank=self.rank,
+            step=step,
+            evidence=f"{what}.load_state_dict after step {after}",
+            established=True,
+            subject=f"reload:{what}:{after}",
+        )
+
+    def _check_samplers(self, step: int) -> None:
+        """Samplers whose class or methods were replaced (their order checks may not run)."""
+        start = time.thread_time()
+        for subject, problem in sampler_problems(self._samplers):
+            self._record(
+                GuardFinding(
+                    rule_id="guard.data-order",
+                    severity=Severity.HIGH,
+                    message=f"the data order is no longer checked as declared: {problem}",
+                    rank=self.rank,
+                    step=step,
+                    evidence=problem,
+                    established=True,
+                    subject=subject,
+                )
+            )
+        self._add_cost("data", start)
 
     def _check_patches(self, step: int) -> None:
         """The guard's own wrappers (seeding, sampler, clipping, saves) still in place."""
@@ -1057,6 +1172,7 @@ class Guard:
                 )
             )
             self._step_fn = current
+            self._step_replaced = describe_hook(current)
         if instance is not self._instance_step:
             if not _scheduler_wrapper(instance, self._instance_step, current):
                 self._record(
@@ -1070,6 +1186,9 @@ class Guard:
                         established=True,
                         subject=f"instance-step:{id(instance)}",
                     )
+                )
+                self._step_replaced = (
+                    describe_hook(instance) if instance is not None else "instance step removed"
                 )
             self._instance_step = instance
         self._add_cost("code", start)
@@ -1366,12 +1485,30 @@ class Guard:
             message += f": {shown}"
         raise StepViolation(message, tuple(halting), step, ranks)
 
+    def _step_overdue(self, forwards: int) -> bool:
+        """Whether a whole step's training forwards ran since the last step the guard saw.
+
+        A step method replaced by code that skips the guard's hooks leaves no other trace in
+        the hooks: the forwards of the next step pile up on those of the last. Not a finding
+        by itself (a mixed-precision scaler skips steps with non-finite gradients), it makes
+        the forward pre-hook look at the optimizer side again.
+        """
+        pinned = self.hyper.accumulation if self.hyper is not None else None
+        return forwards >= (pinned or 1)
+
     def _detached_check(self) -> None:
         """From the forward pre-hook: is the optimizer side of the guard still attached?"""
         if self.hooks is None:
             return
+        overdue = self._clock.forwards > 0
+        self._check_step_method(self.step + 1)
         missing = self.hooks.own_present()
         bypassed = self._bypassed()
+        if bypassed is None and overdue and self._step_replaced is not None:
+            bypassed = (
+                f"the optimizer's step was replaced ({self._step_replaced}) and a step's "
+                "forwards ran without the guard's hooks: its step skips them"
+            )
         if not missing and not bypassed:
             return
         step = self.step + 1

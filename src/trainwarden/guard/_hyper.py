@@ -18,6 +18,7 @@ from typing import Any
 
 from trainwarden.findings import Severity
 from trainwarden.guard._findings import GuardFinding
+from trainwarden.guard._hooks import describe_hook
 from trainwarden.guard._schedule import Replica, UnsupportedSchedule, replica_for
 
 __all__ = ["ClipRecord", "HyperparamCheck"]
@@ -142,6 +143,24 @@ class HyperparamCheck:
                 del self.scheduler.state_dict
             self._wrapped_step = None
             self._wrapped_state = None
+
+    def wrapper_replaced(self) -> str | None:
+        """What replaced the wrapper that counts the scheduler's steps (None: still ours).
+
+        The replica follows the steps the wrapper counts: a replacement that steps the
+        scheduler less often, or never, freezes the schedule with the replica agreeing.
+        """
+        if self.scheduler is None or self._wrapped_step is None:
+            return None
+        current = self.scheduler.__dict__.get("step")
+        if current is self._wrapped_step:
+            return None
+        return describe_hook(current) if current is not None else "removed"
+
+    @property
+    def accumulation(self) -> int | None:
+        """Training forwards per optimizer step, as pinned at the first step (None before)."""
+        return self._pins.accumulation
 
     @property
     def t(self) -> int:
