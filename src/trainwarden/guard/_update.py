@@ -1024,10 +1024,12 @@ class UpdateCheck:
         classes = self._merge_classes(groups)
         keys = []
         for position, (e, _a, _b) in enumerate(sel.runs):
+            # A group removed since attach (a finding of its own) leaves its entries unverified.
+            group_of = entries[e].group
+            cls = classes[group_of] if group_of < len(classes) else None
             keys.append(
-                (classes[entries[e].group], read.steps[position], position not in no_grad,
-                 read.present[position])
-            )  # fmt: skip
+                (cls, read.steps[position], position not in no_grad, read.present[position])
+            )
         position = 0
         while position < len(keys):
             end = position + 1
@@ -1037,7 +1039,7 @@ class UpdateCheck:
             a, b = sel.runs[position][1], sel.runs[end - 1][2]
             first_run, last_run = position, end
             position = end
-            if group_index in self.unsupported_groups:
+            if group_index is None or group_index in self.unsupported_groups:
                 continue
             group = groups[group_index]
             decays = _decay_segments(sel, entries, groups, first_run, last_run, group_index)
