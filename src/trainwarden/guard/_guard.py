@@ -323,6 +323,8 @@ class Guard:
         self._step_replaced: str | None = None
         #: A reload (what, steps done) after training started, and the last declared change.
         self._reload: tuple[str, int] | None = None
+        # Undeclared mid-run loads awaiting their steps' verdicts: (what, after step, until).
+        self._reloads: list[tuple[str, int, int]] = []
         self._declared_at: int | None = None
         self._seeds = initial_seeds()
         self._clip: list[ClipRecord] = []
@@ -894,9 +896,14 @@ class Guard:
         # load_state_dict replaces weights (or optimizer state): recorded, and the continuity
         # check starts again from the loaded values. Before the first step it is the job's
         # resume; later it must be declared (guard.declare_change) before the next step.
-        if self.step > 0:
+        if self.step > 0 and self._declared_at != self.step:
+            # Mid-run and not (yet) declared: the comparisons keep what the last step left, so
+            # the next one shows whether the load changed anything (a round trip of the same
+            # state changes nothing); declare_change() still drops that baseline.
             self._reload = (what, self.step)
-        self.update.rebaseline()
+            self.update.refresh()
+        else:
+            self.update.rebaseline()
         if what == "optimizer":
             self._step_base = {k: v - self.step for k, v in self._optimizer_counters().items()}
         self._emit("guard.reload", rank=self.rank, step=self.step, what=what)
@@ -975,9 +982,13 @@ class Guard:
         if self.topology is not None:
             for finding in self.topology.check(step):
                 self._record(finding)
-        reload = self._reload_finding(step)
-        if reload is not None and "weights" in checks:
-            self._record(reload)
+        if self._reload is not None:
+            if self._declared_at == self._reload[1]:
+                self._reload = None
+            else:
+                # Judged with this step's verdicts (the next step's too with verify_async).
+                self._reloads.append((*self._reload, step + int(self.config.verify_async)))
+                self._reload = None
         self._add_cost("weights", start)
         if self.hyper is not None:
             for finding in self.hyper.before_step(step):
@@ -1077,31 +1088,42 @@ class Guard:
             )
         return "the optimizer's parameters are no longer the tensors it had at attach"
 
-    def _reload_finding(self, step: int) -> GuardFinding | None:
-        """A ``load_state_dict`` since the last step that no declared change accounts for.
+    def _judge_reloads(self, step: int) -> None:
+        """Name an undeclared mid-run ``load_state_dict`` that changed what the guard compares.
 
-        Loading is the sanctioned way to replace every weight or every state tensor at once,
-        so the comparisons restart from what was loaded; mid-run it is a finding unless the
-        job declared it (a rollback after a loss spike calls ``declare_change``).
+        Loading is the sanctioned way to replace every weight or every state tensor at once.
+        Mid-run and undeclared (a rollback after a loss spike calls ``declare_change``), the
+        comparisons kept the last step's values: a load that changed the sampled weights or
+        the state the step started from shows as a weights or update finding of this step,
+        named here as the load; a round trip of the same state shows nothing and is only the
+        ``guard.reload`` event.
         """
-        reload, self._reload = self._reload, None
-        if reload is None or self._declared_at == reload[1]:
-            return None
-        what, after = reload
-        return GuardFinding(
-            rule_id="guard.weights",
-            severity=Severity.HIGH,
-            message=(
-                f"the {what}'s {'weights were' if what == 'model' else 'state was'} replaced "
-                f"through load_state_dict after step {after} with no declared change "
-                "(guard.declare_change): whatever was loaded became the baseline"
-            ),
-            rank=self.rank,
-            step=step,
-            evidence=f"{what}.load_state_dict after step {after}",
-            established=True,
-            subject=f"reload:{what}:{after}",
-        )
+        if not self._reloads:
+            return
+        changed = any(f.rule_id in ("guard.weights", "guard.update") for f in self._step_findings)
+        keep: list[tuple[str, int, int]] = []
+        for what, after, until in self._reloads:
+            if changed and "weights" in self.config.checks:
+                self._record(
+                    GuardFinding(
+                        rule_id="guard.weights",
+                        severity=Severity.HIGH,
+                        message=(
+                            f"the {what}'s {'weights were' if what == 'model' else 'state was'} "
+                            f"replaced through load_state_dict after step {after} with no "
+                            "declared change (guard.declare_change), and what was loaded "
+                            "differs from what the last step left"
+                        ),
+                        rank=self.rank,
+                        step=step,
+                        evidence=f"{what}.load_state_dict after step {after}",
+                        established=True,
+                        subject=f"reload:{what}:{after}",
+                    )
+                )
+            elif step < until:
+                keep.append((what, after, until))
+        self._reloads = keep
 
     def _check_samplers(self, step: int) -> None:
         """Samplers whose class or methods were replaced (their order checks may not run)."""
@@ -1211,6 +1233,7 @@ class Guard:
         # The update of the last step was judged in the verification thread meanwhile (this
         # step's, at once, in synchronous mode): its findings join this step's decision.
         verified = self._collect_verification(step - 1 if self.config.verify_async else step)
+        self._judge_reloads(step)
         self._check_step_method(step)
         start = time.thread_time()
         full = 0

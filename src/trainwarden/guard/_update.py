@@ -456,17 +456,24 @@ class UpdateCheck:
             self._worker.close()
             self._worker = None
 
-    def rebaseline(self) -> None:
-        """Forget what was read and expected (a legitimate reload replaced weights or state)."""
-        self._state_cache = None  # load_state_dict brings new state tensors
+    def refresh(self) -> None:
+        """Look the tensors up again (``load_state_dict`` brings new state tensors).
+
+        What the last step left stays the baseline: the next step compares with it.
+        """
+        self._state_cache = None
         self._kinds_cache = None
         self._step_views = _StepViews()
-        self._inputs.clear()
         for part in self._partitions:
             part.params.clear()
             part.state.clear()
             if part.memory is not None:
                 part.memory.forget()
+
+    def rebaseline(self) -> None:
+        """Forget what was read and expected (a legitimate reload replaced weights or state)."""
+        self.refresh()
+        self._inputs.clear()
 
         def forget() -> None:
             self._expected.clear()
