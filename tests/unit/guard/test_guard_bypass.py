@@ -277,12 +277,13 @@ def _smoothed_loss_code() -> Any:
 
 
 @pytest.mark.parametrize("patch", [_clip_ten_times_harder, _smoothed_loss, _smoothed_loss_code])
-def test_live_patch_on_the_gradient_path_is_caught_in_its_step(
+def test_live_patch_on_the_gradient_path_is_caught_within_sixteen_steps(
     sink: MemorySink, patch: Any
 ) -> None:
     # What the gradients go through before the optimizer (the loss, the functions that
     # clip_grad_norm_ calls) is not recomputed: the reference takes the patched gradients as
-    # given. Before: named by the runtime check only, up to code_every (60 s) later.
+    # given. Before: named by the runtime check only, up to code_every (60 s) later. A
+    # sixteenth of the bindings is compared before each step, in turn.
     job = make_job()
     patches: list[Any] = []
 
@@ -299,11 +300,11 @@ def test_live_patch_on_the_gradient_path_is_caught_in_its_step(
                 time.sleep(0.05)
                 waited += 0.05
             with pytest.raises(StepViolation) as info:
-                train(job, STEPS, tamper={START: tamper})
+                train(job, START + 17, tamper={START: tamper})
     finally:
         for applied in patches:
             applied.__exit__(None, None, None)
-    assert info.value.step == START
+    assert START <= info.value.step < START + 16
     code = [f for f in info.value.findings if f.rule_id == "guard.code"]
     assert code
     assert "changed while the job ran" in code[0].message
