@@ -1270,6 +1270,37 @@ def npy_v3_header(canary: Canary, _d: Path) -> bytes:
     return buf.getvalue()
 
 
+def npy_descr(descr: str) -> Payload:
+    """An ``.npy`` whose header names ``descr`` (a dtype numpy builds with ``hasobject``)."""
+
+    def build(canary: Canary, _d: Path) -> bytes:
+        # numpy.load unpickles the data of every dtype with hasobject, not only "O": NumPy 2's
+        # StringDType ("T", in any byte order, alone, in a field or a subarray) has it too.
+        header = f"{{'descr': {descr}, 'fortran_order': False, 'shape': (1,), }}"
+        header += " " * (127 - len(header) - 10) + "\n"
+        size = struct.pack("<H", len(header))
+        return b"\x93NUMPY\x01\x00" + size + header.encode("latin1") + _evil_pickle(canary)
+
+    return build
+
+
+def npz_member_descr(descr: str) -> Payload:
+    """An ``.npz`` with a plain array and a member whose header names ``descr``."""
+
+    def build(canary: Canary, d: Path) -> bytes:
+        import numpy as np
+
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            buf = io.BytesIO()
+            np.save(buf, np.arange(4.0))
+            z.writestr("weights.npy", buf.getvalue())
+            z.writestr("names.npy", npy_descr(descr)(canary, d))
+        return out.getvalue()
+
+    return build
+
+
 def torch_legacy_tar(canary: Canary, _d: Path) -> bytes:
     # The pre-2017 torch format: a tar of pickles. torch.load unpickles "storages" first.
     storages = _splice_call(
@@ -2535,6 +2566,51 @@ ATTACKS: tuple[Attack, ...] = (
         T,
         "hasobject is true for the whole record, so the array is pickled.",
         _file("records.npy", npy_structured_object),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype",
+        "npy header descr 'T' (NumPy 2 StringDType, hasobject)",
+        T,
+        "numpy.load unpickles any dtype with hasobject; 'T' is not 'O' but has it.",
+        _file("array.npy", npy_descr("'T'")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype-byteorder",
+        "npy header descr '>T'",
+        T,
+        "StringDType with a byte-order prefix.",
+        _file("array.npy", npy_descr("'>T'")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype-field",
+        "npy structured dtype with a StringDType field",
+        T,
+        "One 'T' field makes the whole record dtype hasobject.",
+        _file("array.npy", npy_descr("[('x', '<f4'), ('s', 'T')]")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype-subarray",
+        "npy subarray dtype of StringDType",
+        T,
+        "A (base, shape) descr whose base is 'T'.",
+        _file("array.npy", npy_descr("('T', (2,))")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npz-stringdtype-member",
+        "npz member with descr 'T'",
+        T,
+        "The StringDType header inside an npz archive.",
+        _file("arrays.npz", npz_member_descr("'=T'")),
         numpy_load_pickle,
         ("numpy",),
     ),
