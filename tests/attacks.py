@@ -1179,6 +1179,19 @@ def f2py_eval(canary: Canary, _d: Path) -> bytes:
     return p4(call(g("numpy.f2py.crackfortran", "_eval_scalar"), _pyexpr(canary), {}))
 
 
+def mailcap_findmatch(canary: Canary, _d: Path) -> bytes:
+    # findmatch runs each entry's "test" command with os.system to pick a viewer.
+    caps = {"text/plain": [{"view": "true", "test": _sh(canary)}]}
+    return p4(call(g("mailcap", "findmatch"), caps, "text/plain"))
+
+
+def sympy_eval(name: str) -> Payload:
+    """``sympy.<name>(source)``: sympy's parser evaluates the string as Python."""
+
+    module, _, attr = name.rpartition(".")
+    return lambda c, _d: p4(call(g(module, attr), _pyexpr(c)))
+
+
 def subinterpreter(canary: Canary, _d: Path) -> bytes:
     interp = call(g("_xxsubinterpreters", "create"))
     return p4(call(g("_xxsubinterpreters", "run_string"), interp, _pystmt(canary)))
@@ -1954,6 +1967,44 @@ ATTACKS: tuple[Attack, ...] = (
         "CVE-2025-10155",
         "Creates / truncates any file the victim can write.",
         _pkl(io_fileio),
+    ),
+    _a(
+        "mailcap-findmatch",
+        "mailcap.findmatch (test command through os.system)",
+        "https://github.com/protectai/modelscan/pull/346",
+        "A mailcap entry's test command runs in a shell.",
+        _pkl(mailcap_findmatch),
+    ),
+    _a(
+        "sympy-sympify-eval",
+        "sympy.sympify of a Python expression",
+        T,
+        "sympify parses strings with eval; sympy ships with torch.",
+        _pkl(sympy_eval("sympy.sympify")),
+        requires=("sympy",),
+    ),
+    _a(
+        "sympy-parse-expr-eval",
+        "sympy.parsing.sympy_parser.parse_expr",
+        T,
+        "parse_expr evaluates the transformed source.",
+        _pkl(sympy_eval("sympy.parsing.sympy_parser.parse_expr")),
+        requires=("sympy",),
+    ),
+    _a(
+        "codecs-open-write",
+        "codecs.open(path, 'w')",
+        T,
+        "Creates / truncates any file the victim can write (the allowlisted codecs.encode's "
+        "module neighbour).",
+        _pkl(simple("codecs", "open", canary_path, const("w"))),
+    ),
+    _a(
+        "wave-open-write",
+        "wave.open(path, 'wb')",
+        T,
+        "Creates / truncates any file the victim can write (so do sunau and aifc).",
+        _pkl(simple("wave", "open", canary_path, const("wb"))),
     ),
     _a(
         "distutils-write-file",
