@@ -815,6 +815,26 @@ def build_keras_lambda(directory: Path, canary: Canary) -> Path:
     return out
 
 
+def keras_lambda_bare(*others: str) -> Callable[[Path, Canary], Path]:
+    """The Lambda ``.keras`` with only ``config.json`` and ``others`` (empty) beside it.
+
+    Keras builds the model from config.json before it looks for weights (and never reads
+    metadata.json to decide), so the Lambda runs whatever else the archive holds.
+    """
+
+    def build(directory: Path, canary: Canary) -> Path:
+        with zipfile.ZipFile(build_keras_lambda(directory / "full", canary)) as full:
+            config = full.read("config.json")
+        out = directory / "model.keras"
+        with zipfile.ZipFile(out, "w") as z:
+            z.writestr("config.json", config)
+            for name in others:
+                z.writestr(name, b"")
+        return out
+
+    return build
+
+
 def _gguf_kv_str(key: str, value: str) -> bytes:
     k, v = key.encode(), value.encode()
     return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
@@ -2755,6 +2775,27 @@ ATTACKS: tuple[Attack, ...] = (
         "CVE-2024-3660",
         "Built without keras; the natural load needs keras installed.",
         build_keras_lambda,
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "keras-lambda-config-only",
+        ".keras zip holding only config.json (Lambda layer)",
+        "CVE-2024-3660",
+        "No metadata.json or weights: the archive does not look like Keras by its names, "
+        "but load_model builds the Lambda from config.json before it wants weights.",
+        keras_lambda_bare(),
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "keras-lambda-npz-weights",
+        ".keras zip with config.json and model.weights.npz",
+        "CVE-2024-3660",
+        "Keras 3 also reads weights from an npz; no metadata.json.",
+        keras_lambda_bare("model.weights.npz"),
         keras_load_model,
         ("keras",),
         expected=Verdict.UNKNOWN,
