@@ -42,6 +42,10 @@ _ESCAPE_RE = rb"\\u([0-9a-fA-F]{4})"
 _REMOTE_KEY_RE = rb'"(auto_map|custom_pipelines|trust_remote_code)"\s*:'
 _SEARCH_CHUNK = 4 << 20
 _SEARCH_OVERLAP = 1024  # longer than any of the keys written with \uXXXX escapes
+_REMOTE_KEYS = (b'"auto_map"', b'"custom_pipelines"', b'"trust_remote_code"')
+# An escape of one of the keys' characters (a-z, "_"): json.dumps never writes these, so
+# legitimate files (tokenizer vocabularies full of other escapes) skip the slow unescaping.
+_KEY_CHAR_ESCAPE_RE = rb"\\u00(?:5[fF]|6[1-9a-fA-F]|7[0-9aA])"
 
 
 def _load_json(blob: Blob, head: bytes) -> Any:
@@ -115,7 +119,12 @@ def _search_large_json(ctx: Context, blob: Blob, member: str | None) -> None:
         ctx.check_time(member)
         start = max(0, pos - _SEARCH_OVERLAP)
         window = bytes(blob.read(start, pos + _SEARCH_CHUNK - start))
-        match = re.search(_REMOTE_KEY_RE, _unescape(window) if b"\\u" in window else window)
+        if b"\\u00" in window and re.search(_KEY_CHAR_ESCAPE_RE, window):
+            window = _unescape(window)
+        elif not any(key in window for key in _REMOTE_KEYS):
+            pos += _SEARCH_CHUNK
+            continue
+        match = re.search(_REMOTE_KEY_RE, window)
         if match is not None:
             key = match.group(1).decode()
             ctx.unknown(
