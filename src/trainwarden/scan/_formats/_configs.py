@@ -40,6 +40,14 @@ _HF_KEYS = frozenset(
 _LAMBDA_RE = rb'"class_name"\s*:\s*"Lambda"'
 _MODULE_RE = rb'"module"\s*:\s*"([^"\\]{1,200})"'
 _ESCAPE_RE = rb"\\u([0-9a-fA-F]{4})"
+# Keys that make Hugging Face loaders pull in code, as they appear in JSON text.
+_REMOTE_KEY_RE = rb'"(auto_map|custom_pipelines|trust_remote_code)"\s*:'
+_SEARCH_CHUNK = 4 << 20
+_SEARCH_OVERLAP = 1024  # longer than any of the keys written with \uXXXX escapes
+_REMOTE_KEYS = (b'"auto_map"', b'"custom_pipelines"', b'"trust_remote_code"')
+# An escape of one of the keys' characters (a-z, "_"): json.dumps never writes these, so
+# legitimate files (tokenizer vocabularies full of other escapes) skip the slow unescaping.
+_KEY_CHAR_ESCAPE_RE = rb"\\u00(?:5[fF]|6[1-9a-fA-F]|7[0-9aA])"
 
 
 def _load_json(blob: Blob, head: bytes) -> Any:
@@ -83,6 +91,8 @@ def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> 
     """
     doc = _load_json(blob, head)
     if doc is None:
+        if blob.size > _JSON_MAX and _looks_json(head):
+            _search_large_json(ctx, blob, member)
         if not _is_text(head):
             return "data"
         name = (member or ctx.path).lower()
@@ -97,6 +107,50 @@ def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> 
         if _HF_KEYS & doc.keys():
             return "hf-config"
     return "json"
+
+
+def _looks_json(head: bytes) -> bool:
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[")
+
+
+def _search_large_json(ctx: Context, blob: Blob, member: str | None) -> None:
+    """JSON too large to parse: search its text for the keys that pull in code.
+
+    Loaders parse a config of any size, so above the parse bound the keys must still be
+    found (a padded config.json once hid its auto_map as "text"). A file larger than the
+    scanner reads at all is reported as not analysed.
+    """
+    if blob.size > ctx.limits.max_member_bytes:
+        ctx.unknown(
+            "limit.json-size",
+            "JSON file larger than the scanner reads; the keys that make loaders import code "
+            "(auto_map, custom_pipelines, trust_remote_code) were not looked for",
+            member,
+            evidence=f"{blob.size} bytes > max_member_bytes={ctx.limits.max_member_bytes}",
+        )
+        return
+    pos = 0
+    while pos < blob.size:
+        ctx.check_time(member)
+        start = max(0, pos - _SEARCH_OVERLAP)
+        window = bytes(blob.read(start, pos + _SEARCH_CHUNK - start))
+        if b"\\u00" in window and re.search(_KEY_CHAR_ESCAPE_RE, window):
+            window = _unescape(window)
+        elif not any(key in window for key in _REMOTE_KEYS):
+            pos += _SEARCH_CHUNK
+            continue
+        match = re.search(_REMOTE_KEY_RE, window)
+        if match is not None:
+            key = match.group(1).decode()
+            ctx.unknown(
+                "hf.remote-code",
+                f"large JSON config names {key!r}: Hugging Face loaders pull in code from the "
+                "repository through it (too large to parse; found by searching its text)",
+                member,
+                evidence=key,
+            )
+            return
+        pos += _SEARCH_CHUNK
 
 
 def _check_hf_config(ctx: Context, doc: dict[str, Any], member: str | None) -> None:

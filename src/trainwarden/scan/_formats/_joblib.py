@@ -20,6 +20,7 @@ __all__ = ["analyse_joblib_compat", "analyse_joblib_stream"]
 
 # Compared as "module.name": ("joblib", "numpy_pickle.NumpyArrayWrapper") names the same class.
 _WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
+_STRINGDTYPE_MODULES = frozenset({"numpy._core._internal", "numpy.core._internal"})
 _DTYPE_RE = re.compile(r"^[<>|=]?([a-zA-Z])(\d*)$")
 # Streams up to this size are walked in memory with io.BytesIO (see _splice).
 _IN_MEMORY_MAX = 4 << 20
@@ -78,6 +79,14 @@ def _dtype_spec(dtype: Any) -> tuple[str, int]:
     """(kind letter, size digits or -1) of a pickled ``numpy.dtype(spec, ...)`` call."""
     if not isinstance(dtype, _Obj) or not isinstance(dtype.args, tuple) or not dtype.args:
         raise _GiveUp("wrapper dtype")
+    if (
+        isinstance(dtype.callable, _Global)
+        and dtype.callable.module in _STRINGDTYPE_MODULES
+        and dtype.callable.name == "_convert_to_stringdtype_kwargs"
+    ):
+        # NumPy 2's StringDType pickles this way; it has hasobject, so joblib pickles the
+        # strings after the wrapper exactly as for an object array.
+        return "O", -1
     spec = dtype.args[0]
     match = _DTYPE_RE.match(spec) if isinstance(spec, str) else None
     if match is None:

@@ -101,6 +101,11 @@ def _drop_py2_long_suffix(text: str) -> str:
 # and a unit for datetimes. Anything else (``object``, ``i4,O``, ``(2,)O``...) is parsed by
 # numpy.dtype in ways we do not replay, and may well hold objects: it is treated as if it did.
 _PLAIN_DESCR = re.compile(r"[<>|=]?([a-zA-Z?])(\d*)(?:\[[0-9A-Za-z]+\])?")
+# Type codes whose dtype never holds objects (numbers, bools, bytes, str, void, datetimes).
+# Listed, not the reverse: "O" is not the only code with ``hasobject`` (NumPy 2's StringDType
+# "T" has it, and numpy.load unpickles its data), and a code a later numpy adds is unknown
+# here, so it is treated as holding objects.
+_PLAIN_KINDS = frozenset("?BDFGHILMNPQSUVabcdefghilmnpqu")
 
 
 def _has_object(descr: Any, depth: int = 0) -> bool:
@@ -113,7 +118,7 @@ def _has_object(descr: Any, depth: int = 0) -> bool:
         return True
     if isinstance(descr, str):
         match = _PLAIN_DESCR.fullmatch(descr)
-        return match is None or match.group(1) == "O"
+        return match is None or match.group(1) not in _PLAIN_KINDS
     if isinstance(descr, tuple):
         return len(descr) != 2 or _has_object(descr[0], depth + 1)
     if isinstance(descr, list):

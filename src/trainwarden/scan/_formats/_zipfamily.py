@@ -68,7 +68,9 @@ def classify_zip(archive: ZipArchive) -> str:
             return "torch-zip"
     if names and all(n.endswith(".npy") for n in names):
         return "numpy-npz"
-    if "config.json" in names and ("metadata.json" in names or "model.weights.h5" in names):
+    if "config.json" in names and (
+        "metadata.json" in names or "model.weights.h5" in names or "model.weights.npz" in names
+    ):
         return "keras"
     return "zip"
 
@@ -157,7 +159,9 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
             _unreadable(ctx, entry, where)
             continue
         ctx.analyse(mblob, where, depth + 1)
-        if fmt == "keras" and lower == "config.json":
+        # keras.saving.load_model builds the model from the root config.json before it looks
+        # for weights or metadata: any zip holding one is a Keras archive to it.
+        if lower == "config.json":
             from trainwarden.scan._formats._configs import check_keras_config
 
             check_keras_config(ctx, bytes(mblob.read(0, mblob.size)), where)

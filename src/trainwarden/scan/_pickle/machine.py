@@ -23,6 +23,7 @@ from typing import Any, Final
 from trainwarden.findings import Verdict
 from trainwarden.scan._limits import Limits
 from trainwarden.scan._pickle.results import (
+    CALLS_ARGUMENTS,
     NESTED_LOADERS,
     RULE_FRAME_OVERRUN,
     RULE_FRAME_SPLIT,
@@ -142,6 +143,7 @@ _MISSING = object()
 (_R_MODULE, _R_NAME, _R_OFFSET, _R_OPCODE, _R_CALLED, _R_RESOLVED, _R_INIT, _R_NESTED) = range(8)
 _R_OPAQUE = 8  # calls of a nested loader whose payload is not a bytes literal
 _R_COUNT = 9
+_R_CALLS = 10  # argument positions the global calls (CALLS_ARGUMENTS), or None
 
 
 def _flat(items: list[object] | tuple[object, ...]) -> tuple[object, ...]:
@@ -156,7 +158,7 @@ _SZ_STR = 56
 _SZ_TUPLE = 56
 _SZ_RESULT = 64
 _SZ_GLOBAL = 48
-_SZ_RECORD = 232  # the 10-slot list, its key tuple in the index, the _Global
+_SZ_RECORD = 240  # the 11-slot list, its key tuple in the index, the _Global
 
 
 class _Stop(Exception):
@@ -641,7 +643,8 @@ class _Machine:
         if len(self.records) >= self.limits.max_globals:
             raise _Limit("max_globals", self.limits.max_globals, "too many imported names")
         nested = NESTED_LOADERS.get((module, name)) if resolved else None
-        rec = [module, name, offset, opcode, False, resolved, False, nested, 0, 1]
+        calls = CALLS_ARGUMENTS.get((module, name)) if resolved else None
+        rec = [module, name, offset, opcode, False, resolved, False, nested, 0, 1, calls]
         self.records.append(rec)
         if resolved:
             self.rec_index[(module, name)] = rec
@@ -685,6 +688,16 @@ class _Machine:
                 self.nested.append((payload.start, payload.end, rec[_R_NESTED], rec))
         else:
             rec[_R_OPAQUE] += 1
+
+    @staticmethod
+    def _calls_arguments(rec: list[Any], args: object) -> None:
+        """A higher-order global is called: the globals it calls in turn are called too."""
+        if type(args) is not tuple:
+            return
+        for i in rec[_R_CALLS]:
+            if i < len(args) and type(args[i]) is _Global:
+                target = args[i].rec
+                target[_R_CALLED] = target[_R_INIT] = True
 
     def _mutation(self, target: object, offset: int, opname: str) -> None:
         if type(target) is _Global:
@@ -916,6 +929,8 @@ class _Machine:
                             rec[_R_CALLED] = rec[_R_INIT] = True
                             if rec[_R_NESTED] is not None:
                                 self._nested_call(rec, args)
+                            if rec[_R_CALLS] is not None:
+                                self._calls_arguments(rec, args)
                             res = Result(fn.rec)  # type: ignore[attr-defined]
                         elif tf is Result:
                             res = Result(fn.src)  # type: ignore[attr-defined]
@@ -1163,16 +1178,20 @@ class _Machine:
             glob = self._import(i_mod, i_name, op_at, "INST")
             if failure is not None:
                 raise failure
-            self._poptuple(self._marker())
+            args = self._poptuple(self._marker())
             glob.rec[_R_CALLED] = glob.rec[_R_INIT] = True
+            if glob.rec[_R_CALLS] is not None:
+                self._calls_arguments(glob.rec, args)
             stack.append(_Result(glob.rec))
             return pos
         if op == 0x6F:  # OBJ
             mark = self._marker()
             if len(stack) - mark < 1:
                 raise _underflow()
-            self._poptuple(mark + 1)
+            args = self._poptuple(mark + 1)
             cls = self._pop()
+            if type(cls) is _Global and cls.rec[_R_CALLS] is not None:
+                self._calls_arguments(cls.rec, args)
             stack.append(self._call(cls, "OBJ", init=True))
             return pos
         if op in (0x81, 0x92):  # NEWOBJ, NEWOBJ_EX

@@ -13,6 +13,7 @@ from typing import Final
 from trainwarden.findings import Verdict
 
 __all__ = [
+    "CALLS_ARGUMENTS",
     "NESTED_LOADERS",
     "RULE_FRAME_OVERRUN",
     "RULE_FRAME_SPLIT",
@@ -47,6 +48,19 @@ NESTED_LOADERS: Final[dict[tuple[str, str], str]] = {
     ("pickle", "loads"): "pickle",
     ("_pickle", "loads"): "pickle",
     ("pickle", "_loads"): "pickle",
+}
+
+# Allowlisted functions that call a callable they are handed: the positions of those
+# arguments. Handing a global to one of them calls it (``__init__`` included) as surely as
+# REDUCE does, so a value-only or reconstruct-only entry must not pass as merely named there.
+CALLS_ARGUMENTS: Final[dict[tuple[str, str], tuple[int, ...]]] = {
+    ("copyreg", "_reconstructor"): (1,),  # base.__new__(cls, state), base.__init__(obj, state)
+    ("torch._tensor", "_rebuild_from_type_v2"): (0,),  # func(*args)
+    ("torch._tensor", "_rebuild_from_type"): (0,),
+    ("numpy.random._pickle", "__randomstate_ctor"): (1,),  # bit_generator_ctor(name)
+    ("numpy.random._pickle", "__generator_ctor"): (1,),
+    ("numpy.random._pickle", "__bit_generator_ctor"): (0,),  # a class argument is called
+    ("collections", "defaultdict"): (0,),  # the factory, on every missing key
 }
 
 _NAME_MAPPING: dict[tuple[str, str], tuple[str, str]] = dict(_compat_pickle.NAME_MAPPING)
