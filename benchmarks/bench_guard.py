@@ -210,7 +210,11 @@ def _checks(r: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     for name, value in sorted(r["per_check"].items(), key=lambda kv: -kv[1]):
-        where = " (watchdog thread, every 60 s)" if name == "code" else ""
+        where = (
+            " (a sixteenth of the bindings each step; the full check in the watchdog thread)"
+            if name == "code"
+            else ""
+        )
         lines.append(f"| {name}{where} | {value * 1e6:.0f} | {value / r['bare_cpu']:.3%} |")
     return "\n".join(lines)
 
