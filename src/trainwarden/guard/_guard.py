@@ -893,9 +893,9 @@ class Guard:
     def _reloaded(self, what: str) -> None:
         if not self.active:
             return
-        # load_state_dict replaces weights (or optimizer state): recorded, and the continuity
-        # check starts again from the loaded values. Before the first step it is the job's
-        # resume; later it must be declared (guard.declare_change) before the next step.
+        # load_state_dict replaces weights (or optimizer state): recorded. Before the first
+        # step (the job's resume) or declared (guard.declare_change), the comparisons start
+        # again from the loaded values.
         if self.step > 0 and self._declared_at != self.step:
             # Mid-run and not (yet) declared: the comparisons keep what the last step left, so
             # the next one shows whether the load changed anything (a round trip of the same
