@@ -166,3 +166,21 @@ def test_a_template_under_another_name_is_plain_text(tmp_path: Path) -> None:
     # payload is documentation, not a template anything renders.
     (tmp_path / "README.md").write_text(PAYLOADS["cycler-globals"])
     assert scan_path(tmp_path).verdict is Verdict.SAFE
+
+
+def test_a_template_padded_past_what_the_scanner_parses_is_not_safe(tmp_path: Path) -> None:
+    # Loaders parse a config and render a template of any size; the scanner parses JSON up to
+    # 16 MiB. Padded past that, the template is found by searching the text, and a *.jinja
+    # file that large is reported as not analysed (chat templates are kilobytes).
+    payload = PAYLOADS["cycler-globals"].replace("CMD", "'true'")
+    padding = " " * (17 << 20)
+    doc = '{"tokenizer_class": "PreTrainedTokenizerFast",' + padding + '"chat_template": '
+    (tmp_path / "tokenizer_config.json").write_text(doc + json.dumps(payload) + "}")
+    (tmp_path / "chat_template.jinja").write_text(padding + payload)
+    report = scan_path(tmp_path)
+    verdicts = {Path(f.path).name: f.verdict for f in report.files}
+    assert verdicts == {
+        "tokenizer_config.json": Verdict.UNKNOWN,
+        "chat_template.jinja": Verdict.UNKNOWN,
+    }
+    assert {f.rule_id for f in report.findings} == {"hf.chat-template"}

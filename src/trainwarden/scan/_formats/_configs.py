@@ -40,11 +40,11 @@ _HF_KEYS = frozenset(
 _LAMBDA_RE = rb'"class_name"\s*:\s*"Lambda"'
 _MODULE_RE = rb'"module"\s*:\s*"([^"\\]{1,200})"'
 _ESCAPE_RE = rb"\\u([0-9a-fA-F]{4})"
-# Keys that make Hugging Face loaders pull in code, as they appear in JSON text.
-_REMOTE_KEY_RE = rb'"(auto_map|custom_pipelines|trust_remote_code)"\s*:'
+# Keys that make Hugging Face loaders pull in code (or render a template), as in JSON text.
+_REMOTE_KEY_RE = rb'"(auto_map|custom_pipelines|trust_remote_code|chat_template)"\s*:'
 _SEARCH_CHUNK = 4 << 20
 _SEARCH_OVERLAP = 1024  # longer than any of the keys written with \uXXXX escapes
-_REMOTE_KEYS = (b'"auto_map"', b'"custom_pipelines"', b'"trust_remote_code"')
+_REMOTE_KEYS = (b'"auto_map"', b'"custom_pipelines"', b'"trust_remote_code"', b'"chat_template"')
 # An escape of one of the keys' characters (a-z, "_"): json.dumps never writes these, so
 # legitimate files (tokenizer vocabularies full of other escapes) skip the slow unescaping.
 _KEY_CHAR_ESCAPE_RE = rb"\\u00(?:5[fF]|6[1-9a-fA-F]|7[0-9aA])"
@@ -96,9 +96,18 @@ def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> 
         if not _is_text(head):
             return "data"
         name = (member or ctx.path).lower()
-        if name.endswith(TEMPLATE_SUFFIXES) and blob.size <= _JSON_MAX:
-            text = bytes(blob.read(0, blob.size)).decode("utf-8", "replace")
-            check_template(ctx, text, name.rsplit("/", 1)[-1], member, rule="hf.chat-template")
+        if name.endswith(TEMPLATE_SUFFIXES):
+            if blob.size > _JSON_MAX:
+                # Loaders render a template of any size; chat templates are kilobytes.
+                ctx.unknown(
+                    "hf.chat-template",
+                    "chat template larger than the scanner checks: not analysed",
+                    member,
+                    evidence=f"{blob.size} bytes",
+                )
+            else:
+                text = bytes(blob.read(0, blob.size)).decode("utf-8", "replace")
+                check_template(ctx, text, name.rsplit("/", 1)[-1], member, rule="hf.chat-template")
         return "text"
     if isinstance(doc, dict):
         _check_hf_config(ctx, doc, member)
@@ -142,6 +151,15 @@ def _search_large_json(ctx: Context, blob: Blob, member: str | None) -> None:
         match = re.search(_REMOTE_KEY_RE, window)
         if match is not None:
             key = match.group(1).decode()
+            if key == "chat_template":
+                ctx.unknown(
+                    "hf.chat-template",
+                    "large JSON config holds a chat template, which loaders render: too large "
+                    "to parse, so the template was not checked (found by searching its text)",
+                    member,
+                    evidence=key,
+                )
+                return
             ctx.unknown(
                 "hf.remote-code",
                 f"large JSON config names {key!r}: Hugging Face loaders pull in code from the "
