@@ -321,9 +321,8 @@ class Guard:
         self._instance_step = self.optimizer.__dict__.get("step")
         #: What replaced the optimizer's step after attach (None while it is the original).
         self._step_replaced: str | None = None
-        #: A reload (what, steps done) after training started, and the last declared change.
-        self._reload: tuple[str, int] | None = None
-        # Undeclared mid-run loads awaiting their steps' verdicts: (what, after step, until).
+        # Undeclared mid-run loads awaiting their steps' verdicts: (what, after step, until);
+        # and the steps done when the last change was declared.
         self._reloads: list[tuple[str, int, int]] = []
         self._declared_at: int | None = None
         self._seeds = initial_seeds()
@@ -570,6 +569,8 @@ class Guard:
         self._instance_step = self.optimizer.__dict__.get("step")
         self._step_replaced = None
         self._declared_at = self.step
+        # A load since the last step, declared now: what it loaded is the baseline.
+        self._reloads = [r for r in self._reloads if r[1] != self.step]
         self._seeds = initial_seeds()
         self._emit("guard.declared", rank=self.rank, step=self.step, reason=str(reason)[:500])
 
@@ -900,7 +901,9 @@ class Guard:
             # Mid-run and not (yet) declared: the comparisons keep what the last step left, so
             # the next one shows whether the load changed anything (a round trip of the same
             # state changes nothing); declare_change() still drops that baseline.
-            self._reload = (what, self.step)
+            # Judged with the next step's verdicts (and the one after with verify_async).
+            until = self.step + 1 + int(self.config.verify_async)
+            self._reloads.append((what, self.step, until))
             self.update.refresh()
         else:
             self.update.rebaseline()
@@ -982,13 +985,6 @@ class Guard:
         if self.topology is not None:
             for finding in self.topology.check(step):
                 self._record(finding)
-        if self._reload is not None:
-            if self._declared_at == self._reload[1]:
-                self._reload = None
-            else:
-                # Judged with this step's verdicts (the next step's too with verify_async).
-                self._reloads.append((*self._reload, step + int(self.config.verify_async)))
-                self._reload = None
         self._add_cost("weights", start)
         if self.hyper is not None:
             for finding in self.hyper.before_step(step):
