@@ -1271,17 +1271,22 @@ def gzip_multi_member(canary: Canary, _d: Path) -> bytes:
     return gzip.compress(data[:cut], mtime=0) + gzip.compress(data[cut:], mtime=0)
 
 
-def npz_member_without_suffix(canary: Canary, _d: Path) -> bytes:
+def _npz_beside_weights(name: str, member: bytes) -> bytes:
+    """An ``.npz`` with a plain ``weights.npy`` and ``member`` stored as ``name``."""
     import numpy as np
 
-    # numpy.load exposes every npz member, with or without the .npy suffix.
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
         buf = io.BytesIO()
         np.save(buf, np.arange(4.0))
         z.writestr("weights.npy", buf.getvalue())
-        z.writestr("meta", npy_object(canary, _d))
+        z.writestr(name, member)
     return out.getvalue()
+
+
+def npz_member_without_suffix(canary: Canary, _d: Path) -> bytes:
+    # numpy.load exposes every npz member, with or without the .npy suffix.
+    return _npz_beside_weights("meta", npy_object(canary, _d))
 
 
 def npy_structured_object(canary: Canary, _d: Path) -> bytes:
@@ -1321,15 +1326,7 @@ def npz_member_descr(descr: str) -> Payload:
     """An ``.npz`` with a plain array and a member whose header names ``descr``."""
 
     def build(canary: Canary, d: Path) -> bytes:
-        import numpy as np
-
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w") as z:
-            buf = io.BytesIO()
-            np.save(buf, np.arange(4.0))
-            z.writestr("weights.npy", buf.getvalue())
-            z.writestr("names.npy", npy_descr(descr)(canary, d))
-        return out.getvalue()
+        return _npz_beside_weights("names.npy", npy_descr(descr)(canary, d))
 
     return build
 

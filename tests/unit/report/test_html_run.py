@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from trainwarden.keys import PrivateKey
 from trainwarden.report import RunReport, read_run
 from trainwarden.report._run_ledger import scope_of
 from trainwarden.report._synthetic import SyntheticRun, write_synthetic_run
@@ -277,7 +278,6 @@ def test_provenance_without_a_trusted_key_is_never_called_verified(
 
 
 def test_provenance_signed_by_another_key_does_not_verify(clean: SyntheticRun) -> None:
-    from trainwarden.keys import PrivateKey
 
     report = _read(clean, keys=[PrivateKey.generate("someone@else").public])
     assert report.provenance.verified is False
@@ -367,17 +367,22 @@ def test_an_unreadable_checkpoint_is_not_verified_not_fine(clean: SyntheticRun) 
     assert report.verdict != "clean"
 
 
-def test_a_recorded_deletion_is_not_a_finding(clean: SyntheticRun) -> None:
-    from trainwarden.keys import PrivateKey
+def _delete_with_record(clean: SyntheticRun, identity: str) -> tuple[Path, PrivateKey]:
+    """Delete a checkpoint after a ``checkpoint.deleted`` record signed by a new key."""
     from trainwarden.ledger import Ledger
 
     path = _ckpt(clean)
-    # The job's own key is not at hand (the generator kept it); a trusted deleter is a key
-    # passed with --key like any writer.
-    key = PrivateKey.generate("retention@cluster")
+    key = PrivateKey.generate(identity)
     with Ledger(clean.run_dir / "ledger", key=key) as ledger:
         ledger.append("checkpoint.deleted", run=clean.run_id, path=str(path.resolve()))
     path.unlink()
+    return path, key
+
+
+def test_a_recorded_deletion_is_not_a_finding(clean: SyntheticRun) -> None:
+    # The job's own key is not at hand (the generator kept it); a trusted deleter is a key
+    # passed with --key like any writer.
+    path, key = _delete_with_record(clean, "retention@cluster")
     report = read_run(clean.run_dir, keys=[*clean.keys, key.public])
     row = next(c for c in report.checkpoints if c.path == str(path.resolve()))
     assert row.status == "deleted"
@@ -418,7 +423,7 @@ def test_an_output_no_ledger_record_covers_gets_its_own_t7_card(clean: Synthetic
     )
     report = _read(clean)
     findings = build_findings(
-        view=_view(report),
+        view=_view(),
         ledger=report.ledger,
         ledger_path="ledger",
         run_id=report.run_id,
@@ -438,7 +443,7 @@ def test_an_output_no_ledger_record_covers_gets_its_own_t7_card(clean: Synthetic
     )
 
 
-def _view(report: RunReport) -> object:
+def _view() -> object:
     from trainwarden.report._run_ledger import LedgerView
 
     return LedgerView(entries=(), integrity={}, signers_checked=True, trusted=frozenset())
@@ -447,14 +452,7 @@ def _view(report: RunReport) -> object:
 def test_a_forged_deletion_record_does_not_hide_a_deletion(clean: SyntheticRun) -> None:
     # trainwarden drill's T8-denied: after deleting a checkpoint, the insider appends a
     # "checkpoint.deleted" signed by a fresh key labelled as the colleague.
-    from trainwarden.keys import PrivateKey
-    from trainwarden.ledger import Ledger
-
-    path = _ckpt(clean)
-    key = PrivateKey.generate("alice@cluster")
-    with Ledger(clean.run_dir / "ledger", key=key) as ledger:
-        ledger.append("checkpoint.deleted", run=clean.run_id, path=str(path.resolve()))
-    path.unlink()
+    path, _ = _delete_with_record(clean, "alice@cluster")
     report = _read(clean)
     row = next(c for c in report.checkpoints if c.path == str(path.resolve()))
     assert row.status == "missing"
@@ -531,7 +529,6 @@ def _file_with(run: SyntheticRun, event: str) -> Path:
 
 @pytest.mark.parametrize("how", ["edit", "drop", "truncate", "delete-writer", "forge"])
 def test_every_kind_of_ledger_tampering_shows(clean: SyntheticRun, how: str) -> None:
-    from trainwarden.keys import PrivateKey
     from trainwarden.ledger import Ledger
 
     path = _file_with(clean, "checkpoint.signed")
@@ -589,7 +586,6 @@ def _sessions_run(tmp_path: Path, *, with_bytes: bool) -> tuple[Path, Path, Path
     """A rank file written by two guard sessions (a resumed rank), each attesting its part."""
     import hashlib
 
-    from trainwarden.keys import PrivateKey
     from trainwarden.ledger import Ledger
 
     run_dir = tmp_path / "run"
@@ -648,7 +644,6 @@ def test_without_byte_counts_two_sessions_cannot_be_verified(tmp_path: Path) -> 
 
 
 def _signal_run(tmp_path: Path, *events: tuple[str, dict[str, object]]) -> tuple[Path, Path]:
-    from trainwarden.keys import PrivateKey
     from trainwarden.ledger import Ledger
 
     run_dir = tmp_path / "run"
