@@ -49,7 +49,6 @@ __all__ = [
     "StallDetector",
     "busy",
     "phase_label",
-    "run_delay",
 ]
 
 #: Phases judged, in the order they are exchanged.
@@ -116,23 +115,19 @@ def _install_gc_timer() -> None:
         _gc["installed"] = True
 
 
-def run_delay() -> float:
-    """Seconds not spent on the job's own work: waiting for a CPU or for the guard's checks.
-
-    Run-queue delay comes from ``/proc/thread-self/schedstat`` (0 where unavailable); the
-    collector's pauses are the interpreter's, not the job's (one that another thread runs
-    during a sleep hides up to its length: the documented limit); :func:`busy` is the time the
-    guard's paced heavy checks may have held the interpreter lock.
-    """
-    return _mark()[0]
-
-
-# A phase boundary: (run_delay() of the training thread, its run-queue part).
+# A phase boundary: (the delays so far, their run-queue part), see _mark.
 _Mark = tuple[float, float]
 
 
 def _mark(thread: int | None = None) -> _Mark:
-    """The training thread's delays now (``thread``: its native id, from any thread)."""
+    """Seconds the training thread has not spent on the job's own work, and their queued part.
+
+    ``thread`` is its native id (the caller's by default), so any thread can mark it. Run-queue
+    delay comes from its ``schedstat`` (0 where unavailable); the collector's pauses are the
+    interpreter's, not the job's (one that another thread runs during a sleep hides up to its
+    length: the documented limit); :func:`busy` is the time the guard's paced heavy checks may
+    have held the interpreter lock.
+    """
     queued = _run_queue(thread)
     return queued + float(_gc["total"]) + busy(), queued
 
@@ -141,7 +136,7 @@ def _own(wall: float, start: _Mark, end: _Mark, *, workers: bool = False) -> flo
     """Own work in a phase of ``wall`` seconds between two boundaries.
 
     Not own work: the run-queue delay, the collector's pauses and the guard's slices (see
-    :func:`run_delay`). With intra-op ``workers`` (more than one intra-op thread), also up to
+    :func:`_mark`). With intra-op ``workers`` (more than one intra-op thread), also up to
     as much again as the run-queue delay: under CPU contention the training thread spins at
     their barriers, then blocks, while they wait for a CPU. On a 2-core machine at load 5 a
     2 ms backward measured 120 ms of CPU beside 120 ms of queueing (and at most 50 ms
@@ -163,7 +158,7 @@ def busy() -> float:
     """Wall seconds the guard's paced heavy checks have worked so far, in this process.
 
     Non-decreasing, but for the garbage collection a finished slice hands back to
-    :func:`run_delay`. Read from the training thread at a phase boundary, it includes the slice in
+    :func:`_mark`. Read from the training thread at a phase boundary, it includes the slice in
     progress up to now: the training thread runs Python, so any slice that started has
     released the lock, and the time until the training thread got it back was a wait.
     """
@@ -184,7 +179,7 @@ class Pacer:
     ``duty`` of the lock; the interpreter forces a switch only every 5 ms, which would let a
     heavy check hold the lock for 5 ms at every one of the training thread's native calls.
     Every slice's wall time is added to :func:`busy` (minus garbage collection, already counted
-    by :func:`run_delay`), which the phases subtract: the training thread can only have waited
+    by :func:`_mark`), which the phases subtract: the training thread can only have waited
     for the lock while a slice ran.
 
     Use it as a context manager around the check, in one thread at a time (the watchdog).
