@@ -1164,6 +1164,18 @@ def test_misconfigurations_exit_2_with_a_message(
     assert not (tmp_path / "trainwarden-runs").exists()  # refused before anything was made
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_summary_that_cannot_be_written_keeps_the_runs_own_lines(tmp_path: Path) -> None:
+    # A full disk at the end: exit 2 with the reason, after the job's status and where its
+    # provenance is (the run itself is recorded and attested).
+    proc = tw("run", *FAST, "--summary", "/dev/full", "--", PY, "-c", "pass", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "job ended with status 0" in proc.stderr
+    assert "provenance" in proc.stderr
+    assert "No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_public_key_is_not_a_signing_key(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
     proc = tw("run", *FAST, "--key", str(key_pair[1]), "--", PY, "-c", "pass", cwd=tmp_path)
     assert proc.returncode == 2

@@ -359,9 +359,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     with Progress("", enabled=not args.no_progress) as progress:
         result = run_job(options, progress=_RunProgress(progress))
+    # The run's own lines first: a summary that cannot be written (a full disk) fails the
+    # command, and must not take the job's status and the provenance's place with it.
+    _report(result, ephemeral_pub=result.run_dir / "supervisor.pub")
     if args.summary is not None:
         write_output(dumps(result.to_dict()), args.summary)
-    _report(result, ephemeral_pub=result.run_dir / "supervisor.pub")
     if result.decision == "refuse":
         raise ConfigError(
             f"the pre-flight policy refused to launch the job (recorded in {result.ledger}, "
