@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["EventSink", "MemorySink", "RecordedEvent"]
+__all__ = ["CONTEXT_RULES", "EventSink", "MemorySink", "RecordedEvent"]
+
+#: ``guard.finding`` rules that are context, never evidence of tampering: loss and gradient
+#: anomalies, and updates the guard cannot verify (an optimizer without a reference). The
+#: ledger and the timeline keep them; verdicts and finding counts leave them out (a report
+#: lists unverified updates among what could not be verified).
+CONTEXT_RULES: frozenset[str] = frozenset({"guard.anomaly", "guard.not-verified"})
 
 
 @runtime_checkable

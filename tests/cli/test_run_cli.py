@@ -743,6 +743,41 @@ def test_the_real_guard_attaches_in_every_rank_without_code_change(tmp_path: Pat
     assert named(items, "run.exit")[0]["findings"] == {}
 
 
+RMSPROP_JOB = """
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+for _ in range(12):
+    x = torch.randn(32, 8)
+    loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+"""
+
+
+@pytest.mark.torch
+def test_updates_the_guard_cannot_verify_are_not_a_finding(tmp_path: Path) -> None:
+    """A clean job with an optimizer the guard has no reference for (RMSprop) is not counted
+    as suspected T4 (it was: "findings T4: 1", a report SUSPICIOUS with a card "perturbed or
+    flipped updates"); the report lists its updates among what could not be verified."""
+    from trainwarden.report import read_run
+
+    (tmp_path / "job.py").write_text(RMSPROP_JOB)
+    proc = tw("run", *FAST, "--run-dir", "rd", "--", PY, "job.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ended = [line for line in proc.stderr.splitlines() if "job ended with status 0" in line]
+    assert len(ended) == 1, proc.stderr[-2000:]
+    assert "findings" not in ended[0]
+    items = entries(tmp_path / "rd")
+    assert [f["rule_id"] for f in named(items, "guard.finding")] == ["guard.not-verified"]
+    assert named(items, "run.exit")[0]["findings"] == {}
+    report = read_run(tmp_path / "rd")
+    assert not [f for f in report.findings if f.check.startswith("guard.")]
+    assert [u for u in report.unverified if "RMSprop" in u and "rank 0" in u]
+
+
 # -- watch: hangs, signals, crashes, the supervisor itself ---------------------------------
 
 

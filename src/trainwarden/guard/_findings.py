@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainwarden._system import host_name
+from trainwarden.events import CONTEXT_RULES
 from trainwarden.findings import Finding, Location, Severity, Verdict
 
 __all__ = ["RULES", "Check", "GuardFinding", "Technique"]
@@ -54,6 +55,7 @@ RULES: dict[str, tuple[Technique, Check]] = {
     "guard.hooks": (Technique.T4, Check.HOOKS),
     "guard.detached": (Technique.T4, Check.HOOKS),
     "guard.cross-rank": (Technique.T4, Check.CROSS_RANK),
+    "guard.peer-lost": (Technique.T6, Check.CROSS_RANK),
     "guard.reseed": (Technique.T5, Check.RNG),
     "guard.data-order": (Technique.T5, Check.DATA),
     "guard.code": (Technique.T2, Check.CODE),
@@ -112,7 +114,7 @@ class GuardFinding:
         Anomalies and "not verified" notes are context, never proof; everything at ``high``
         or above halts, established or suspected (a rank that sleeps is only ever suspected).
         """
-        return self.rule_id not in ("guard.anomaly", "guard.not-verified", "guard.signal") and (
+        return self.rule_id not in (*CONTEXT_RULES, "guard.signal") and (
             self.severity >= Severity.HIGH
         )
 
@@ -139,7 +141,7 @@ class GuardFinding:
 
     def to_finding(self) -> Finding:
         """The shared :class:`trainwarden.findings.Finding` form (reports, SARIF)."""
-        if self.rule_id in ("guard.anomaly", "guard.not-verified"):
+        if self.rule_id in CONTEXT_RULES:
             verdict = Verdict.SAFE if self.rule_id == "guard.anomaly" else Verdict.UNKNOWN
         else:
             verdict = Verdict.UNSAFE if self.established else Verdict.UNKNOWN

@@ -1342,13 +1342,18 @@ class Guard:
             rows = self.exchange.gather(row)
         except ExchangeError as exc:
             self._exchange_off = True
+            # The other ranks cannot be reached: one is gone (killed, crashed, hung past the
+            # group's timeout) or the group was torn down. T6's consequence, not divergence.
             finding = GuardFinding(
-                rule_id="guard.cross-rank",
+                rule_id="guard.peer-lost",
                 severity=Severity.HIGH,
-                message=f"the guard's exchange with the other ranks failed: {exc}",
+                message=(
+                    f"the guard lost contact with the other ranks at step {step}: a rank is "
+                    "gone (killed, crashed or hung) or the process group was torn down"
+                ),
                 rank=self.rank,
                 step=step,
-                evidence=str(exc)[:200],
+                evidence=str(exc.__cause__ or exc)[:200],
                 established=False,
                 subject="exchange-failed",
             )

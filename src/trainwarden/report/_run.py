@@ -25,6 +25,7 @@ from trainwarden.report._run_findings import (
     headline_of,
     telemetry_segments,
     telemetry_sessions,
+    unverified_updates,
     verdict_of,
 )
 from trainwarden.report._run_ledger import (
@@ -185,6 +186,7 @@ def read_run(
     kills = build_kills(view)
     step("checkpoints")
     checkpoints = build_checkpoints(view, run_id, check=check_checkpoints)
+    unverified.extend(unverified_updates(view))
     unchecked = [c for c in checkpoints if c.status in ("unchecked", "not-checked")]
     if unchecked:
         unverified.append(f"{len(unchecked)} checkpoint(s) not verified")

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from trainwarden.events import CONTEXT_RULES
 from trainwarden.report._run_ledger import (
     KILL_SIGNALS,
     LedgerView,
@@ -49,6 +50,7 @@ __all__ = [
     "headline_of",
     "telemetry_segments",
     "telemetry_sessions",
+    "unverified_updates",
     "verdict_of",
 ]
 
@@ -141,6 +143,7 @@ GUARD_TITLES: Mapping[str, str] = {
     "guard.hooks": "Hook planted on the model or optimizer",
     "guard.detached": "Guard detached from the training loop",
     "guard.cross-rank": "Parameters diverged between ranks",
+    "guard.peer-lost": "A rank was lost: the guard could not reach it",
     "guard.reseed": "Random generator reseeded during training",
     "guard.data-order": "Data order changed",
     "guard.code": "Training code replaced at run time",
@@ -190,6 +193,8 @@ def _guard_findings(
             continue
         d = entry.data
         rule = as_text(d.get("rule_id"), 80) or as_text(d.get("check"), 80) or "guard"
+        if rule in CONTEXT_RULES:
+            continue  # context: the timeline shows it; unverified updates are listed as such
         groups[(rule, as_text(d.get("technique"), 8) or "")].append(entry)
     out = []
     for (rule, technique), entries in groups.items():
@@ -238,6 +243,17 @@ def _guard_findings(
             )
         )
     return out
+
+
+def unverified_updates(view: LedgerView) -> list[str]:
+    """What the guard said it could not verify (an optimizer without a reference), per rank."""
+    ranks: dict[str, set[int]] = defaultdict(set)
+    for entry in view.entries:
+        if entry.event == "guard.finding" and entry.data.get("rule_id") == "guard.not-verified":
+            message = as_text(entry.data.get("message"), 200) or "updates are not verified"
+            rank = as_int(entry.data.get("rank"))
+            ranks[message].update(() if rank is None else (rank,))
+    return [(f"{rank_list(sorted(r))}: " if r else "") + message for message, r in ranks.items()]
 
 
 def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:

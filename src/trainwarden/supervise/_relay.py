@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from trainwarden.errors import Error
+from trainwarden.events import CONTEXT_RULES
 from trainwarden.keys import PublicKey
 from trainwarden.supervise._channel import Peer
 from trainwarden.supervise._process import ExitStatus, cmdline
@@ -222,7 +223,8 @@ class Relaying(SupervisorState):
             technique = payload.get("technique")
             # A signal is counted once, from its guard.signal record (which says whether the
             # sender was the job's own machinery), not again from the guard's finding.
-            if payload.get("rule_id") != "guard.signal":
+            # Context (anomalies, updates not verified) is not a finding.
+            if payload.get("rule_id") not in ("guard.signal", *CONTEXT_RULES):
                 self._count(str(technique) if isinstance(technique, str) else "other")
             with self.lock:
                 if len(self.guard_findings) < 200:
