@@ -314,11 +314,26 @@ def _verify_signature(data: bytes, sig_file: Path, key: PublicKey) -> str:
             raise ValueError("not a trainwarden env-lock signature")
         if doc.get("algorithm") != "ed25519":
             raise ValueError(f"unsupported algorithm {doc.get('algorithm')!r}")
+        if doc.get("version") != 1 or isinstance(doc.get("version"), bool):
+            raise ValueError(f"unsupported version {doc.get('version')!r}")
         signature = base64.b64decode(str(doc["signature"]), validate=True)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise VerificationError(f"lock signature {sig_file} is malformed: {exc}") from exc
     # The signature covers the exact bytes of the lock file, checked before they are parsed.
     key.verify(signature, data)
+    # Not covered by the signature, but never to be believed when they disagree with it: a
+    # signature file that names another lock or another key was edited or belongs elsewhere.
+    named = doc.get("lock_sha256")
+    if named != hashlib.sha256(data).hexdigest():
+        raise VerificationError(
+            f"lock signature {sig_file} is for another lock (lock_sha256 {str(named)[:80]!r} is "
+            "not this lock's digest)"
+        )
+    if doc.get("key_fingerprint") != key.fingerprint:
+        raise VerificationError(
+            f"lock signature {sig_file} names key {str(doc.get('key_fingerprint'))[:80]!r}, "
+            f"not the trusted {key.fingerprint}"
+        )
     return f"{key.fingerprint} ({key.identity})"
 
 

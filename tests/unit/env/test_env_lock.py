@@ -289,3 +289,36 @@ def test_a_lock_signed_before_still_verifies(tmp_path: Path, keys: tuple[Path, P
     lock = read_lock(lock_path, key=load_public_key(public))
     assert lock.roots == (str(tmp_path),)
     assert lock.canonical_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("lock_sha256", "0" * 64, "for another lock"),
+        ("lock_sha256", None, "for another lock"),
+        ("key_fingerprint", "SHA256:someone-else", "names key"),
+        ("key_fingerprint", None, "names key"),
+        ("version", 2, "unsupported version"),
+        ("version", True, "unsupported version"),
+        ("version", None, "unsupported version"),
+    ],
+)
+def test_a_signature_file_that_disagrees_with_its_lock_or_key_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], field: str, value: object, says: str
+) -> None:
+    # The fields beside the signature are not what it covers; one that names another lock,
+    # another key or another format was edited, and was believed (exit 0) before.
+    from trainwarden.env import EnvLock
+
+    private, public = keys
+    lock_path = tmp_path / "env.lock"
+    root = str(tmp_path)
+    lock = EnvLock(roots=(root,), files={root: {}}, distributions={root: {}}, created="2026")
+    write_lock(lock, lock_path, key=load_private_key(private))
+    read_lock(lock_path, key=load_public_key(public))  # as written: verifies
+    sig = signature_path(lock_path)
+    doc = json.loads(sig.read_text())
+    doc[field] = value
+    sig.write_text(json.dumps(doc))
+    with pytest.raises(VerificationError, match=says):
+        read_lock(lock_path, key=load_public_key(public))
