@@ -89,6 +89,10 @@ def load(
             which global, where and why.
         trainwarden.errors.ConfigError: invalid ``allow``/``profiles``/``pickle_module``.
         trainwarden.errors.InputError: the input cannot be read.
+
+    A file the policy accepts but torch cannot deserialise (corrupt, truncated) raises what
+    ``torch.load`` raises for it (``RuntimeError``, ``EOFError``...): a drop-in keeps torch's
+    errors. ``trainwarden convert`` turns them into an input error.
     """
     from trainwarden.load._policy import resolve_policy
     from trainwarden.load._torch import load_with_report

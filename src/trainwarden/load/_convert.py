@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import struct
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +50,22 @@ _UNITS = {
 }
 # Errors torch raises for bytes that are not a checkpoint it can read (a truncated zip, a
 # pickle that ends early, an unknown magic number).
-_READ_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, OSError)
+# What torch's deserialiser raises on a corrupt file (found by fuzzing real checkpoints: a
+# storage key that is not there is an AssertionError, a bad set_() call a TypeError...).
+_READ_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    ArithmeticError,
+    struct.error,
+    OSError,
+)
 
 
 @dataclass(frozen=True)
