@@ -24,7 +24,7 @@ from trainwarden import patching
 from trainwarden.guard import _process
 from trainwarden.guard._config import GuardConfig
 from trainwarden.guard._findings import GuardFinding
-from trainwarden.guard._guard import Guard, StepInfo
+from trainwarden.guard._guard import Guard, StepInfo, first_global_pre_hook
 from trainwarden.patching import PatchSet, Target
 
 __all__ = ["GlobalGuard", "install_global"]
@@ -64,7 +64,6 @@ class GlobalGuard:
         telemetry_dir: str | None = None,
     ) -> None:
         import torch.nn.modules.module as module_mod
-        import torch.optim.optimizer as optim_mod
 
         self._kwargs: dict[str, Any] = {
             "sink": sink,
@@ -87,7 +86,8 @@ class GlobalGuard:
         # One bound-method object per hook, registered *and* tracked: the registry recognises
         # hooks by identity, and every `self._first_step` access makes a new bound method.
         first_step, seen = self._first_step, self._seen
-        handle = optim_mod.register_optimizer_step_pre_hook(first_step)
+        # First in line: it also marks where each guarded step starts (PhaseClock).
+        handle = first_global_pre_hook(first_step)
         self._hooks.append(
             patching.track_hook(
                 handle, first_step, purpose=PURPOSE, target="global optimizer pre-hook"
@@ -187,6 +187,10 @@ class GlobalGuard:
     # -------------------------------------------------------------------------- attach
 
     def _first_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        guarded = _process.guard_of(optimizer)
+        if guarded is not None:
+            guarded._step_called(optimizer, args, kwargs)
+            return
         with self._lock:
             if self._closed or _process.guard_of(optimizer) is not None:
                 return

@@ -148,6 +148,23 @@ class StepInfo:
     optimizer: int = 0
 
 
+def first_global_pre_hook(hook: Callable[[Any, Any, Any], None]) -> Any:
+    """Register ``hook`` as a global optimizer-step pre-hook that runs before every other.
+
+    torch runs the global pre-hooks in registration order, before an optimizer's own: one
+    registered earlier (by an edited torch, at import) would otherwise run first, unseen by the
+    phase marks. Where the registry is not the ordered dict torch has used since 2.0, the hook
+    stays where registration put it (last).
+    """
+    import torch.optim.optimizer as optim_mod
+
+    handle = optim_mod.register_optimizer_step_pre_hook(hook)
+    registry = getattr(optim_mod, "_global_optimizer_pre_hooks", None)
+    with contextlib.suppress(AttributeError, KeyError):
+        registry.move_to_end(handle.id, last=False)  # type: ignore[union-attr]
+    return handle
+
+
 def _unwrap_optimizer(optimizer: Any) -> Any:
     """The torch optimizer behind wrappers (accelerate, Lightning) holding it in ``.optimizer``.
 
@@ -371,6 +388,8 @@ class Guard:
     # --------------------------------------------------------------------------- attach
 
     def _attach(self, model: Any) -> None:
+        import torch.optim.optimizer as optim_mod
+
         opt = self.optimizer
         self._step_base = self._optimizer_counters()
         # Bound methods are made once: hook containers and the patch registry compare by
@@ -380,6 +399,12 @@ class Guard:
         opt_reloaded, model_reloaded = self._optimizer_reloaded, self._model_reloaded
         self._track(opt.register_step_pre_hook(pre), pre, "optimizer step pre-hook")
         self._track(opt.register_step_post_hook(post), post, "optimizer step post-hook")
+        # The step's start (see PhaseClock.step_called). A guard attached by the global guard
+        # is attached inside torch's loop over the global pre-hooks, which must not change
+        # under it: the global guard's own hook, first in line, marks its steps.
+        called = self._step_called
+        if not self.global_guard:
+            self._track(first_global_pre_hook(called), called, "global optimizer step pre-hook")
         self._track(
             opt.register_load_state_dict_post_hook(opt_reloaded),
             opt_reloaded,
@@ -412,6 +437,12 @@ class Guard:
                 lambda: opt.__dict__.get("_optimizer_step_post_hooks"),
                 post,
             )
+            if not self.global_guard:
+                self.hooks.expect(
+                    "global optimizer step pre-hook",
+                    lambda: vars(optim_mod).get("_global_optimizer_pre_hooks"),
+                    called,
+                )
             if model is not None:
                 self.hooks.expect(
                     "model forward pre-hook",
@@ -913,6 +944,11 @@ class Guard:
 
     # --------------------------------------------------------------- optimizer hooks
 
+    def _step_called(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """First of the global pre-hooks: the step's own time starts here (PhaseClock)."""
+        if optimizer is self.optimizer and self.active:
+            self._clock.step_called()
+
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         start = time.thread_time()
         try:
@@ -931,6 +967,7 @@ class Guard:
         if callable(closure):
             # step(closure): forward and backward run inside the step, after this hook (as
             # under Lightning). The checks and the reads of gradients wait for the closure.
+            self._clock.in_closure()
             wrapped = self._after_closure(closure, step)
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": wrapped}

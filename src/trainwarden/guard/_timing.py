@@ -295,6 +295,8 @@ class PhaseClock:
     current_since: float = 0.0
     _bwd_end: float | None = None
     _bwd_end_mark: _Mark = (0.0, 0.0)
+    _call: float | None = None  # when the job called optimizer.step(), before any pre-hook
+    _call_mark: _Mark = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         _install_gc_timer()
@@ -325,25 +327,45 @@ class PhaseClock:
         # On CUDA the hook runs on an autograd thread: the delays are the training thread's.
         self._last_grad, self._last_grad_mark = time.monotonic(), _mark(self._thread)
 
+    def step_called(self) -> None:
+        """The job called ``optimizer.step()``: the first of its pre-hooks runs now.
+
+        Global pre-hooks (an edited torch's among them) run before the guard's own; the time
+        they spend is inside the optimizer's step, not the backward's or a collective wait.
+        """
+        if self._call is None:  # the first mark, when two guards' hooks both mark
+            self._call, self._call_mark = time.monotonic(), _mark()
+
+    def in_closure(self) -> None:
+        """``step(closure)``: forward and backward run inside the step, after this mark."""
+        self._call = None
+
     def backward_end(self) -> None:
-        """The job called ``optimizer.step()``: backward (and its collective wait) are over."""
+        """The guard's pre-step checks begin: backward (and its collective wait) are over.
+
+        They ended where the job called ``optimizer.step()`` when that was marked; the
+        pre-hooks run since count as the optimizer's.
+        """
         now = time.monotonic()
         mark = _mark()
+        end, end_mark = (now, mark) if self._call is None else (self._call, self._call_mark)
         if self._fwd_end is not None:
-            if self._last_grad is not None and self._last_grad >= self._fwd_end:
+            if self._last_grad is not None and end >= self._last_grad >= self._fwd_end:
                 self.bwd += _own(
                     self._last_grad - self._fwd_end,
                     self._fwd_end_mark,
                     self._last_grad_mark,
                     workers=self._workers,
                 )
-                self.wait = max(0.0, now - self._last_grad)
+                self.wait = max(0.0, end - self._last_grad)
             else:
                 self.bwd += _own(
-                    now - self._fwd_end, self._fwd_end_mark, mark, workers=self._workers
+                    end - self._fwd_end, self._fwd_end_mark, end_mark, workers=self._workers
                 )
+        if self._call is not None:
+            self.opt += _own(now - self._call, self._call_mark, mark, workers=self._workers)
         self._bwd_end, self._bwd_end_mark = now, mark
-        self.current, self.current_since = "opt", now
+        self.current, self.current_since = "opt", end
 
     def optimizer_start(self) -> None:
         """The guard's pre-step checks are done: the optimizer's own work starts now."""
@@ -354,7 +376,7 @@ class PhaseClock:
         """Close the step; returns the end time."""
         now = time.monotonic()
         if self._opt_start is not None:
-            self.opt = _own(now - self._opt_start, self._opt_mark, _mark(), workers=self._workers)
+            self.opt += _own(now - self._opt_start, self._opt_mark, _mark(), workers=self._workers)
         _stepping.discard(threading.get_ident())
         self.current = None
         return now
