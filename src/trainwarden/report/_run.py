@@ -185,7 +185,7 @@ def read_run(
     timeline, omitted = build_timeline(view)
     kills = build_kills(view)
     step("checkpoints")
-    checkpoints = build_checkpoints(view, run_id, check=check_checkpoints)
+    checkpoints = build_checkpoints(view, run_id, check=check_checkpoints, keys=trusted)
     unverified.extend(unverified_updates(view))
     unchecked = [c for c in checkpoints if c.status in ("unchecked", "not-checked")]
     if unchecked:

@@ -496,6 +496,28 @@ def _checkpoint_findings(
                     reproduce=verify,
                 )
             )
+        if c.status == "ok" and c.signature in ("missing", "altered"):
+            what = "deleted" if c.signature == "missing" else "replaced or edited"
+            out.append(
+                RunFinding(
+                    technique="T7",
+                    check=f"checkpoint.signature-{c.signature}",
+                    title=f"Checkpoint's signature {what}",
+                    message=(
+                        f"{c.path} (step {_opt(c.step)}) still holds the bytes signed into the "
+                        f"ledger, but its signature {c.signature_path} was {what} after "
+                        "signing: trainwarden verify now refuses it"
+                        + (f" ({c.signature_reason})" if c.signature_reason else "")
+                    ),
+                    evidence=f"signed {short_digest(c.digest)}",
+                    severity="high",
+                    established=True,
+                    step=c.step,
+                    reported_by=f"signed by {c.signer}",
+                    anchor=c.anchor,
+                    reproduce=verify,
+                )
+            )
         if c.lineage:
             out.append(
                 RunFinding(

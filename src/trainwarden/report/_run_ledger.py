@@ -37,6 +37,7 @@ from trainwarden.report._run_model import (
 )
 
 if TYPE_CHECKING:
+    from trainwarden.keys import PublicKey
     from trainwarden.ledger import Entry, LedgerReport
 
 __all__ = [
@@ -677,12 +678,20 @@ def _from_machinery(
 
 
 def build_checkpoints(
-    view: LedgerView, run_id: str | None, *, check: bool, progress: Any = None
+    view: LedgerView,
+    run_id: str | None,
+    *,
+    check: bool,
+    progress: Any = None,
+    keys: Sequence[PublicKey] = (),
 ) -> tuple[CheckpointRow, ...]:
     """The run's checkpoints from the ledger, each compared with what is on disk now.
 
     Only the latest record of each path is checked (as ``ledger verify --check-files``
     does), and only this run's, so a report on a shared ledger does not rehash the cluster.
+    An intact checkpoint's signature bundle is checked too (signed by one of ``keys``, when
+    given, and naming the recorded digest): one deleted or replaced makes
+    ``trainwarden verify`` refuse the checkpoint, or accept another.
     """
     from trainwarden.ledger import checkpoint_records
 
@@ -759,6 +768,12 @@ def build_checkpoints(
             Path(path), record.digest, shard_size if type(shard_size) is int else None
         )
         owner, modified = _owner_now(Path(path))
+        sig_path = as_text(record.data.get("signature"), 4096)
+        signature = sig_reason = None
+        if status == "ok" and sig_path:
+            from trainwarden.sign import bundle_status
+
+            signature, sig_reason = bundle_status(sig_path, record.digest, keys)
         rows.append(
             CheckpointRow(
                 status=status,
@@ -766,6 +781,9 @@ def build_checkpoints(
                 reason=reason,
                 owner_now=owner,
                 modified_now=modified,
+                signature=signature,
+                signature_path=sig_path if signature else None,
+                signature_reason=sig_reason,
                 **base,
             )
         )

@@ -176,6 +176,11 @@ class CheckpointRow:
     owner_now: str | None = None
     modified_now: str | None = None
     anchor: str = ""
+    #: Its signature bundle, for a checkpoint whose bytes are intact: ``ok``, ``missing``,
+    #: ``altered``, ``unchecked``; ``None`` when no bundle was recorded or it was not looked at.
+    signature: str | None = None
+    signature_path: str | None = None
+    signature_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from trainwarden.sign._results import (
     Verification,
 )
 from trainwarden.sign._signature import (
+    bundle_status,
     checkpoint_digest,
     default_sig_path,
     sign_path,
@@ -56,6 +57,7 @@ __all__ = [
     "SignatureNotRecorded",
     "TreeChanged",
     "Verification",
+    "bundle_status",
     "checkpoint_digest",
     "default_sig_path",
     "generate_key",

@@ -52,7 +52,7 @@ from trainwarden.sign._results import (
     Verification,
 )
 
-__all__ = ["checkpoint_digest", "default_sig_path", "sign_path", "verify_path"]
+__all__ = ["bundle_status", "checkpoint_digest", "default_sig_path", "sign_path", "verify_path"]
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _COMMAND = "verify"
@@ -407,6 +407,45 @@ def verify_path(
     return Verification(
         signature=signature, identity=signer.identity, fingerprint=signer.fingerprint, report=report
     )
+
+
+def bundle_status(
+    sig_path: str | os.PathLike[str], digest: str, keys: Sequence[PublicKey]
+) -> tuple[str, str | None]:
+    """Whether a signature bundle still signs ``digest``, without rehashing what it signs.
+
+    For a checkpoint whose bytes were already compared with ``digest`` (a report checks
+    them against the ledger), this says whether ``trainwarden verify`` can still accept it:
+    the bundle is there, parses, is signed by one of ``keys`` (not checked when ``keys`` is
+    empty) and names ``digest``.
+
+    Returns:
+        ``(status, reason)``: ``ok``, ``missing``, ``altered`` (unreadable as a bundle, not
+        signed by a trusted key, or signing another digest) or ``unchecked`` (cannot be read).
+    """
+    path = Path(sig_path)
+    try:
+        data = read_bundle_file(path)
+    except InputError as exc:
+        if not os.path.lexists(path):
+            return "missing", None
+        return "unchecked", str(exc)
+    try:
+        envelope = parse_bundle(data)
+        if envelope.payload_type != PAYLOAD_TYPE:
+            return "altered", f"payload type {envelope.payload_type!r}"
+        if keys and _find_signer(envelope.payload, envelope.signatures, keys) is None:
+            return "altered", "its signature does not verify with a trusted key"
+        signed = parse_statement(envelope.payload).manifest.digest
+    except InputError as exc:
+        return "altered", str(exc)
+    try:
+        expected = normalize_digest(digest)
+    except ConfigError:
+        return "unchecked", f"the digest to compare with is not a checkpoint digest: {digest!r}"
+    if signed != expected:
+        return "altered", f"it signs {signed[:19]}…, not the checkpoint's {expected[:19]}…"
+    return "ok", None
 
 
 def _find_signer(

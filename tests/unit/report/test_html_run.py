@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -139,6 +140,39 @@ def test_checkpoints_modified_and_deleted_after_signing(sabotaged: SyntheticRun)
     (changed,) = _by_check(report, "checkpoint.changed")
     if os.geteuid() == 0:  # the generator hands the file to uid 1002 only when it can
         assert "1002" in (changed.named or "")  # type: ignore[attr-defined]
+
+
+def test_a_checkpoint_signature_deleted_or_replaced_after_signing(clean: SyntheticRun) -> None:
+    # The checkpoints' bytes are intact, so the ledger's digests match; but `trainwarden
+    # verify` now refuses one (signature gone) and another (a sibling's signature in its
+    # place): the report said clean.
+    first, second, third = (Path(f"{c}.sig") for c in clean.checkpoints[:3])
+    first.unlink()
+    shutil.copyfile(third, second)
+    report = _read(clean)
+    rows = {Path(c.path).name: c for c in report.checkpoints}
+    assert rows[clean.checkpoints[0].name].signature == "missing"
+    assert rows[clean.checkpoints[1].name].signature == "altered"
+    assert {c.signature for c in report.checkpoints[2:]} == {"ok"}
+    assert {c.status for c in report.checkpoints} == {"ok"}
+    deleted = _by_check(report, "checkpoint.signature-missing")
+    altered = _by_check(report, "checkpoint.signature-altered")
+    assert len(deleted) == len(altered) == 1
+    assert all(f.technique == "T7" and f.established for f in [*deleted, *altered])  # type: ignore[attr-defined]
+    assert report.verdict == "compromised"
+
+
+def test_a_checkpoint_signature_by_an_untrusted_key_is_altered(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    from trainwarden.sign import generate_key, load_private_key, sign_path
+
+    target = clean.checkpoints[1]
+    private, _ = generate_key(tmp_path / "insider", identity="insider@cluster")
+    sign_path(target, load_private_key(private), run=clean.run_id, step=20, workers=1)
+    (row,) = [c for c in _read(clean).checkpoints if c.path.endswith(target.name)]
+    assert row.signature == "altered"
+    assert "trusted" in (row.signature_reason or "")
 
 
 def test_ledger_edit_and_telemetry_edit_are_evidence_tampering(sabotaged: SyntheticRun) -> None:
