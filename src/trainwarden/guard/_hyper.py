@@ -98,6 +98,7 @@ class HyperparamCheck:
         self.replica: Replica | None = None
         self.not_followed: str | None = None
         self.momentum_not_followed: str | None = None
+        self._late_scheduler = False
         self.steps_taken = 0
         self._offset = 0
         self._wrapped_step: Any = None
@@ -239,6 +240,7 @@ class HyperparamCheck:
                 if key not in pinned:
                     if key in _SCHEDULER_KEYS:
                         pinned[key] = now  # a scheduler created after attach
+                        self._late_scheduler = True
                         continue
                     findings.append(
                         self._finding(
@@ -283,7 +285,8 @@ class HyperparamCheck:
             return [
                 self._finding(
                     step,
-                    f"lr of param group {g} changed from {want!r} to {lr!r} with no scheduler",
+                    f"lr of param group {g} changed from {want!r} to {lr!r} with no scheduler "
+                    f"declared{self._remedy()}",
                     f"group {g} lr: {want!r} -> {lr!r}",
                     f"{g}:lr:{lr!r}",
                 )
@@ -303,6 +306,23 @@ class HyperparamCheck:
                 f"{g}:lr",
             )
         ]
+
+    def _remedy(self) -> str:
+        """What a job that changes the lr on purpose does, for the message.
+
+        Undeclared changes stay findings (an insider's lr change looks the same); a user who
+        forgot the declaration must learn from the message how to make it.
+        """
+        late = (
+            " (a scheduler was created for this optimizer after the guard attached)"
+            if self._late_scheduler
+            else ""
+        )
+        return (
+            f"{late}: pass the job's scheduler as Guard(..., scheduler=) (two schedulers: "
+            "one ChainedScheduler), or declare a deliberate change with "
+            "guard.declare_change(reason)"
+        )
 
     def _check_momentum(
         self, step: int, g: int, key: str, now: Any, want: float

@@ -434,3 +434,38 @@ def test_a_dense_group_beside_a_sparse_one_is_still_verified(sink: MemorySink) -
     assert update
     assert update[0].step == 10
     assert "1.weight" in update[0].message or "1.bias" in update[0].message
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_warmup_written_by_hand_is_a_finding_unless_declared(
+    sink: MemorySink, declared: bool
+) -> None:
+    model = _branchy()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with _guard(model, opt, sink) as guard:
+
+        def warmup(step: int) -> None:
+            if step <= 5:
+                opt.param_groups[0]["lr"] = 1e-3 * step / 5
+                if declared:
+                    guard.declare_change("warm-up written by hand")
+
+        _train(model, opt, before=warmup)
+    if declared:
+        assert guard.findings == ()
+        assert len(sink.named("guard.declared")) == 5
+    else:
+        assert [f.step for f in guard.findings] == [1, 2, 3, 4]  # step 5 restores 1e-3
+        assert "guard.declare_change(reason)" in guard.findings[0].message
+
+
+def test_a_scheduler_created_after_the_guard_is_named_with_the_remedy(sink: MemorySink) -> None:
+    model = _branchy()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with _guard(model, opt, sink) as guard:
+        scheduler = sched.CosineAnnealingLR(opt, STEPS)  # the lr moves undeclared: a finding
+        _train(model, opt, scheduler, steps=4)
+    assert [f.step for f in guard.findings] == [2, 3, 4]
+    message = guard.findings[0].message
+    assert "created for this optimizer after the guard attached" in message
+    assert "scheduler=" in message
