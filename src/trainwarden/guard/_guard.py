@@ -541,10 +541,9 @@ class Guard:
         that take another arithmetic path) is skipped by the update check; skipped silently,
         its updates would pass as verified.
         """
-        fresh = self.update.newly_unsupported
+        fresh = self.update.take_unsupported()
         if step == 0:
-            fresh = [*self.update.unsupported_groups.items(), *fresh]
-        self.update.newly_unsupported = []
+            fresh = [*self.update.unsupported_groups.items()]
         for group, reason in fresh:
             self._record(
                 GuardFinding(

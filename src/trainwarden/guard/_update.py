@@ -675,7 +675,10 @@ class UpdateCheck:
                 out.append(None)
                 continue
             raw = _raw(value, entry.sharded)
-            out.append(raw if raw.numel() == entry.numel else None)
+            # A sparse state tensor (SGD's momentum of sparse gradients: its group is not
+            # verified) has no memory to read; it reads as absent, like one of another size.
+            dense = not raw.is_sparse and raw.numel() == entry.numel
+            out.append(raw if dense else None)
         return out
 
     def _state_keys(self, dicts: list[Any]) -> list[str]:
@@ -883,6 +886,17 @@ class UpdateCheck:
         if group not in self.unsupported_groups:
             self.unsupported_groups[group] = reason
             self.newly_unsupported.append((group, reason))
+
+    def take_unsupported(self) -> list[tuple[int, str]]:
+        """The groups found unverifiable since the last call.
+
+        With ``verify_async`` the verification thread adds to them: each is taken once,
+        none lost.
+        """
+        out = []
+        while self.newly_unsupported:
+            out.append(self.newly_unsupported.pop(0))
+        return out
 
     def _sparse_groups(self, grads: list[Any]) -> None:
         """Groups with a sparse gradient (``nn.Embedding(sparse=True)``) are not verified.

@@ -93,8 +93,10 @@ def _train(
             scheduler.step()
 
 
-def _guard(model: Any, opt: Any, sink: MemorySink, scheduler: Any = None) -> Guard:
-    return Guard(model, opt, scheduler=scheduler, sink=sink, on_violation="warn", config=CONFIG)
+def _guard(
+    model: Any, opt: Any, sink: MemorySink, scheduler: Any = None, config: GuardConfig = CONFIG
+) -> Guard:
+    return Guard(model, opt, scheduler=scheduler, sink=sink, on_violation="warn", config=config)
 
 
 def _branchy(**settings: Any) -> Branchy:
@@ -256,6 +258,23 @@ def sparse_sgd(sink: MemorySink) -> Guard:
     return guard
 
 
+def sparse_sgd_momentum(sink: MemorySink) -> Guard:
+    model = _sparse_model()  # the momentum buffer of a sparse gradient is sparse too
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    with _guard(model, opt, sink) as guard:
+        _train(model, opt, inputs=_token_inputs)
+    return guard
+
+
+def sparse_sgd_verified_in_a_thread(sink: MemorySink) -> Guard:
+    model = _sparse_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    config = GuardConfig(verify_async=True).without("timing")
+    with _guard(model, opt, sink, config=config) as guard:
+        _train(model, opt, inputs=_token_inputs)
+    return guard
+
+
 def sparse_adam(sink: MemorySink) -> Guard:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(50, 4, sparse=True))
@@ -284,7 +303,15 @@ def complex_sgd(sink: MemorySink) -> Guard:
 
 
 NOT_VERIFIED: dict[str, Callable[[MemorySink], Guard]] = {
-    f.__name__: f for f in (sparse_sgd, sparse_adam, complex_adamw, complex_sgd)
+    f.__name__: f
+    for f in (
+        sparse_sgd,
+        sparse_sgd_momentum,
+        sparse_sgd_verified_in_a_thread,
+        sparse_adam,
+        complex_adamw,
+        complex_sgd,
+    )
 }
 
 
