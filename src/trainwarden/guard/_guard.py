@@ -557,7 +557,37 @@ class Guard:
                     subject="not-verified",
                 )
             )
+        if self.hyper is not None and self.hyper.momentum_not_followed:
+            out["momentum"] = (
+                f"{self.hyper.momentum_not_followed} is cycled by the scheduler with the "
+                "learning rate and no replica follows it"
+            )
+        self._report_unverified(0)
         return out
+
+    def _report_unverified(self, step: int) -> None:
+        """Say which param groups are not verified: found so at attach, or while running.
+
+        A group the reference cannot compute (complex parameters, sparse gradients, settings
+        that take another arithmetic path) is skipped by the update check; skipped silently,
+        its updates would pass as verified.
+        """
+        fresh = self.update.take_unsupported()
+        if step == 0:
+            fresh = [*self.update.unsupported_groups.items()]
+        for group, reason in fresh:
+            self._record(
+                GuardFinding(
+                    rule_id="guard.not-verified",
+                    severity=Severity.INFO,
+                    message=f"updates of param group {group} are not verified: {reason}",
+                    rank=self.rank,
+                    step=step,
+                    evidence=f"{type(self.optimizer).__name__} group {group}",
+                    established=False,
+                    subject=f"not-verified:group{group}",
+                )
+            )
 
     def _track(self, handle: Any, fn: Any, target: str) -> None:
         self._handles.append(patching.track_hook(handle, fn, purpose=PURPOSE, target=target))
@@ -1051,6 +1081,7 @@ class Guard:
                 )
         for finding in self.update.before_step(step):
             self._record(finding)
+        self._report_unverified(step)
         start = time.thread_time()
         if "rng" in checks:
             seeds = initial_seeds()

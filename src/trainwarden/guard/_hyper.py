@@ -19,7 +19,12 @@ from typing import Any
 from trainwarden.findings import Severity
 from trainwarden.guard._findings import GuardFinding
 from trainwarden.guard._hooks import describe_hook
-from trainwarden.guard._schedule import Replica, UnsupportedSchedule, replica_for
+from trainwarden.guard._schedule import (
+    Replica,
+    UnsupportedSchedule,
+    cycled_momentum,
+    replica_for,
+)
 
 __all__ = ["ClipRecord", "HyperparamCheck"]
 
@@ -38,6 +43,17 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     return value
+
+
+def _unfollowed(key: str, value: Any) -> Any:
+    """What stays pinned of a momentum setting a scheduler cycles with no replica.
+
+    ``momentum`` is the scheduler's entirely; of ``betas`` only the first entry is (beta2
+    stays pinned).
+    """
+    if key == "betas" and isinstance(value, tuple):
+        return value[1:]
+    return None
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -81,6 +97,8 @@ class HyperparamCheck:
         self.lr_rel = lr_rel
         self.replica: Replica | None = None
         self.not_followed: str | None = None
+        self.momentum_not_followed: str | None = None
+        self._late_scheduler = False
         self.steps_taken = 0
         self._offset = 0
         self._wrapped_step: Any = None
@@ -94,8 +112,16 @@ class HyperparamCheck:
                 self.replica = replica_for(scheduler, optimizer)
             except UnsupportedSchedule as exc:
                 self.not_followed = str(exc)
+            self._follow_momentum()
             self._offset = int(getattr(scheduler, "last_epoch", 0) or 0)
             self._wrap_scheduler(scheduler)
+
+    def _follow_momentum(self) -> None:
+        """Which momentum key the scheduler drives with no replica following it."""
+        followed = self.replica is not None and self.replica.momentum is not None
+        self.momentum_not_followed = (
+            None if followed else cycled_momentum(self.scheduler, self.optimizer)
+        )
 
     # ------------------------------------------------------------------------- scheduler
 
@@ -205,9 +231,16 @@ class HyperparamCheck:
                 if expected_momentum is not None and self._momentum_key(key):
                     findings.extend(self._check_momentum(step, g, key, now, expected_momentum[g]))
                     continue
+                if (
+                    key == self.momentum_not_followed
+                    and key in pinned
+                    and _same(_unfollowed(key, pinned[key]), _unfollowed(key, now))
+                ):
+                    continue
                 if key not in pinned:
                     if key in _SCHEDULER_KEYS:
                         pinned[key] = now  # a scheduler created after attach
+                        self._late_scheduler = True
                         continue
                     findings.append(
                         self._finding(
@@ -252,7 +285,8 @@ class HyperparamCheck:
             return [
                 self._finding(
                     step,
-                    f"lr of param group {g} changed from {want!r} to {lr!r} with no scheduler",
+                    f"lr of param group {g} changed from {want!r} to {lr!r} with no scheduler "
+                    f"declared{self._remedy()}",
                     f"group {g} lr: {want!r} -> {lr!r}",
                     f"{g}:lr:{lr!r}",
                 )
@@ -272,6 +306,23 @@ class HyperparamCheck:
                 f"{g}:lr",
             )
         ]
+
+    def _remedy(self) -> str:
+        """What a job that changes the lr on purpose does, for the message.
+
+        Undeclared changes stay findings (an insider's lr change looks the same); a user who
+        forgot the declaration must learn from the message how to make it.
+        """
+        late = (
+            " (a scheduler was created for this optimizer after the guard attached)"
+            if self._late_scheduler
+            else ""
+        )
+        return (
+            f"{late}: pass the job's scheduler as Guard(..., scheduler=) (two schedulers: "
+            "one ChainedScheduler), or declare a deliberate change with "
+            "guard.declare_change(reason)"
+        )
 
     def _check_momentum(
         self, step: int, g: int, key: str, now: Any, want: float
@@ -348,6 +399,7 @@ class HyperparamCheck:
                 self.not_followed = None
             except UnsupportedSchedule as exc:
                 self.replica, self.not_followed = None, str(exc)
+            self._follow_momentum()
 
     def counter_drift(self, step: int) -> list[GuardFinding]:
         """The scheduler's own counter against the steps the guard saw it take."""

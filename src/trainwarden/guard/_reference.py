@@ -271,6 +271,10 @@ class Reference:
         """Why ``group`` cannot be verified, or ``None``."""
         if group.get("differentiable"):
             return "differentiable=True takes another arithmetic path"
+        if any(_is_complex(p) for p in group.get("params", ())):
+            # torch steps complex parameters as view_as_real pairs; the sample reads them as
+            # one number each.
+            return "complex parameters take another arithmetic path (view_as_real)"
         return None
 
     def compute(self, kernels: Kernels, group: dict[str, Any], bucket: Bucket) -> Outcome:
@@ -677,6 +681,11 @@ def _unwrap(fn: Any) -> Any:
         fn = fn.__wrapped__
         seen += 1
     return fn
+
+
+def _is_complex(tensor: Any) -> bool:
+    check = getattr(tensor, "is_complex", None)
+    return bool(check()) if callable(check) else False
 
 
 def reference_for(optimizer: Any) -> tuple[Reference | None, str | None]:

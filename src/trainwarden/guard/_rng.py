@@ -112,15 +112,111 @@ def _depth() -> int:
     return int(getattr(_local, "depth", 0))
 
 
-def _caller() -> str:
-    """``file:line`` of the first frame outside this module (the code that reseeded)."""
+def _caller_frame() -> types.FrameType | None:
+    """The first frame outside this module (the code that reseeded)."""
     frame: types.FrameType | None = sys._getframe(2)
     here = __file__
     while frame is not None and frame.f_code.co_filename == here:
         frame = frame.f_back
+    return frame
+
+
+def _where(frame: types.FrameType | None) -> str:
+    """``file:line`` of ``frame``."""
     if frame is None:
         return "?"
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _state(label: str) -> bytes | None:
+    """The state of the RNG a restoring function ``label`` sets (None: not readable).
+
+    Read before and after the call: a restore that leaves the state as it was changes
+    nothing (``torch.compile`` saves and restores every RNG around each compilation).
+    """
+    try:
+        if label.startswith("torch.cuda"):
+            torch = sys.modules["torch"]
+            if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+                return None
+            return b"".join(
+                bytes(s.cpu().numpy().tobytes()) for s in torch.cuda.get_rng_state_all()
+            )
+        if label.startswith("torch"):
+            return bytes(sys.modules["torch"].get_rng_state().numpy().tobytes())
+        if label.startswith("numpy"):
+            name, keys, pos, has_gauss, cached = sys.modules["numpy"].random.get_state()
+            return f"{name}:{pos}:{has_gauss}:{cached}:".encode() + bytes(keys.tobytes())
+        import random
+
+        return repr(random.getstate()).encode()
+    except Exception:  # an RNG that cannot be read is judged by the call, as before
+        return None
+
+
+_contained: tuple[Any, Any, frozenset[Any]] | None = None
+
+
+def _contained_codes() -> frozenset[Any]:
+    """Code objects of torch's own restores whose effect ends with a ``fork_rng`` block.
+
+    ``torch.random.fork_rng`` restores, when its block ends, the states it saved when the
+    block began: the block leaves every RNG as it found it. Gradient checkpointing
+    (``torch.utils.checkpoint``) recomputes a forward inside such a block, with the RNG state
+    the forward had, so that its dropout masks are the same. Recognised by the identity of
+    the calling code object (a file name can be forged, a code object cannot), so a restore
+    from any other code, inside a ``fork_rng`` block or not, is still reported.
+    """
+    global _contained
+    torch = sys.modules.get("torch")
+    fork = getattr(getattr(torch, "random", None), "fork_rng", None)
+    checkpoint = sys.modules.get("torch.utils.checkpoint")
+    if _contained is not None and _contained[0] is fork and _contained[1] is checkpoint:
+        return _contained[2]
+    codes: set[Any] = set()
+    inner = getattr(fork, "__wrapped__", None)
+    if inner is not None:
+        codes.add(inner.__code__)
+    if checkpoint is not None:
+        backward = getattr(getattr(checkpoint, "CheckpointFunction", None), "backward", None)
+        if backward is not None:
+            codes.add(backward.__code__)
+        for value in vars(checkpoint).values():
+            code = getattr(value, "__code__", None)
+            if code is not None and getattr(value, "__module__", None) == checkpoint.__name__:
+                codes.update(c for c in _nested(code) if c.co_name == "recompute_fn")
+    _contained = (fork, checkpoint, frozenset(codes))
+    return _contained[2]
+
+
+def _nested(code: Any) -> list[Any]:
+    """``code`` and every code object defined inside it."""
+    out = [code]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            out.extend(_nested(const))
+    return out
+
+
+def _is_contained(frame: types.FrameType | None) -> bool:
+    """Whether the restore at ``frame`` is torch's own, contained in a ``fork_rng`` block.
+
+    ``torch.utils.checkpoint.set_device_states`` (the CUDA states of a recomputation) counts
+    only when a recomputation called it.
+    """
+    if frame is None:
+        return False
+    codes = _contained_codes()
+    if frame.f_code in codes:
+        return True
+    checkpoint = sys.modules.get("torch.utils.checkpoint")
+    helper = getattr(checkpoint, "set_device_states", None)
+    back = frame.f_back
+    return (
+        getattr(helper, "__code__", None) is frame.f_code
+        and back is not None
+        and back.f_code in codes
+    )
 
 
 def reseed_patches(notify: Callable[[Reseed], None]) -> PatchSet:
@@ -129,7 +225,9 @@ def reseed_patches(notify: Callable[[Reseed], None]) -> PatchSet:
     Calls from another process (a forked DataLoader worker seeds itself, by design) and calls
     made while another wrapped call is running (``torch.manual_seed`` seeds CUDA too) pass
     through unreported. Private ``random.Random()`` instances are not the global RNG and are
-    not reported either.
+    not reported either. Nor are state restores that leave the randomness as it was: one that
+    sets the state the RNG had, and torch's own restores contained in a ``fork_rng`` block
+    (gradient checkpointing's recomputation; see ``_contained_codes``).
     """
     owner = os.getpid()
     targets = [
@@ -155,17 +253,23 @@ def _factory(
                 import random
 
                 report = bool(args) and args[0] is getattr(random, "_inst", None)
+            frame = _caller_frame()
+            if restores and report and _is_contained(frame):
+                report = False
+            before = _state(label) if restores and report else None
             _local.depth = 1
             try:
                 result = original(*args, **kwargs)
             finally:
                 _local.depth = 0
+            if before is not None and before == _state(label):
+                report = False  # the state it set is the state it had: nothing changed
             if report:
                 values = args[1:] if method else args
                 seed = kwargs.get("seed", kwargs.get("a", values[0] if values else None))
                 shown = None if restores or seed is None else repr(seed)[:64]
                 try:
-                    notify(Reseed(label, _caller(), shown, restores, os.getpid()))
+                    notify(Reseed(label, _where(frame), shown, restores, os.getpid()))
                 except Exception:  # a failing observer must not break the job's seeding
                     logger.exception("guard: reseed observer failed")
             return result

@@ -10,7 +10,8 @@ Supported: StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, CosineAnnealin
 (integer steps), LinearLR, ConstantLR, PolynomialLR, OneCycleLR (with momentum / beta1),
 LambdaLR (transformers' warm-up schedules recognised and recomputed; other lambdas called as
 declared), MultiplicativeLR and SequentialLR of these. Others (ReduceLROnPlateau, CyclicLR,
-ChainedScheduler, custom classes) are reported as "lr not followed".
+ChainedScheduler, custom classes) are reported as "lr not followed"; the momentum such a
+scheduler cycles with the lr is not followed either (:func:`cycled_momentum`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Replica", "UnsupportedSchedule", "replica_for"]
+__all__ = ["Replica", "UnsupportedSchedule", "cycled_momentum", "replica_for"]
 
 
 class UnsupportedSchedule(Exception):
@@ -62,6 +63,30 @@ def replica_for(scheduler: Any, optimizer: Any) -> Replica:
     if builder is None or not _is_torch_scheduler(scheduler, name):
         raise UnsupportedSchedule(f"{name}: no replica (lr changes are not followed)")
     return builder(scheduler, optimizer, base)
+
+
+def cycled_momentum(scheduler: Any, optimizer: Any) -> str | None:
+    """The group key ``scheduler`` cycles with the learning rate, if any.
+
+    CyclicLR and OneCycleLR (``cycle_momentum``, torch's default) write ``momentum``, or the
+    first entry of ``betas``, at every step; so do chains and sequences holding one. Where
+    no replica follows that setting, it is not followed either, like the learning rate (a
+    pinned value would call every cycle tampering): ``"momentum"``, ``"betas"`` or ``None``.
+    """
+    pending = [scheduler]
+    for _ in range(64):  # nested chains, bounded
+        if not pending:
+            return None
+        s = pending.pop()
+        if getattr(s, "cycle_momentum", False) is True:
+            if getattr(s, "use_beta1", False):
+                return "betas"
+            groups = getattr(optimizer, "param_groups", [])
+            return "betas" if groups and "betas" in groups[0] else "momentum"
+        children = getattr(s, "_schedulers", None)
+        if isinstance(children, (list, tuple)):
+            pending.extend(children)
+    return None
 
 
 def _is_torch_scheduler(scheduler: Any, name: str) -> bool:

@@ -387,6 +387,9 @@ class UpdateCheck:
             self.not_verified = "update check disabled"
         self.check_weights = check_weights
         self.unsupported_groups: dict[int, str] = {}
+        # Groups found unverifiable while the job runs (sparse gradients, a reference that
+        # failed): the guard reports each as not verified at the next step.
+        self.newly_unsupported: list[tuple[int, str]] = []
         if self.reference is not None:
             for g, group in enumerate(optimizer.param_groups):
                 reason = self.reference.unsupported(group)
@@ -672,7 +675,10 @@ class UpdateCheck:
                 out.append(None)
                 continue
             raw = _raw(value, entry.sharded)
-            out.append(raw if raw.numel() == entry.numel else None)
+            # A sparse state tensor (SGD's momentum of sparse gradients: its group is not
+            # verified) has no memory to read; it reads as absent, like one of another size.
+            dense = not raw.is_sparse and raw.numel() == entry.numel
+            out.append(raw if dense else None)
         return out
 
     def _state_keys(self, dicts: list[Any]) -> list[str]:
@@ -836,6 +842,8 @@ class UpdateCheck:
         findings: list[GuardFinding] = []
         params = self._param_tensors()
         grads = [_grad(e) for e in self.table.entries] if verifying else None
+        if grads is not None:
+            self._sparse_groups(grads)
         grad_digests: list[Any] = []
         # The settings the step will use, as they are now: with verify_async the reference is
         # computed after the job's scheduler has already moved the learning rate on.
@@ -872,6 +880,38 @@ class UpdateCheck:
             self._grads[step] = (_digest(grad_digests), sq, finite)
         self.cost += time.thread_time() - start
         return findings
+
+    def _unsupported(self, group: int, reason: str) -> None:
+        """Stop verifying ``group`` from now on, and have the guard say so."""
+        if group not in self.unsupported_groups:
+            self.unsupported_groups[group] = reason
+            self.newly_unsupported.append((group, reason))
+
+    def take_unsupported(self) -> list[tuple[int, str]]:
+        """The groups found unverifiable since the last call.
+
+        With ``verify_async`` the verification thread adds to them: each is taken once,
+        none lost.
+        """
+        out = []
+        while self.newly_unsupported:
+            out.append(self.newly_unsupported.pop(0))
+        return out
+
+    def _sparse_groups(self, grads: list[Any]) -> None:
+        """Groups with a sparse gradient (``nn.Embedding(sparse=True)``) are not verified.
+
+        The sample reads dense gradients; a sparse one is read as no gradient, and a step
+        that then updates the parameter would look like tampering. Only parameters whose
+        gradient was read as none are looked at again, so a dense job pays nothing.
+        """
+        entries = self.table.entries
+        for e, grad in enumerate(grads):
+            if grad is not None:
+                continue
+            found = entries[e].param.grad
+            if found is not None and found.is_sparse:
+                self._unsupported(entries[e].group, "sparse gradients take another path")
 
     def _continuity(
         self, part: _Partition, sel: _Selection, step: int, expected: Any, found: Any
@@ -1090,7 +1130,7 @@ class UpdateCheck:
                 logger.warning("guard: reference failed for group %d: %s", group_index, exc)
                 for g, cls in enumerate(classes):
                     if cls == group_index:
-                        self.unsupported_groups[g] = f"reference failed: {exc}"
+                        self._unsupported(g, f"reference failed: {exc}")
                 verify[a:b] = False
                 continue
             outs = [_storage(v) for v in outcome.variants]
@@ -1144,8 +1184,8 @@ class UpdateCheck:
                     if _same_but_decay(groups[other], settings):
                         leader = other
                         break
-            if leader == g:
-                leaders.append(g)
+            if leader == g and g not in unsupported:
+                leaders.append(g)  # an unverified group leads no other (it is skipped)
             out.append(leader)
         return out
 
@@ -1595,6 +1635,10 @@ def _storage(t: Any) -> Any:
         x = x.cpu()
     if x.dtype == torch.bfloat16:
         x = x.view(torch.int16)
+    elif x.is_complex():
+        # Complex parameters are not verified (their groups say so); the weights' and
+        # gradients' other checks see the real parts, without a cast warning per step.
+        x = x.real.to(torch.float64)
     elif str(x.dtype) not in _STORAGE:
         x = x.to(torch.float64)
     return x.numpy().reshape(-1)
@@ -1622,6 +1666,8 @@ def _float64(values: Any, part: _Partition) -> Any:
     if values.dtype == np.int16:
         bits = values.view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).astype(np.float64)
+    if np.iscomplexobj(values):
+        values = values.real  # see _storage
     return values.astype(np.float64)
 
 
