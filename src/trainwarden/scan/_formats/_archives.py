@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["BlobFile", "analyse_7z", "analyse_compressed", "analyse_tar"]
 
 _INNER = {"gzip": "(gunzipped)", "bz2": "(bunzipped)", "xz": "(unxz)", "lz4": "(unlz4)",
-          "zlib": "(inflated)", "lzma": "(unlzma)"}  # fmt: skip
+          "zstd": "(unzstd)", "zlib": "(inflated)", "lzma": "(unlzma)"}  # fmt: skip
 
 
 class BlobFile(io.RawIOBase):
@@ -71,7 +71,7 @@ class BlobFile(io.RawIOBase):
 
 
 def analyse_compressed(ctx: Context, blob: Blob, member: str | None, depth: int, kind: str) -> str:
-    """Decompress a gzip/bz2/xz/lz4/zlib/lzma stream (bounded) and analyse its content."""
+    """Decompress a gzip/bz2/xz/lz4/zstd/zlib/lzma stream (bounded) and analyse its content."""
     from trainwarden.scan._formats._compressed import decompress_bounded
 
     if kind in ("zlib", "lzma") and not _opens_as(blob, kind):

@@ -1,4 +1,4 @@
-"""Bounded decompression of gzip, zlib, bz2, xz/lzma and lz4-frame streams.
+"""Bounded decompression of gzip, zlib, bz2, xz/lzma, lz4-frame and zstd streams.
 
 Output is produced in steps with ``max_length``, so a bomb stops at the cap (per member,
 per file, and by compression ratio) instead of filling memory.
@@ -88,6 +88,59 @@ class _Lz4:
         return bool(self._d.needs_input)
 
 
+class _Zstd:
+    """zstandard's decompressobj behind the protocol, fed a little input at a time.
+
+    Its ``decompress`` has no output bound, and one zstd block of four bytes can expand to
+    128 KiB (an RLE block): input goes in ``_ZSTD_STEP`` bytes at a time, so one call
+    yields at most a few MiB before the caller's caps are checked again.
+    """
+
+    def __init__(self) -> None:
+        import importlib
+
+        # Optional (pandas needs it for .zst): imported only when a zstd stream is met.
+        zstandard: Any = importlib.import_module("zstandard")
+        self._d = zstandard.ZstdDecompressor(max_window_size=_LZMA_MEMLIMIT).decompressobj()
+        self._errors = (zstandard.ZstdError,)
+        self._pending = b""
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        buf = self._pending + data
+        out = bytearray()
+        pos = 0
+        try:
+            while pos < len(buf) and not self._d.eof and (max_length < 0 or len(out) < max_length):
+                out += self._d.decompress(buf[pos : pos + _ZSTD_STEP])
+                pos += _ZSTD_STEP
+        except self._errors as exc:
+            raise ValueError(f"zstd: {exc}") from exc
+        self._pending = b"" if self._d.eof else buf[pos:]
+        return bytes(out)
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._d.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return bytes(self._d.unused_data) + self._pending
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._pending
+
+    @property
+    def unconsumed(self) -> int:
+        """Input bytes given but not fed to zstd yet."""
+        return len(self._pending)
+
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# 1 KiB of zstd input expands to 32 MiB at most (256 RLE blocks of 128 KiB).
+_ZSTD_STEP = 1 << 10
+
+
 def _zip_lzma(head: bytes) -> tuple[Any, int]:
     import lzma
 
@@ -125,6 +178,8 @@ def _new(kind: str) -> Any:
         return lzma.LZMADecompressor(lzma.FORMAT_AUTO, memlimit=_LZMA_MEMLIMIT)
     if kind == "lz4":
         return _Lz4()
+    if kind == "zstd":
+        return _Zstd()
     raise ValueError(kind)
 
 
@@ -148,11 +203,18 @@ def stream_kind(head: bytes) -> str | None:
         return "xz"
     if head[:4] == b"\x04\x22\x4d\x18":
         return "lz4"
+    if head[:4] == _ZSTD_MAGIC or (
+        len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] >> 4 == 5
+    ):
+        return "zstd"  # a data frame, or a skippable frame (magic 0x184D2A50-5F) first
     if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
         return "zlib"
     if head[:3] == b"\x5d\x00\x00" and len(head) >= 13:
         return "lzma"
     return None
+
+
+_CONCATENATED = frozenset({"gzip", "bz2", "xz", "lz4", "zstd"})
 
 
 def decompress_bounded(
@@ -217,8 +279,9 @@ def decompress_bounded(
             if dec.eof:
                 rest = dec.unused_data
                 more = rest or pos < source.size
-                if kind in ("gzip", "bz2", "xz", "lz4") and more:
-                    # Concatenated streams: gzip/bz2/lzma/lz4 readers continue with the next.
+                if kind in _CONCATENATED and more:
+                    # Concatenated streams: gzip/bz2/lzma/lz4 readers continue with the next,
+                    # zstd readers too (pandas reads one frame; a later one is analysed anyway).
                     tail = rest + bytes(source.read(pos, 16))
                     if stream_kind(tail) == kind:
                         dec = _new(kind)
@@ -226,9 +289,10 @@ def decompress_bounded(
                         continue
                 break
     except ImportError:
+        package = "zstandard" if kind == "zstd" else "lz4"
         ctx.unknown(
             "archive.unsupported",
-            f"{kind} support is not installed (pip install lz4); not analysed",
+            f"{kind} support is not installed (pip install {package}); not analysed",
             member,
         )
         return None

@@ -213,7 +213,7 @@ def _route(ctx: Context, blob: Blob, member: str | None, depth: int, fmt: str, h
         from trainwarden.scan._formats._joblib import analyse_joblib_compat
 
         return analyse_joblib_compat(ctx, blob, member, depth)
-    if fmt in ("gzip", "bz2", "xz", "lz4", "zlib", "lzma"):
+    if fmt in ("gzip", "bz2", "xz", "lz4", "zstd", "zlib", "lzma"):
         from trainwarden.scan._formats._archives import analyse_compressed
 
         return analyse_compressed(ctx, blob, member, depth, fmt)

@@ -1,4 +1,4 @@
-"""Zip-based formats: torch checkpoints, TorchScript archives, ``.npz``, ``.keras`` and zip.
+"""Zip-based formats: torch, TorchScript and torch.export archives, ``.npz``, ``.keras``, zip.
 
 Every member a loader could deserialise is analysed: any name ending in ``pkl`` (compared
 case-insensitively, as torch's miniz lookup does), duplicates included. Tensor storages are
@@ -66,6 +66,10 @@ def classify_zip(archive: ZipArchive) -> str:
             return "torchscript"
         if f"{root}/data.pkl" in names:
             return "torch-zip"
+    from trainwarden.scan._formats._export import is_export_archive
+
+    if is_export_archive(names, root):
+        return "torch-export"
     if names and all(n.endswith(".npy") for n in names):
         return "numpy-npz"
     if "config.json" in names and (
@@ -92,6 +96,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         )
     if torch_like:
         _case_collisions(ctx, archive, member)
+    export = fmt == "torch-export"
     pickles: dict[str, list[PickleAnalysis]] = {}
     code_members: list[ZipEntry] = []
     tensor_members: dict[str, ZipEntry] = {}
@@ -158,6 +163,8 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         if mblob is None:
             _unreadable(ctx, entry, where)
             continue
+        if export:
+            _check_export_member(ctx, mblob, lower, where)
         ctx.analyse(mblob, where, depth + 1)
         # keras.saving.load_model builds the model from the root config.json before it looks
         # for weights or metadata: any zip holding one is a Keras archive to it.
@@ -174,6 +181,23 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     if fmt == "torch-zip" and "data.pkl" not in pickles:
         ctx.unknown("torch.no-data-pkl", "torch archive has no readable data.pkl", member)
     return fmt
+
+
+def _check_export_member(ctx: Context, mblob: Blob, lower: str, where: str) -> None:
+    # torch.export.load evaluates strings of the program JSON (sympy.sympify) and
+    # aoti_load_package dlopens the shared libraries of an AOTInductor package: neither is
+    # a pickle, so the generic member analysis would call them data.
+    from trainwarden.scan._formats._export import check_export_program, is_native_library
+
+    if lower.endswith(".json"):
+        check_export_program(ctx, bytes(mblob.read(0, mblob.size)), where)
+    elif is_native_library(lower, bytes(mblob.read(0, 4))):
+        ctx.unknown(
+            "torch-export.native-code",
+            "torch.export / AOTInductor package holds a shared library, which its loader "
+            "(torch._inductor.aoti_load_package) loads and runs; native code is not analysed",
+            where,
+        )
 
 
 # Small text records torch reads as numbers or short strings, never as pickles.
