@@ -77,8 +77,6 @@ def test_key_padded_past_the_search_overlap_is_not_safe(tmp_path: Path) -> None:
 
 
 def test_large_legitimate_h5_stays_safe(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "weights.h5", _config(pad=10, lambda_layer=False), weights_first=True
-    )
+    path = _write(tmp_path / "weights.h5", _config(pad=10, lambda_layer=False), weights_first=True)
     verdict, findings = _verdict(path)
     assert verdict is Verdict.SAFE, findings
