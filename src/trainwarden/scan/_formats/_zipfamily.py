@@ -1,4 +1,4 @@
-"""Zip-based formats: torch, TorchScript and torch.export archives, ``.npz``, ``.keras``, zip.
+"""Zip formats: torch, TorchScript, torch.export, ``.npz``, ``.keras``, ``.skops`` and zip.
 
 Every member a loader could deserialise is analysed: any name ending in ``pkl`` (compared
 case-insensitively, as torch's miniz lookup does), duplicates included. Tensor storages are
@@ -67,9 +67,12 @@ def classify_zip(archive: ZipArchive) -> str:
         if f"{root}/data.pkl" in names:
             return "torch-zip"
     from trainwarden.scan._formats._export import is_export_archive
+    from trainwarden.scan._formats._skops import is_skops_archive
 
     if is_export_archive(names, root):
         return "torch-export"
+    if is_skops_archive(names):
+        return "skops"
     if names and all(n.endswith(".npy") for n in names):
         return "numpy-npz"
     if "config.json" in names and (
@@ -165,6 +168,10 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
             continue
         if export:
             _check_export_member(ctx, mblob, lower, where)
+        elif fmt == "skops" and lower == "schema.json":
+            from trainwarden.scan._formats._skops import check_skops_schema
+
+            check_skops_schema(ctx, bytes(mblob.read(0, mblob.size)), where)
         ctx.analyse(mblob, where, depth + 1)
         # keras.saving.load_model builds the model from the root config.json before it looks
         # for weights or metadata: any zip holding one is a Keras archive to it.
