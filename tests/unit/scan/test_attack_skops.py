@@ -60,3 +60,14 @@ def test_legitimate_skops_is_safe_under_the_sklearn_profile() -> None:
     data = sio.dumps(model)
     assert scan_bytes(data).verdict is Verdict.UNKNOWN  # sklearn classes need the profile
     assert scan_bytes(data, policy=Policy.default(profiles=["sklearn"])).verdict is Verdict.SAFE
+
+
+def test_schema_is_checked_in_an_archive_that_also_looks_like_keras() -> None:
+    # config.json + metadata.json make the zip a Keras archive by its names; skops.io.load
+    # reads schema.json all the same.
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {}}))
+        zf.writestr("metadata.json", "{}")
+        zf.writestr("schema.json", json.dumps(_node("FunctionNode", "posix", "system")))
+    assert scan_bytes(out.getvalue()).verdict is Verdict.UNSAFE

@@ -126,3 +126,14 @@ def test_shared_library_in_an_export_package_is_not_safe() -> None:
     report = scan_bytes(data)
     assert report.verdict is Verdict.UNKNOWN
     assert any(f.rule_id == "torch-export.native-code" for f in report.findings)
+
+
+@pytest.mark.parametrize(
+    "decoy", ["model/data.pkl", "model/code/__torch__/m.py", "model/constants.pkl"]
+)
+def test_program_is_checked_whatever_else_the_archive_looks_like(decoy: str) -> None:
+    # A torch checkpoint's or TorchScript's record beside archive_format: torch.export.load
+    # still reads models/*.json (it ignores records it does not use).
+    program = json.dumps(_program("__import__('os').system('true')")).encode()
+    data = _archive({decoy: b"N.", "model/models/model.json": program})
+    assert scan_bytes(data).verdict is Verdict.UNSAFE

@@ -99,7 +99,9 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         )
     if torch_like:
         _case_collisions(ctx, archive, member)
-    export = fmt == "torch-export"
+    # Checked whatever the names made of the archive: torch.export.load and skops.io.load
+    # read their records from an archive that also looks like a checkpoint or a Keras model.
+    export, skops = _program_kinds(archive, root)
     pickles: dict[str, list[PickleAnalysis]] = {}
     code_members: list[ZipEntry] = []
     tensor_members: dict[str, ZipEntry] = {}
@@ -168,7 +170,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
             continue
         if export:
             _check_export_member(ctx, mblob, lower, where)
-        elif fmt == "skops" and lower == "schema.json":
+        elif skops and lower == "schema.json":
             from trainwarden.scan._formats._skops import check_skops_schema
 
             check_skops_schema(ctx, bytes(mblob.read(0, mblob.size)), where)
@@ -188,6 +190,14 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     if fmt == "torch-zip" and "data.pkl" not in pickles:
         ctx.unknown("torch.no-data-pkl", "torch archive has no readable data.pkl", member)
     return fmt
+
+
+def _program_kinds(archive: ZipArchive, root: str | None) -> tuple[bool, bool]:
+    from trainwarden.scan._formats._export import is_export_archive
+    from trainwarden.scan._formats._skops import is_skops_archive
+
+    names = {e.name.lower() for e in archive.entries}
+    return is_export_archive(names, (root or "").lower()), is_skops_archive(names)
 
 
 def _check_export_member(ctx: Context, mblob: Blob, lower: str, where: str) -> None:
