@@ -53,6 +53,8 @@ def _scan(program: dict[str, object] | bytes, name: str = "model/models/model.js
         f"FloorDiv(Add({_SYMBOL}, Integer(-1)), Integer(2))",
         "Max(Integer(1), Symbol('u0', integer=True))",
         "Eq(Mod(Symbol('s0', integer=True), Integer(8)), Integer(0))",
+        "Mul(Float('1.5', precision=53), Symbol('s0', integer=True))",
+        "OpaqueUnaryFn_exp(Symbol('s0', integer=True))",
     ],
 )
 def test_sympy_shape_expressions_are_safe(expr: str) -> None:
@@ -94,6 +96,9 @@ def test_expressions_not_proven_inert_are_unknown(expr: str) -> None:
     [
         ("L['x'].size()[0] <= 64", Verdict.SAFE),
         ("math.isnan(L['y']) or L['x'].stride()[1] == 1", Verdict.SAFE),
+        ("max(2, L['x'].size()[0]) <= 64 and L['x'].size()[0] % 2 == 0", Verdict.SAFE),
+        ("math.floor(L['x'].size()[0] / 2) >= 1", Verdict.SAFE),
+        ("(L['x'].size()[0] // 2 if L['x'].size()[0] > 2 else 1) >= 1", Verdict.SAFE),
         ("L['x'].__class__.__init__.__globals__['os'].system('true') == 0", Verdict.UNSAFE),
         ("__import__('os').system('true') == 0", Verdict.UNSAFE),
         ("print(L['x'])", Verdict.UNKNOWN),

@@ -41,16 +41,24 @@ _SYMPY_KEYWORDS = frozenset(
     {
         "positive", "negative", "nonpositive", "nonnegative", "integer", "real", "finite",
         "infinite", "zero", "nonzero", "even", "odd", "rational", "commutative", "evaluate",
+        "precision",
     }
 )  # fmt: skip
-# Names torch's guard code uses: the inputs (L), math, and the sympy helpers it prints.
-_GUARD_NAMES = _SYMPY_NAMES | {"L", "math", "inf", "cast_symbool_to_symint_guardless"}
+# Names torch's guard code uses: the inputs (L), math, the builtins its Python printer
+# writes (max, min, float, round...) and the sympy helpers in its namespace.
+_GUARD_NAMES = _SYMPY_NAMES | {
+    "L", "math", "inf", "cast_symbool_to_symint_guardless", "max", "min", "abs", "int",
+    "float", "round", "bool", "None",
+}  # fmt: skip
 _GUARD_ATTRIBUTES = frozenset(
     {"size", "stride", "storage_offset", "dim", "isnan", "isinf", "floor", "ceil", "trunc"}
 )
 # Free symbols torch names: s0, u3, s77, ps1, zuf0, zf2...
 _SYMBOL_RE = re.compile(r"[a-z]{1,4}[0-9]+\Z")
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Function classes torch makes on demand (OpaqueUnaryFn_exp, BitwiseFn_bitwise_and).
+_TORCH_FN_RE = re.compile(r"(?:OpaqueUnaryFn|BitwiseFn)_[a-z0-9_]+\Z")
+# Strings sympy classes take: symbol names, and Float's decimal text.
+_STRING_ARG_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z|[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?\Z")
 # What an expression that reaches for code names: a proof of code execution, not a doubt.
 _CODE_NAMES = frozenset(
     {
@@ -62,7 +70,7 @@ _ALLOWED_NODES = (
     ast.Expression, ast.Call, ast.Name, ast.Constant, ast.keyword, ast.BinOp, ast.UnaryOp,
     ast.BoolOp, ast.Compare, ast.Load, ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
 )  # fmt: skip
-_GUARD_NODES = (*_ALLOWED_NODES, ast.Attribute, ast.Subscript)
+_GUARD_NODES = (*_ALLOWED_NODES, ast.Attribute, ast.Subscript, ast.IfExp)
 
 # Native libraries an AOTInductor package dlopens when it is loaded.
 _NATIVE_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
@@ -154,9 +162,9 @@ def _check_expression(source: str, *, guard: bool) -> tuple[bool, str] | None:
             continue
         if not isinstance(node, allowed):
             doubt = f"uses {type(node).__name__}, which sympy expressions never need"
-        elif isinstance(node, ast.Name) and node.id not in names and not _SYMBOL_RE.match(node.id):
+        elif isinstance(node, ast.Name) and not _known_name(node.id, names):
             doubt = f"names {node.id!r}, which is neither sympy nor a shape symbol"
-        elif isinstance(node, ast.Attribute) and node.attr not in _GUARD_ATTRIBUTES:
+        elif isinstance(node, ast.Attribute) and not _known_attribute(node):
             doubt = f"reads attribute {node.attr!r}"
         elif isinstance(node, ast.keyword) and not guard and node.arg not in _SYMPY_KEYWORDS:
             doubt = f"passes keyword {node.arg!r}"
@@ -165,10 +173,21 @@ def _check_expression(source: str, *, guard: bool) -> tuple[bool, str] | None:
         elif (
             isinstance(node, ast.Constant)
             and isinstance(node.value, str)
-            and not (guard or _IDENTIFIER_RE.match(node.value))
+            and not (guard or _STRING_ARG_RE.match(node.value))
         ):
-            doubt = "holds a string that is not a symbol name"
+            doubt = "holds a string that is neither a symbol name nor a number"
     return None if doubt is None else (False, f"{doubt}: not proven inert")
+
+
+def _known_name(name: str, names: frozenset[str]) -> bool:
+    return name in names or bool(_SYMBOL_RE.match(name) or _TORCH_FN_RE.match(name))
+
+
+def _known_attribute(node: ast.Attribute) -> bool:
+    # Any function of math (no dunder: those are refused before this); on the inputs, only
+    # the shape accessors guards read.
+    is_math = isinstance(node.value, ast.Name) and node.value.id == "math"
+    return is_math or node.attr in _GUARD_ATTRIBUTES
 
 
 def _reached_name(node: ast.AST) -> str | None:
