@@ -933,7 +933,7 @@ BENIGN: tuple[Benign, ...] = (
     # Not torch.load files (weights_only cannot vouch for them): safe, not "pure data".
     *(
         Benign(
-            f"torch-export-{kind}",
+            f"pt2-export-{kind}",  # not "torch-*": the load tests torch.load those ids
             f"torch.export.save, {kind} shapes (dynamic: sympy shape expressions)",
             torch_export_program(kind == "dynamic"),
             SAFE,
