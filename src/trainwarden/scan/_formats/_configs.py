@@ -293,10 +293,12 @@ def _search_large_hdf5(ctx: Context, blob: Blob, member: str | None) -> str:
         start = max(0, pos - _SEARCH_OVERLAP)
         window = bytes(blob.read(start, pos + _SEARCH_CHUNK - start))
         pos += _SEARCH_CHUNK
-        if b"model_config" in window:
+        if fmt == "hdf5" and b"model_config" in window:
             fmt = "keras"
-        if b"\\u" in window:
-            window = _unescape(window)  # any escape: "\\u004cambda" is Lambda to Keras
+        if b"\\u00" in window and re.search(_ESCAPE_RE, window):
+            # Any escape ("\\u004cambda" is Lambda to Keras), but only when there is one:
+            # weights are random bytes, and unescaping every window would cost most of the time.
+            window = _unescape(window)
         if not any(key in window for key in _KERAS_KEYS):
             continue
         found = len(ctx.findings)
