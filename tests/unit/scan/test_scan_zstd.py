@@ -21,6 +21,14 @@ from trainwarden.scan import DEFAULT_LIMITS, scan_bytes
 _EVIL = (
     b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x8c\x06system\x93\x8c\x04true\x85R."
 )
+# posix.system("true #xxxx..."): long enough to split across frames larger than one input step.
+_LONG_COMMAND = b"true #" + b"x" * 6000
+_EVIL_LONG = (
+    b"\x80\x04\x8c\x05posix\x8c\x06system\x93X"
+    + struct.pack("<I", len(_LONG_COMMAND))
+    + _LONG_COMMAND
+    + b"\x85R."
+)
 _SKIPPABLE = b"\x50\x2a\x4d\x18" + struct.pack("<I", 4) + b"pad!"
 
 
@@ -45,8 +53,9 @@ def zstandard() -> object:
         zstd_frame(_EVIL, sized=False),
         _SKIPPABLE + zstd_frame(_EVIL),
         zstd_frame(b"") + zstd_frame(_EVIL),  # a later frame: analysed too
+        zstd_frame(_EVIL_LONG[:3000]) + zstd_frame(_EVIL_LONG[3000:]),  # frames over 1 KiB
     ],
-    ids=["sized", "streamed", "skippable-first", "second-frame"],
+    ids=["sized", "streamed", "skippable-first", "second-frame", "split-long-frames"],
 )
 def test_pickle_inside_zstd_is_judged(zstandard: object, data: bytes) -> None:
     assert scan_bytes(data).verdict is Verdict.UNSAFE

@@ -115,7 +115,8 @@ class _Zstd:
                 pos += _ZSTD_STEP
         except self._errors as exc:
             raise ValueError(f"zstd: {exc}") from exc
-        self._pending = b"" if self._d.eof else buf[pos:]
+        # Input not fed yet stays pending; once the frame ends it is what follows the frame.
+        self._pending = buf[pos:]
         return bytes(out)
 
     @property
@@ -128,7 +129,7 @@ class _Zstd:
 
     @property
     def needs_input(self) -> bool:
-        return not self._pending
+        return not self._pending and not self._d.eof
 
     @property
     def unconsumed(self) -> int:
