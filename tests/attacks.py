@@ -1734,6 +1734,21 @@ def skops_reduce(module: str, name: str, arg: Callable[[Canary], str], nested: b
     return payload
 
 
+def lzma_alone(**options: int) -> Payload:
+    """The evil pickle as a ``.lzma`` (alone) stream with LZMA1 ``options``.
+
+    joblib picks its lzma reader from the two bytes ``]\\x00`` and pandas' ``.xz`` reader
+    (``lzma.open``, FORMAT_AUTO) takes any alone header; neither limits the dictionary size
+    the header asks for. The scanner only knew the header Python writes by default.
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        filters = [{"id": lzma.FILTER_LZMA1, **options}]
+        return lzma.compress(_evil_pickle(canary), format=lzma.FORMAT_ALONE, filters=filters)
+
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -3102,6 +3117,33 @@ ATTACKS: tuple[Attack, ...] = (
         _file("model.skops", skops_reduce("builtins", "exec", _pystmt, nested=True)),
         skops_load_trusting_listed,
         ("skops",),
+    ),
+    _a(
+        "joblib-lzma-small-dictionary",
+        "lzma alone stream with a 4 KiB dictionary (header 5d 00 10 00 00)",
+        T,
+        "joblib.load reads any stream starting ]\\x00 as lzma; the scanner wanted ]\\x00\\x00.",
+        _file("model.joblib", lzma_alone(dict_size=1 << 12)),
+        joblib_load,
+        ("joblib",),
+    ),
+    _a(
+        "joblib-lzma-huge-dictionary",
+        "lzma alone stream whose header asks for a 1 GiB dictionary",
+        T,
+        "Over the scanner's decoder memory limit, the stream was judged as plain bytes.",
+        _file("model.joblib", lzma_alone(dict_size=1 << 30)),
+        joblib_load,
+        ("joblib",),
+    ),
+    _a(
+        "pandas-lzma-alone-properties",
+        "lzma alone stream with lc=0 (properties byte 0x5a), read as .xz",
+        T,
+        "lzma.open decodes any alone header; only 0x5d (the default) was recognised.",
+        _file("model.pkl.xz", lzma_alone(lc=0, dict_size=1 << 16)),
+        pandas_read_pickle,
+        ("pandas",),
     ),
 )
 

@@ -74,9 +74,11 @@ def analyse_compressed(ctx: Context, blob: Blob, member: str | None, depth: int,
     """Decompress a gzip/bz2/xz/lz4/zstd/zlib/lzma stream (bounded) and analyse its content."""
     from trainwarden.scan._formats._compressed import decompress_bounded
 
-    if kind in ("zlib", "lzma") and not _opens_as(blob, kind):
-        # Two magic bytes are weak evidence: bytes that merely start like a zlib or raw
-        # lzma stream are judged as they are.
+    if kind == "lzma":
+        return _analyse_lzma_alone(ctx, blob, member, depth)
+    if kind == "zlib" and not _opens_as_zlib(blob):
+        # Two magic bytes are weak evidence: bytes that merely start like a zlib stream
+        # are judged as they are.
         return ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
     data = decompress_bounded(ctx, blob, kind, member, cap=ctx.limits.max_member_bytes)
     if data is None:
@@ -91,19 +93,31 @@ def analyse_compressed(ctx: Context, blob: Blob, member: str | None, depth: int,
     return kind
 
 
-def _opens_as(blob: Blob, kind: str) -> bool:
-    import lzma
+def _opens_as_zlib(blob: Blob) -> bool:
     import zlib
 
-    head = bytes(blob.read(0, 1 << 16))
     try:
-        if kind == "zlib":
-            zlib.decompressobj().decompress(head, 1)
-        else:
-            lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=128 << 20).decompress(head, 1)
-    except (zlib.error, lzma.LZMAError):
+        zlib.decompressobj().decompress(bytes(blob.read(0, 1 << 16)), 1)
+    except zlib.error:
         return False
     return True
+
+
+def _analyse_lzma_alone(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
+    # An alone header is weak evidence (raw tensors often pass it), so a fault in the stream
+    # is not a finding: what liblzma decodes before it is what joblib or pandas would
+    # unpickle, and is analysed; nothing decoded means the bytes are judged as they are.
+    from trainwarden.scan._formats._compressed import decompress_bounded
+
+    data = decompress_bounded(
+        ctx, blob, "lzma", member, cap=ctx.limits.max_member_bytes, partial=True
+    )
+    if data is None:
+        return "xz"  # a bound was hit (reported)
+    if not data:
+        return ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
+    inner = ctx.analyse(MemoryBlob(data), join_member(member, _INNER["lzma"]), depth + 1)
+    return "joblib" if inner in ("joblib", "pickle") else inner
 
 
 def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from trainwarden.scan._formats._base import Blob, Context
 
-__all__ = ["decompress_bounded", "stream_kind"]
+__all__ = ["decompress_bounded", "is_lzma_alone", "stream_kind"]
 
 # Input is fed in small steps so the compression ratio is measured on what the decompressor
 # actually consumed: a bomb is stopped after _RATIO_FLOOR bytes of output, not at its end.
@@ -210,21 +210,45 @@ def stream_kind(head: bytes) -> str | None:
         return "zstd"  # a data frame, or a skippable frame (magic 0x184D2A50-5F) first
     if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
         return "zlib"
-    if head[:3] == b"\x5d\x00\x00" and len(head) >= 13:
+    if is_lzma_alone(head):
         return "lzma"
     return None
+
+
+def is_lzma_alone(head: bytes) -> bool:
+    """True when ``head`` starts a stream liblzma's ``.lzma`` (alone) decoder would take.
+
+    joblib reads any file starting with bytes 5d 00 with it and ``lzma.open`` (pandas' ``.xz``)
+    any file that is not xz; neither limits the dictionary. So the test is the decoder's
+    own: a properties byte with lc + lp <= 4 (packed as (pb * 5 + lp) * 9 + lc), then,
+    after the dictionary and size fields, the range coder's first byte, which is always 0.
+    This is weak evidence (raw tensors pass it): see ``decompress_bounded(partial=True)``.
+    """
+    if len(head) < 14 or head[0] >= 225:
+        return False
+    return head[0] % 9 + head[0] // 9 % 5 <= 4 and head[13] == 0
+
+
+def _clamped_alone_header(header: bytes) -> bytes:
+    # The decoder never needs a dictionary larger than its output, and ours is capped: a
+    # header asking for more is decoded with the memory limit instead (same output; a
+    # stream that reached further back would fail to decode, and is reported).
+    size = min(int.from_bytes(header[1:5], "little"), _LZMA_MEMLIMIT // 2)
+    return header[:1] + size.to_bytes(4, "little") + header[5:]
 
 
 _CONCATENATED = frozenset({"gzip", "bz2", "xz", "lz4", "zstd"})
 
 
 def decompress_bounded(
-    ctx: Context, source: Blob, kind: str, member: str | None, *, cap: int
+    ctx: Context, source: Blob, kind: str, member: str | None, *, cap: int, partial: bool = False
 ) -> bytearray | None:
     """Decompress all of ``source`` (concatenated streams included) up to ``cap`` bytes.
 
     Returns ``None`` with a finding when the data is corrupt or a bound was hit: such a
-    member is never reported safe.
+    member is never reported safe. With ``partial``, corrupt or truncated data instead
+    returns what decoded before the fault: a streaming loader (``pickle.load`` on an
+    ``LZMAFile``) unpickles that much before the error stops it, so it is what to analyse.
     """
     limits = ctx.limits
     # Half the memory bound at most: the analysis of what we decompress needs memory too.
@@ -239,6 +263,9 @@ def decompress_bounded(
         else:
             dec = _new(kind)
         pending = b""
+        if kind == "lzma":
+            pending = _clamped_alone_header(bytes(source.read(0, 13)))
+            pos = consumed = len(pending)
         while True:
             ctx.check_time(member)
             if not pending and dec.needs_input:
@@ -246,6 +273,9 @@ def decompress_bounded(
                 pos += len(pending)
                 consumed += len(pending)
                 if not pending:
+                    if not dec.eof and partial:
+                        _partial(ctx, kind, member, out, "ends before its end marker")
+                        return out
                     if not dec.eof:
                         ctx.unknown(
                             "archive.truncated",
@@ -300,6 +330,9 @@ def decompress_bounded(
     except Exception as exc:
         if not isinstance(exc, _stream_errors()):
             raise
+        if partial:
+            _partial(ctx, kind, member, out, f"is corrupt ({exc})")
+            return out
         ctx.unknown(
             "archive.corrupt-stream",
             f"{kind} data could not be decompressed: {exc}",
@@ -307,3 +340,12 @@ def decompress_bounded(
         )
         return None
     return out  # no copy: the caller only reads it
+
+
+def _partial(ctx: Context, kind: str, member: str | None, out: bytearray, why: str) -> None:
+    ctx.info(
+        "archive.partial-stream",
+        f"{kind} stream {why}; what decodes before that was analysed",
+        member,
+        evidence=f"{len(out)} bytes decoded",
+    )
