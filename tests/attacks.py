@@ -1749,6 +1749,22 @@ def lzma_alone(**options: int) -> Payload:
     return payload
 
 
+def keras_lambda_behind(prefix: bytes) -> Callable[[Path, Canary], Path]:
+    """The bare Lambda ``.keras`` zip with a complete file of another format before it.
+
+    zipfile finds the archive by its end record, so Keras loads it; the scanner, having
+    recognised the prefix's format, never looked for a zip behind it.
+    """
+
+    def build(directory: Path, canary: Canary) -> Path:
+        inner = keras_lambda_bare()(directory / "inner", canary)
+        out = directory / "model.keras"
+        out.write_bytes(prefix + inner.read_bytes())
+        return out
+
+    return build
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -3144,6 +3160,26 @@ ATTACKS: tuple[Attack, ...] = (
         _file("model.pkl.xz", lzma_alone(lc=0, dict_size=1 << 16)),
         pandas_read_pickle,
         ("pandas",),
+    ),
+    _a(
+        "keras-lambda-behind-gzip",
+        "Lambda .keras zip appended to a valid gzip stream",
+        T,
+        "The scanner entered the gzip stream and stopped; zipfile reads the zip at the end.",
+        keras_lambda_behind(gzip.compress(b"weights", mtime=0)),
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "keras-lambda-behind-pickle",
+        "Lambda .keras zip appended to a plain pickle",
+        T,
+        "A complete pickle first (pickle.load reads only that), then the zip Keras reads.",
+        keras_lambda_behind(pickle.dumps({"weights": [0.5, 0.25]}, protocol=4)),
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
     ),
 )
 

@@ -56,3 +56,16 @@ def test_truncated_stream_is_judged_on_what_decodes() -> None:
 def test_raw_tensors_that_look_like_lzma_stay_safe(raw: bytes) -> None:
     report = scan_bytes(raw)
     assert report.verdict is Verdict.SAFE, report.findings
+
+
+def test_bytes_behind_an_lzma_looking_header_get_their_own_checks() -> None:
+    # 14 bytes an alone decoder takes, then a zip (zipfile reads it despite the prefix): the
+    # zip's pickle is judged, whatever the lzma view decodes.
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("model.pkl", _EVIL)
+    data = b"\0\0\x80\x3f" * 4 + out.getvalue()
+    assert scan_bytes(data).verdict is Verdict.UNSAFE

@@ -114,10 +114,20 @@ def _analyse_lzma_alone(ctx: Context, blob: Blob, member: str | None, depth: int
     )
     if data is None:
         return "xz"  # a bound was hit (reported)
+    faulty = any(
+        f.rule_id == "archive.partial-stream" and f.location.member == member for f in ctx.findings
+    )
+    raw = None
+    if faulty or not data:
+        # Perhaps not lzma at all (a graph, a config, a zip behind a prefix): the bytes as
+        # they are get every check they would get without the header.
+        raw = ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
     if not data:
-        return ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
+        return raw or "data"
     inner = ctx.analyse(MemoryBlob(data), join_member(member, _INNER["lzma"]), depth + 1)
-    return "joblib" if inner in ("joblib", "pickle") else inner
+    if inner in ("joblib", "pickle"):
+        return "joblib"
+    return raw or inner
 
 
 def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
