@@ -19,7 +19,7 @@ from typing import Any
 from trainwarden.findings import Severity, Verdict
 from trainwarden.scan._formats._base import Context
 
-__all__ = ["check_export_program", "is_export_archive", "is_native_library"]
+__all__ = ["check_export_program", "is_native_library"]
 
 # sympy classes and constants ``srepr`` writes for shape expressions, and the functions
 # torch's deserializer hands sympify (torch.utils._sympy.functions).
@@ -75,11 +75,6 @@ _GUARD_NODES = (*_ALLOWED_NODES, ast.Attribute, ast.Subscript, ast.IfExp)
 # Native libraries an AOTInductor package dlopens when it is loaded.
 _NATIVE_MAGICS = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 _NATIVE_SUFFIXES = (".so", ".dylib", ".dll", ".pyd")
-
-
-def is_export_archive(names: set[str], root: str) -> bool:
-    """True for a torch.export archive: ``archive_format`` under the root, or the old layout."""
-    return f"{root}/archive_format" in names or "serialized_exported_program.json" in names
 
 
 def is_native_library(name: str, head: bytes) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from trainwarden.findings import Verdict
 from trainwarden.scan._formats._base import Context
 
-__all__ = ["check_skops_schema", "is_skops_archive"]
+__all__ = ["check_skops_schema"]
 
 # Node loaders of skops' protocols. Data nodes build fixed builtin types from the content
 # (json.loads, bytes, slice): the type they name is not resolved.
@@ -30,11 +30,6 @@ _TYPE_NODES = frozenset(
         "TupleNode", "TypeNode", "_DictWithDeprecatedKeysNode",
     }
 )  # fmt: skip
-
-
-def is_skops_archive(names: set[str]) -> bool:
-    """True when the zip has skops' top-level ``schema.json``."""
-    return "schema.json" in names
 
 
 def check_skops_schema(ctx: Context, text: bytes, member: str | None) -> None:

@@ -57,21 +57,19 @@ def _archive_name(archive: ZipArchive) -> str | None:
     return first.split("/", 1)[0] if "/" in first else None
 
 
-def classify_zip(archive: ZipArchive) -> str:
-    """Which zip-based format the member names say this is."""
-    names = {e.name.lower() for e in archive.entries}
+def classify_zip(archive: ZipArchive, names: frozenset[str] | None = None) -> str:
+    """Which zip-based format the member names (lower-cased, if given) say this is."""
+    names = _lower_names(archive) if names is None else names
     root = (_archive_name(archive) or "").lower()
     if root:
         if f"{root}/constants.pkl" in names or any(n.startswith(f"{root}/code/") for n in names):
             return "torchscript"
         if f"{root}/data.pkl" in names:
             return "torch-zip"
-    from trainwarden.scan._formats._export import is_export_archive
-    from trainwarden.scan._formats._skops import is_skops_archive
-
-    if is_export_archive(names, root):
+    export, skops = _program_kinds(names, root)
+    if export:
         return "torch-export"
-    if is_skops_archive(names):
+    if skops:
         return "skops"
     if names and all(n.endswith(".npy") for n in names):
         return "numpy-npz"
@@ -82,12 +80,27 @@ def classify_zip(archive: ZipArchive) -> str:
     return "zip"
 
 
+def _lower_names(archive: ZipArchive) -> frozenset[str]:
+    return frozenset(e.name.lower() for e in archive.entries)
+
+
+def _program_kinds(names: frozenset[str], root: str) -> tuple[bool, bool]:
+    """(torch.export program, skops archive): the records their loaders read first.
+
+    torch.export.load wants ``<root>/archive_format`` (or the older layout's
+    ``serialized_exported_program.json``), skops.io.load a top-level ``schema.json``.
+    """
+    export = f"{root}/archive_format" in names or "serialized_exported_program.json" in names
+    return export, "schema.json" in names
+
+
 def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
     """Analyse a zip archive and every member of it a loader could deserialise."""
     archive = read_zip(ctx, blob, member)
     if archive is None:
         return "zip"
-    fmt = classify_zip(archive)
+    names = _lower_names(archive)
+    fmt = classify_zip(archive, names)
     root = _archive_name(archive)
     torch_like = fmt in ("torch-zip", "torchscript")
     if torch_like and archive.prefix:
@@ -101,7 +114,7 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         _case_collisions(ctx, archive, member)
     # Checked whatever the names made of the archive: torch.export.load and skops.io.load
     # read their records from an archive that also looks like a checkpoint or a Keras model.
-    export, skops = _program_kinds(archive, root)
+    export, skops = _program_kinds(names, (root or "").lower())
     pickles: dict[str, list[PickleAnalysis]] = {}
     code_members: list[ZipEntry] = []
     tensor_members: dict[str, ZipEntry] = {}
@@ -190,14 +203,6 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     if fmt == "torch-zip" and "data.pkl" not in pickles:
         ctx.unknown("torch.no-data-pkl", "torch archive has no readable data.pkl", member)
     return fmt
-
-
-def _program_kinds(archive: ZipArchive, root: str | None) -> tuple[bool, bool]:
-    from trainwarden.scan._formats._export import is_export_archive
-    from trainwarden.scan._formats._skops import is_skops_archive
-
-    names = {e.name.lower() for e in archive.entries}
-    return is_export_archive(names, (root or "").lower()), is_skops_archive(names)
 
 
 def _check_export_member(ctx: Context, mblob: Blob, lower: str, where: str) -> None:
