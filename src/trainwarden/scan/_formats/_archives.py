@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["BlobFile", "analyse_7z", "analyse_compressed", "analyse_tar"]
 
 _INNER = {"gzip": "(gunzipped)", "bz2": "(bunzipped)", "xz": "(unxz)", "lz4": "(unlz4)",
-          "zlib": "(inflated)", "lzma": "(unlzma)"}  # fmt: skip
+          "zstd": "(unzstd)", "zlib": "(inflated)", "lzma": "(unlzma)"}  # fmt: skip
 
 
 class BlobFile(io.RawIOBase):
@@ -71,12 +71,14 @@ class BlobFile(io.RawIOBase):
 
 
 def analyse_compressed(ctx: Context, blob: Blob, member: str | None, depth: int, kind: str) -> str:
-    """Decompress a gzip/bz2/xz/lz4/zlib/lzma stream (bounded) and analyse its content."""
+    """Decompress a gzip/bz2/xz/lz4/zstd/zlib/lzma stream (bounded) and analyse its content."""
     from trainwarden.scan._formats._compressed import decompress_bounded
 
-    if kind in ("zlib", "lzma") and not _opens_as(blob, kind):
-        # Two magic bytes are weak evidence: bytes that merely start like a zlib or raw
-        # lzma stream are judged as they are.
+    if kind == "lzma":
+        return _analyse_lzma_alone(ctx, blob, member, depth)
+    if kind == "zlib" and not _opens_as_zlib(blob):
+        # Two magic bytes are weak evidence: bytes that merely start like a zlib stream
+        # are judged as they are.
         return ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
     data = decompress_bounded(ctx, blob, kind, member, cap=ctx.limits.max_member_bytes)
     if data is None:
@@ -91,19 +93,41 @@ def analyse_compressed(ctx: Context, blob: Blob, member: str | None, depth: int,
     return kind
 
 
-def _opens_as(blob: Blob, kind: str) -> bool:
-    import lzma
+def _opens_as_zlib(blob: Blob) -> bool:
     import zlib
 
-    head = bytes(blob.read(0, 1 << 16))
     try:
-        if kind == "zlib":
-            zlib.decompressobj().decompress(head, 1)
-        else:
-            lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=128 << 20).decompress(head, 1)
-    except (zlib.error, lzma.LZMAError):
+        zlib.decompressobj().decompress(bytes(blob.read(0, 1 << 16)), 1)
+    except zlib.error:
         return False
     return True
+
+
+def _analyse_lzma_alone(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
+    # An alone header is weak evidence (raw tensors often pass it), so a fault in the stream
+    # is not a finding: what liblzma decodes before it is what joblib or pandas would
+    # unpickle, and is analysed; nothing decoded means the bytes are judged as they are.
+    from trainwarden.scan._formats._compressed import decompress_bounded
+
+    data = decompress_bounded(
+        ctx, blob, "lzma", member, cap=ctx.limits.max_member_bytes, partial=True
+    )
+    if data is None:
+        return "xz"  # a bound was hit (reported)
+    faulty = any(
+        f.rule_id == "archive.partial-stream" and f.location.member == member for f in ctx.findings
+    )
+    raw = None
+    if faulty or not data:
+        # Perhaps not lzma at all (a graph, a config, a zip behind a prefix): the bytes as
+        # they are get every check they would get without the header.
+        raw = ctx.analyse_unrecognised(blob, member, bytes(blob.read(0, 1024)))
+    if not data:
+        return raw or "data"
+    inner = ctx.analyse(MemoryBlob(data), join_member(member, _INNER["lzma"]), depth + 1)
+    if inner in ("joblib", "pickle"):
+        return "joblib"
+    return raw or inner
 
 
 def analyse_tar(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:

@@ -44,6 +44,7 @@ _ESCAPE_RE = rb"\\u([0-9a-fA-F]{4})"
 _REMOTE_KEY_RE = rb'"(auto_map|custom_pipelines|trust_remote_code|chat_template)"\s*:'
 _SEARCH_CHUNK = 4 << 20
 _SEARCH_OVERLAP = 1024  # longer than any of the keys written with \uXXXX escapes
+_KERAS_KEYS = (b'"Lambda"', b'"module"')
 _REMOTE_KEYS = (b'"auto_map"', b'"custom_pipelines"', b'"trust_remote_code"', b'"chat_template"')
 # An escape of one of the keys' characters (a-z, "_"): json.dumps never writes these, so
 # legitimate files (tokenizer vocabularies full of other escapes) skip the slow unescaping.
@@ -220,8 +221,14 @@ def _unescape(text: bytes) -> bytes:
     )
 
 
-def check_keras_config(ctx: Context, text: bytes, member: str | None) -> None:
-    """Report Lambda layers (marshalled bytecode) and objects from modules outside keras."""
+def check_keras_config(
+    ctx: Context, text: bytes, member: str | None, reported: set[str] | None = None
+) -> None:
+    """Report Lambda layers (marshalled bytecode) and objects from modules outside keras.
+
+    ``reported`` carries the modules already reported when one config is searched in
+    overlapping windows (a large HDF5 file), so each is reported once.
+    """
     text = _unescape(text)
     for match in re.finditer(_LAMBDA_RE, text):
         ctx.add(
@@ -234,7 +241,7 @@ def check_keras_config(ctx: Context, text: bytes, member: str | None) -> None:
             offset=match.start(),
             evidence="Lambda",
         )
-    reported: set[str] = set()
+    reported = set() if reported is None else reported
     for match in re.finditer(_MODULE_RE, text):
         module = match.group(1).decode("utf-8", "replace")
         top = module.split(".", 1)[0]
@@ -252,7 +259,7 @@ def check_keras_config(ctx: Context, text: bytes, member: str | None) -> None:
 
 
 def hdf5_model_config(blob: Blob) -> bytes | None:
-    """The window of a Keras HDF5 file that holds its ``model_config``, if it has one."""
+    """The first window of a Keras HDF5 file, when ``model_config`` is named in it."""
     window = bytes(blob.read(0, min(blob.size, _HDF5_WINDOW)))
     return window if b"model_config" in window else None
 
@@ -260,18 +267,51 @@ def hdf5_model_config(blob: Blob) -> bytes | None:
 def analyse_hdf5(ctx: Context, blob: Blob, member: str | None) -> str:
     """Legacy Keras ``.h5``: look for Lambda layers in the ``model_config`` text.
 
-    We read no HDF5 structure (no h5py): the config is JSON stored as plain bytes. When the
-    file is larger than the window and no config was seen, we cannot tell: unknown.
+    We read no HDF5 structure (no h5py): the config is JSON stored as plain bytes, anywhere
+    in the file. A file up to the window is searched whole; a larger one window by window,
+    to its end: a config that starts early can run on past any window (a Lambda padded
+    beyond it), and another attribute can name ``model_config`` first as a decoy.
     """
-    window = hdf5_model_config(blob)
-    if window is None:
-        if blob.size > _HDF5_WINDOW:
-            ctx.unknown(
-                "hdf5.unparsed",
-                "large HDF5 file: no Keras model_config in the part read; not fully analysed",
-                member,
-                evidence=f"read {_HDF5_WINDOW} of {blob.size} bytes",
-            )
+    if blob.size > _HDF5_WINDOW:
+        return _search_large_hdf5(ctx, blob, member)
+    window = bytes(blob.read(0, blob.size))
+    if b"model_config" not in window:
         return "hdf5"  # arrays (Keras weights): HDF5 itself stores no code
     check_keras_config(ctx, window, member)
     return "keras"
+
+
+def _search_large_hdf5(ctx: Context, blob: Blob, member: str | None) -> str:
+    # Windows overlap by more than any match spans, so a match cut by a window's end is
+    # whole in the next one. What a window search cannot see (whitespace padding longer
+    # than the overlap between a key and its value) is reported as not analysed.
+    fmt = "hdf5"
+    reported: set[str] = set()
+    pos = 0
+    while pos < blob.size:
+        ctx.check_time(member)
+        start = max(0, pos - _SEARCH_OVERLAP)
+        window = bytes(blob.read(start, pos + _SEARCH_CHUNK - start))
+        pos += _SEARCH_CHUNK
+        if fmt == "hdf5" and b"model_config" in window:
+            fmt = "keras"
+        if b"\\u00" in window and re.search(_ESCAPE_RE, window):
+            # Any escape ("\\u004cambda" is Lambda to Keras), but only when there is one:
+            # weights are random bytes, and unescaping every window would cost most of the time.
+            window = _unescape(window)
+        if not any(key in window for key in _KERAS_KEYS):
+            continue
+        found = len(ctx.findings)
+        check_keras_config(ctx, window, member, reported)
+        unmatched = window.count(b'"Lambda"') > len(re.findall(_LAMBDA_RE, window)) or (
+            window.count(b'"module"') > len(re.findall(_MODULE_RE, window))
+        )
+        if unmatched and len(ctx.findings) == found:
+            ctx.unknown(
+                "hdf5.unparsed",
+                "large HDF5 file: a Keras config key whose value the window search could not "
+                "read (padded past the search overlap); not fully analysed",
+                member,
+                offset=start,
+            )
+    return fmt

@@ -115,7 +115,10 @@ def _route_checked(
             _polyglot(ctx, blob, member)
         if fmt != "tar" and is_tar_header(head):
             _tar_polyglot(ctx, blob, member, depth)
-        return _route(ctx, blob, member, depth, fmt, head)
+        routed = _route(ctx, blob, member, depth, fmt, head)
+        if routed not in _ZIP_FORMATS and fmt != "zip" and _ends_with_zip(blob):
+            _zip_polyglot(ctx, blob, member, depth)
+        return routed
     except (ScanAborted, RecursionError, MemoryError):
         raise
     except Exception as exc:  # a reader bug must not make a file safe
@@ -174,6 +177,29 @@ def _tar_polyglot(ctx: Context, blob: Blob, member: str | None, depth: int) -> N
     analyse_tar(ctx, blob, member, depth)
 
 
+# What the zip reader returns: a file routed to one of these was read as the zip it is.
+_ZIP_FORMATS = frozenset(
+    {"zip", "torch-zip", "torchscript", "numpy-npz", "keras", "torch-export", "skops"}
+)
+
+
+def _zip_polyglot(ctx: Context, blob: Blob, member: str | None, depth: int) -> None:
+    # zipfile finds an archive by its end record, whatever precedes it: a valid gzip stream,
+    # pickle or .npy followed by a zip is that zip to zipfile, Keras and skops. (Bytes no
+    # reader recognises are entered the same way by _data.)
+    from trainwarden.scan._formats._zipfamily import analyse_zip
+
+    if any(f.rule_id == "archive.prefix" and f.location.member == member for f in ctx.findings):
+        return  # already read as a zip behind leading bytes
+    ctx.unknown(
+        "archive.zip-polyglot",
+        "the file also ends with a zip archive, which zipfile (and Keras, skops...) reads "
+        "whatever precedes it",
+        member,
+    )
+    analyse_zip(ctx, blob, member, depth)
+
+
 def _route(ctx: Context, blob: Blob, member: str | None, depth: int, fmt: str, head: bytes) -> str:
     if fmt == "empty":
         return "empty"
@@ -213,7 +239,7 @@ def _route(ctx: Context, blob: Blob, member: str | None, depth: int, fmt: str, h
         from trainwarden.scan._formats._joblib import analyse_joblib_compat
 
         return analyse_joblib_compat(ctx, blob, member, depth)
-    if fmt in ("gzip", "bz2", "xz", "lz4", "zlib", "lzma"):
+    if fmt in ("gzip", "bz2", "xz", "lz4", "zstd", "zlib", "lzma"):
         from trainwarden.scan._formats._archives import analyse_compressed
 
         return analyse_compressed(ctx, blob, member, depth, fmt)

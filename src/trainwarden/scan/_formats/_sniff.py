@@ -75,7 +75,7 @@ def sniff_head(head: bytes, size: int) -> str:
     from trainwarden.scan._formats._compressed import stream_kind
 
     kind = stream_kind(head)
-    if kind in ("gzip", "bz2", "xz", "lz4"):
+    if kind in ("gzip", "bz2", "xz", "lz4", "zstd"):
         return kind  # strong magic numbers first
     if size >= 512 and is_tar_header(head):
         return "tar"

@@ -1,4 +1,4 @@
-"""Zip-based formats: torch checkpoints, TorchScript archives, ``.npz``, ``.keras`` and zip.
+"""Zip formats: torch, TorchScript, torch.export, ``.npz``, ``.keras``, ``.skops`` and zip.
 
 Every member a loader could deserialise is analysed: any name ending in ``pkl`` (compared
 case-insensitively, as torch's miniz lookup does), duplicates included. Tensor storages are
@@ -57,15 +57,20 @@ def _archive_name(archive: ZipArchive) -> str | None:
     return first.split("/", 1)[0] if "/" in first else None
 
 
-def classify_zip(archive: ZipArchive) -> str:
-    """Which zip-based format the member names say this is."""
-    names = {e.name.lower() for e in archive.entries}
+def classify_zip(archive: ZipArchive, names: frozenset[str] | None = None) -> str:
+    """Which zip-based format the member names (lower-cased, if given) say this is."""
+    names = _lower_names(archive) if names is None else names
     root = (_archive_name(archive) or "").lower()
     if root:
         if f"{root}/constants.pkl" in names or any(n.startswith(f"{root}/code/") for n in names):
             return "torchscript"
         if f"{root}/data.pkl" in names:
             return "torch-zip"
+    export, skops = _program_kinds(names, root)
+    if export:
+        return "torch-export"
+    if skops:
+        return "skops"
     if names and all(n.endswith(".npy") for n in names):
         return "numpy-npz"
     if "config.json" in names and (
@@ -75,12 +80,27 @@ def classify_zip(archive: ZipArchive) -> str:
     return "zip"
 
 
+def _lower_names(archive: ZipArchive) -> frozenset[str]:
+    return frozenset(e.name.lower() for e in archive.entries)
+
+
+def _program_kinds(names: frozenset[str], root: str) -> tuple[bool, bool]:
+    """(torch.export program, skops archive): the records their loaders read first.
+
+    torch.export.load wants ``<root>/archive_format`` (or the older layout's
+    ``serialized_exported_program.json``), skops.io.load a top-level ``schema.json``.
+    """
+    export = f"{root}/archive_format" in names or "serialized_exported_program.json" in names
+    return export, "schema.json" in names
+
+
 def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str:
     """Analyse a zip archive and every member of it a loader could deserialise."""
     archive = read_zip(ctx, blob, member)
     if archive is None:
         return "zip"
-    fmt = classify_zip(archive)
+    names = _lower_names(archive)
+    fmt = classify_zip(archive, names)
     root = _archive_name(archive)
     torch_like = fmt in ("torch-zip", "torchscript")
     if torch_like and archive.prefix:
@@ -92,6 +112,9 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         )
     if torch_like:
         _case_collisions(ctx, archive, member)
+    # Checked whatever the names made of the archive: torch.export.load and skops.io.load
+    # read their records from an archive that also looks like a checkpoint or a Keras model.
+    export, skops = _program_kinds(names, (root or "").lower())
     pickles: dict[str, list[PickleAnalysis]] = {}
     code_members: list[ZipEntry] = []
     tensor_members: dict[str, ZipEntry] = {}
@@ -158,6 +181,12 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
         if mblob is None:
             _unreadable(ctx, entry, where)
             continue
+        if export:
+            _check_export_member(ctx, mblob, lower, where)
+        elif skops and lower == "schema.json":
+            from trainwarden.scan._formats._skops import check_skops_schema
+
+            check_skops_schema(ctx, bytes(mblob.read(0, mblob.size)), where)
         ctx.analyse(mblob, where, depth + 1)
         # keras.saving.load_model builds the model from the root config.json before it looks
         # for weights or metadata: any zip holding one is a Keras archive to it.
@@ -174,6 +203,23 @@ def analyse_zip(ctx: Context, blob: Blob, member: str | None, depth: int) -> str
     if fmt == "torch-zip" and "data.pkl" not in pickles:
         ctx.unknown("torch.no-data-pkl", "torch archive has no readable data.pkl", member)
     return fmt
+
+
+def _check_export_member(ctx: Context, mblob: Blob, lower: str, where: str) -> None:
+    # torch.export.load evaluates strings of the program JSON (sympy.sympify) and
+    # aoti_load_package dlopens the shared libraries of an AOTInductor package: neither is
+    # a pickle, so the generic member analysis would call them data.
+    from trainwarden.scan._formats._export import check_export_program, is_native_library
+
+    if lower.endswith(".json"):
+        check_export_program(ctx, bytes(mblob.read(0, mblob.size)), where)
+    elif is_native_library(lower, bytes(mblob.read(0, 4))):
+        ctx.unknown(
+            "torch-export.native-code",
+            "torch.export / AOTInductor package holds a shared library, which its loader "
+            "(torch._inductor.aoti_load_package) loads and runs; native code is not analysed",
+            where,
+        )
 
 
 # Small text records torch reads as numbers or short strings, never as pickles.
