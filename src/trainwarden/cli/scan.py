@@ -36,8 +36,9 @@ exit status: 0 every file safe; 1 a file at or above --fail-on, or one that coul
 analysed; 2 usage or operational error.
 
 Formats are recognised from their bytes (never the extension): pickle, PyTorch zip and legacy
-checkpoints, TorchScript, NumPy .npy/.npz, joblib, zip/tar/7z/gzip/bz2/xz/lz4 (entered),
-safetensors, GGUF, ONNX, TensorFlow SavedModel, Keras and Hugging Face config files. Nothing
+checkpoints, TorchScript, torch.export .pt2 programs, NumPy .npy/.npz, joblib, skops,
+zip/tar/7z/gzip/bz2/xz/lzma/lz4/zstd (entered; a zip behind other data too), safetensors,
+GGUF, ONNX, TensorFlow SavedModel, Keras and Hugging Face config files. Nothing
 scanned is imported, executed or unpickled. A path that does not exist is listed as an error
 (exit 2 only when nothing could be scanned). The allowlist, profiles and limits can also be
 set in pyproject.toml: [tool.trainwarden] allow = [...], profiles = [...], and a
