@@ -229,7 +229,11 @@ class HyperparamCheck:
                     findings.extend(self._check_lr(step, g, now, pinned, expected_lr))
                     continue
                 if expected_momentum is not None and self._momentum_key(key):
-                    findings.extend(self._check_momentum(step, g, key, now, expected_momentum[g]))
+                    findings.extend(
+                        self._check_momentum(
+                            step, g, key, now, expected_momentum[g], pinned.get(key)
+                        )
+                    )
                     continue
                 if (
                     key == self.momentum_not_followed
@@ -325,12 +329,28 @@ class HyperparamCheck:
         )
 
     def _check_momentum(
-        self, step: int, g: int, key: str, now: Any, want: float
+        self, step: int, g: int, key: str, now: Any, want: float, pinned: Any
     ) -> list[GuardFinding]:
+        """The scheduled momentum (or beta1) against the replica.
+
+        The rest of ``betas`` (beta2) is not the scheduler's and stays pinned.
+        """
+        out = []
         value = now[0] if key == "betas" and isinstance(now, tuple) else now
+        betas = key == "betas" and isinstance(now, tuple) and isinstance(pinned, tuple)
+        if betas and not _same(pinned[1:], now[1:]):
+            out.append(
+                self._finding(
+                    step,
+                    f"betas of param group {g} changed from {pinned!r} to {now!r} "
+                    "outside the declared schedule (beta2 is not the scheduler's)",
+                    f"group {g} betas[1:]: {pinned[1:]!r} -> {now[1:]!r}",
+                    f"{g}:betas[1:]:{now[1:]!r}",
+                )
+            )
         if abs(float(value) - want) <= self.lr_rel * max(abs(want), 1e-300):
-            return []
-        return [
+            return out
+        out.append(
             self._finding(
                 step,
                 f"{key} of param group {g} is {value!r} where the declared schedule gives "
@@ -338,7 +358,8 @@ class HyperparamCheck:
                 f"group {g} {key}: expected {want:.6g}, found {value!r}",
                 f"{g}:{key}",
             )
-        ]
+        )
+        return out
 
     def check_clipping(self, step: int, calls: list[ClipRecord]) -> list[GuardFinding]:
         """Pin gradient clipping to what the first step did; report changes after."""

@@ -159,7 +159,7 @@ class Memory:
         if low < 0:
             return None  # no member has a tensor of this kind: nothing to read fast
         elements = np.zeros(self.table_size, dtype=np.int64)
-        # Missing entries read a valid element (then zeroed).
+        # Missing entries are read at the span's first element by `read` (then zeroed).
         elements[self.entries] = [low if first < 0 else first for first in starts]
         if not missing:
             return Located(elements, low, high, None, tensors)
@@ -176,10 +176,17 @@ class Memory:
         span = np.asarray(_Span(low * self.itemsize, high - low, self._typestr))
         index = np.empty((len(kinds), owner.size), dtype=np.int64)
         shifted = local - low
+        absent: list[tuple[int, Any]] = []
         for row, k in enumerate(kinds):
             np.add(k.elements[owner], shifted, out=index[row])
-        out = span.take(index)
-        for row, k in enumerate(kinds):
             if k.missing is not None:
-                out[row, k.missing[owner]] = 0
+                # An entry without a tensor of this kind reads the span's first element (a
+                # validated one), never its own offset past it: that could land between
+                # tensors, in memory no tensor owns (or past the span), then is zeroed.
+                gone = k.missing[owner]
+                index[row, gone] = 0
+                absent.append((row, gone))
+        out = span.take(index)
+        for row, gone in absent:
+            out[row, gone] = 0
         return out

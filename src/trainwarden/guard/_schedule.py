@@ -7,11 +7,12 @@ do. A learning rate changed by anyone but the scheduler, or a scheduler whose co
 attributes were changed, therefore shows as a difference that does not heal on the next step.
 
 Supported: StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, CosineAnnealingWarmRestarts
-(integer steps), LinearLR, ConstantLR, PolynomialLR, OneCycleLR (with momentum / beta1),
-LambdaLR (transformers' warm-up schedules recognised and recomputed; other lambdas called as
-declared), MultiplicativeLR and SequentialLR of these. Others (ReduceLROnPlateau, CyclicLR,
-ChainedScheduler, custom classes) are reported as "lr not followed"; the momentum such a
-scheduler cycles with the lr is not followed either (:func:`cycled_momentum`).
+(integer steps), LinearLR, ConstantLR, PolynomialLR, OneCycleLR and CyclicLR (with the
+momentum / beta1 they cycle; CyclicLR in its three built-in modes), LambdaLR (transformers'
+warm-up schedules recognised and recomputed; other lambdas called as declared),
+MultiplicativeLR and SequentialLR of these. Others (ReduceLROnPlateau, ChainedScheduler,
+CyclicLR with a custom scale_fn, custom classes) are reported as "lr not followed"; the
+momentum such a scheduler cycles with the lr is not followed either (:func:`cycled_momentum`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _f(value: Any) -> float:
 
 @dataclass(frozen=True)
 class Replica:
-    """Learning rates (and momenta, for OneCycleLR) of each group after ``t`` steps."""
+    """Learning rates (and momenta, for OneCycleLR and CyclicLR) of each group after ``t`` steps."""
 
     name: str
     lr: Callable[[int], list[float]]
@@ -224,6 +225,48 @@ def _one_cycle(s: Any, opt: Any, base: list[float]) -> Replica:
     )
 
 
+def _cyclic(s: Any, opt: Any, base: list[float]) -> Replica:
+    """CyclicLR's triangular, triangular2 and exp_range cycles, and the momentum it cycles.
+
+    A custom ``scale_fn`` is code of the job's: no replica (not followed, as before).
+    """
+    if getattr(s, "_scale_fn_custom", None) is not None:
+        raise UnsupportedSchedule("CyclicLR with a custom scale_fn: no replica")
+    mode, gamma = str(s.mode), float(s.gamma)
+    if mode not in ("triangular", "triangular2", "exp_range"):
+        raise UnsupportedSchedule(f"CyclicLR mode {mode!r}: no replica")
+    total, ratio = float(s.total_size), float(s.step_ratio)
+    low, high = [_f(b) for b in s.base_lrs], [_f(m) for m in s.max_lrs]
+
+    def shape(t: int) -> tuple[float, float]:
+        """(scale factor within the cycle, the mode's scale) after ``t`` steps, as torch."""
+        cycle = math.floor(1 + t / total)
+        x = 1.0 + t / total - cycle
+        factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+        if mode == "triangular":
+            return factor, 1.0
+        if mode == "triangular2":
+            return factor, 1 / (2.0 ** (cycle - 1))
+        return factor, gamma**t
+
+    def lr(t: int) -> list[float]:
+        factor, scale = shape(t)
+        return [b + (m - b) * factor * scale for b, m in zip(low, high, strict=True)]
+
+    momentum = key = None
+    if getattr(s, "cycle_momentum", False):
+        m_low = [_f(b) for b in s.base_momentums]
+        m_high = [_f(m) for m in s.max_momentums]
+
+        def cycled(t: int) -> list[float]:
+            factor, scale = shape(t)
+            return [m - (m - b) * factor * scale for b, m in zip(m_low, m_high, strict=True)]
+
+        momentum = cycled
+        key = "betas" if getattr(s, "use_beta1", False) else "momentum"
+    return Replica(f"CyclicLR({mode})", lr, momentum, key)
+
+
 def _sequential(s: Any, opt: Any, base: list[float]) -> Replica:
     children = [replica_for(child, opt) for child in s._schedulers]
     milestones = list(s._milestones)
@@ -248,6 +291,7 @@ _BUILDERS: dict[str, Callable[[Any, Any, list[float]], Replica]] = {
     "LambdaLR": _lambda,
     "MultiplicativeLR": _multiplicative,
     "OneCycleLR": _one_cycle,
+    "CyclicLR": _cyclic,
     "SequentialLR": _sequential,
 }
 

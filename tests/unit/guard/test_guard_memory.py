@@ -64,6 +64,25 @@ def test_one_gather_reads_what_indexing_each_tensor_reads() -> None:
     np.testing.assert_array_equal(out[1], _expected(grads, owner, local))
 
 
+def test_an_entry_without_a_tensor_never_reads_at_its_own_offsets() -> None:
+    # The largest parameter has no state of this kind (never stepped, or a sparse state read
+    # as absent): its coordinates go far past the small tensors that make up the span. Read
+    # at its offsets from the span's start, they went past the span (an IndexError out of
+    # the optimizer step, killing the job, under verify_async about one run in two) or, inside
+    # it, between tensors, into memory no tensor owns.
+    sizes = [4, 3, 100_000]
+    buffer = torch.randn(7)  # the two small tensors side by side: the span is 7 elements
+    state = [buffer[:4], buffer[4:], None]
+    memory = _memory(sizes)
+    owner = np.array([0, 1, 2, 2, 2], dtype=np.int64)
+    local = np.array([3, 2, 99_999, 50_000, 5], dtype=np.int64)
+    located = memory.locate("state:momentum_buffer", state)
+    assert located is not None
+    got = memory.read([located], owner, local)
+    assert got[0].tolist() == pytest.approx(_expected(state, owner, local).tolist())
+    assert got[0, 2:].tolist() == [0.0, 0.0, 0.0]
+
+
 def test_bf16_is_read_as_its_bit_patterns() -> None:
     sizes = [300, 77]
     weights = [torch.randn(n).to(torch.bfloat16) for n in sizes]

@@ -58,6 +58,17 @@ SCHEDULERS: dict[str, tuple[Callable[[Any], Any], Callable[[], Any]]] = {
         ),
         _sgd,
     ),
+    "CyclicLR-sgd-triangular": (lambda o: sched.CyclicLR(o, 0.01, [0.1, 0.2], 7), _sgd),
+    "CyclicLR-adam-triangular2": (
+        lambda o: sched.CyclicLR(o, [0.01, 0.02], 0.1, 5, 9, mode="triangular2"),
+        _optimizer,
+    ),
+    "CyclicLR-exp-range-no-momentum": (
+        lambda o: sched.CyclicLR(
+            o, 0.01, 0.1, 6, mode="exp_range", gamma=0.97, cycle_momentum=False
+        ),
+        _sgd,
+    ),
     "SequentialLR-warmup-cosine": (
         lambda o: sched.SequentialLR(
             o, [sched.LinearLR(o, 0.1, total_iters=5), sched.CosineAnnealingLR(o, 35, 0.01)], [5]
@@ -99,7 +110,7 @@ def test_replica_follows_torch_for_60_steps(name: str) -> None:
     "build",
     [
         lambda o: sched.ReduceLROnPlateau(o),
-        lambda o: sched.CyclicLR(o, 0.01, 0.1),
+        lambda o: sched.CyclicLR(o, 0.01, 0.1, scale_fn=lambda x: 0.5, scale_mode="cycle"),
         lambda o: type("Custom", (sched.StepLR,), {})(o, 3),
     ],
 )

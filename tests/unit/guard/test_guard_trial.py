@@ -351,8 +351,28 @@ def test_cycled_momentum_leaves_the_other_settings_pinned(sink: MemorySink) -> N
         assert f.rule_id == "guard.hyperparam"
         first.setdefault(f.message.split(" of ")[0], f.step)
     assert first == {"betas": 8, "weight_decay": 14}
-    not_checked = sink.named("guard.attach")[0].data["not_checked"]
-    assert "betas" in not_checked["momentum"]
+    # CyclicLR has a replica: the cycled beta1 is followed, not exempted.
+    attach = sink.named("guard.attach")[0].data
+    assert "momentum" not in attach["not_checked"]
+    assert attach["lr"].startswith("replica of CyclicLR")
+
+
+@pytest.mark.parametrize("key", ["lr", "momentum"])
+def test_lr_or_momentum_moved_off_a_cyclic_schedule_is_caught(sink: MemorySink, key: str) -> None:
+    # Followed now that CyclicLR has a replica: before, both were exempt under CyclicLR.
+    model = _branchy()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    scheduler = sched.CyclicLR(opt, 1e-3, 1e-2, step_size_up=5)
+
+    def tamper(step: int) -> None:
+        if step == 7:
+            opt.param_groups[0][key] *= 1.5
+
+    with _guard(model, opt, sink, scheduler) as guard:
+        _train(model, opt, scheduler, before=tamper)
+    found = [(f.rule_id, f.step) for f in guard.findings]
+    assert found[0] == ("guard.hyperparam", 7)
+    assert key in guard.findings[0].message
 
 
 def test_momentum_a_scheduler_does_not_cycle_stays_pinned(sink: MemorySink) -> None:
