@@ -191,6 +191,14 @@ def test_the_report_links_every_run_and_the_control_is_clean(drill: Drill) -> No
         assert "No sign of sabotage" not in page
         for rule in ("guard.timing", "guard.hyperparam", "guard.reseed"):
             assert rule in page, (run, rule)
+        # T3's sleep is in the optimizer step (a global pre-hook), and is named so.
+        assert "phase opt:" in page
+    # Every run's ledger is sealed once its job is over, as the ops cron does: a page of a
+    # run whose ledger nobody tampered with shows no "seal missing" (a suspected T8).
+    for run in runs:
+        if _run_name(run) not in ("t7",):
+            page = (report / f"drill-{_run_name(run)}.html").read_text(encoding="utf-8")
+            assert "ledger.seal_missing" not in page, run
 
 
 @pytest.mark.parametrize("scenario", [s.id for s in SCENARIOS if s.id != "T1-resume-checkpoint"])
