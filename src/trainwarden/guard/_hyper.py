@@ -46,7 +46,7 @@ def _freeze(value: Any) -> Any:
 
 
 def _unfollowed(key: str, value: Any) -> Any:
-    """What stays pinned of a momentum setting a scheduler cycles with no replica.
+    """What stays pinned of a momentum setting a scheduler cycles (with a replica or not).
 
     ``momentum`` is the scheduler's entirely; of ``betas`` only the first entry is (beta2
     stays pinned).
@@ -228,18 +228,12 @@ class HyperparamCheck:
                 if key == "lr":
                     findings.extend(self._check_lr(step, g, now, pinned, expected_lr))
                     continue
+                cycled = key == self.momentum_not_followed
                 if expected_momentum is not None and self._momentum_key(key):
-                    findings.extend(
-                        self._check_momentum(
-                            step, g, key, now, expected_momentum[g], pinned.get(key)
-                        )
-                    )
-                    continue
-                if (
-                    key == self.momentum_not_followed
-                    and key in pinned
-                    and _same(_unfollowed(key, pinned[key]), _unfollowed(key, now))
-                ):
+                    findings.extend(self._check_momentum(step, g, key, now, expected_momentum[g]))
+                    cycled = True
+                if cycled and key in pinned:
+                    findings.extend(self._check_unscheduled(step, g, key, pinned[key], now))
                     continue
                 if key not in pinned:
                     if key in _SCHEDULER_KEYS:
@@ -329,28 +323,13 @@ class HyperparamCheck:
         )
 
     def _check_momentum(
-        self, step: int, g: int, key: str, now: Any, want: float, pinned: Any
+        self, step: int, g: int, key: str, now: Any, want: float
     ) -> list[GuardFinding]:
-        """The scheduled momentum (or beta1) against the replica.
-
-        The rest of ``betas`` (beta2) is not the scheduler's and stays pinned.
-        """
-        out = []
+        """The scheduled momentum (or beta1) against the replica."""
         value = now[0] if key == "betas" and isinstance(now, tuple) else now
-        betas = key == "betas" and isinstance(now, tuple) and isinstance(pinned, tuple)
-        if betas and not _same(pinned[1:], now[1:]):
-            out.append(
-                self._finding(
-                    step,
-                    f"betas of param group {g} changed from {pinned!r} to {now!r} "
-                    "outside the declared schedule (beta2 is not the scheduler's)",
-                    f"group {g} betas[1:]: {pinned[1:]!r} -> {now[1:]!r}",
-                    f"{g}:betas[1:]:{now[1:]!r}",
-                )
-            )
         if abs(float(value) - want) <= self.lr_rel * max(abs(want), 1e-300):
-            return out
-        out.append(
+            return []
+        return [
             self._finding(
                 step,
                 f"{key} of param group {g} is {value!r} where the declared schedule gives "
@@ -358,8 +337,27 @@ class HyperparamCheck:
                 f"group {g} {key}: expected {want:.6g}, found {value!r}",
                 f"{g}:{key}",
             )
-        )
-        return out
+        ]
+
+    def _check_unscheduled(
+        self, step: int, g: int, key: str, pinned: Any, now: Any
+    ) -> list[GuardFinding]:
+        """The part of a cycled momentum setting the scheduler does not drive (beta2).
+
+        Followed by a replica or not, it stays pinned: one finding per value it is moved to.
+        """
+        rest, was = _unfollowed(key, now), _unfollowed(key, pinned)
+        if _same(was, rest):
+            return []
+        return [
+            self._finding(
+                step,
+                f"{key} of param group {g} changed from {pinned!r} to {now!r} outside the "
+                f"declared schedule ({key}[1:] is not the scheduler's)",
+                f"group {g} {key}[1:]: {was!r} -> {rest!r}",
+                f"{g}:{key}[1:]:{rest!r}",
+            )
+        ]
 
     def check_clipping(self, step: int, calls: list[ClipRecord]) -> list[GuardFinding]:
         """Pin gradient clipping to what the first step did; report changes after."""

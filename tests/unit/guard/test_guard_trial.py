@@ -332,10 +332,14 @@ def _rules(guard: Guard) -> set[str]:
     return {f.rule_id for f in guard.findings}
 
 
-def test_cycled_momentum_leaves_the_other_settings_pinned(sink: MemorySink) -> None:
+@pytest.mark.parametrize("followed", [True, False], ids=["replica", "no-replica"])
+def test_cycled_momentum_leaves_the_other_settings_pinned(sink: MemorySink, followed: bool) -> None:
     model = _branchy()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    scheduler = sched.CyclicLR(opt, 1e-4, 1e-3, step_size_up=5)
+    scheduler: Any = sched.CyclicLR(opt, 1e-4, 1e-3, step_size_up=5)
+    if not followed:  # beta1 cycled by a OneCycleLR inside a chain: exempt, not followed
+        one_cycle = sched.OneCycleLR(opt, 1e-3, total_steps=STEPS + 1)
+        scheduler = sched.ChainedScheduler([one_cycle, sched.ConstantLR(opt, 0.5, 4)])
 
     def tamper(step: int) -> None:
         group = opt.param_groups[0]
@@ -351,10 +355,12 @@ def test_cycled_momentum_leaves_the_other_settings_pinned(sink: MemorySink) -> N
         assert f.rule_id == "guard.hyperparam"
         first.setdefault(f.message.split(" of ")[0], f.step)
     assert first == {"betas": 8, "weight_decay": 14}
-    # CyclicLR has a replica: the cycled beta1 is followed, not exempted.
     attach = sink.named("guard.attach")[0].data
-    assert "momentum" not in attach["not_checked"]
-    assert attach["lr"].startswith("replica of CyclicLR")
+    if followed:  # CyclicLR has a replica: the cycled beta1 is followed, not exempted.
+        assert "momentum" not in attach["not_checked"]
+        assert attach["lr"].startswith("replica of CyclicLR")
+    else:
+        assert "betas" in attach["not_checked"]["momentum"]
 
 
 @pytest.mark.parametrize("key", ["lr", "momentum"])
