@@ -722,24 +722,51 @@ class UpdateCheck:
         params: list[Any],
         grads: list[Any] | None,
         no_grad: set[int],
-    ) -> tuple[Any, Any]:
-        """The weights (and, when verifying, the gradients) at ``sel`` before the step."""
+    ) -> tuple[Any, Any, _StateRead | None]:
+        """The weights at ``sel`` before the step; when verifying, the gradients and the state.
+
+        The state is read here even though the last step's post-hook read it at ``sel``: the
+        step starts from what is in memory now, and comparing the two names an edit made
+        between the steps (one more row of the same gather).
+        """
         memory = part.memory
         if memory is not None:
             located = [memory.locate("param", params)]
+            keys: list[str] = []
+            dicts: list[Any] = []
             if grads is not None:
                 located.append(memory.locate("grad", grads, fresh=True))
+                dicts = self._state_tensors()
+                for key, tensors in self._state_kinds(dicts).items():
+                    keys.append(key)
+                    located.append(memory.locate("state:" + key, tensors))
             if all(k is not None for k in located):
                 found = [k for k in located if k is not None]
                 out = memory.read(found, sel.owner, sel.local)
                 if grads is None:
-                    return out[0], None
+                    return out[0], None, None
                 no_grad.update(_missing_runs(sel, found[1]))
-                return out[0], out[1]
+                state = self._state_rows(sel, dicts, keys, found[2:], out[2:])
+                return out[0], out[1], state
         before = self._gather(part, sel, params, part.params)
         if grads is None:
-            return before, None
-        return before, self._gather(part, sel, grads, None, no_grad)
+            return before, None, None
+        grad_values = self._gather(part, sel, grads, None, no_grad)
+        return before, grad_values, self._read_state(part, sel)
+
+    def _state_rows(
+        self,
+        sel: _Selection,
+        dicts: list[Any],
+        keys: list[str],
+        located: list[Located],
+        rows: Any,
+    ) -> _StateRead:
+        """The state at ``sel`` from one gather's rows (one per state kind, in ``keys`` order)."""
+        values = {key: rows[i] for i, key in enumerate(keys)}
+        missing = {key: _missing_runs(sel, located[i]) for i, key in enumerate(keys)}
+        present, steps = self._step_counts(dicts, sel)
+        return _StateRead(values, missing, present, steps)
 
     def _read_after(
         self,
@@ -787,13 +814,9 @@ class UpdateCheck:
                 if following is not None:
                     out.baseline = values[0, cut:]
                     if want_next:
-                        missing = {
-                            key: _missing_runs(following, found[1 + i])
-                            for i, key in enumerate(keys)
-                        }
-                        state = {key: values[1 + i, cut:] for i, key in enumerate(keys)}
-                        present, steps = self._step_counts(dicts, following)
-                        out.state_next = _StateRead(state, missing, present, steps)
+                        out.state_next = self._state_rows(
+                            following, dicts, keys, found[1:], values[1:, cut:]
+                        )
                 return out
         if sel is not None:
             out.values = self._gather(part, sel, params, part.params)
@@ -854,15 +877,14 @@ class UpdateCheck:
             if not sel.n:
                 continue
             no_grad: set[int] = set()
-            before, grad_values = self._read_before(part, sel, params, grads, no_grad)
+            before, grad_values, state = self._read_before(part, sel, params, grads, no_grad)
             earlier = inputs[index] if inputs is not None else None
             if self.check_weights and earlier is not None:
                 findings.extend(self._continuity(part, sel, step, earlier.params, before))
-            if grads is None:
+                if earlier.state is not None and state is not None:
+                    findings.extend(self._state_continuity(part, sel, step, earlier.state, state))
+            if grads is None or state is None:
                 continue
-            state = earlier.state if earlier is not None else None
-            if state is None:
-                state = self._read_state(part, sel)
             grads_host = _host(part, grad_values)
             grads64 = _float64(grads_host, part)
             sq += float(grads64 @ grads64)
@@ -914,14 +936,31 @@ class UpdateCheck:
                 self._unsupported(entries[e].group, "sparse gradients take another path")
 
     def _continuity(
-        self, part: _Partition, sel: _Selection, step: int, expected: Any, found: Any
+        self,
+        part: _Partition,
+        sel: _Selection,
+        step: int,
+        expected: Any,
+        found: Any,
+        *,
+        what: str = "weights",
+        subject: str = "weights",
+        skip: set[int] | None = None,
     ) -> list[GuardFinding]:
+        """Findings for values at ``sel`` that changed since the last step wrote them.
+
+        ``skip``: run positions not compared (an entry without such a tensor reads as zeros).
+        """
         import numpy as np
 
         old, new = _host(part, expected), _host(part, found)
         if old.size != new.size:
             return []
         differ = old.view(part.bits) != new.view(part.bits)
+        if skip:
+            for position in skip:
+                _, a, b = sel.runs[position]
+                differ[a:b] = False
         if not differ.any():
             return []
         where = np.flatnonzero(differ)
@@ -939,13 +978,63 @@ class UpdateCheck:
             return self._finding(
                 "guard.weights",
                 step,
-                f"weights of {name} changed between steps {step - 1} and {step} "
+                f"{what} of {name} changed between steps {step - 1} and {step} "
                 f"outside the optimizer at {n}/{total} sampled coordinates",
                 _example(name, sel.local[i], before, after),
-                subject=f"weights:{name}",
+                subject=f"{subject}:{name}",
             )
 
         return self._per_entry(sel, bad, build)
+
+    def _state_continuity(
+        self, part: _Partition, sel: _Selection, step: int, last: _StateRead, now: _StateRead
+    ) -> list[GuardFinding]:
+        """Findings for optimizer state edited between the steps (values, presence, step count).
+
+        The last step's post-hook read the state this step starts from; an insider who edits
+        it in between (negates a moment, resets the step count so the bias correction grows
+        the update, drops a parameter's state) leaves the optimizer's own arithmetic intact:
+        without this comparison the step would only show as an update unlike the reference.
+        """
+        findings: list[GuardFinding] = []
+        for key, values in now.values.items():
+            earlier = last.values.get(key)
+            if earlier is None:
+                continue
+            skip = now.missing.get(key, set()) | last.missing.get(key, set())
+            findings.extend(
+                self._continuity(
+                    part,
+                    sel,
+                    step,
+                    earlier,
+                    values,
+                    what=f"optimizer state {key!r}",
+                    subject=f"state-edit:{key}",
+                    skip=skip,
+                )
+            )
+        entries = self.table.entries
+        runs = zip(sel.entries, last.present, now.present, last.steps, now.steps, strict=True)
+        for e, had, has, was, count in runs:
+            name = entries[e].name
+            if had != has:
+                change = "dropped" if had else "created"
+                detail = f"optimizer state of {name} {change}"
+            elif was is not None and count is not None and was != count:
+                detail = f"optimizer step count of {name} set from {was:g} to {count:g}"
+            else:
+                continue
+            findings.append(
+                self._finding(
+                    "guard.weights",
+                    step,
+                    f"{detail} between steps {step - 1} and {step}, outside the optimizer",
+                    detail,
+                    subject=f"state-edit:step:{name}",
+                )
+            )
+        return findings
 
     # -------------------------------------------------------------------------------- post
 

@@ -336,15 +336,6 @@ def _reset_step_count(job: Job, step: int) -> None:
         state["step"].fill_(1.0)  # bias correction as at the first step: a larger update
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "not yet (one more read per state kind and step): the state read after step N-1 "
-        "is not read again before step N, so an edit between the steps shows only as step N's "
-        "update "
-        "differing from the reference (guard.update), not as the state edited (guard.weights)"
-    ),
-)
 @pytest.mark.parametrize("edit", [_negate_first_moment, _reset_step_count])
 def test_optimizer_state_edited_between_steps_is_named_as_such(sink: MemorySink, edit: Any) -> None:
     violation = _halted(make_job(), sink, between={START: edit})

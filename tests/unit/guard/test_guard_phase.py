@@ -55,7 +55,9 @@ def test_a_sleep_in_a_global_step_pre_hook_is_the_optimizers_time(
         train(job, 12)
     assert sleeping_global_hook == list(range(1, 13))
     for step in AT:
-        assert (phases[step]["opt"] or 0.0) >= SLEEP * 0.9, phases[step]
+        # Not the whole sleep: the guard's paced heavy checks (its first code-integrity pass,
+        # in the watchdog thread) may run while the job sleeps, and are not the job's time.
+        assert (phases[step]["opt"] or 0.0) >= SLEEP / 2, phases[step]
         assert (phases[step]["bwd"] or 0.0) < SLEEP / 2, phases[step]
         assert (phases[step]["wait"] or 0.0) < SLEEP / 2, phases[step]
     quiet = [phases[s]["opt"] or 0.0 for s in range(2, 13) if s not in AT]
