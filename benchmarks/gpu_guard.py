@@ -87,11 +87,37 @@ def _loss(cfg: Any, model: Any, data: Any, step: int, device: str) -> Any:
     )
 
 
+def _own_arithmetic(
+    update_module: Any, part: Any, actual: Any, expected: Any, dtype: Any
+) -> tuple[float, float] | None:
+    """How far the step's weights are from trainwarden's own single-tensor arithmetic.
+
+    In units in the last place of the weight, and relative to the update's magnitude; values
+    are decoded from their storage (bf16 as bit patterns) to float64 first.
+    """
+    import numpy as np
+
+    if expected.approx is None:
+        return None
+    keep = expected.verify & expected.approx_mask
+    if not keep.any():
+        return None
+    got = update_module._float64(actual[keep], part)
+    own = update_module._float64(expected.approx[keep], part)
+    before = update_module._float64(expected.before[keep], part)
+    diff = np.abs(got - own)
+    spacing = update_module._spacing(np.maximum(np.abs(before), np.abs(own)), dtype)
+    magnitude = np.maximum(expected.magnitude()[keep], spacing)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ulps = float(np.nanmax(diff / np.maximum(spacing, 1e-300)))
+        rel = float(np.nanmax(diff / magnitude))
+    return ulps, rel
+
+
 def residuals(
     device: str, steps: int, k: int, big: bool, tamper: str | None = None
 ) -> list[dict[str, Any]]:
     """Honest (or tampered) runs of each optimizer and dtype, verified every step."""
-    import numpy as np
     import torch
 
     from trainwarden.guard import GuardConfig
@@ -130,24 +156,23 @@ def residuals(
                 return outcome
 
             check.reference.compute = compute  # type: ignore[method-assign]
-            seen: list[tuple[Any, Any]] = []
-            judge = check._judge
+            # What each judgement compared: the weights the step wrote and the reference.
+            seen: list[tuple[Any, Any, Any]] = []
+            judge = check.judge
 
             def capture(
                 part: Any,
-                layout: Any,
                 step: int,
+                expected: Any,
                 actual: Any,
-                prepared: Any,
-                mine: Any,
-                result: Any,
+                state: Any,
                 _judge: Any = judge,
-                _seen: list[tuple[Any, Any]] = seen,
-            ) -> None:
-                _seen.append((actual.copy(), prepared))
-                _judge(part, layout, step, actual, prepared, mine, result)
+                _seen: list[tuple[Any, Any, Any]] = seen,
+            ) -> Any:
+                _seen.append((part, update_module._host(part, actual).copy(), expected))
+                return _judge(part, step, expected, actual, state)
 
-            check._judge = capture  # type: ignore[method-assign]
+            check.judge = capture  # type: ignore[method-assign]
             worst = ulps = rel = 0.0
             caught = halting = 0
             gen = torch.Generator(device="cpu").manual_seed(1)
@@ -171,17 +196,10 @@ def residuals(
                 halting += sum(f.halts for f in found)
                 caught += any(f.rule_id == "guard.update" and f.halts for f in result.findings)
                 worst = max(worst, result.residual or 0.0)
-                for actual, prepared in seen:
-                    keep = prepared.verify & ~np.isnan(prepared.approx)
-                    if not keep.any():
-                        continue
-                    diff = np.abs(actual[keep] - prepared.approx[keep])
-                    scale = np.maximum(np.abs(prepared.before[keep]), np.abs(prepared.approx[keep]))
-                    spacing = update_module._spacing(scale, dtype)
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        ulps = max(ulps, float(np.nanmax(diff / np.maximum(spacing, 1e-300))))
-                        magnitude = np.maximum(prepared.magnitude[keep], spacing)
-                        rel = max(rel, float(np.nanmax(diff / magnitude)))
+                for part, actual, expected in seen:
+                    distance = _own_arithmetic(update_module, part, actual, expected, dtype)
+                    if distance is not None:
+                        ulps, rel = max(ulps, distance[0]), max(rel, distance[1])
             rows.append(
                 {
                     "dtype": dtype_name,
