@@ -157,6 +157,22 @@ def pickle_load(path: Path) -> object:
         return pickle.load(f)
 
 
+def pickle_load_then_fields(path: Path) -> object:
+    """``pickle.load``, then unpickle each field that holds a pickle (raw, base64 or hex).
+
+    The second stage a loader of non-tensor state performs (``torch.distributed.checkpoint``
+    unpickles the bytes it saved; custom loaders decode text first).
+    """
+    obj = pickle_load(path)
+    assert isinstance(obj, dict)
+    for value in obj.values():
+        if isinstance(value, str):
+            value = base64.b64decode(value) if value.startswith("g") else bytes.fromhex(value)
+        if isinstance(value, bytes):
+            pickle.loads(value)
+    return obj
+
+
 def pickle_load_all(path: Path) -> object:
     """``pickle.load`` until EOF: how loaders read several objects from one stream."""
     out = []
@@ -3179,6 +3195,41 @@ ATTACKS: tuple[Attack, ...] = (
         keras_lambda_behind(pickle.dumps({"weights": [0.5, 0.25]}, protocol=4)),
         keras_load_model,
         ("keras",),
+        expected=Verdict.UNKNOWN,
+    ),
+    # -- peers' own test suites (see tests/unit/scan/test_scan_peer_suites.py) -----------------
+    # ModelAudit tests/test_nested_pickle_integration.py: a pickle kept as data in a pickle.
+    # https://github.com/promptfoo/modelaudit/blob/main/tests/test_nested_pickle_integration.py
+    _a(
+        "peer-embedded-pickle-bytes",
+        "pickle kept as bytes data, unpickled by a second stage",
+        T,
+        "A state dict whose field holds a pickle calling posix.system; the load itself runs "
+        "nothing, the loader of the field does.",
+        _pkl(lambda c, d: p4(enc({"step": 3, "extra": p4(call(g("posix", "system"), _sh(c)))}))),
+        pickle_load_then_fields,
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "peer-embedded-pickle-base64",
+        "pickle kept as base64 text, decoded and unpickled by a second stage",
+        T,
+        "The same hidden pickle as base64 text (ModelAudit's nested_pickle_base64.pkl).",
+        _pkl(
+            lambda c, d: p4(
+                enc({"w": base64.b64encode(p4(call(g("posix", "system"), _sh(c)))).decode()})
+            )
+        ),
+        pickle_load_then_fields,
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "peer-embedded-pickle-hex",
+        "pickle kept as hex text, decoded and unpickled by a second stage",
+        T,
+        "The same hidden pickle as hex text (ModelAudit's nested_pickle_hex.pkl).",
+        _pkl(lambda c, d: p4(enc({"hex_data": p4(call(g("posix", "system"), _sh(c))).hex()}))),
+        pickle_load_then_fields,
         expected=Verdict.UNKNOWN,
     ),
 )

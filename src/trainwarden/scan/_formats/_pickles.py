@@ -6,11 +6,12 @@ a window, so a pickle followed by gigabytes of storage bytes (legacy torch) stay
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from trainwarden.findings import Finding, Location, Severity, Verdict
-from trainwarden.scan._formats._base import Blob, Context, SubBlob, join_member
+from trainwarden.scan._formats._base import Blob, Context, MemoryBlob, SubBlob, join_member
 
 if TYPE_CHECKING:
     from trainwarden.scan._pickle import PickleAnalysis
@@ -40,6 +41,8 @@ def judge(
     nested_safe = False
     if analysis.nested and source is not None:
         nested_safe = _analyse_nested(ctx, analysis, member, source, base)
+    if analysis.embedded and source is not None:
+        _analyse_embedded(ctx, analysis, member, source, base, ctx.depth)
     findings = ctx.policy.judge(analysis, Location(ctx.path, member), nested_safe=nested_safe)
     if analysis.shared_memo is not None:
         findings += _shared_memo_findings(ctx, analysis.shared_memo, member, findings)
@@ -110,6 +113,77 @@ def _analyse_nested(
         if any(f.verdict is not Verdict.SAFE for f in ctx.findings[before:]):
             safe = False
     return safe
+
+
+def _analyse_embedded(
+    ctx: Context, analysis: PickleAnalysis, member: str | None, source: Blob, base: int, depth: int
+) -> None:
+    """Judge each pickle kept as data in a literal (raw bytes, base64 or hex text).
+
+    This load does not run it, so nothing found there is ``unsafe``; but whoever unpickles
+    the field does (``torch.distributed.checkpoint`` unpickles the bytes it saved for
+    non-tensor state, custom loaders decode base64), so a pickle there that is not safe makes
+    the file ``unknown`` (``pickle.embedded-pickle``), naming what it would import. Only a
+    complete, well-formed pickle that imports something counts: text that merely looks like
+    base64 or hex, or bytes that start like a pickle, stay data.
+    """
+    if depth >= ctx.limits.max_nesting:
+        return
+    done: set[tuple[int, int]] = {(p.start, p.end) for p in analysis.nested}
+    for start, end in analysis.embedded:
+        if (start, end) in done:
+            continue  # a payload handed to a nested loader: analysed as such already
+        done.add((start, end))
+        ctx.check_time(member)
+        data = _decode_embedded(bytes(source.read(base + start, end - start)))
+        if data is None:
+            continue
+        inner = _embedded_analysis(ctx, data)
+        if inner is None:
+            continue
+        where = join_member(member, f"(data@{base + start})")
+        sub = ctx.policy.judge(inner, Location(ctx.path, where)) if inner.imports else ()
+        bad = sorted({f.evidence or f.rule_id for f in sub if f.verdict is not Verdict.SAFE})
+        if bad:
+            ctx.unknown(
+                "pickle.embedded-pickle",
+                "a pickle kept as data would import "
+                f"{', '.join(bad[:8])} when unpickled (this load does not run it; code that "
+                "unpickles the field does)",
+                member,
+                offset=base + start,
+                evidence=", ".join(bad[:8]),
+                severity=Severity.HIGH,
+            )
+        if inner.embedded:
+            _analyse_embedded(ctx, inner, where, MemoryBlob(data), 0, depth + 1)
+
+
+def _decode_embedded(raw: bytes) -> bytes | None:
+    """The pickle bytes a literal holds (as is, base64 or hex), or None when it holds none."""
+    if raw[:1] == b"\x80":
+        return raw
+    try:
+        if raw[:1] == b"g":
+            data = base64.b64decode(raw, validate=True)
+        else:
+            data = bytes.fromhex(raw.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if data[:1] == b"\x80" else None
+
+
+def _embedded_analysis(ctx: Context, data: bytes) -> PickleAnalysis | None:
+    """The analysis of ``data`` when it is a complete pickle that imports or embeds one."""
+    from trainwarden.scan._pickle import RULE_MALFORMED, RULE_TRUNCATED, analyse_pickle
+
+    inner = analyse_pickle(data, limits=ctx.limits, deadline=ctx.deadline, max_ops=ctx.opcodes_left)
+    ctx.opcodes_used += inner.work
+    if not inner.complete or not (inner.imports or inner.embedded):
+        return None
+    if any(i.rule_id in (RULE_MALFORMED, RULE_TRUNCATED) for i in inner.issues):
+        return None
+    return inner
 
 
 def _shift(finding: Finding, base: int) -> Finding:

@@ -47,6 +47,13 @@ _HIGHEST_PROTOCOL = 5
 # Strings longer than this are not decoded: no importable module or attribute is that long, and
 # decoding a 100 MB string would break the memory bound. Used as a name they are "unresolved".
 _MAX_NAME_CHARS = 4096
+# A literal that may be a pickle kept as data (see _Machine._embed): bytes starting with PROTO's
+# 0x80, or text starting like base64 ("gA...") or hex ("80...") of it. Shorter ones cannot hold
+# a pickle that imports anything.
+_EMBED_MIN_BYTES = 16
+_EMBED_MIN_TEXT = 24
+_EMBED_FIRST = frozenset(b"g8")
+_MAX_EMBEDDED = 1_000
 # Tuples longer than this are kept as an opaque tuple (persistent ids and call arguments are short).
 _MAX_TUPLE = 64
 # Text lines longer than this are never copied (a 200 MB line would double memory).
@@ -319,6 +326,7 @@ class Raw:
     __slots__ = (
         "complete",
         "crossed_at",
+        "embedded",
         "end",
         "first_import",
         "frame_end",
@@ -347,6 +355,7 @@ class Raw:
         self.issues: list[tuple[str, str, int, Verdict, str | None, tuple[list[Any], ...]]] = []
         self.pids: list[object] = []
         self.nested: list[tuple[int, int, str, list[Any]]] = []
+        self.embedded: list[tuple[int, int]] = []
         self.opcode_count = 0
         self.ops_total = 0  # opcodes executed by every reading (the work done)
         self.first_import: int | None = None
@@ -395,6 +404,9 @@ class _Machine:
         self.issues: list[tuple[str, str, int, Verdict, str | None, tuple[list[Any], ...]]] = []
         self.pids: list[object] = []
         self.nested: list[tuple[int, int, str, list[Any]]] = []
+        # Literals that may hold a pickle as data (see _embed): spans of bytes or text.
+        self.embedded: list[tuple[int, int]] = []
+        self.dup_seen = False
         self.memo_tainted = False
         # MEMOIZE numbers entries by the memo's size, and a memo miss reads what an earlier
         # load may have left: only these make a reused unpickler read differently.
@@ -680,6 +692,16 @@ class _Machine:
         )
         return _Global(rec)
 
+    def _embed(self, start: int, end: int) -> None:
+        """Record a literal that may hold a pickle as data (the format layer checks it).
+
+        Nothing loads it here, but whoever unpickles the field does, so a pickle hidden in a
+        checkpoint's data is analysed too (``torch.distributed.checkpoint`` unpickles the
+        bytes it saved for non-tensor state).
+        """
+        if len(self.embedded) < _MAX_EMBEDDED:
+            self.embedded.append((start, end))
+
     def _nested_call(self, rec: list[Any], args: object) -> None:
         """A nested loader is called: record its payload, or that it has none we can see."""
         if isinstance(args, tuple) and args and isinstance(args[0], _Bytes):
@@ -882,6 +904,8 @@ class _Machine:
                             e = pos + ln
                         push(str(buf[pos:e], "utf-8", "surrogatepass"))
                         alloc += ln + 56
+                        if ln >= _EMBED_MIN_TEXT and buf[pos] in _EMBED_FIRST:
+                            self._embed(pos, e)
                         pos = e
                     elif op == 0x58:  # BINUNICODE
                         if pos + 4 > end:
@@ -897,6 +921,8 @@ class _Machine:
                         else:
                             push(str(buf[pos:e], "utf-8", "surrogatepass"))
                             alloc += ln + 56
+                        if ln >= _EMBED_MIN_TEXT and buf[pos] in _EMBED_FIRST:
+                            self._embed(pos, e)
                         pos = e
                     elif op == 0x74:  # TUPLE
                         if not marks:
@@ -1081,6 +1107,7 @@ class _Machine:
         raw.issues = self.issues
         raw.pids = pids
         raw.nested = self.nested
+        raw.embedded = self.embedded
         raw.first_import = self.first_import
         raw.crossed_at = self.crossed_at
         raw.memo_dependent = memoized or self.memoized or self.memo_missed
@@ -1243,6 +1270,12 @@ class _Machine:
             proto = buf[pos]
             if proto > _HIGHEST_PROTOCOL:
                 raise _Fail(RULE_MALFORMED, f"unsupported pickle protocol: {proto}")
+            if op_at != self.start:
+                # Loaders accept it, but no pickler writes one: crafted to make readers (and
+                # scanners keyed on the protocol) disagree.
+                self._issue(
+                    RULE_MALFORMED, "PROTO after the first opcode (no pickler writes one)", op_at
+                )
             self.proto = proto
             if self.first_proto is None:
                 self.first_proto = proto
@@ -1284,6 +1317,11 @@ class _Machine:
         if op == 0x32:  # DUP
             if len(stack) <= self._fence():
                 raise _underflow()
+            if not self.dup_seen:
+                # No pickler writes DUP; hand-built pickles use it to multiply references
+                # (an expansion that makes whatever walks the result run for ever).
+                self.dup_seen = True
+                self._issue(RULE_MALFORMED, "DUP (no pickler writes one: hand-built pickle)", op_at)
             stack.append(stack[-1])
             return pos
         if op in (0x67, 0x70):  # GET, PUT
@@ -1319,8 +1357,15 @@ class _Machine:
                 raise _Fail(RULE_MALFORMED, f"{_OPNAMES[op]} length exceeds the maximum")
             # Bounded by the bytes that exist: a gigantic length never allocates anything.
             # The data is read with _Unpickler_ReadInto, which reads on past a frame's end.
-            _, e2 = self._take_into(e, ln, f"{_OPNAMES[op]} data")
+            fe = self.frame_end
+            if fe is not None and op_at < fe < e + ln:
+                # Every loader reads on past the frame here, but no pickler writes an opcode
+                # inside a frame and its data past it: crafted, for readers to disagree.
+                self._issue(RULE_FRAME_SPLIT, "bytes data runs past the end of its FRAME", op_at)
+            p1, e2 = self._take_into(e, ln, f"{_OPNAMES[op]} data")
             stack.append(_BYTEARRAY if op == 0x96 else _Bytes(e, e2))
+            if ln >= _EMBED_MIN_BYTES and buf[p1] == 0x80:
+                self._embed(p1, e2)
             self.alloc_cold += _SZ_RESULT
             return e2
         if op in (0x8D,):  # BINUNICODE8
@@ -1334,6 +1379,8 @@ class _Machine:
             else:
                 stack.append(str(buf[p1:e2], "utf-8", "surrogatepass"))
                 self.alloc_cold += ln + _SZ_STR
+            if ln >= _EMBED_MIN_TEXT and buf[p1] in _EMBED_FIRST:
+                self._embed(p1, e2)
             return e2
         if op in (0x55, 0x54):  # SHORT_BINSTRING, BINSTRING
             size = 1 if op == 0x55 else 4
@@ -1678,6 +1725,7 @@ def merge(raws: list[Raw]) -> Raw:
     by_key: dict[tuple[Any, ...], list[Any]] = {}
     seen_issues: set[tuple[Any, ...]] = set()
     nested_seen: set[tuple[int, int, str]] = set()
+    embedded_seen: set[tuple[int, int]] = set()
     for raw in raws:
         for rec in raw.records:
             key = (rec[_R_MODULE], rec[_R_NAME], rec[_R_RESOLVED] or rec[_R_OFFSET])
@@ -1703,6 +1751,10 @@ def merge(raws: list[Raw]) -> Raw:
             if item[:3] not in nested_seen:
                 nested_seen.add(item[:3])
                 out.nested.append(item)
+        for span in raw.embedded:
+            if span not in embedded_seen:
+                embedded_seen.add(span)
+                out.embedded.append(span)
     return out
 
 
@@ -1767,6 +1819,7 @@ def freeze(raws: list[Raw]) -> list[PickleAnalysis]:
                     for start, end, loader, rec in raw.nested
                 ),
                 opaque_nested=tuple(ref(r) for r in records if r[_R_OPAQUE]),
+                embedded=tuple(raw.embedded),
                 readings=raw.readings,
                 work=raw.ops_total,
             )

@@ -180,6 +180,8 @@ class PickleAnalysis:
             the scanner analyses them like files of their own.
         opaque_nested: nested loaders also called with a payload that is not a literal
             (computed at load time): what they load cannot be checked.
+        embedded: spans of bytes or text literals that may hold a pickle as data (raw,
+            base64 or hex); this load does not run them, whoever unpickles the field does.
         shared_memo: this pickle as an ``Unpickler`` reused for every earlier load of the
             stream reads it (its memo kept), when that can differ from a fresh unpickler's
             reading (the analysis itself); ``None`` for the first pickle of a stream.
@@ -202,6 +204,7 @@ class PickleAnalysis:
     next_starts: tuple[int, ...] = ()
     nested: tuple[NestedPayload, ...] = ()
     opaque_nested: tuple[GlobalRef, ...] = ()
+    embedded: tuple[tuple[int, int], ...] = ()
     shared_memo: PickleAnalysis | None = None
     readings: int = 1
     work: int = 0
