@@ -96,3 +96,22 @@ def test_bytes_data_past_its_frame_is_not_safe() -> None:
 def test_python_written_pickles_stay_safe(protocol: int) -> None:
     obj = [1, b"y" * 100_000, {"a": (3, 4)}, "z" * 70_000, list(range(5000))]
     assert scan_bytes(pickle.dumps(obj, protocol=protocol)).verdict is Verdict.SAFE
+
+
+def test_decoys_cannot_exhaust_the_candidates_before_the_hidden_pickle() -> None:
+    # Text that starts like base64 of a pickle ("gA") is a candidate; a thousand decoys ahead
+    # of the real one must not leave it unanalysed and the file safe.
+    decoys = [f"gA{i:030d}" for i in range(1_200)]
+    report = scan_bytes(pickle.dumps({"d": decoys, "h": base64.b64encode(_INNER).decode()}))
+    assert report.verdict is Verdict.UNKNOWN
+    assert "pickle.embedded-pickle" in {f.rule_id for f in report.findings}
+
+
+def test_names_that_only_start_like_base64_are_no_candidates() -> None:
+    # A GPT-NeoX state dict's keys all start with "g": neither candidates nor a capped scan.
+    keys = {f"gpt_neox.layers.{i}.attention.query_key_value.weight": i for i in range(2_000)}
+    keys["h"] = base64.b64encode(_INNER).decode()
+    report = scan_bytes(pickle.dumps(keys))
+    assert report.verdict is Verdict.UNKNOWN
+    assert any("posix.system" in (f.evidence or "") for f in report.findings)
+    assert not any("not analysed" in f.message for f in report.findings)

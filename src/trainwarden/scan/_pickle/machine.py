@@ -49,10 +49,12 @@ _HIGHEST_PROTOCOL = 5
 _MAX_NAME_CHARS = 4096
 # A literal that may be a pickle kept as data (see _Machine._embed): bytes starting with PROTO's
 # 0x80, or text starting like base64 ("gA...") or hex ("80...") of it. Shorter ones cannot hold
-# a pickle that imports anything.
+# a pickle that imports anything. Two characters, not one: a state dict's keys often start
+# with "g" ("gpt_neox.layers..."), and candidates are capped.
 _EMBED_MIN_BYTES = 16
 _EMBED_MIN_TEXT = 24
 _EMBED_FIRST = frozenset(b"g8")
+_EMBED_SECOND = {ord("g"): ord("A"), ord("8"): ord("0")}
 _MAX_EMBEDDED = 1_000
 # Tuples longer than this are kept as an opaque tuple (persistent ids and call arguments are short).
 _MAX_TUPLE = 64
@@ -406,6 +408,7 @@ class _Machine:
         self.nested: list[tuple[int, int, str, list[Any]]] = []
         # Literals that may hold a pickle as data (see _embed): spans of bytes or text.
         self.embedded: list[tuple[int, int]] = []
+        self.embedded_capped = False
         self.dup_seen = False
         self.memo_tainted = False
         # MEMOIZE numbers entries by the memo's size, and a memo miss reads what an earlier
@@ -692,6 +695,11 @@ class _Machine:
         )
         return _Global(rec)
 
+    def _embed_text(self, buf: Any, start: int, end: int) -> None:
+        """Record a text literal that starts like base64 ("gA") or hex ("80") of a pickle."""
+        if buf[start + 1] == _EMBED_SECOND[buf[start]]:
+            self._embed(start, end)
+
     def _embed(self, start: int, end: int) -> None:
         """Record a literal that may hold a pickle as data (the format layer checks it).
 
@@ -701,6 +709,15 @@ class _Machine:
         """
         if len(self.embedded) < _MAX_EMBEDDED:
             self.embedded.append((start, end))
+        elif not self.embedded_capped:
+            # Not silently: thousands of decoys would otherwise hide the one that matters.
+            self.embedded_capped = True
+            self._issue(
+                "pickle.embedded-pickle",
+                f"more than {_MAX_EMBEDDED} literals may hold a pickle as data: the rest were "
+                "not analysed",
+                start,
+            )
 
     def _nested_call(self, rec: list[Any], args: object) -> None:
         """A nested loader is called: record its payload, or that it has none we can see."""
@@ -905,7 +922,7 @@ class _Machine:
                         push(str(buf[pos:e], "utf-8", "surrogatepass"))
                         alloc += ln + 56
                         if ln >= _EMBED_MIN_TEXT and buf[pos] in _EMBED_FIRST:
-                            self._embed(pos, e)
+                            self._embed_text(buf, pos, e)
                         pos = e
                     elif op == 0x58:  # BINUNICODE
                         if pos + 4 > end:
@@ -922,7 +939,7 @@ class _Machine:
                             push(str(buf[pos:e], "utf-8", "surrogatepass"))
                             alloc += ln + 56
                         if ln >= _EMBED_MIN_TEXT and buf[pos] in _EMBED_FIRST:
-                            self._embed(pos, e)
+                            self._embed_text(buf, pos, e)
                         pos = e
                     elif op == 0x74:  # TUPLE
                         if not marks:
@@ -1364,7 +1381,8 @@ class _Machine:
                 self._issue(RULE_FRAME_SPLIT, "bytes data runs past the end of its FRAME", op_at)
             p1, e2 = self._take_into(e, ln, f"{_OPNAMES[op]} data")
             stack.append(_BYTEARRAY if op == 0x96 else _Bytes(e, e2))
-            if ln >= _EMBED_MIN_BYTES and buf[p1] == 0x80:
+            # PROTO 2-5 first, as every pickler writes it: raw weights rarely start so.
+            if ln >= _EMBED_MIN_BYTES and buf[p1] == 0x80 and 2 <= buf[p1 + 1] <= 5:
                 self._embed(p1, e2)
             self.alloc_cold += _SZ_RESULT
             return e2
@@ -1380,7 +1398,7 @@ class _Machine:
                 stack.append(str(buf[p1:e2], "utf-8", "surrogatepass"))
                 self.alloc_cold += ln + _SZ_STR
             if ln >= _EMBED_MIN_TEXT and buf[p1] in _EMBED_FIRST:
-                self._embed(p1, e2)
+                self._embed_text(buf, p1, e2)
             return e2
         if op in (0x55, 0x54):  # SHORT_BINSTRING, BINSTRING
             size = 1 if op == 0x55 else 4
