@@ -57,6 +57,34 @@ def _raw(t: Any, sharded: bool) -> Any:
     return t._local_tensor if sharded else t
 
 
+def stepping_optimizer(optimizer: Any) -> tuple[Any, set[int] | None, str | None]:
+    """The optimizer whose step does this rank's arithmetic, and the parameters it updates.
+
+    Returns ``(stepper, local, problem)``: ``local`` is ``None`` when the stepper updates every
+    parameter. ``ZeroRedundancyOptimizer`` shards the optimizer: each rank's local optimizer
+    (``.optim``, a plain torch optimizer holding the state) updates the rank's partition of
+    the parameters inside the wrapper's ``step()``, which then broadcasts each partition from
+    its owner. Each rank verifies its own partition's update; the others are verified by
+    their owners, and the exchange halts every rank when one finds tampering. ``problem``
+    says why a sharded optimizer cannot be verified (``overlap_with_ddp`` steps inside the
+    backward's communication hook, where the guard's step hooks never run).
+    """
+    import sys
+
+    module = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    zero = getattr(module, "ZeroRedundancyOptimizer", None)
+    if zero is None or not isinstance(optimizer, zero):
+        return optimizer, None, None
+    if getattr(optimizer, "_overlap_with_ddp", False):
+        why = "ZeroRedundancyOptimizer(overlap_with_ddp=True) steps inside DDP's communication hook"
+        return optimizer, None, f"{why}, outside optimizer.step()"
+    inner = getattr(optimizer, "optim", None)
+    groups = getattr(inner, "param_groups", None)
+    if inner is None or groups is None or len(groups) != len(optimizer.param_groups):
+        return optimizer, None, "ZeroRedundancyOptimizer without its local optimizer"
+    return inner, {id(p) for g in groups for p in g["params"]}, None
+
+
 @dataclass
 class _Entry:
     group: int
@@ -381,10 +409,15 @@ class UpdateCheck:
         self.rank = rank
         self.reference: Reference | None = None
         self.not_verified: str | None = None
-        if verify_updates:
-            self.reference, self.not_verified = reference_for(optimizer)
-        else:
+        # The optimizer that holds the state and does the arithmetic (ZeRO's local one), and
+        # the parameters this rank updates (None: all of them).
+        self.stepper, self.local, sharding = stepping_optimizer(optimizer)
+        if not verify_updates:
             self.not_verified = "update check disabled"
+        elif sharding is not None:
+            self.not_verified = sharding
+        else:
+            self.reference, self.not_verified = reference_for(self.stepper)
         self.check_weights = check_weights
         self.unsupported_groups: dict[int, str] = {}
         # Groups found unverifiable while the job runs (sparse gradients, a reference that
@@ -658,7 +691,7 @@ class UpdateCheck:
         Optimizers update their state tensors in place; a tensor replaced behind the guard's
         back stays cached, its stale values differ from what the reference expects and show.
         """
-        opt_state = self.optimizer.state
+        opt_state = self.stepper.state
         size = len(opt_state)
         cached = self._state_cache
         if cached is not None and cached[0] == size:
@@ -1158,11 +1191,14 @@ class UpdateCheck:
         # Groups that differ only in their weight decay (the usual decay / no-decay split)
         # are one bucket, the decay applied per segment: half the kernel calls.
         classes = self._merge_classes(groups)
+        local = self.local
         keys = []
         for position, (e, _a, _b) in enumerate(sel.runs):
             # A group removed since attach (a finding of its own) leaves its entries unverified.
             group_of = entries[e].group
             cls = classes[group_of] if group_of < len(classes) else None
+            if local is not None and id(entries[e].param) not in local:
+                cls = None  # another rank's partition: its owner verifies it
             keys.append(
                 (cls, read.steps[position], position not in no_grad, read.present[position])
             )

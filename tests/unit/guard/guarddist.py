@@ -31,6 +31,8 @@ SCENARIOS = (
     "reseed-one-rank",
     "fsdp-clean",
     "fsdp-flip-one-rank",
+    "zero-clean",
+    "zero-flip-one-rank",
     # Last: the detached rank stays blocked in the job's next collective until the others
     # are gone (in a real job the halted ranks exit and torchrun tears the group down).
     "hooks-removed-one-rank",
@@ -225,6 +227,13 @@ def _play(name: str, rank: int, world: int) -> dict[str, Any]:
         fully_shard(job.model)
         job.optimizer = torch.optim.AdamW(job.model.parameters(), lr=3e-3, weight_decay=0.1)
         job.scheduler = None
+    if name.startswith("zero"):
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        job.optimizer = ZeroRedundancyOptimizer(
+            job.model.parameters(), optimizer_class=torch.optim.AdamW, lr=3e-3, weight_decay=0.1
+        )
+        job.scheduler = None
     config = GuardConfig(timing_warmup=3, timing_min_excess=0.4)
     sink = MemorySink()
     tamper: dict[int, Any] = {}
@@ -233,7 +242,9 @@ def _play(name: str, rank: int, world: int) -> dict[str, Any]:
     one = rank == 1
     if name == "lr-one-rank" and one:
         tamper[start] = lambda j, s: j.optimizer.param_groups[0].__setitem__("lr", 0.3)
-    elif name in ("flip-all-ranks", "fsdp-flip-one-rank") and (one or name == "flip-all-ranks"):
+    elif name in ("flip-all-ranks", "fsdp-flip-one-rank", "zero-flip-one-rank") and (
+        one or name == "flip-all-ranks"
+    ):
         import torch.optim.adam as adam_module
 
         original = adam_module._single_tensor_adam
