@@ -460,3 +460,29 @@ def test_keygen_creates_a_missing_key_directory_private_to_its_owner(
     assert main(["keygen", str(tmp_path / "nowhere" / "deeper" / "k")]) == 2
     assert "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_verify_text_counts_every_file_checked_not_only_those_listed(
+    tmp_path: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A verified directory printed "1 file(s): 1 safe" (the signature alone) above the
+    VERIFIED line; a modified one "2 file(s): 1 safe, 1 unsafe": a user reads that as the
+    size of the checkpoint. Text names only files with something to say, and counts all."""
+    key, pub = keys
+    ckpt = checkpoint(tmp_path / "ckpt")
+    assert main(["sign", str(ckpt), "--key", str(key)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(ckpt), "--pubkey", str(pub)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("VERIFIED ")
+    assert "1 safe" not in out
+    assert "(signature)" not in out
+    data = bytearray((ckpt / "model.bin").read_bytes())
+    data[7] ^= 1
+    (ckpt / "model.bin").write_bytes(bytes(data))
+    assert main(["verify", str(ckpt), "--pubkey", str(pub)]) == 1
+    out = capsys.readouterr().out
+    assert "model.bin" in out
+    assert "config.json" not in out
+    assert "(signature)" not in out
+    assert out.splitlines()[-1] == "1 of 2 file(s) not as signed: 1 unsafe"
