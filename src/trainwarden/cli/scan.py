@@ -211,14 +211,16 @@ def _profile_hint(report: Report, policy: Policy) -> str | None:
         if finding.rule_id == "policy.unknown-global" and finding.evidence
     }
     optional = sorted(set(PROFILES) - set(policy.profiles))
-    needed: set[str] = set()
-    for dotted in unknown:
-        profile = next((p for p in optional if _allows(policy.with_profiles([p]), dotted)), None)
-        if profile is None:
-            return None
-        needed.add(profile)
-    if not needed:
+    covers = {p: {d for d in unknown if _allows(policy.with_profiles([p]), d)} for p in optional}
+    if not unknown or set().union(*covers.values()) != unknown:
         return None
+    # Fewest flags: transformers' profile also allows the accelerate state its files carry.
+    needed: set[str] = set()
+    left = set(unknown)
+    while left:
+        best = max(optional, key=lambda p: (len(covers[p] & left), -optional.index(p)))
+        needed.add(best)
+        left -= covers[best]
     flags = " ".join(f"--profile {p}" for p in sorted(needed))
     return (
         "every unknown global above is a framework class that an opt-in profile allows; if you "
