@@ -954,3 +954,33 @@ def test_signals_are_judged_by_what_the_os_told(
 )
 def test_egress_scope(host: str, address: str | None, scope: str) -> None:
     assert scope_of(host, address) == scope
+
+
+def test_ctrl_c_at_the_terminal_is_recorded_but_is_no_attack(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    # Ctrl-C on `trainwarden run` under torchrun: the kernel sends SIGINT to the whole
+    # foreground group, and the launcher's recorder writes it with si_code SI_KERNEL and
+    # sender pid 0. The report called that run COMPROMISED (T6 established, "names root
+    # (uid 0), pid 0"): the user stopping their own job read as an insider's kill.
+    from trainwarden.keys import generate_key
+    from trainwarden.ledger import Ledger
+
+    key, pub = generate_key(tmp_path / "launcher", identity="alice@login1")
+    kernel = {"pid": 0, "uid": 0, "user": "root", "cmdline": None}
+    with Ledger(clean.run_dir / "ledger", key=key, create=False) as ledger:
+        ledger.append(
+            "guard.signal",
+            run=clean.run_id,
+            rank=None,
+            pid=4242,
+            signal="SIGINT",
+            signo=2,
+            sender=kernel,
+            code="SI_KERNEL",
+            action="handler",
+        )
+    report = _read(clean, keys=[*_keys(clean), pub])
+    (row,) = [k for k in report.kills if k.signal == "SIGINT"]
+    assert row.machinery
+    assert not [f for f in report.findings if f.technique == "T6"]
