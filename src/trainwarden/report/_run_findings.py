@@ -998,14 +998,14 @@ def headline_of(verdict: str, findings: Sequence[RunFinding], unverified: Sequen
     suspected = sorted({f.technique for f in findings if f.technique} - set(established))
     parts = []
     if established:
+        count = sum(1 for f in findings if f.established)
         parts.append(
-            f"{sum(1 for f in findings if f.established)} findings established "
-            f"({', '.join(established)})"
+            f"{count} finding{'' if count == 1 else 's'} established ({', '.join(established)})"
         )
     if suspected:
         parts.append(f"suspected {', '.join(suspected)}")
     if not parts:
-        parts.append(f"{len(findings)} findings")
+        parts.append(f"{len(findings)} finding{'' if len(findings) == 1 else 's'}")
     text = "; ".join(parts)
     # Ranks singled out: those named by findings that do not concern every rank alike.
     counts: dict[int, int] = defaultdict(int)

@@ -984,3 +984,26 @@ def test_ctrl_c_at_the_terminal_is_recorded_but_is_no_attack(
     (row,) = [k for k in report.kills if k.signal == "SIGINT"]
     assert row.machinery
     assert not [f for f in report.findings if f.technique == "T6"]
+
+
+def test_the_headline_counts_in_words_a_reader_expects() -> None:
+    # "COMPROMISED: 1 findings established (T6)" on the terminal and atop the page.
+    from trainwarden.report._run_findings import headline_of
+    from trainwarden.report._run_model import RunFinding
+
+    def card(technique: str, established: bool) -> RunFinding:
+        return RunFinding(
+            technique=technique,
+            check="c",
+            title="t",
+            message="m",
+            evidence=None,
+            severity="high",
+            established=established,
+        )
+
+    assert headline_of("compromised", [card("T6", True)], []).startswith(
+        "1 finding established (T6)"
+    )
+    two = headline_of("compromised", [card("T6", True), card("T7", True)], [])
+    assert two.startswith("2 findings established (T6, T7)")
