@@ -156,7 +156,7 @@ def test_snapshot_verify_diff_workflow_with_signature(
     # hunting through every file the command read.
     assert f"lock signature {lock}.sig" in err
     lock.write_bytes(data)
-    other, other_pub = generate_key(tmp_path / "other.key", identity="someone")
+    _, other_pub = generate_key(tmp_path / "other.key", identity="someone")
     assert main(["env", "verify", "--lock", str(lock), "--pubkey", str(other_pub)]) == 1
     err = capsys.readouterr().err
     assert f"lock signature {lock}.sig does not verify" in err
