@@ -53,6 +53,18 @@ def test_convert_refuses_unsafe(
     assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 1
     canary.assert_absent()
     assert "system" in capsys.readouterr().err
+    # Said once, by the command: the loader's log line ("refused ... (sha256 ...)", printed by
+    # Python's last-resort handler outside pytest) repeated it above the command's own message.
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainwarden", "convert", str(src), str(tmp_path / "o.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if not line.startswith(("trainwarden:", "  "))] == []
 
 
 def test_convert_allow_flag_and_left_out_objects(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +124,10 @@ def _convert(args: argparse.Namespace) -> int:
     # The summary must not land on the checkpoint either (checked before any work).
     check_output(args.output, [args.src])
     policy = Policy.from_pyproject(profiles=tuple(args.profile), allow=tuple(args.allow))
+    # The loader logs each refusal for applications; here the command says it itself, so
+    # Python's last-resort handler must not print it a second time (a configured logging
+    # setup still receives it).
+    logging.getLogger("trainwarden.load").addHandler(logging.NullHandler())
     dst, created = _destination(args.dst)
     try:
         result = convert(args.src, dst, policy=policy, shard_size=shard_size, select=args.select)
