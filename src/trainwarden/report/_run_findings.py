@@ -284,7 +284,7 @@ def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
             RunFinding(
                 technique="T1" if scan else "T2",
                 check=entry.event,
-                title=TECHNIQUES["T1" if scan else "T2"].capitalize() + " (pre-flight)",
+                title=_preflight_title(scan=scan, established=established),
                 message=message,
                 evidence=as_text(d.get("summary"), 200)
                 if not isinstance(d.get("summary"), (dict, list))
@@ -298,6 +298,18 @@ def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
             )
         )
     return out
+
+
+def _preflight_title(*, scan: bool, established: bool) -> str:
+    """The card's title: what was shown (tampered, unsafe) or only not verified.
+
+    An editable install or a framework class without its profile is ``unknown``: calling it
+    "tampered" would send people hunting for an attack nobody made.
+    """
+    if established:
+        return TECHNIQUES["T1" if scan else "T2"].capitalize() + " (pre-flight)"
+    what = "Checkpoint not proven safe" if scan else "Code or environment not verifiable"
+    return f"{what} (pre-flight)"
 
 
 def _sender_of(k: KillRow) -> str | None:

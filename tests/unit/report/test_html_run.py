@@ -1007,3 +1007,25 @@ def test_the_headline_counts_in_words_a_reader_expects() -> None:
     )
     two = headline_of("compromised", [card("T6", True), card("T7", True)], [])
     assert two.startswith("2 findings established (T6, T7)")
+
+
+def test_an_environment_that_could_not_be_verified_is_not_called_tampered(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    # The README's own development venv (an editable install) made every run's report say
+    # "Tampered code or environment (pre-flight)" over "returned unknown: ... editable
+    # install": nothing was tampered with, it could not be verified. An unsafe or tampered
+    # verdict keeps the title.
+    from trainwarden.keys import generate_key
+    from trainwarden.ledger import Ledger
+
+    key, pub = generate_key(tmp_path / "supervisor", identity="ops")
+    with Ledger(clean.run_dir / "ledger", key=key, create=False) as ledger:
+        for verdict in ("unknown", "tampered"):
+            ledger.append("preflight.env", run=clean.run_id, verdict=verdict, findings=[])
+    report = _read(clean, keys=[*_keys(clean), pub])
+    titles = {f.established: f.title for f in report.findings if f.check == "preflight.env"}
+    assert titles == {
+        False: "Code or environment not verifiable (pre-flight)",
+        True: "Tampered code or environment (pre-flight)",
+    }
