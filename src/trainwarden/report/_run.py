@@ -23,6 +23,7 @@ from trainwarden.report._run_findings import (
     build_findings,
     check_telemetry,
     headline_of,
+    skipped_preflight,
     telemetry_segments,
     telemetry_sessions,
     unverified_updates,
@@ -187,6 +188,7 @@ def read_run(
     step("checkpoints")
     checkpoints = build_checkpoints(view, run_id, check=check_checkpoints, keys=trusted)
     unverified.extend(unverified_updates(view))
+    unverified.extend(skipped_preflight(view))
     unchecked = [c for c in checkpoints if c.status in ("unchecked", "not-checked")]
     if unchecked:
         unverified.append(f"{len(unchecked)} checkpoint(s) not verified")

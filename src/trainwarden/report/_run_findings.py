@@ -256,6 +256,25 @@ def unverified_updates(view: LedgerView) -> list[str]:
     return [(f"{rank_list(sorted(r))}: " if r else "") + message for message, r in ranks.items()]
 
 
+def skipped_preflight(view: LedgerView) -> list[str]:
+    """Pre-flight checks the run was told to skip (``--env-check off``): not verified.
+
+    A skipped check suggests nothing about tampering; calling the run suspicious for it
+    (as a finding did) cried wolf on every run started with the check off.
+    """
+    out = []
+    for entry in view.entries:
+        if entry.event not in ("preflight.scan", "preflight.env"):
+            continue
+        if (as_text(entry.data.get("verdict"), 40) or "").lower() != "skipped":
+            continue
+        what = "checkpoint scan" if entry.event == "preflight.scan" else "environment check"
+        text = f"the pre-flight {what} was skipped"
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
     out = []
     for entry in view.entries:
@@ -263,8 +282,8 @@ def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
         if entry.event not in ("preflight.scan", "preflight.env"):
             continue
         verdict = (as_text(d.get("verdict"), 40) or "").lower()
-        if verdict in ("safe", "intact", "ok", "clean", "verified"):
-            continue
+        if verdict in ("safe", "intact", "ok", "clean", "verified", "skipped"):
+            continue  # skipped: not a finding, listed as not verified (skipped_preflight)
         scan = entry.event == "preflight.scan"
         established = verdict in ("unsafe", "tampered", "modified", "compromised")
         messages = []

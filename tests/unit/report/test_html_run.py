@@ -1029,3 +1029,21 @@ def test_an_environment_that_could_not_be_verified_is_not_called_tampered(
         False: "Code or environment not verifiable (pre-flight)",
         True: "Tampered code or environment (pre-flight)",
     }
+
+
+def test_an_environment_check_turned_off_is_not_verified_not_suspicious(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    # `trainwarden run --env-check off` records preflight.env verdict "skipped"; the report
+    # called the run SUSPICIOUS ("Suspected T2: the pre-flight environment check returned
+    # skipped"). Nothing suggests tampering: the environment was simply not checked.
+    from trainwarden.keys import generate_key
+    from trainwarden.ledger import Ledger
+
+    key, pub = generate_key(tmp_path / "supervisor", identity="ops")
+    with Ledger(clean.run_dir / "ledger", key=key, create=False) as ledger:
+        ledger.append("preflight.env", run=clean.run_id, verdict="skipped", findings=[], mode="off")
+    report = _read(clean, keys=[*_keys(clean), pub])
+    assert not [f for f in report.findings if f.check == "preflight.env"]
+    assert report.verdict == "not-verified"
+    assert any("environment check was skipped" in u for u in report.unverified)
