@@ -53,6 +53,18 @@ def test_convert_refuses_unsafe(
     assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 1
     canary.assert_absent()
     assert "system" in capsys.readouterr().err
+    # Said once, by the command: the loader's log line ("refused ... (sha256 ...)", printed by
+    # Python's last-resort handler outside pytest) repeated it above the command's own message.
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainwarden", "convert", str(src), str(tmp_path / "o.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if not line.startswith(("trainwarden:", "  "))] == []
 
 
 def test_convert_allow_flag_and_left_out_objects(
@@ -225,3 +237,21 @@ def test_convert_without_torch_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "pip install 'trainwarden[torch]'" in done.stderr
+
+
+def test_a_destination_written_as_a_directory_is_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's `trainwarden convert ckpt.pt out/ --shard-size 2GB` failed on a fresh
+    # directory ("out: the destination must end in .safetensors or be a directory"): the
+    # trailing slash says what the user means. One missing level is created, like keygen's.
+    monkeypatch.chdir(tmp_path)
+    torch.save({"w": torch.ones(2)}, tmp_path / "ckpt.pt")
+    assert main(["convert", "ckpt.pt", "out/", "--shard-size", "2GB"]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["convert", "ckpt.pt", "out2"]) == 2  # no slash, no such file: a typo
+    assert main(["convert", "ckpt.pt", "deep/er/"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+    assert not (tmp_path / "deep").exists()

@@ -150,8 +150,17 @@ def test_snapshot_verify_diff_workflow_with_signature(
     data = lock.read_bytes()
     lock.write_bytes(data.replace(b'"mode":420', b'"mode":511', 1))
     assert main(["env", "verify", "--lock", str(lock), "--key", str(pub)]) == 1
-    assert "bad signature" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad signature" in err
+    # Which file failed, and against which key: "bad signature" alone sends a new user
+    # hunting through every file the command read.
+    assert f"lock signature {lock}.sig" in err
     lock.write_bytes(data)
+    _, other_pub = generate_key(tmp_path / "other.key", identity="someone")
+    assert main(["env", "verify", "--lock", str(lock), "--pubkey", str(other_pub)]) == 1
+    err = capsys.readouterr().err
+    assert f"lock signature {lock}.sig does not verify" in err
+    assert "someone" in err
     # diff: the same lock twice is equal; a new snapshot differs.
     assert main(["env", "diff", str(lock), str(lock)]) == 0
     new_lock = tmp_path / "new.lock"

@@ -454,3 +454,32 @@ def test_python_api_refuses_an_empty_path(keys):
         sign_path("", key)
     with pytest.raises(ConfigError, match="no path"):
         digest_path("")
+
+
+def test_a_seal_by_a_key_not_named_trusted_gets_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `trainwarden run` seals its run's ledger with its supervisor key. A user who then
+    # verifies or seals that ledger with their own ops key read only "[seal_forged] ... not a
+    # trusted key" and "TAMPERED", with no word of the flag that names the run's key.
+    from trainwarden.keys import generate_key
+
+    writer, writer_pub = generate_key(tmp_path / "writer.key")
+    supervisor, supervisor_pub = generate_key(tmp_path / "supervisor.key")
+    ops, ops_pub = generate_key(tmp_path / "ops.key")
+    ledger = tmp_path / "ledger"
+    assert main(["ledger", "init", str(ledger)]) == 0
+    assert main(["ledger", "append", str(ledger), "--key", str(writer), "--event", "x"]) == 0
+    assert (
+        main(["ledger", "seal", str(ledger), "--key", str(supervisor), "--pubkey", str(writer_pub)])
+        == 0
+    )
+    capsys.readouterr()
+    trusted = ["--pubkey", str(writer_pub)]
+    assert main(["ledger", "verify", str(ledger), *trusted, "--seal-pubkey", str(ops_pub)]) == 1
+    assert "--seal-pubkey" in capsys.readouterr().err
+    assert main(["ledger", "seal", str(ledger), "--key", str(ops), *trusted]) == 1
+    assert "--seal-pubkey" in capsys.readouterr().err
+    extend = ["--seal-pubkey", str(supervisor_pub)]
+    assert main(["ledger", "seal", str(ledger), "--key", str(ops), *trusted, *extend]) == 0
+    assert "hint" not in capsys.readouterr().err

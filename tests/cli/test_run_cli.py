@@ -868,6 +868,44 @@ def test_sigterm_from_another_process_names_the_sender(tmp_path: Path) -> None:
     assert named(items, "run.exit")[0]["findings"] == {"T6": 1}
 
 
+def test_ctrl_c_at_the_terminal_is_recorded_but_not_counted_as_an_attack(tmp_path: Path) -> None:
+    # A user pressing Ctrl-C on `trainwarden run`: the kernel sends SIGINT to the whole
+    # foreground group (si_code SI_KERNEL, no sending process). The run ended with
+    # "findings T6: 1", as if an insider had killed the job.
+    import pty
+
+    from trainwarden.report import read_run
+
+    (tmp_path / "wait.py").write_text(WAIT_JOB)
+    argv = [PY, "-m", "trainwarden", "run", *FAST, "--run-dir", "rd", "--", PY, "wait.py"]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: the supervisor, in the foreground of its own terminal
+        os.chdir(tmp_path)
+        os.execve(PY, argv, ENV)
+    try:
+        wait_for(tmp_path / "ready")
+        os.write(master, b"\x03")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if not os.read(master, 65536):
+                    break
+            except OSError:
+                break
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGINT
+    items = entries(tmp_path / "rd")
+    signals = [*named(items, "rank.signal"), *named(items, "guard.signal")]
+    assert [s["signal"] for s in signals if s.get("code") == "SI_KERNEL"], signals
+    assert named(items, "run.exit")[0]["findings"] == {}
+    (own,) = named(items, "supervisor.signal")
+    assert own["code"] == "SI_KERNEL"
+    # Nor does the report make it a card: the user stopping their own job is no attack.
+    assert not [f for f in read_run(tmp_path / "rd").findings if f.technique == "T6"]
+
+
 def test_sigkill_is_recorded_as_such_with_the_audit_rule(tmp_path: Path) -> None:
     sup, rank = _run_waiting(tmp_path)
     os.kill(rank, signal.SIGKILL)

@@ -289,3 +289,25 @@ def test_progress_is_plain_lines_without_a_terminal(
     assert str(files["safe"]) in err
     main(["scan", "--no-progress", str(files["safe"].parent)])
     assert "scan:" not in capsys.readouterr().err
+
+
+def test_unknown_framework_classes_get_a_profile_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user's sklearn pipeline or training_args.bin comes out unknown with no word of
+    the --profile that the README mentions far above: stderr names it when a profile would
+    allow every unknown global, and stays silent when none would (no false comfort)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    pipe = tmp_path / "pipe.pkl"
+    pipe.write_bytes(pickle.dumps(make_pipeline(LogisticRegression())))
+    assert main(["scan", str(pipe)]) == 1
+    err = capsys.readouterr().err
+    assert "--profile sklearn" in err
+    assert main(["scan", str(pipe), "--profile", "sklearn"]) == 0
+    assert "hint" not in capsys.readouterr().err
+    other = tmp_path / "other.pkl"
+    other.write_bytes(b"cmypkg.config\nTrainConfig\n)R.")
+    assert main(["scan", str(pipe), str(other)]) == 1
+    assert "--profile" not in capsys.readouterr().err

@@ -442,3 +442,47 @@ def test_progress_shows_plainly_when_stderr_is_not_a_terminal(
         progress.update(done=5 << 30, total=8 << 30)  # not again within a few seconds
     err = capsys.readouterr().err
     assert err == "trainwarden: signing x: 3.0 GiB of 8.0 GiB at 512.0 MiB/s (38%), 6 s\n"
+
+
+def test_keygen_creates_a_missing_key_directory_private_to_its_owner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's `keygen ~/.trainwarden/alice` must work on a fresh machine, like ssh-keygen
+    creating ~/.ssh: one missing directory level is created (mode 0700); a deeper missing
+    path is still a typo, refused with exit 2."""
+    key = tmp_path / "home" / ".trainwarden" / "alice"
+    (tmp_path / "home").mkdir()
+    assert main(["keygen", str(key), "--identity", "alice@login1"]) == 0
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.with_name("alice.pub").is_file()
+    capsys.readouterr()
+    assert main(["keygen", str(tmp_path / "nowhere" / "deeper" / "k")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_verify_text_counts_every_file_checked_not_only_those_listed(
+    tmp_path: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A verified directory printed "1 file(s): 1 safe" (the signature alone) above the
+    VERIFIED line; a modified one "2 file(s): 1 safe, 1 unsafe": a user reads that as the
+    size of the checkpoint. Text names only files with something to say, and counts all."""
+    key, pub = keys
+    ckpt = checkpoint(tmp_path / "ckpt")
+    assert main(["sign", str(ckpt), "--key", str(key)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(ckpt), "--pubkey", str(pub)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("VERIFIED ")
+    assert "1 safe" not in out
+    assert "(signature)" not in out
+    data = bytearray((ckpt / "model.bin").read_bytes())
+    data[7] ^= 1
+    (ckpt / "model.bin").write_bytes(bytes(data))
+    assert main(["verify", str(ckpt), "--pubkey", str(pub)]) == 1
+    out = capsys.readouterr().out
+    assert "model.bin" in out
+    assert "config.json" not in out
+    assert "(signature)" not in out
+    assert out.splitlines()[-1] == "1 of 2 file(s) not as signed: 1 unsafe"

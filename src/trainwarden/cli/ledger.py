@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainwarden.cli._common import (
     EXIT_FINDINGS,
@@ -29,6 +29,9 @@ from trainwarden.cli._common import (
     write_output,
 )
 from trainwarden.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from trainwarden.ledger import LedgerReport
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -201,7 +204,7 @@ def _append(args: argparse.Namespace) -> int:
 
 def _seal(args: argparse.Namespace) -> int:
     from trainwarden._fs import check_output_path
-    from trainwarden.ledger import seal_ledger
+    from trainwarden.ledger import LedgerTampered, seal_ledger
 
     keys = [args.key, *args.pubkey, *args.seal_pubkey]
     check_output(args.output, [args.ledger, args.receipt, *keys])
@@ -213,13 +216,17 @@ def _seal(args: argparse.Namespace) -> int:
         except InputError as exc:
             raise InputError(f"the seal receipt {args.receipt} would replace a key") from exc
     key = load_private_key(args.key)
-    seal = seal_ledger(
-        args.ledger,
-        key=key,
-        writer_keys=load_public_keys(args.pubkey),
-        seal_keys=load_public_keys(args.seal_pubkey, flag="--seal-pubkey"),
-        receipt=args.receipt,
-    )
+    try:
+        seal = seal_ledger(
+            args.ledger,
+            key=key,
+            writer_keys=load_public_keys(args.pubkey),
+            seal_keys=load_public_keys(args.seal_pubkey, flag="--seal-pubkey"),
+            receipt=args.receipt,
+        )
+    except LedgerTampered as exc:
+        _seal_key_hint(exc.report)
+        raise
     if args.format == "json":
         write_output(dumps({"schema_version": SCHEMA_VERSION, **seal.to_dict()}), args.output)
     else:
@@ -261,6 +268,7 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         write_output(render_ledger_report(report), args.output)
     if report.issues:
+        _seal_key_hint(report)
         return EXIT_FINDINGS
     if not report.signers_checked and not args.insecure_no_signer_check:
         # Fail closed: intact chains signed by unknown keys prove nothing about who wrote them.
@@ -269,6 +277,23 @@ def _verify(args: argparse.Namespace) -> int:
             "pass --pubkey PUB for each trusted writer (or --insecure-no-signer-check)"
         )
     return EXIT_OK
+
+
+def _seal_key_hint(report: LedgerReport) -> None:
+    """Name ``--seal-pubkey`` when the only issues are seals by a key not given as trusted.
+
+    ``trainwarden run`` seals its run's ledger with its supervisor key; verifying or sealing
+    that ledger with another seal key reads "TAMPERED ... not a trusted key", and a user has
+    no way to tell a forged seal from a key they simply did not name.
+    """
+    kinds = {issue.kind for issue in report.issues}
+    if "seal_forged" in kinds and kinds <= {"seal_forged", "seal_missing"}:
+        print(
+            "trainwarden: hint: every issue is a seal by a key not given as trusted: if that "
+            "key is one you trust (trainwarden run seals its run's ledger with its supervisor "
+            "key), name its public key with --seal-pubkey",
+            file=sys.stderr,
+        )
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainwarden.cli._common import (
@@ -15,6 +19,7 @@ from trainwarden.cli._common import (
     shown,
     write_output,
 )
+from trainwarden.errors import InputError
 
 if TYPE_CHECKING:
     from trainwarden.load import Conversion
@@ -48,7 +53,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("src", metavar="SRC", type=path_arg, help="checkpoint to convert")
     parser.add_argument(
-        "dst", metavar="DST", type=path_arg, help="a .safetensors file or an existing directory"
+        "dst",
+        metavar="DST",
+        type=_nonempty,
+        help="a .safetensors file, or a directory (DIR/ is created when only it is missing)",
     )
     parser.add_argument(
         "--allow",
@@ -79,6 +87,31 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=_convert)
 
 
+def _nonempty(text: str) -> str:
+    """An argparse type: DST as typed (its trailing slash means "a directory"), never empty."""
+    path_arg(text)
+    return text
+
+
+def _destination(text: str) -> tuple[Path, bool]:
+    """DST, and whether this call created it.
+
+    ``convert ckpt.pt out/`` (the README's own example) names a directory by its slash, which
+    ``Path`` drops; it is created when only it is missing (one level, as ``keygen`` does). A
+    deeper missing path is a typo, refused.
+    """
+    path = Path(text)
+    if not text.endswith(("/", os.sep)) or os.path.lexists(path):
+        return path, False
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such directory")
+    try:
+        path.mkdir()
+    except OSError as exc:
+        raise InputError(f"cannot create directory {path}: {exc.strerror or exc}") from exc
+    return path, True
+
+
 def _convert(args: argparse.Namespace) -> int:
     from trainwarden.errors import ConfigError
     from trainwarden.load import convert, parse_size
@@ -91,7 +124,18 @@ def _convert(args: argparse.Namespace) -> int:
     # The summary must not land on the checkpoint either (checked before any work).
     check_output(args.output, [args.src])
     policy = Policy.from_pyproject(profiles=tuple(args.profile), allow=tuple(args.allow))
-    result = convert(args.src, args.dst, policy=policy, shard_size=shard_size, select=args.select)
+    # The loader logs each refusal for applications; here the command says it itself, so
+    # Python's last-resort handler must not print it a second time (a configured logging
+    # setup still receives it).
+    logging.getLogger("trainwarden.load").addHandler(logging.NullHandler())
+    dst, created = _destination(args.dst)
+    try:
+        result = convert(args.src, dst, policy=policy, shard_size=shard_size, select=args.select)
+    except BaseException:
+        if created:  # refused or failed: leave no empty directory behind
+            with contextlib.suppress(OSError):
+                dst.rmdir()
+        raise
     if args.format == "json":
         write_output(dumps(_document(args, result)), args.output)
         return EXIT_OK

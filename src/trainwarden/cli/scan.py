@@ -27,7 +27,7 @@ from trainwarden.errors import ConfigError
 
 if TYPE_CHECKING:
     from trainwarden.findings import FileReport, Report
-    from trainwarden.scan import Limits
+    from trainwarden.scan import Limits, Policy
 
 __all__ = ["register"]
 
@@ -187,8 +187,56 @@ def _run_scan(args: argparse.Namespace) -> int:
     }
     report = replace(report, files=(*report.files, *map(_missing, missing)), config=config)
     emit_report(report, args.format, args.output)
+    hint = _profile_hint(report, policy)
+    if hint is not None:
+        print(f"trainwarden: hint: {hint}", file=sys.stderr)
     fail_on = Verdict.UNSAFE if args.fail_on == "unsafe" else Verdict.UNKNOWN
     return EXIT_FINDINGS if report.fails(fail_on) else EXIT_OK
+
+
+def _profile_hint(report: Report, policy: Policy) -> str | None:
+    """Name the opt-in profiles that would allow every unknown global in ``report``.
+
+    A transformers ``training_args.bin`` or an sklearn pipeline is ``unknown`` until its
+    framework's profile is on, and a new user sees a wall of "not in the allowlist" with no
+    word of ``--profile``. The hint is given only when profiles cover every unknown global:
+    a hint that left one unexplained would read as "all fine once you add this".
+    """
+    from trainwarden.scan import PROFILES
+
+    unknown = {
+        finding.evidence
+        for file in report.files
+        for finding in file.findings
+        if finding.rule_id == "policy.unknown-global" and finding.evidence
+    }
+    optional = sorted(set(PROFILES) - set(policy.profiles))
+    covers = {p: {d for d in unknown if _allows(policy.with_profiles([p]), d)} for p in optional}
+    if not unknown or set().union(*covers.values()) != unknown:
+        return None
+    # Fewest flags: transformers' profile also allows the accelerate state its files carry.
+    needed: set[str] = set()
+    left = set(unknown)
+    while left:
+        best = max(optional, key=lambda p: (len(covers[p] & left), -optional.index(p)))
+        needed.add(best)
+        left -= covers[best]
+    flags = " ".join(f"--profile {p}" for p in sorted(needed))
+    return (
+        "every unknown global above is a framework class that an opt-in profile allows; if you "
+        f"trust the framework that wrote these files: {flags}"
+    )
+
+
+def _allows(policy: Policy, dotted: str) -> bool:
+    """Whether ``policy`` allows ``dotted`` read as ``module.name`` at any of its dots."""
+    from trainwarden.findings import Verdict
+
+    parts = dotted.split(".")
+    return any(
+        policy.classify(".".join(parts[:i]), ".".join(parts[i:])).verdict is Verdict.SAFE
+        for i in range(1, len(parts))
+    )
 
 
 def _missing(path: str) -> FileReport:

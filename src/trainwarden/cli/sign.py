@@ -240,17 +240,25 @@ def _emit(report: Report, fmt: str, output: Path | None, *, headline: str | None
     if fmt != "text":
         write_output(render(report, fmt), output)
         return
-    # In text, list only the signature and files with something to say: a verified
-    # checkpoint of ten thousand files should not print ten thousand lines.
-    shown = tuple(
-        f
-        for f in report.files
-        if f.format == "signature" or any(x.verdict is not Verdict.SAFE for x in f.findings)
+    # In text, list only the files with something to say (the signature too, when it is the
+    # problem): a verified checkpoint of ten thousand files should not print ten thousand
+    # lines. The count below them is of every file checked, not of the lines listed, which
+    # a reader would take for the size of the checkpoint.
+    listed = tuple(
+        f for f in report.files if any(x.verdict is not Verdict.SAFE for x in f.findings)
     )
-    text = render(Report(files=shown, tool=report.tool, command=report.command), "text")
+    lines: list[str] = []
+    if listed:
+        text = render(Report(files=listed, tool=report.tool, command=report.command), "text")
+        lines = text.splitlines()[:-1]  # its last line counts the listed files only
+    problems = Report(files=tuple(f for f in listed if f.format != "signature")).summary()
+    if problems["files"]:
+        checked = sum(1 for f in report.files if f.format != "signature")
+        counts = ", ".join(f"{n} {v}" for v, n in problems["verdicts"].items() if n)
+        lines.append(f"{problems['files']} of {checked} file(s) not as signed: {counts}")
     if headline:
-        text += headline + "\n"
-    write_output(text, output)
+        lines.append(headline)
+    write_output("".join(f"{line}\n" for line in lines), output)
 
 
 def _lineage_text(sig: Signature) -> str:

@@ -320,7 +320,11 @@ def _verify_signature(data: bytes, sig_file: Path, key: PublicKey) -> str:
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise VerificationError(f"lock signature {sig_file} is malformed: {exc}") from exc
     # The signature covers the exact bytes of the lock file, checked before they are parsed.
-    key.verify(signature, data)
+    try:
+        key.verify(signature, data)
+    except VerificationError as exc:
+        # Name the file: "bad signature" alone leaves a user guessing which input failed.
+        raise VerificationError(f"lock signature {sig_file} does not verify: {exc}") from exc
     # Not covered by the signature, but never to be believed when they disagree with it: a
     # signature file that names another lock or another key was edited or belongs elsewhere.
     named = doc.get("lock_sha256")

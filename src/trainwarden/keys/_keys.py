@@ -184,7 +184,8 @@ def generate_key(
     ``path`` is never written through.
 
     Args:
-        path: Where to write the private key (a file path, not a directory).
+        path: Where to write the private key (a file path, not a directory); its directory
+            is created (mode 0700) when only it is missing.
         identity: Label of the key holder; default ``user@host``.
         overwrite: Replace existing key files instead of refusing.
 
@@ -208,6 +209,7 @@ def generate_key(
     if pub_path.is_dir():
         raise InputError(f"{pub_path} is a directory; choose another key path")
     key = PrivateKey.generate(identity)
+    _make_key_directory(path.parent)
     if not overwrite:
         for existing in (path, pub_path):
             if existing.exists() or existing.is_symlink():
@@ -231,6 +233,23 @@ def generate_key(
                 path.unlink()
         raise
     return path, pub_path
+
+
+def _make_key_directory(directory: Path) -> None:
+    """Create the key's directory when only it is missing (mode 0700, like ssh-keygen's ~/.ssh).
+
+    ``keygen ~/.trainwarden/alice`` is the first thing a new user runs; refusing it because
+    ``~/.trainwarden`` does not exist yet helps nobody. A deeper missing path is more likely a
+    typo than a wish, so it stays an error, reported by the write.
+    """
+    if directory.exists() or directory.is_symlink() or not directory.parent.is_dir():
+        return
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot create key directory {directory}: {exc.strerror or exc}") from exc
 
 
 def _read_key_file(path: Path, *, private: bool) -> tuple[str, os.stat_result]:

@@ -59,7 +59,15 @@ def load_with_report(
         ConfigError: a custom ``pickle_module`` was given (it would bypass the policy).
         InputError: the input cannot be read, or its format is not in ``accept``.
     """
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        # The core install (no torch) is a documented way to install trainwarden: say what
+        # is missing and how to get it, rather than fail deep inside the loader.
+        raise ConfigError(
+            f"trainwarden.load needs torch ({exc.name or exc} is not installed): "
+            "pip install 'trainwarden[torch]' (install the torch build you want first)"
+        ) from None
 
     if pickle_module is not None and pickle_module is not pickle:
         raise ConfigError(

@@ -1016,7 +1016,8 @@ def _kills_section(r: RunReport) -> str:
         "Every signal a rank or the supervisor received and every death by signal, with the "
         "sender where the OS told it (<code>sigwaitinfo</code>). Unmarked rows "
         "are the job's own machinery stopping its ranks (the supervisor, torchrun's agent "
-        "after a rank failed): recorded, never findings."
+        "after a rank failed) or a terminal key such as Ctrl-C (sent by the kernel): recorded, "
+        "never findings."
     )
     return _section(
         "kills",

@@ -23,6 +23,7 @@ from trainwarden.report._run_findings import (
     build_findings,
     check_telemetry,
     headline_of,
+    skipped_preflight,
     telemetry_segments,
     telemetry_sessions,
     unverified_updates,
@@ -187,6 +188,7 @@ def read_run(
     step("checkpoints")
     checkpoints = build_checkpoints(view, run_id, check=check_checkpoints, keys=trusted)
     unverified.extend(unverified_updates(view))
+    unverified.extend(skipped_preflight(view))
     unchecked = [c for c in checkpoints if c.status in ("unchecked", "not-checked")]
     if unchecked:
         unverified.append(f"{len(unchecked)} checkpoint(s) not verified")
@@ -343,8 +345,29 @@ def _check_run_parts(path: Path, what: str) -> None:
     if not any(os.path.lexists(path / part) for part in RUN_PARTS):
         raise InputError(
             f"{what} {path} is not a run directory: it has none of "
-            f"{', '.join(RUN_PARTS)} (what trainwarden run --run-dir writes)"
+            f"{', '.join(RUN_PARTS)} (what trainwarden run --run-dir writes)" + _runs_inside(path)
         )
+
+
+def _runs_inside(path: Path, shown: int = 3) -> str:
+    """Name the run directories inside ``path`` (newest name first), for the error above.
+
+    ``trainwarden-runs/`` is where every run goes by default, and the first thing a user
+    passes to ``report``; naming what it holds makes the fix one copy away.
+    """
+    try:
+        runs = sorted(
+            (p for p in path.iterdir() if p.is_dir() and not p.is_symlink()),
+            key=lambda p: p.name,
+            reverse=True,
+        )
+        runs = [p for p in runs if any(os.path.lexists(p / part) for part in RUN_PARTS)]
+    except OSError:
+        return ""
+    if not runs:
+        return ""
+    names = ", ".join(str(p) for p in runs[:shown]) + (", …" if len(runs) > shown else "")
+    return f"; it holds {len(runs)} run director{'y' if len(runs) == 1 else 'ies'}: {names}"
 
 
 def _read_run_info(root: Path, notes: list[str]) -> RunInfo | None:

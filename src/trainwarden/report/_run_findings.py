@@ -256,6 +256,25 @@ def unverified_updates(view: LedgerView) -> list[str]:
     return [(f"{rank_list(sorted(r))}: " if r else "") + message for message, r in ranks.items()]
 
 
+def skipped_preflight(view: LedgerView) -> list[str]:
+    """Pre-flight checks the run was told to skip (``--env-check off``): not verified.
+
+    A skipped check suggests nothing about tampering; calling the run suspicious for it
+    (as a finding did) cried wolf on every run started with the check off.
+    """
+    out = []
+    for entry in view.entries:
+        if entry.event not in ("preflight.scan", "preflight.env"):
+            continue
+        if (as_text(entry.data.get("verdict"), 40) or "").lower() != "skipped":
+            continue
+        what = "checkpoint scan" if entry.event == "preflight.scan" else "environment check"
+        text = f"the pre-flight {what} was skipped"
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
     out = []
     for entry in view.entries:
@@ -263,8 +282,8 @@ def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
         if entry.event not in ("preflight.scan", "preflight.env"):
             continue
         verdict = (as_text(d.get("verdict"), 40) or "").lower()
-        if verdict in ("safe", "intact", "ok", "clean", "verified"):
-            continue
+        if verdict in ("safe", "intact", "ok", "clean", "verified", "skipped"):
+            continue  # skipped: not a finding, listed as not verified (skipped_preflight)
         scan = entry.event == "preflight.scan"
         established = verdict in ("unsafe", "tampered", "modified", "compromised")
         messages = []
@@ -284,7 +303,7 @@ def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
             RunFinding(
                 technique="T1" if scan else "T2",
                 check=entry.event,
-                title=TECHNIQUES["T1" if scan else "T2"].capitalize() + " (pre-flight)",
+                title=_preflight_title(scan=scan, established=established),
                 message=message,
                 evidence=as_text(d.get("summary"), 200)
                 if not isinstance(d.get("summary"), (dict, list))
@@ -298,6 +317,18 @@ def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
             )
         )
     return out
+
+
+def _preflight_title(*, scan: bool, established: bool) -> str:
+    """The card's title: what was shown (tampered, unsafe) or only not verified.
+
+    An editable install or a framework class without its profile is ``unknown``: calling it
+    "tampered" would send people hunting for an attack nobody made.
+    """
+    if established:
+        return TECHNIQUES["T1" if scan else "T2"].capitalize() + " (pre-flight)"
+    what = "Checkpoint not proven safe" if scan else "Code or environment not verifiable"
+    return f"{what} (pre-flight)"
 
 
 def _sender_of(k: KillRow) -> str | None:
@@ -998,14 +1029,14 @@ def headline_of(verdict: str, findings: Sequence[RunFinding], unverified: Sequen
     suspected = sorted({f.technique for f in findings if f.technique} - set(established))
     parts = []
     if established:
+        count = sum(1 for f in findings if f.established)
         parts.append(
-            f"{sum(1 for f in findings if f.established)} findings established "
-            f"({', '.join(established)})"
+            f"{count} finding{'' if count == 1 else 's'} established ({', '.join(established)})"
         )
     if suspected:
         parts.append(f"suspected {', '.join(suspected)}")
     if not parts:
-        parts.append(f"{len(findings)} findings")
+        parts.append(f"{len(findings)} finding{'' if len(findings) == 1 else 's'}")
     text = "; ".join(parts)
     # Ranks singled out: those named by findings that do not concern every rank alike.
     counts: dict[int, int] = defaultdict(int)

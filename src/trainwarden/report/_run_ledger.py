@@ -664,10 +664,13 @@ def _from_machinery(
     The supervisor stopping its ranks (``source: supervisor``), the guard judging the sender
     to be the rank's ancestor (``trusted: true``: the supervisor, the launcher, the shim), or
     the launcher signalling a rank's shim. An entry that no longer verifies vouches for none.
+    A signal the kernel sent (``SI_KERNEL``: a terminal key such as Ctrl-C reaching the whole
+    foreground job) is no other process either: a process cannot send that code to another,
+    and a user stopping their own job is not an insider's kill.
     """
     if view.integrity_of(entry) not in ("verified", "unchecked"):
         return False
-    if source == "supervisor":
+    if source == "supervisor" or entry.data.get("code") == "SI_KERNEL":
         return True
     if entry.event == "guard.signal" and entry.data.get("trusted") is True:
         return True

@@ -134,7 +134,8 @@ class KillRow:
 
     ``machinery`` is true for a signal the job's own machinery sent to its ranks (the
     supervisor, torchrun's agent stopping the other ranks after one failed, a sender the
-    guard judged to be the rank's ancestor): shown in the table, never a finding.
+    guard judged to be the rank's ancestor, the kernel delivering a terminal key such as
+    Ctrl-C): shown in the table, never a finding.
     """
 
     time: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from trainwarden.findings import Finding, Report
 
@@ -75,7 +76,9 @@ def _rule(finding: Finding) -> dict[str, Any]:
 
 def _result(finding: Finding) -> dict[str, Any]:
     loc = finding.location
-    physical: dict[str, Any] = {"artifactLocation": {"uri": loc.path}}
+    # A URI reference (RFC 3986), as SARIF requires: spaces, '#', '%' and non-ASCII
+    # characters in a path are percent-encoded (code-scanning uploads reject them raw).
+    physical: dict[str, Any] = {"artifactLocation": {"uri": quote(loc.path, safe="/")}}
     if loc.offset is not None and not loc.member:
         physical["region"] = {"byteOffset": loc.offset}
     location: dict[str, Any] = {"physicalLocation": physical}

@@ -217,7 +217,11 @@ class Relaying(SupervisorState):
                 if isinstance(signo, int):
                     target_proc.signals_seen.add(signo)
             sender = payload.get("sender")
-            if isinstance(sender, dict) and not self._is_ours(sender.get("pid")):
+            # SI_KERNEL: a terminal key (Ctrl-C reaches the whole foreground job) or the kernel
+            # itself, never another process (none can send that code to another): recorded,
+            # not counted as an attack.
+            kernel = payload.get("code") == "SI_KERNEL"
+            if isinstance(sender, dict) and not kernel and not self._is_ours(sender.get("pid")):
                 self._count("T6")
         elif event == "guard.finding":
             technique = payload.get("technique")

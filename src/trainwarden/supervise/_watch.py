@@ -96,7 +96,8 @@ class Watching(SupervisorState):
         signo = info.si_signo
         sender, note = sender_info(info)
         forward = self.leader is not None and self.leader_exit is None
-        if sender is None and getattr(info, "si_code", None) == 0x80:
+        kernel = sender is None and getattr(info, "si_code", None) == 0x80
+        if kernel:
             # From the terminal: the job is in our process group and got it too.
             forward = False
             note = (note or "") + "; the job received it from the terminal as well"
@@ -107,6 +108,9 @@ class Watching(SupervisorState):
             sender=sender,
             note=note,
             action="forwarded to the job" if forward else "recorded",
+            # The code says what the note says, for a reader that must not parse prose (the
+            # report: a terminal key is the user stopping their job, not an attack).
+            **({"code": "SI_KERNEL"} if kernel else {}),
         )
         self.progress(
             "signal",

@@ -231,3 +231,17 @@ def test_a_torn_ledger_entry_is_said_at_the_top(run: SyntheticRun) -> None:
     report = read_run(run.run_dir, keys=run.keys)
     assert any("incomplete entry" in u for u in report.unverified)
     assert report.verdict != "clean"
+
+
+def test_the_parent_of_run_directories_names_them(tmp_path: Path) -> None:
+    # `trainwarden report trainwarden-runs` (the default parent of every run) said only what
+    # it lacks; it names the runs inside, newest first, so the fix is one copy away.
+    for name in ("20261203-101500-aaaaaa", "20261203-111500-bbbbbb"):
+        (tmp_path / name / "ledger").mkdir(parents=True)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(InputError) as info:
+        read_run(tmp_path)
+    message = str(info.value)
+    assert "is not a run directory" in message
+    assert f"it holds 2 run directories: {tmp_path / '20261203-111500-bbbbbb'}, " in message
+    assert "notes" not in message

@@ -954,3 +954,96 @@ def test_signals_are_judged_by_what_the_os_told(
 )
 def test_egress_scope(host: str, address: str | None, scope: str) -> None:
     assert scope_of(host, address) == scope
+
+
+def test_ctrl_c_at_the_terminal_is_recorded_but_is_no_attack(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    # Ctrl-C on `trainwarden run` under torchrun: the kernel sends SIGINT to the whole
+    # foreground group, and the launcher's recorder writes it with si_code SI_KERNEL and
+    # sender pid 0. The report called that run COMPROMISED (T6 established, "names root
+    # (uid 0), pid 0"): the user stopping their own job read as an insider's kill.
+    from trainwarden.keys import generate_key
+    from trainwarden.ledger import Ledger
+
+    key, pub = generate_key(tmp_path / "launcher", identity="alice@login1")
+    kernel = {"pid": 0, "uid": 0, "user": "root", "cmdline": None}
+    with Ledger(clean.run_dir / "ledger", key=key, create=False) as ledger:
+        ledger.append(
+            "guard.signal",
+            run=clean.run_id,
+            rank=None,
+            pid=4242,
+            signal="SIGINT",
+            signo=2,
+            sender=kernel,
+            code="SI_KERNEL",
+            action="handler",
+        )
+    report = _read(clean, keys=[*_keys(clean), pub])
+    (row,) = [k for k in report.kills if k.signal == "SIGINT"]
+    assert row.machinery
+    assert not [f for f in report.findings if f.technique == "T6"]
+
+
+def test_the_headline_counts_in_words_a_reader_expects() -> None:
+    # "COMPROMISED: 1 findings established (T6)" on the terminal and atop the page.
+    from trainwarden.report._run_findings import headline_of
+    from trainwarden.report._run_model import RunFinding
+
+    def card(technique: str, established: bool) -> RunFinding:
+        return RunFinding(
+            technique=technique,
+            check="c",
+            title="t",
+            message="m",
+            evidence=None,
+            severity="high",
+            established=established,
+        )
+
+    assert headline_of("compromised", [card("T6", True)], []).startswith(
+        "1 finding established (T6)"
+    )
+    two = headline_of("compromised", [card("T6", True), card("T7", True)], [])
+    assert two.startswith("2 findings established (T6, T7)")
+
+
+def test_an_environment_that_could_not_be_verified_is_not_called_tampered(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    # The README's own development venv (an editable install) made every run's report say
+    # "Tampered code or environment (pre-flight)" over "returned unknown: ... editable
+    # install": nothing was tampered with, it could not be verified. An unsafe or tampered
+    # verdict keeps the title.
+    from trainwarden.keys import generate_key
+    from trainwarden.ledger import Ledger
+
+    key, pub = generate_key(tmp_path / "supervisor", identity="ops")
+    with Ledger(clean.run_dir / "ledger", key=key, create=False) as ledger:
+        for verdict in ("unknown", "tampered"):
+            ledger.append("preflight.env", run=clean.run_id, verdict=verdict, findings=[])
+    report = _read(clean, keys=[*_keys(clean), pub])
+    titles = {f.established: f.title for f in report.findings if f.check == "preflight.env"}
+    assert titles == {
+        False: "Code or environment not verifiable (pre-flight)",
+        True: "Tampered code or environment (pre-flight)",
+    }
+
+
+def test_an_environment_check_turned_off_is_not_verified_not_suspicious(
+    clean: SyntheticRun, tmp_path: Path
+) -> None:
+    # `trainwarden run --env-check off` records preflight.env verdict "skipped"; the report
+    # called the run SUSPICIOUS ("Suspected T2: the pre-flight environment check returned
+    # skipped"). Nothing suggests tampering: the environment was simply not checked.
+    from trainwarden.keys import generate_key
+    from trainwarden.ledger import Ledger
+
+    key, pub = generate_key(tmp_path / "supervisor", identity="ops")
+    with Ledger(clean.run_dir / "ledger", key=key, create=False) as ledger:
+        ledger.append("preflight.env", run=clean.run_id, verdict="skipped", findings=[], mode="off")
+    report = _read(clean, keys=[*_keys(clean), pub])
+    assert not [f for f in report.findings if f.check == "preflight.env"]
+    assert report.verdict == "not-verified"
+    assert any("environment check was skipped" in u for u in report.unverified)

@@ -178,3 +178,19 @@ def test_indented_json_rejects_what_json_rejects() -> None:
 def test_render_json_is_json_dumps_of_the_report() -> None:
     report = _report()
     assert render_json(report) == _dumps(report.to_dict()) + "\n"
+
+
+def test_sarif_uris_are_uris_for_paths_with_spaces_and_unicode() -> None:
+    # SARIF's artifactLocation.uri is a URI reference (RFC 3986): "my models/bert-ünï code"
+    # as written is none, and code-scanning uploads reject or mislink it. Percent-encoded,
+    # it decodes back to the path; plain paths stay as they were.
+    from urllib.parse import unquote
+
+    path = "my models/bert-ünï code/model#1.pt"
+    finding = Finding("policy.unknown-global", Severity.MEDIUM, "m", Location(path, None, 2))
+    plain = Finding("policy.unknown-global", Severity.MEDIUM, "m", Location("/tmp/a_b-c.pt"))
+    report = Report(files=(FileReport(path=path, format="pickle", findings=(finding, plain)),))
+    results = json.loads(render_sarif(report))["runs"][0]["results"]
+    uris = sorted(r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results)
+    assert uris == ["/tmp/a_b-c.pt", "my%20models/bert-%C3%BCn%C3%AF%20code/model%231.pt"]
+    assert unquote(uris[1]) == path
