@@ -358,7 +358,9 @@ def _data(ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int)
 
     graph = sniff_graph(blob, head)
     if graph is not None:
-        return analyse_graph(ctx, blob, member, graph)
+        read_as = analyse_graph(ctx, blob, member, graph)
+        if read_as is not None:
+            return read_as
     return classify_data(ctx, blob, member, head)
 
 

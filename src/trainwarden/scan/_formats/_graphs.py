@@ -22,8 +22,16 @@ import posixpath
 import re
 
 from trainwarden.findings import Severity, Verdict
-from trainwarden.scan._formats._base import Blob, Context
-from trainwarden.scan._formats._protobuf import LEN, VARINT, ProtoError, read_string, spans
+from trainwarden.scan._formats._base import Blob, Context, ScanAborted
+from trainwarden.scan._formats._protobuf import (
+    I32,
+    I64,
+    LEN,
+    VARINT,
+    ProtoError,
+    read_string,
+    spans,
+)
 
 __all__ = ["analyse_graph", "sniff_graph"]
 
@@ -71,27 +79,63 @@ _WINDOWS_ABS = re.compile(r"^([A-Za-z]:|\\\\|//)")
 
 
 def sniff_graph(blob: Blob, head: bytes) -> str | None:
-    """``onnx``, ``tf-saved-model``, ``tf-graph`` or ``keras-metadata``, or None."""
-    if not head or head[0] not in (0x08, 0x0A):
+    """``onnx``, ``tf-saved-model``, ``tf-graph``, ``tf-fingerprint`` or ``keras-metadata``.
+
+    A guess from the top-level fields: protobuf bytes name no schema, and parsers read any
+    message with any schema (fields they do not expect become unknown fields). The guess only
+    picks the reader; :func:`analyse_graph` also checks the ONNX reading of every guess that
+    has one, since ``onnx.load`` reads any protobuf whose field 7 is a graph.
+    """
+    if not head or not _is_field_key(head[0]):
         return None
     try:
         top: dict[int, int] = {}
         first_len: tuple[int, int] | None = None
         for number, wire, value, end in spans(blob, 0, None, max_fields=100_000):
-            top[number] = wire
+            if top.setdefault(number, wire) != wire:
+                top[number] = -1  # one field number with two wire types: no schema's
             if number == 1 and wire == LEN and first_len is None:
                 first_len = (value, end)
             if len(top) > 16:
                 return None
     except ProtoError:
         return None
+    if _is_fingerprint(blob, top):
+        return "tf-fingerprint"
     if top.get(1) == VARINT and top.get(7) == LEN and set(top) <= _ONNX_MODEL_FIELDS:
         return "onnx"
     if top.get(1) == VARINT and top.get(2) == LEN and set(top) <= {1, 2}:
         return "tf-saved-model"
     if first_len is not None and set(top) <= {1, 2, 3, 4} and top.get(1) == LEN:
-        return _sniff_nodes(blob, *first_len)
+        found = _sniff_nodes(blob, *first_len)
+        if found is not None:
+            return found
+    if top.get(7) == LEN or top.get(25) == LEN:
+        return "onnx"  # a graph or functions: onnx.load reads it, whatever else is there
     return None
+
+
+def _is_field_key(byte: int) -> bool:
+    # The first byte of a message is a field key: a field number from 1 and a wire type
+    # parsers accept at the start (varint, 64-bit, length-delimited, 32-bit).
+    return byte >> 3 != 0 and byte & 7 in (VARINT, I64, LEN, I32)
+
+
+# fingerprint.proto: FingerprintDef {saved_model_checksum=1, graph_def_program_hash=2,
+# signature_def_hash=3, saved_object_graph_hash=4, checkpoint_hash=5 (uint64 each),
+# version=6 (VersionDef), uuid=7 (string)}. TensorFlow writes it into every SavedModel.
+_FINGERPRINT_WIRES = {1: VARINT, 2: VARINT, 3: VARINT, 4: VARINT, 5: VARINT, 6: LEN, 7: LEN}
+
+
+def _is_fingerprint(blob: Blob, top: dict[int, int]) -> bool:
+    """True when every top-level field has FingerprintDef's wire type, with 2+ hashes.
+
+    Its field numbers are all ONNX ModelProto's too (2-4 there are strings), so without this
+    every SavedModel's fingerprint was read as a broken ONNX model.
+    """
+    if not top.items() <= _FINGERPRINT_WIRES.items():
+        return False
+    return len(top.keys() & {1, 2, 3, 4, 5}) >= 2
 
 
 def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
@@ -114,11 +158,16 @@ def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
     return None
 
 
-def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str:
-    """Report what a recognised graph format would run or read when loaded."""
+def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str | None:
+    """Report what a recognised graph format would run or read when loaded.
+
+    Returns the format, or None when the guess was ONNX and no ONNX parser can read the
+    bytes (they are data to every loader the scanner knows).
+    """
     try:
-        if fmt == "onnx":
-            _onnx_model(ctx, blob, member)
+        if fmt in ("onnx", "tf-fingerprint"):
+            if not _onnx_reading(ctx, blob, member) and fmt == "onnx":
+                return None
         elif fmt == "tf-saved-model":
             for number, wire, start, end in spans(blob):
                 if number == 2 and wire == LEN:  # meta_graphs
@@ -128,12 +177,50 @@ def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str
         elif fmt == "keras-metadata":
             _keras_metadata(ctx, blob, member)
     except ProtoError as exc:
-        ctx.unknown(
-            "graph.malformed",
-            f"{fmt} protobuf could not be read to its end ({exc}); the rest was not analysed",
-            member,
-        )
+        _malformed(ctx, member, fmt, exc)
     return fmt
+
+
+def _malformed(ctx: Context, member: str | None, fmt: str, exc: ProtoError) -> None:
+    ctx.unknown(
+        "graph.malformed",
+        f"{fmt} protobuf could not be read to its end ({exc}); the rest was not analysed",
+        member,
+    )
+
+
+def _onnx_reading(ctx: Context, blob: Blob, member: str | None) -> bool:
+    """Check the file as ``onnx.load`` reads it; False when no ONNX parser can read it.
+
+    The walk runs on a scratch context: a graph that a protobuf parser rejects (a length
+    past its message...) makes ``onnx.load`` raise before anything is read or run, so what
+    the walk found before that point describes no model and is dropped.
+    """
+    scratch = Context(ctx.path, ctx.policy, ctx.limits, deadline=ctx.deadline)
+    try:
+        _onnx_model(scratch, blob, member)
+    except ProtoError as exc:
+        if exc.rejected:
+            ctx.info(
+                "graph.not-onnx",
+                f"not an ONNX model: a protobuf parser rejects its graph ({exc}), so "
+                "onnx.load fails on it before reading or running anything",
+                member,
+            )
+            return False
+        _keep(ctx, scratch)
+        _malformed(ctx, member, "onnx", exc)
+        return True
+    except ScanAborted:
+        _keep(ctx, scratch)
+        raise
+    _keep(ctx, scratch)
+    return True
+
+
+def _keep(ctx: Context, scratch: Context) -> None:
+    for finding in scratch.findings:
+        ctx.record(finding)
 
 
 def _meta_graph(ctx: Context, blob: Blob, member: str | None, start: int, end: int) -> None:

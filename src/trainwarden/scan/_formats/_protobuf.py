@@ -11,16 +11,26 @@ from collections.abc import Iterator
 
 from trainwarden.scan._formats._base import Blob
 
-__all__ = ["LEN", "VARINT", "ProtoError", "fields", "read_string"]
+__all__ = ["I32", "I64", "LEN", "VARINT", "ProtoError", "fields", "read_string"]
 
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
+VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 _CHUNK = 64 << 10
 # Strings we read whole (names, op types, paths, JSON metadata); longer ones are cut here.
 _MAX_STRING = 1 << 20
 
 
 class ProtoError(Exception):
-    """The bytes are not valid protobuf wire format."""
+    """The bytes are not protobuf wire format this reader can follow.
+
+    ``rejected`` is True when every protobuf parser rejects them too (a length or value
+    running past its message, a wire type that does not exist, field number 0): no loader
+    can read the message, so no loader acts on it. It is False for what parsers accept but
+    this reader does not follow (groups, more fields than the bound): not analysed.
+    """
+
+    def __init__(self, reason: str, *, rejected: bool = True) -> None:
+        super().__init__(reason)
+        self.rejected = rejected
 
 
 class _Cursor:
@@ -79,7 +89,7 @@ def spans(
     while cur.pos < cur.end:
         count += 1
         if count > max_fields:
-            raise ProtoError("too many fields")
+            raise ProtoError("too many fields", rejected=False)
         key = cur.varint()
         number, wire = key >> 3, key & 7
         if number == 0:
@@ -101,8 +111,11 @@ def spans(
                 raise ProtoError("length-delimited field runs past its message")
             cur.pos = at + length
             yield number, wire, at, cur.pos
+        elif wire in (SGROUP, EGROUP):
+            # Parsers skip a group as an unknown field; this reader does not follow groups.
+            raise ProtoError(f"group field {number} (not read)", rejected=False)
         else:
-            raise ProtoError(f"unsupported wire type {wire}")
+            raise ProtoError(f"wire type {wire} does not exist")
 
 
 def read_string(blob: Blob, start: int, end: int) -> str:
