@@ -90,15 +90,41 @@ def test_protobuf_whose_onnx_graph_the_parser_rejects_is_not_onnx() -> None:
     assert scan_bytes(data, name="model.onnx").verdict is Verdict.UNKNOWN
 
 
-def test_onnx_graph_with_group_fields_is_never_safe() -> None:
-    # Protobuf parsers skip a group (wire types 3/4) as an unknown field; the scanner does
-    # not read groups, so what follows it in the graph was not analysed.
-    group = _varint(9 << 3 | 3) + v(1, 1) + _varint(9 << 3 | 4)
-    graph = group + _onnx_graph_with_escaping_external_data()
-    data = v(1, 8) + s(7, graph)
-    report = scan_bytes(data, name="model.onnx")
-    assert report.verdict is not Verdict.SAFE
-    assert scan_bytes(data, name="blob.dat").verdict is not Verdict.SAFE
+def _group(number: int, *inner: bytes) -> bytes:
+    return _varint(number << 3 | 3) + b"".join(inner) + _varint(number << 3 | 4)
+
+
+def test_groups_are_skipped_as_parsers_skip_them() -> None:
+    # No ONNX or TensorFlow field is a group: parsers keep one as an unknown field and go
+    # on, so what follows it is read (and checked) as usual, even at the very start.
+    graph = _group(9, v(1, 1), _group(2)) + _onnx_graph_with_escaping_external_data()
+    for data in (v(1, 8) + s(7, graph), _group(3) + s(7, graph) + v(1, 8)):
+        report = scan_bytes(data, name="blob.dat")
+        assert report.verdict is Verdict.UNSAFE, report.findings
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        _varint(9 << 3 | 3) + v(1, 1) + _varint(8 << 3 | 4),
+        _varint(9 << 3 | 3) + v(1, 1),
+        _varint(9 << 3 | 4),
+    ],
+    ids=["mismatched-end", "never-closed", "end-without-start"],
+)
+def test_groups_parsers_reject_make_no_onnx_model(graph: bytes) -> None:
+    report = scan_bytes(v(1, 8) + s(7, graph + _onnx_graph_with_escaping_external_data()))
+    assert report.format == "data"
+    assert "graph.not-onnx" in {f.rule_id for f in report.findings}
+
+
+@pytest.mark.parametrize("first", "0123456789")
+def test_fingerprint_uuid_digits_never_make_it_onnx(first: str) -> None:
+    # The uuid is a decimal string; as protobuf its digits are keys of field 6 or 7 with
+    # every wire type (3 and 4 are groups, 6 and 7 do not exist).
+    data = fingerprint(uuid=(first + "3405860098727739767822830790").encode())
+    report = scan_bytes(data, name="fingerprint.pb")
+    assert (report.format, report.verdict) == ("tf-fingerprint", Verdict.SAFE), report.findings
 
 
 def test_real_onnx_model_is_still_onnx(tmp_path: Path) -> None:

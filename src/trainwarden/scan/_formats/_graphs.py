@@ -27,6 +27,7 @@ from trainwarden.scan._formats._protobuf import (
     I32,
     I64,
     LEN,
+    SGROUP,
     VARINT,
     ProtoError,
     read_string,
@@ -117,8 +118,8 @@ def sniff_graph(blob: Blob, head: bytes) -> str | None:
 
 def _is_field_key(byte: int) -> bool:
     # The first byte of a message is a field key: a field number from 1 and a wire type
-    # parsers accept at the start (varint, 64-bit, length-delimited, 32-bit).
-    return byte >> 3 != 0 and byte & 7 in (VARINT, I64, LEN, I32)
+    # parsers accept at the start (varint, 64-bit, length-delimited, group start, 32-bit).
+    return byte >> 3 != 0 and byte & 7 in (VARINT, I64, LEN, SGROUP, I32)
 
 
 # fingerprint.proto: FingerprintDef {saved_model_checksum=1, graph_def_program_hash=2,
