@@ -80,7 +80,28 @@ def data_format(blob: Blob, head: bytes) -> str:
     doc = _load_json(blob, head)
     if doc is not None:
         return "hf-config" if isinstance(doc, dict) and _HF_KEYS & doc.keys() else "json"
-    return "text" if _is_text(head) else "data"
+    return "text" if _is_text(head) else binary_kind(None, blob, None, head)
+
+
+def binary_kind(ctx: Context | None, blob: Blob, member: str | None, head: bytes) -> str:
+    """``ubjson``, ``tflite`` or ``data``: binary files of ML libraries that no pickler wrote.
+
+    A TensorFlow Lite flatbuffer is reported (with ``ctx``) as not analysed: it names
+    custom and Flex operators that the interpreter runs as native kernels.
+    """
+    if head[4:8] == b"TFL3":
+        if ctx is not None:
+            ctx.unknown(
+                "tflite.unanalysed",
+                "TensorFlow Lite model: the flatbuffer is not parsed, so the custom and Flex "
+                "(TensorFlow) operators it may name, native kernels that can read and write "
+                "files when the interpreter runs, were not checked",
+                member,
+            )
+        return "tflite"
+    from trainwarden.scan._formats._ubjson import is_ubjson
+
+    return "ubjson" if is_ubjson(ctx, blob, member, head) else "data"
 
 
 def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> str:
@@ -95,7 +116,7 @@ def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> 
         if blob.size > _JSON_MAX and _looks_json(head):
             _search_large_json(ctx, blob, member)
         if not _is_text(head):
-            return "data"
+            return binary_kind(ctx, blob, member, head)
         name = (member or ctx.path).lower()
         if name.endswith(TEMPLATE_SUFFIXES):
             if blob.size > _JSON_MAX:
