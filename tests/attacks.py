@@ -299,6 +299,13 @@ def hf_from_pretrained_remote_code(path: Path) -> object:
     return AutoConfig.from_pretrained(str(path), trust_remote_code=True)
 
 
+def diffusers_from_pretrained_remote_code(path: Path) -> object:
+    """``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``."""
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(str(path), trust_remote_code=True)
+
+
 def keras_load_model(path: Path) -> object:
     """``keras.saving.load_model(path, safe_mode=False)`` (torch backend, as on a torch cluster)."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -782,6 +789,26 @@ def build_hf_auto_map(directory: Path, canary: Canary) -> Path:
     }
     (model_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return model_dir
+
+
+def build_diffusers_custom_component(directory: Path, canary: Canary) -> Path:
+    """A diffusers pipeline whose model_index.json loads its UNet from a planted module."""
+    pipe = directory / "tiny-pipeline"
+    for folder in ("unet", "scheduler"):
+        (pipe / folder).mkdir(parents=True, exist_ok=True)
+    (pipe / "unet" / "my_unet.py").write_text(
+        _pystmt(canary) + "\n\n\nclass MyUNet:\n    pass\n", encoding="utf-8"
+    )
+    scheduler = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.30.0"}
+    (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": "0.30.0",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["my_unet", "MyUNet"],
+    }
+    (pipe / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return pipe
 
 
 def build_keras_lambda(directory: Path, canary: Canary) -> Path:
@@ -3018,6 +3045,18 @@ ATTACKS: tuple[Attack, ...] = (
         build_hf_auto_map,
         hf_from_pretrained_remote_code,
         ("transformers",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "diffusers-custom-component",
+        "model_index.json loading a component from a planted module",
+        T,
+        "DiffusionPipeline.from_pretrained imports [library, class] for each component; "
+        "a library with a module file in the component's folder runs with "
+        "trust_remote_code=True. model_index.json was plain JSON (safe).",
+        build_diffusers_custom_component,
+        diffusers_from_pretrained_remote_code,
+        ("diffusers",),
         expected=Verdict.UNKNOWN,
     ),
     # CVE-2024-3660: Keras Lambda layers carry marshalled bytecode.
