@@ -187,3 +187,31 @@ def test_onnx_model_with_an_unknown_field_is_still_onnx() -> None:
     report = scan_bytes(rest + graph + s(99, b"padding"), name="weights.dat")
     assert report.format == "onnx"
     assert "onnx.custom-op" in {f.rule_id for f in report.findings}
+
+
+def _node(name: str, op: str) -> bytes:
+    return s(1, s(1, name.encode()) + s(2, op.encode()))
+
+
+def test_frozen_graph_with_an_unknown_field_is_still_read() -> None:
+    # GraphDef().ParseFromString keeps field 99 as an unknown field; the WriteFile node
+    # still runs when the graph does, whatever the file is called.
+    data = _node("x", "Placeholder") + _node("w", "WriteFile") + s(99, b"pad")
+    report = scan_bytes(data, name="graph.dat")
+    assert report.verdict is Verdict.UNSAFE
+    assert "tf.dangerous-op" in {f.rule_id for f in report.findings}
+
+
+def test_saved_model_with_an_unknown_field_is_still_read() -> None:
+    graph = _node("x", "Placeholder") + _node("r", "ReadFile")
+    data = v(1, 1) + s(2, s(2, graph)) + s(5, b"pad")  # SavedModel{meta_graphs{graph_def}}
+    report = scan_bytes(data, name="saved_model.pb")
+    assert report.verdict is Verdict.UNSAFE
+    assert "tf.dangerous-op" in {f.rule_id for f in report.findings}
+
+
+def test_graph_readings_a_parser_rejects_are_dropped() -> None:
+    # A SavedModel whose meta graph runs past its message: TensorFlow refuses to load it.
+    data = v(1, 1) + s(2, s(2, b"\x0a\x40" + b"x" * 4))
+    report = scan_bytes(data, name="blob.dat")
+    assert report.verdict is Verdict.SAFE, report.findings

@@ -80,18 +80,37 @@ _WINDOWS_ABS = re.compile(r"^([A-Za-z]:|\\\\|//)")
 
 
 def sniff_graph(blob: Blob, head: bytes) -> str | None:
-    """``onnx``, ``tf-saved-model``, ``tf-graph``, ``tf-fingerprint`` or ``keras-metadata``.
+    """``onnx``, ``tf-saved-model``, ``tf-graph``, ``tf-fingerprint``, ``keras-metadata``...
 
     A guess from the top-level fields: protobuf bytes name no schema, and parsers read any
-    message with any schema (fields they do not expect become unknown fields). The guess only
-    picks the reader; :func:`analyse_graph` also checks the ONNX reading of every guess that
-    has one, since ``onnx.load`` reads any protobuf whose field 7 is a graph.
+    message with any schema (fields they do not expect become unknown fields, in any order).
+    The guess only names the file; :func:`analyse_graph` checks every reading a loader
+    could take. ``protobuf`` is a message no schema matches exactly that still has one.
     """
+    top = _top_fields(blob, head)
+    if top is None:
+        return None
+    fields, first_len = top
+    if _is_fingerprint(blob, fields):
+        return "tf-fingerprint"
+    if fields.get(1) == VARINT and fields.get(7) == LEN and set(fields) <= _ONNX_MODEL_FIELDS:
+        return "onnx"
+    if fields.get(1) == VARINT and fields.get(2) == LEN and set(fields) <= {1, 2}:
+        return "tf-saved-model"
+    if first_len is not None and set(fields) <= {1, 2, 3, 4} and fields.get(1) == LEN:
+        found = _sniff_nodes(blob, *first_len)
+        if found is not None:
+            return found
+    return "protobuf" if _readings(fields) else None
+
+
+def _top_fields(blob: Blob, head: bytes) -> tuple[dict[int, int], tuple[int, int] | None] | None:
+    """Wire type of each top-level field, and the span of the first field 1 (or None)."""
     if not head or not _is_field_key(head[0]):
         return None
+    top: dict[int, int] = {}
+    first_len: tuple[int, int] | None = None
     try:
-        top: dict[int, int] = {}
-        first_len: tuple[int, int] | None = None
         for number, wire, value, end in spans(blob, 0, None, max_fields=100_000):
             if top.setdefault(number, wire) != wire:
                 top[number] = -1  # one field number with two wire types: no schema's
@@ -101,19 +120,23 @@ def sniff_graph(blob: Blob, head: bytes) -> str | None:
                 return None
     except ProtoError:
         return None
-    if _is_fingerprint(blob, top):
-        return "tf-fingerprint"
-    if top.get(1) == VARINT and top.get(7) == LEN and set(top) <= _ONNX_MODEL_FIELDS:
-        return "onnx"
-    if top.get(1) == VARINT and top.get(2) == LEN and set(top) <= {1, 2}:
-        return "tf-saved-model"
-    if first_len is not None and set(top) <= {1, 2, 3, 4} and top.get(1) == LEN:
-        found = _sniff_nodes(blob, *first_len)
-        if found is not None:
-            return found
+    return top, first_len
+
+
+def _readings(top: dict[int, int]) -> list[str]:
+    """Loaders that act on a message with these top-level fields, whatever else is there.
+
+    ``onnx.load`` reads field 7 as the graph and 25 as functions; a SavedModel's field 2 is
+    its meta graphs; a GraphDef's fields 1 and 2 are its nodes and function library.
+    """
+    found = []
     if top.get(7) == LEN or top.get(25) == LEN:
-        return "onnx"  # a graph or functions: onnx.load reads it, whatever else is there
-    return None
+        found.append("onnx")
+    if top.get(2) == LEN:
+        found.append("tf-saved-model")
+    if top.get(1) == LEN or top.get(2) == LEN:
+        found.append("tf-graph")
+    return found
 
 
 def _is_field_key(byte: int) -> bool:
@@ -160,26 +183,52 @@ def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
 
 
 def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str | None:
-    """Report what a recognised graph format would run or read when loaded.
+    """Report what a loader reading the protobuf would run or read; return what it is.
 
-    Returns the format, or None when the guess was ONNX and no ONNX parser can read the
-    bytes (they are data to every loader the scanner knows).
+    Every reading the top-level fields allow is checked (an ONNX model, a SavedModel, a
+    GraphDef), each on a scratch context: one that a protobuf parser rejects (a length past
+    its message, a wire type that does not exist) makes that loader raise before it reads
+    or runs anything, so what the walk found before that point is dropped. Returns the
+    guessed format if its reading stands, else the first reading that does, else None (the
+    bytes are data to every loader the scanner knows).
     """
-    try:
-        if fmt in ("onnx", "tf-fingerprint"):
-            if not _onnx_reading(ctx, blob, member) and fmt == "onnx":
-                return None
-        elif fmt == "tf-saved-model":
-            for number, wire, start, end in spans(blob):
-                if number == 2 and wire == LEN:  # meta_graphs
-                    _meta_graph(ctx, blob, member, start, end)
-        elif fmt == "tf-graph":
-            _graph_def(ctx, blob, member, 0, blob.size, 0)
-        elif fmt == "keras-metadata":
+    if fmt == "keras-metadata":
+        try:
             _keras_metadata(ctx, blob, member)
+        except ProtoError as exc:
+            _malformed(ctx, member, fmt, exc)
+        return fmt
+    top = _top_fields(blob, bytes(blob.read(0, 1)))
+    readings = _readings(top[0]) if top is not None else []
+    standing = [kind for kind in readings if _reading(ctx, blob, member, kind, fmt)]
+    if fmt == "tf-fingerprint" or fmt in standing:
+        return fmt
+    return standing[0] if standing else None
+
+
+def _reading(ctx: Context, blob: Blob, member: str | None, kind: str, guess: str) -> bool:
+    """Check one reading; False when every protobuf parser rejects it (nothing kept)."""
+    scratch = Context(ctx.path, ctx.policy, ctx.limits, deadline=ctx.deadline)
+    try:
+        _WALKS[kind](scratch, blob, member)
     except ProtoError as exc:
-        _malformed(ctx, member, fmt, exc)
-    return fmt
+        if exc.rejected:
+            if kind == guess:
+                ctx.info(
+                    "graph.not-" + kind,
+                    f"not a {kind} after all: a protobuf parser rejects it ({exc}), so its "
+                    "loader fails before reading or running anything",
+                    member,
+                )
+            return False
+        _keep(ctx, scratch)
+        _malformed(ctx, member, kind, exc)
+        return True
+    except ScanAborted:
+        _keep(ctx, scratch)
+        raise
+    _keep(ctx, scratch)
+    return True
 
 
 def _malformed(ctx: Context, member: str | None, fmt: str, exc: ProtoError) -> None:
@@ -190,38 +239,21 @@ def _malformed(ctx: Context, member: str | None, fmt: str, exc: ProtoError) -> N
     )
 
 
-def _onnx_reading(ctx: Context, blob: Blob, member: str | None) -> bool:
-    """Check the file as ``onnx.load`` reads it; False when no ONNX parser can read it.
-
-    The walk runs on a scratch context: a graph that a protobuf parser rejects (a length
-    past its message...) makes ``onnx.load`` raise before anything is read or run, so what
-    the walk found before that point describes no model and is dropped.
-    """
-    scratch = Context(ctx.path, ctx.policy, ctx.limits, deadline=ctx.deadline)
-    try:
-        _onnx_model(scratch, blob, member)
-    except ProtoError as exc:
-        if exc.rejected:
-            ctx.info(
-                "graph.not-onnx",
-                f"not an ONNX model: a protobuf parser rejects its graph ({exc}), so "
-                "onnx.load fails on it before reading or running anything",
-                member,
-            )
-            return False
-        _keep(ctx, scratch)
-        _malformed(ctx, member, "onnx", exc)
-        return True
-    except ScanAborted:
-        _keep(ctx, scratch)
-        raise
-    _keep(ctx, scratch)
-    return True
-
-
 def _keep(ctx: Context, scratch: Context) -> None:
     for finding in scratch.findings:
         ctx.record(finding)
+    for key, value in scratch.details.items():
+        ctx.details.setdefault(key, value)
+
+
+def _saved_model(ctx: Context, blob: Blob, member: str | None) -> None:
+    for number, wire, start, end in spans(blob):
+        if number == 2 and wire == LEN:  # meta_graphs
+            _meta_graph(ctx, blob, member, start, end)
+
+
+def _frozen_graph(ctx: Context, blob: Blob, member: str | None) -> None:
+    _graph_def(ctx, blob, member, 0, blob.size, 0)
 
 
 def _meta_graph(ctx: Context, blob: Blob, member: str | None, start: int, end: int) -> None:
@@ -411,3 +443,6 @@ def _external_location(ctx: Context, member: str | None, location: str, offset: 
             member,
             evidence=location[:200],
         )
+
+
+_WALKS = {"onnx": _onnx_model, "tf-saved-model": _saved_model, "tf-graph": _frozen_graph}
