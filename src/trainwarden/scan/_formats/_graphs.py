@@ -34,7 +34,7 @@ from trainwarden.scan._formats._protobuf import (
     spans,
 )
 
-__all__ = ["analyse_graph", "sniff_graph"]
+__all__ = ["analyse_protobuf", "sniff_graph"]
 
 # -- TensorFlow ------------------------------------------------------------------------------
 
@@ -80,17 +80,18 @@ _WINDOWS_ABS = re.compile(r"^([A-Za-z]:|\\\\|//)")
 
 
 def sniff_graph(blob: Blob, head: bytes) -> str | None:
-    """``onnx``, ``tf-saved-model``, ``tf-graph``, ``tf-fingerprint``, ``keras-metadata``...
+    """``onnx``, ``tf-saved-model``, ``tf-graph``, ``tf-fingerprint`` or ``keras-metadata``.
 
-    A guess from the top-level fields: protobuf bytes name no schema, and parsers read any
-    message with any schema (fields they do not expect become unknown fields, in any order).
-    The guess only names the file; :func:`analyse_graph` checks every reading a loader
-    could take. ``protobuf`` is a message no schema matches exactly that still has one.
+    A guess from the top-level fields, made only when they match one schema exactly:
+    protobuf bytes name no schema, and parsers read any message with any schema (fields they
+    do not expect become unknown fields, in any order). The guess only names the file;
+    :func:`analyse_protobuf` checks every reading a loader could take, guessed or not.
     """
     top = _top_fields(blob, head)
-    if top is None:
-        return None
-    fields, first_len = top
+    return None if top is None else _guess(blob, *top)
+
+
+def _guess(blob: Blob, fields: dict[int, int], first_len: tuple[int, int] | None) -> str | None:
     if _is_fingerprint(blob, fields):
         return "tf-fingerprint"
     if fields.get(1) == VARINT and fields.get(7) == LEN and set(fields) <= _ONNX_MODEL_FIELDS:
@@ -98,10 +99,8 @@ def sniff_graph(blob: Blob, head: bytes) -> str | None:
     if fields.get(1) == VARINT and fields.get(2) == LEN and set(fields) <= {1, 2}:
         return "tf-saved-model"
     if first_len is not None and set(fields) <= {1, 2, 3, 4} and fields.get(1) == LEN:
-        found = _sniff_nodes(blob, *first_len)
-        if found is not None:
-            return found
-    return "protobuf" if _readings(fields) else None
+        return _sniff_nodes(blob, *first_len)
+    return None
 
 
 def _top_fields(blob: Blob, head: bytes) -> tuple[dict[int, int], tuple[int, int] | None] | None:
@@ -182,31 +181,35 @@ def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
     return None
 
 
-def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str | None:
-    """Report what a loader reading the protobuf would run or read; return what it is.
+def analyse_protobuf(ctx: Context, blob: Blob, member: str | None, head: bytes) -> str | None:
+    """Report what a loader reading the bytes as protobuf would run or read.
 
     Every reading the top-level fields allow is checked (an ONNX model, a SavedModel, a
     GraphDef), each on a scratch context: one that a protobuf parser rejects (a length past
     its message, a wire type that does not exist) makes that loader raise before it reads
     or runs anything, so what the walk found before that point is dropped. Returns the
-    guessed format if its reading stands, else the first reading that does, else None (the
-    bytes are data to every loader the scanner knows).
+    guessed format (:func:`sniff_graph`) if a reading stands, else None: the caller names
+    the bytes (data, text...), and the findings of the readings stay.
     """
-    if fmt == "keras-metadata":
+    top = _top_fields(blob, head)
+    if top is None:
+        return None
+    guess = _guess(blob, *top)
+    if guess == "keras-metadata":
         try:
             _keras_metadata(ctx, blob, member)
         except ProtoError as exc:
-            _malformed(ctx, member, fmt, exc)
-        return fmt
-    top = _top_fields(blob, bytes(blob.read(0, 1)))
-    readings = _readings(top[0]) if top is not None else []
-    standing = [kind for kind in readings if _reading(ctx, blob, member, kind, fmt)]
-    if fmt == "tf-fingerprint" or fmt in standing:
-        return fmt
+            _malformed(ctx, member, guess, exc)
+        return guess
+    standing = [kind for kind in _readings(top[0]) if _reading(ctx, blob, member, kind, guess)]
+    if guess is None:
+        return None
+    if guess == "tf-fingerprint" or guess in standing:
+        return guess
     return standing[0] if standing else None
 
 
-def _reading(ctx: Context, blob: Blob, member: str | None, kind: str, guess: str) -> bool:
+def _reading(ctx: Context, blob: Blob, member: str | None, kind: str, guess: str | None) -> bool:
     """Check one reading; False when every protobuf parser rejects it (nothing kept)."""
     scratch = Context(ctx.path, ctx.policy, ctx.limits, deadline=ctx.deadline)
     try:
