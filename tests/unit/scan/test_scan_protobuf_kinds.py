@@ -215,3 +215,12 @@ def test_graph_readings_a_parser_rejects_are_dropped() -> None:
     data = v(1, 1) + s(2, s(2, b"\x0a\x40" + b"x" * 4))
     report = scan_bytes(data, name="blob.dat")
     assert report.verdict is Verdict.SAFE, report.findings
+
+
+def test_keras_metadata_shaped_graph_is_still_read_as_a_graph() -> None:
+    # Node 1 is a Keras SavedObject (identifier "trackable...") and a NodeDef (op WriteFile)
+    # at once: each parser keeps the other's fields as unknown ones.
+    both = s(1, b"x") + s(2, b"WriteFile") + s(4, b"trackable_object")
+    report = scan_bytes(s(1, both), name="graph.dat")
+    assert report.verdict is Verdict.UNSAFE
+    assert "tf.dangerous-op" in {f.rule_id for f in report.findings}

@@ -200,11 +200,10 @@ def analyse_protobuf(ctx: Context, blob: Blob, member: str | None, head: bytes) 
             _keras_metadata(ctx, blob, member)
         except ProtoError as exc:
             _malformed(ctx, member, guess, exc)
-        return guess
     standing = [kind for kind in _readings(top[0]) if _reading(ctx, blob, member, kind, guess)]
     if guess is None:
         return None
-    if guess == "tf-fingerprint" or guess in standing:
+    if guess in ("tf-fingerprint", "keras-metadata") or guess in standing:
         return guess
     return standing[0] if standing else None
 
