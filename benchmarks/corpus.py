@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
 TESTS = HERE.parent / "tests"
 BIG_BYTES = 8 * 1024**3
-CORPUS_VERSION = 5
+CORPUS_VERSION = 6
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,13 @@ def hf_from_pretrained_remote_code(path: Path) -> object:
     return AutoConfig.from_pretrained(str(path), trust_remote_code=True)
 
 
+def diffusers_from_pretrained_remote_code(path: Path) -> object:
+    """``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``."""
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(str(path), trust_remote_code=True)
+
+
 def keras_load_model(path: Path) -> object:
     """``keras.saving.load_model(path, safe_mode=False)`` (torch backend, as on a torch cluster)."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -782,6 +789,74 @@ def build_hf_auto_map(directory: Path, canary: Canary) -> Path:
     }
     (model_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return model_dir
+
+
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _pb(number: int, raw: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(raw)) + raw
+
+
+def _tf_string_const(name: str, value: bytes) -> bytes:
+    """NodeDef of a scalar string Const (attrs dtype=DT_STRING, value=TensorProto)."""
+    dt_string = b"\x30\x07"  # AttrValue.type = 7 (DT_STRING)
+    tensor = b"\x08\x07" + _pb(2, b"") + _pb(8, value)  # dtype, tensor_shape {}, string_val
+    attrs = _pb(5, _pb(1, b"dtype") + _pb(2, dt_string))
+    attrs += _pb(5, _pb(1, b"value") + _pb(2, _pb(8, tensor)))
+    return _pb(1, _pb(1, name.encode()) + _pb(2, b"Const") + attrs)
+
+
+def tf_graph_write_file_extra_field(canary: Canary, directory: Path) -> bytes:
+    """A frozen GraphDef whose WriteFile node creates the canary, plus one unknown field.
+
+    GraphDef().ParseFromString keeps field 15 as an unknown field; the scanner matched only
+    graphs whose top-level fields were all GraphDef's and called this one data.
+    """
+    nodes = _tf_string_const("path", str(canary.path).encode())
+    nodes += _tf_string_const("contents", b"ran")
+    nodes += _pb(1, _pb(1, b"w") + _pb(2, b"WriteFile") + _pb(3, b"path") + _pb(3, b"contents"))
+    return nodes + _pb(15, b"exported by tool x")
+
+
+def tf_run_frozen_graph(path: Path) -> object:
+    """Import a frozen GraphDef and run its output node, as inference code does."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(path.read_bytes())
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run(graph.get_operation_by_name("w"))
+
+
+def build_diffusers_custom_component(directory: Path, canary: Canary) -> Path:
+    """A diffusers pipeline whose model_index.json loads its UNet from a planted module."""
+    pipe = directory / "tiny-pipeline"
+    for folder in ("unet", "scheduler"):
+        (pipe / folder).mkdir(parents=True, exist_ok=True)
+    (pipe / "unet" / "my_unet.py").write_text(
+        _pystmt(canary) + "\n\n\nclass MyUNet:\n    pass\n", encoding="utf-8"
+    )
+    scheduler = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.30.0"}
+    (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": "0.30.0",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["my_unet", "MyUNet"],
+    }
+    (pipe / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return pipe
 
 
 def build_keras_lambda(directory: Path, canary: Canary) -> Path:
@@ -3018,6 +3093,28 @@ ATTACKS: tuple[Attack, ...] = (
         build_hf_auto_map,
         hf_from_pretrained_remote_code,
         ("transformers",),
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "tf-graph-write-file-extra-field",
+        "frozen GraphDef with WriteFile and an unknown top-level field",
+        T,
+        "Protobuf parsers keep fields the schema lacks; the graph still writes a file when "
+        "it runs. Named graph.dat it was data (safe).",
+        _file("graph.dat", tf_graph_write_file_extra_field),
+        tf_run_frozen_graph,
+        ("tensorflow",),
+    ),
+    _a(
+        "diffusers-custom-component",
+        "model_index.json loading a component from a planted module",
+        T,
+        "DiffusionPipeline.from_pretrained imports [library, class] for each component; "
+        "a library with a module file in the component's folder runs with "
+        "trust_remote_code=True. model_index.json was plain JSON (safe).",
+        build_diffusers_custom_component,
+        diffusers_from_pretrained_remote_code,
+        ("diffusers",),
         expected=Verdict.UNKNOWN,
     ),
     # CVE-2024-3660: Keras Lambda layers carry marshalled bytecode.

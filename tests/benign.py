@@ -700,6 +700,207 @@ def torch_export_program(dynamic: bool) -> Callable[[Path], Path]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Other frameworks' own save functions (each skipped where its library is not installed)
+# ---------------------------------------------------------------------------------------------
+
+
+def torch_grad_scaler(directory: Path) -> Path:
+    import torch
+
+    scaler = torch.amp.GradScaler("cpu")
+    out = _out(directory, "scaler.pt")
+    torch.save(scaler.state_dict(), out)
+    return out
+
+
+def onnx_from_torch(directory: Path) -> Path:
+    import torch
+
+    _seed()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    out = _out(directory, "model.onnx")
+    torch.onnx.export(model, (torch.randn(1, 4),), str(out), dynamo=False)
+    return out
+
+
+def tf_saved_model(directory: Path) -> Path:
+    """tf.saved_model.save of a tf.Module: saved_model.pb, fingerprint.pb, variables/."""
+    import tensorflow as tf
+
+    class Scale(tf.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self.w = tf.Variable(tf.ones([4, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def __call__(self, x: Any) -> Any:
+            return tf.matmul(x, self.w)
+
+    out = directory / "saved_model"
+    tf.saved_model.save(Scale(), str(out))
+    return out
+
+
+def _keras_model() -> Any:
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    import numpy as np
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(hidden))
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((8, 4)), rng.random((8, 1)), verbose=0)
+    return model
+
+
+def _keras_run(root: Path) -> Path:
+    """One fitted functional model saved three ways (.keras, legacy .h5, .weights.h5)."""
+    model = _keras_model()
+    model.save(root / "model.keras")
+    model.save_weights(root / "model.weights.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # .h5 is "legacy" to keras 3
+        model.save(root / "model.h5")
+    return root
+
+
+def keras_file(name: str) -> Callable[[Path], Path]:
+    """A file of the shared keras run."""
+
+    def build(directory: Path) -> Path:
+        return _once("keras", directory, _keras_run) / name
+
+    return build
+
+
+def xgboost_models(directory: Path) -> Path:
+    """Booster.save_model as JSON, UBJSON, and .bin (UBJSON too since xgboost 2)."""
+    import numpy as np
+    import xgboost as xgb
+
+    rows = np.random.default_rng(0).random((20, 3))
+    booster = xgb.train({"max_depth": 2}, xgb.DMatrix(rows, label=rows[:, 0] > 0.5), 2)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("model.json", "model.ubj", "model.bin"):
+        booster.save_model(directory / name)
+    return directory
+
+
+def lightgbm_model(directory: Path) -> Path:
+    import lightgbm as lgb
+    import numpy as np
+
+    rows = np.random.default_rng(0).random((50, 3))
+    data = lgb.Dataset(rows, rows[:, 0] > 0.5)
+    booster = lgb.train({"verbose": -1, "num_leaves": 4}, data, 2)
+    out = _out(directory, "model.txt")
+    booster.save_model(out)
+    return out
+
+
+def catboost_model(directory: Path) -> Path:
+    import catboost
+    import numpy as np
+
+    rows = np.random.default_rng(0).random((30, 3))
+    model = catboost.CatBoostClassifier(iterations=2, verbose=0, allow_writing_files=False)
+    model.fit(rows, (rows[:, 0] > 0.5).astype(int))
+    out = _out(directory, "model.cbm")
+    model.save_model(str(out))
+    return out
+
+
+def sentencepiece_model(directory: Path) -> Path:
+    """A trained sentencepiece tokenizer (protobuf ModelProto) and its vocabulary."""
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    text = directory / "corpus.txt"
+    lines = ["the quick brown fox jumps over the lazy dog", "hello world again and again"]
+    text.write_text("\n".join(lines * 40), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(text),
+        model_prefix=str(directory / "spm"),
+        vocab_size=40,
+        model_type="bpe",
+        minloglevel=2,
+    )
+    text.unlink()
+    return directory
+
+
+def gguf_written(directory: Path) -> Path:
+    """gguf.GGUFWriter: metadata, a token list, a chat template, f32 and f16 tensors."""
+    import gguf
+    import numpy as np
+
+    out = _out(directory, "model.gguf")
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(16)
+    writer.add_chat_template(
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"
+    )
+    writer.add_token_list(["<s>", "</s>", "a", "b"])
+    writer.add_tensor("tok_embd.weight", np.ones((4, 8), np.float32))
+    writer.add_tensor("norm.weight", np.ones(8, np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def flax_msgpack(directory: Path) -> Path:
+    """flax.serialization.to_bytes of initialised Dense parameters (flax_model.msgpack)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen, serialization
+
+    params = linen.Dense(3).init(jax.random.PRNGKey(0), jnp.ones((1, 4)))
+    out = _out(directory, "flax_model.msgpack")
+    out.write_bytes(serialization.to_bytes(params))
+    return out
+
+
+def peft_adapter(directory: Path) -> Path:
+    """get_peft_model(LoRA).save_pretrained, safetensors and pickle."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _seed()
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=16)
+    peft_model = get_peft_model(GPT2LMHeadModel(config), LoraConfig(r=2, target_modules=["c_attn"]))
+    peft_model.save_pretrained(directory / "safetensors")
+    peft_model.save_pretrained(directory / "bin", safe_serialization=False)
+    return directory
+
+
+def diffusers_pipeline(directory: Path) -> Path:
+    """DDPMPipeline.save_pretrained (model_index.json, unet/, scheduler/), both serialisations."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    _seed()
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    pipe.save_pretrained(directory / "safetensors")
+    pipe.save_pretrained(directory / "bin", safe_serialization=False)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
 
@@ -942,6 +1143,73 @@ BENIGN: tuple[Benign, ...] = (
             TORCH,
         )
         for kind in ("static", "dynamic")
+    ),
+    # Other frameworks' files, written by their own save functions: data to every loader.
+    _pure("torch-grad-scaler", "torch.amp.GradScaler state_dict", torch_grad_scaler),
+    _pure(
+        "onnx-torch-export",
+        "torch.onnx.export (TorchScript exporter)",
+        onnx_from_torch,
+        ("torch", "onnx"),
+    ),
+    _pure(
+        "tf-saved-model",
+        "tf.saved_model.save directory (fingerprint.pb...)",
+        tf_saved_model,
+        ("tensorflow",),
+    ),
+    *(
+        _pure(
+            f"keras-{kind}",
+            f"keras 3 functional model, {name}",
+            keras_file(name),
+            ("keras", "torch", "h5py"),
+        )
+        for kind, name in (
+            ("native", "model.keras"),
+            ("h5", "model.h5"),
+            ("weights-h5", "model.weights.h5"),
+        )
+    ),
+    _pure(
+        "xgboost-native",
+        "Booster.save_model .json, .ubj, .bin",
+        xgboost_models,
+        ("xgboost", "numpy"),
+    ),
+    _pure("lightgbm-native", "Booster.save_model model.txt", lightgbm_model, ("lightgbm", "numpy")),
+    _pure(
+        "catboost-native",
+        "CatBoostClassifier.save_model model.cbm",
+        catboost_model,
+        ("catboost", "numpy"),
+    ),
+    _pure(
+        "sentencepiece-model",
+        "trained sentencepiece .model and .vocab",
+        sentencepiece_model,
+        ("sentencepiece",),
+    ),
+    _pure(
+        "gguf-writer",
+        "gguf.GGUFWriter with tensors and a chat template",
+        gguf_written,
+        ("gguf", "numpy"),
+    ),
+    _pure(
+        "flax-msgpack", "flax serialization.to_bytes of Dense params", flax_msgpack, ("flax", "jax")
+    ),
+    _pure(
+        "peft-lora-adapter",
+        "LoRA adapter save_pretrained, both serialisations",
+        peft_adapter,
+        ("torch", "transformers", "peft"),
+    ),
+    _pure(
+        "diffusers-pipeline",
+        "DDPMPipeline.save_pretrained, both serialisations",
+        diffusers_pipeline,
+        ("torch", "diffusers"),
     ),
 )
 

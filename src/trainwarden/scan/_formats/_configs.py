@@ -80,7 +80,28 @@ def data_format(blob: Blob, head: bytes) -> str:
     doc = _load_json(blob, head)
     if doc is not None:
         return "hf-config" if isinstance(doc, dict) and _HF_KEYS & doc.keys() else "json"
-    return "text" if _is_text(head) else "data"
+    return "text" if _is_text(head) else binary_kind(None, blob, None, head)
+
+
+def binary_kind(ctx: Context | None, blob: Blob, member: str | None, head: bytes) -> str:
+    """``ubjson``, ``tflite`` or ``data``: binary files of ML libraries that no pickler wrote.
+
+    A TensorFlow Lite flatbuffer is reported (with ``ctx``) as not analysed: it names
+    custom and Flex operators that the interpreter runs as native kernels.
+    """
+    if head[4:8] == b"TFL3":
+        if ctx is not None:
+            ctx.unknown(
+                "tflite.unanalysed",
+                "TensorFlow Lite model: the flatbuffer is not parsed, so the custom and Flex "
+                "(TensorFlow) operators it may name, native kernels that can read and write "
+                "files when the interpreter runs, were not checked",
+                member,
+            )
+        return "tflite"
+    from trainwarden.scan._formats._ubjson import is_ubjson
+
+    return "ubjson" if is_ubjson(ctx, blob, member, head) else "data"
 
 
 def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> str:
@@ -95,7 +116,7 @@ def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> 
         if blob.size > _JSON_MAX and _looks_json(head):
             _search_large_json(ctx, blob, member)
         if not _is_text(head):
-            return "data"
+            return binary_kind(ctx, blob, member, head)
         name = (member or ctx.path).lower()
         if name.endswith(TEMPLATE_SUFFIXES):
             if blob.size > _JSON_MAX:
@@ -112,6 +133,7 @@ def classify_data(ctx: Context, blob: Blob, member: str | None, head: bytes) -> 
         return "text"
     if isinstance(doc, dict):
         _check_hf_config(ctx, doc, member)
+        _check_diffusers_index(ctx, doc, member)
         for key, template in config_templates(doc):
             check_template(ctx, template, key, member, rule="hf.chat-template")
         if _HF_KEYS & doc.keys():
@@ -196,6 +218,40 @@ def _check_hf_config(ctx: Context, doc: dict[str, Any], member: str | None) -> N
                 member,
                 evidence=key,
             )
+
+
+# Libraries whose classes diffusers writes into model_index.json ([library, class]).
+_DIFFUSERS_LIBRARIES = frozenset({"diffusers", "transformers"})
+
+
+def _check_diffusers_index(ctx: Context, doc: dict[str, Any], member: str | None) -> None:
+    """Report pipeline components loaded from a module other than diffusers/transformers.
+
+    ``DiffusionPipeline.from_pretrained`` imports each ``[library, class]`` it reads: a
+    module file in the component's folder (with ``trust_remote_code=True``) or any installed
+    module, by name. diffusers reads them from ``model_index.json`` only (component configs
+    hold other pairs of strings, such as block types).
+    """
+    name = (member or ctx.path).replace("\\", "/").rsplit("/", 1)[-1].rsplit("!", 1)[-1]
+    if name.lower() != "model_index.json" or "_class_name" not in doc:
+        return
+    foreign = sorted(
+        f"{key}: {value[0]}.{value[1]}"
+        for key, value in doc.items()
+        if isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and value[0] not in _DIFFUSERS_LIBRARIES
+    )
+    if foreign:
+        ctx.unknown(
+            "diffusers.custom-component",
+            "pipeline index loads components from modules other than diffusers and "
+            "transformers: from_pretrained imports them (code in the repository, run with "
+            "trust_remote_code=True, or any installed module by name)",
+            member,
+            evidence=", ".join(foreign)[:200],
+        )
 
 
 def _strings(value: Any, depth: int = 0) -> Iterator[str]:

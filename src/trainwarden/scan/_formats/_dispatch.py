@@ -354,11 +354,11 @@ def _data(ctx: Context, blob: Blob, member: str | None, head: bytes, depth: int)
             severity=Severity.LOW,
         )
         return analyse_zip(ctx, blob, member, depth)
-    from trainwarden.scan._formats._graphs import analyse_graph, sniff_graph
+    from trainwarden.scan._formats._graphs import analyse_protobuf
 
-    graph = sniff_graph(blob, head)
+    graph = analyse_protobuf(ctx, blob, member, head)
     if graph is not None:
-        return analyse_graph(ctx, blob, member, graph)
+        return graph
     return classify_data(ctx, blob, member, head)
 
 

@@ -22,10 +22,19 @@ import posixpath
 import re
 
 from trainwarden.findings import Severity, Verdict
-from trainwarden.scan._formats._base import Blob, Context
-from trainwarden.scan._formats._protobuf import LEN, VARINT, ProtoError, read_string, spans
+from trainwarden.scan._formats._base import Blob, Context, ScanAborted
+from trainwarden.scan._formats._protobuf import (
+    I32,
+    I64,
+    LEN,
+    SGROUP,
+    VARINT,
+    ProtoError,
+    read_string,
+    spans,
+)
 
-__all__ = ["analyse_graph", "sniff_graph"]
+__all__ = ["analyse_protobuf", "sniff_graph"]
 
 # -- TensorFlow ------------------------------------------------------------------------------
 
@@ -71,27 +80,85 @@ _WINDOWS_ABS = re.compile(r"^([A-Za-z]:|\\\\|//)")
 
 
 def sniff_graph(blob: Blob, head: bytes) -> str | None:
-    """``onnx``, ``tf-saved-model``, ``tf-graph`` or ``keras-metadata``, or None."""
-    if not head or head[0] not in (0x08, 0x0A):
+    """``onnx``, ``tf-saved-model``, ``tf-graph``, ``tf-fingerprint`` or ``keras-metadata``.
+
+    A guess from the top-level fields, made only when they match one schema exactly:
+    protobuf bytes name no schema, and parsers read any message with any schema (fields they
+    do not expect become unknown fields, in any order). The guess only names the file;
+    :func:`analyse_protobuf` checks every reading a loader could take, guessed or not.
+    """
+    top = _top_fields(blob, head)
+    return None if top is None else _guess(blob, *top)
+
+
+def _guess(blob: Blob, fields: dict[int, int], first_len: tuple[int, int] | None) -> str | None:
+    if _is_fingerprint(blob, fields):
+        return "tf-fingerprint"
+    if fields.get(1) == VARINT and fields.get(7) == LEN and set(fields) <= _ONNX_MODEL_FIELDS:
+        return "onnx"
+    if fields.get(1) == VARINT and fields.get(2) == LEN and set(fields) <= {1, 2}:
+        return "tf-saved-model"
+    if first_len is not None and set(fields) <= {1, 2, 3, 4} and fields.get(1) == LEN:
+        return _sniff_nodes(blob, *first_len)
+    return None
+
+
+def _top_fields(blob: Blob, head: bytes) -> tuple[dict[int, int], tuple[int, int] | None] | None:
+    """Wire type of each top-level field, and the span of the first field 1 (or None)."""
+    if not head or not _is_field_key(head[0]):
         return None
+    top: dict[int, int] = {}
+    first_len: tuple[int, int] | None = None
     try:
-        top: dict[int, int] = {}
-        first_len: tuple[int, int] | None = None
         for number, wire, value, end in spans(blob, 0, None, max_fields=100_000):
-            top[number] = wire
+            if top.setdefault(number, wire) != wire:
+                top[number] = -1  # one field number with two wire types: no schema's
             if number == 1 and wire == LEN and first_len is None:
                 first_len = (value, end)
             if len(top) > 16:
                 return None
     except ProtoError:
         return None
-    if top.get(1) == VARINT and top.get(7) == LEN and set(top) <= _ONNX_MODEL_FIELDS:
-        return "onnx"
-    if top.get(1) == VARINT and top.get(2) == LEN and set(top) <= {1, 2}:
-        return "tf-saved-model"
-    if first_len is not None and set(top) <= {1, 2, 3, 4} and top.get(1) == LEN:
-        return _sniff_nodes(blob, *first_len)
-    return None
+    return top, first_len
+
+
+def _readings(top: dict[int, int]) -> list[str]:
+    """Loaders that act on a message with these top-level fields, whatever else is there.
+
+    ``onnx.load`` reads field 7 as the graph and 25 as functions; a SavedModel's field 2 is
+    its meta graphs; a GraphDef's fields 1 and 2 are its nodes and function library.
+    """
+    found = []
+    if top.get(7) == LEN or top.get(25) == LEN:
+        found.append("onnx")
+    if top.get(2) == LEN:
+        found.append("tf-saved-model")
+    if top.get(1) == LEN or top.get(2) == LEN:
+        found.append("tf-graph")
+    return found
+
+
+def _is_field_key(byte: int) -> bool:
+    # The first byte of a message is a field key: a field number from 1 and a wire type
+    # parsers accept at the start (varint, 64-bit, length-delimited, group start, 32-bit).
+    return byte >> 3 != 0 and byte & 7 in (VARINT, I64, LEN, SGROUP, I32)
+
+
+# fingerprint.proto: FingerprintDef {saved_model_checksum=1, graph_def_program_hash=2,
+# signature_def_hash=3, saved_object_graph_hash=4, checkpoint_hash=5 (uint64 each),
+# version=6 (VersionDef), uuid=7 (string)}. TensorFlow writes it into every SavedModel.
+_FINGERPRINT_WIRES = {1: VARINT, 2: VARINT, 3: VARINT, 4: VARINT, 5: VARINT, 6: LEN, 7: LEN}
+
+
+def _is_fingerprint(blob: Blob, top: dict[int, int]) -> bool:
+    """True when every top-level field has FingerprintDef's wire type, with 2+ hashes.
+
+    Its field numbers are all ONNX ModelProto's too (2-4 there are strings), so without this
+    every SavedModel's fingerprint was read as a broken ONNX model.
+    """
+    if not top.items() <= _FINGERPRINT_WIRES.items():
+        return False
+    return len(top.keys() & {1, 2, 3, 4, 5}) >= 2
 
 
 def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
@@ -114,26 +181,81 @@ def _sniff_nodes(blob: Blob, start: int, end: int) -> str | None:
     return None
 
 
-def analyse_graph(ctx: Context, blob: Blob, member: str | None, fmt: str) -> str:
-    """Report what a recognised graph format would run or read when loaded."""
-    try:
-        if fmt == "onnx":
-            _onnx_model(ctx, blob, member)
-        elif fmt == "tf-saved-model":
-            for number, wire, start, end in spans(blob):
-                if number == 2 and wire == LEN:  # meta_graphs
-                    _meta_graph(ctx, blob, member, start, end)
-        elif fmt == "tf-graph":
-            _graph_def(ctx, blob, member, 0, blob.size, 0)
-        elif fmt == "keras-metadata":
+def analyse_protobuf(ctx: Context, blob: Blob, member: str | None, head: bytes) -> str | None:
+    """Report what a loader reading the bytes as protobuf would run or read.
+
+    Every reading the top-level fields allow is checked (an ONNX model, a SavedModel, a
+    GraphDef), each on a scratch context: one that a protobuf parser rejects (a length past
+    its message, a wire type that does not exist) makes that loader raise before it reads
+    or runs anything, so what the walk found before that point is dropped. Returns the
+    guessed format (:func:`sniff_graph`) if a reading stands, else None: the caller names
+    the bytes (data, text...), and the findings of the readings stay.
+    """
+    top = _top_fields(blob, head)
+    if top is None:
+        return None
+    guess = _guess(blob, *top)
+    if guess == "keras-metadata":
+        try:
             _keras_metadata(ctx, blob, member)
+        except ProtoError as exc:
+            _malformed(ctx, member, guess, exc)
+    standing = [kind for kind in _readings(top[0]) if _reading(ctx, blob, member, kind, guess)]
+    if guess is None:
+        return None
+    if guess in ("tf-fingerprint", "keras-metadata") or guess in standing:
+        return guess
+    return standing[0] if standing else None
+
+
+def _reading(ctx: Context, blob: Blob, member: str | None, kind: str, guess: str | None) -> bool:
+    """Check one reading; False when every protobuf parser rejects it (nothing kept)."""
+    scratch = Context(ctx.path, ctx.policy, ctx.limits, deadline=ctx.deadline)
+    try:
+        _WALKS[kind](scratch, blob, member)
     except ProtoError as exc:
-        ctx.unknown(
-            "graph.malformed",
-            f"{fmt} protobuf could not be read to its end ({exc}); the rest was not analysed",
-            member,
-        )
-    return fmt
+        if exc.rejected:
+            if kind == guess:
+                ctx.info(
+                    "graph.not-" + kind,
+                    f"not a {kind} after all: a protobuf parser rejects it ({exc}), so its "
+                    "loader fails before reading or running anything",
+                    member,
+                )
+            return False
+        _keep(ctx, scratch)
+        _malformed(ctx, member, kind, exc)
+        return True
+    except ScanAborted:
+        _keep(ctx, scratch)
+        raise
+    _keep(ctx, scratch)
+    return True
+
+
+def _malformed(ctx: Context, member: str | None, fmt: str, exc: ProtoError) -> None:
+    ctx.unknown(
+        "graph.malformed",
+        f"{fmt} protobuf could not be read to its end ({exc}); the rest was not analysed",
+        member,
+    )
+
+
+def _keep(ctx: Context, scratch: Context) -> None:
+    for finding in scratch.findings:
+        ctx.record(finding)
+    for key, value in scratch.details.items():
+        ctx.details.setdefault(key, value)
+
+
+def _saved_model(ctx: Context, blob: Blob, member: str | None) -> None:
+    for number, wire, start, end in spans(blob):
+        if number == 2 and wire == LEN:  # meta_graphs
+            _meta_graph(ctx, blob, member, start, end)
+
+
+def _frozen_graph(ctx: Context, blob: Blob, member: str | None) -> None:
+    _graph_def(ctx, blob, member, 0, blob.size, 0)
 
 
 def _meta_graph(ctx: Context, blob: Blob, member: str | None, start: int, end: int) -> None:
@@ -323,3 +445,6 @@ def _external_location(ctx: Context, member: str | None, location: str, offset: 
             member,
             evidence=location[:200],
         )
+
+
+_WALKS = {"onnx": _onnx_model, "tf-saved-model": _saved_model, "tf-graph": _frozen_graph}

@@ -11,16 +11,27 @@ from collections.abc import Iterator
 
 from trainwarden.scan._formats._base import Blob
 
-__all__ = ["LEN", "VARINT", "ProtoError", "fields", "read_string"]
+__all__ = ["I32", "I64", "LEN", "SGROUP", "VARINT", "ProtoError", "fields", "read_string"]
 
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
+VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 _CHUNK = 64 << 10
 # Strings we read whole (names, op types, paths, JSON metadata); longer ones are cut here.
 _MAX_STRING = 1 << 20
+_MAX_GROUP_DEPTH = 100  # protobuf's default recursion limit
 
 
 class ProtoError(Exception):
-    """The bytes are not valid protobuf wire format."""
+    """The bytes are not protobuf wire format this reader can follow.
+
+    ``rejected`` is True when every protobuf parser rejects them too (a length or value
+    running past its message, a wire type that does not exist, field number 0): no loader
+    can read the message, so no loader acts on it. It is False for what parsers accept but
+    this reader does not follow (groups, more fields than the bound): not analysed.
+    """
+
+    def __init__(self, reason: str, *, rejected: bool = True) -> None:
+        super().__init__(reason)
+        self.rejected = rejected
 
 
 class _Cursor:
@@ -79,7 +90,7 @@ def spans(
     while cur.pos < cur.end:
         count += 1
         if count > max_fields:
-            raise ProtoError("too many fields")
+            raise ProtoError("too many fields", rejected=False)
         key = cur.varint()
         number, wire = key >> 3, key & 7
         if number == 0:
@@ -101,8 +112,46 @@ def spans(
                 raise ProtoError("length-delimited field runs past its message")
             cur.pos = at + length
             yield number, wire, at, cur.pos
+        elif wire == SGROUP:
+            # No field of the schemas read here is a group, so parsers keep a group as an
+            # unknown field, skipped whole: skipped here too, never yielded.
+            _skip_group(cur, number)
+        elif wire == EGROUP:
+            raise ProtoError(f"group end {number} without its start")
         else:
-            raise ProtoError(f"unsupported wire type {wire}")
+            raise ProtoError(f"wire type {wire} does not exist")
+
+
+def _skip_group(cur: _Cursor, number: int) -> None:
+    """Move past a group whose start key (field ``number``) was just read, as parsers do.
+
+    Every group inside must close with its own number before the outer one does; a group
+    left open at the end of its message, or nested deeper than parsers recurse, is rejected.
+    """
+    open_groups = [number]
+    while open_groups:
+        if cur.pos >= cur.end:
+            raise ProtoError(f"group {open_groups[-1]} is not closed")
+        key = cur.varint()
+        inner, wire = key >> 3, key & 7
+        if inner == 0:
+            raise ProtoError("field number 0")
+        if wire == VARINT:
+            cur.varint()
+        elif wire in (I64, I32, LEN):
+            size = {I64: 8, I32: 4}.get(wire) or cur.varint()
+            if cur.pos + size > cur.end:
+                raise ProtoError("field in a group runs past its message")
+            cur.pos += size
+        elif wire == SGROUP:
+            open_groups.append(inner)
+            if len(open_groups) > _MAX_GROUP_DEPTH:
+                raise ProtoError("groups nested deeper than parsers recurse")
+        elif wire == EGROUP:
+            if open_groups.pop() != inner:
+                raise ProtoError(f"group end {inner} closes another group")
+        else:
+            raise ProtoError(f"wire type {wire} does not exist")
 
 
 def read_string(blob: Blob, start: int, end: int) -> str:
