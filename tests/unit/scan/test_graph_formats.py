@@ -16,34 +16,10 @@ import json
 from pathlib import Path
 
 import pytest
+from protobuf_bytes import m, s, v
 
 from trainwarden.findings import Verdict
 from trainwarden.scan import scan_bytes, scan_path, sniff_format
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def v(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value)
-
-
-def s(num: int, text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    return _varint(num << 3 | 2) + _varint(len(raw)) + raw
-
-
-def m(num: int, *parts: bytes) -> bytes:
-    return s(num, b"".join(parts))
 
 
 def node(name: str, op: str, *inputs: str) -> bytes:

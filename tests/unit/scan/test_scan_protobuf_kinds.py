@@ -18,29 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from protobuf_bytes import s, v, varint
 
 from trainwarden.findings import Verdict
 from trainwarden.scan import scan_bytes, scan_path, sniff_format
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def v(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value)
-
-
-def s(num: int, raw: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(raw)) + raw
 
 
 def fingerprint(uuid: bytes = b"28588518008874058600987277397678228307") -> bytes:
@@ -91,7 +72,7 @@ def test_protobuf_whose_onnx_graph_the_parser_rejects_is_not_onnx() -> None:
 
 
 def _group(number: int, *inner: bytes) -> bytes:
-    return _varint(number << 3 | 3) + b"".join(inner) + _varint(number << 3 | 4)
+    return varint(number << 3 | 3) + b"".join(inner) + varint(number << 3 | 4)
 
 
 def test_groups_are_skipped_as_parsers_skip_them() -> None:
@@ -106,9 +87,9 @@ def test_groups_are_skipped_as_parsers_skip_them() -> None:
 @pytest.mark.parametrize(
     "graph",
     [
-        _varint(9 << 3 | 3) + v(1, 1) + _varint(8 << 3 | 4),
-        _varint(9 << 3 | 3) + v(1, 1),
-        _varint(9 << 3 | 4),
+        varint(9 << 3 | 3) + v(1, 1) + varint(8 << 3 | 4),
+        varint(9 << 3 | 3) + v(1, 1),
+        varint(9 << 3 | 4),
     ],
     ids=["mismatched-end", "never-closed", "end-without-start"],
 )
