@@ -312,6 +312,8 @@ def build_corpus(*, rebuild: bool = False, big: bool = True) -> Corpus:
         if meta.get("version") != CORPUS_VERSION:
             shutil.rmtree(root)
     if not manifest.exists():
+        if root.exists():
+            shutil.rmtree(root)  # a build that stopped half-way (it writes the manifest last)
         started = time.perf_counter()
         benign, attacks = root / "benign", root / "attacks"
         benign.mkdir(parents=True)
