@@ -769,10 +769,7 @@ class UpdateCheck:
             dicts: list[Any] = []
             if grads is not None:
                 located.append(memory.locate("grad", grads, fresh=True))
-                dicts = self._state_tensors()
-                for key, tensors in self._state_kinds(dicts).items():
-                    keys.append(key)
-                    located.append(memory.locate("state:" + key, tensors))
+                dicts, keys = self._locate_state(memory, located)
             if all(k is not None for k in located):
                 found = [k for k in located if k is not None]
                 out = memory.read(found, sel.owner, sel.local)
@@ -786,6 +783,17 @@ class UpdateCheck:
             return before, None, None
         grad_values = self._gather(part, sel, grads, None, no_grad)
         return before, grad_values, self._read_state(part, sel)
+
+    def _locate_state(
+        self, memory: Memory, located: list[Located | None]
+    ) -> tuple[list[Any], list[str]]:
+        """Locate every state kind (appended to ``located``); the state dicts and kinds' keys."""
+        dicts = self._state_tensors()
+        keys = []
+        for key, tensors in self._state_kinds(dicts).items():
+            keys.append(key)
+            located.append(memory.locate("state:" + key, tensors))
+        return dicts, keys
 
     def _state_rows(
         self,
@@ -827,10 +835,7 @@ class UpdateCheck:
             keys: list[str] = []
             dicts: list[Any] = []
             if want_now or want_next:
-                dicts = self._state_tensors()
-                for key, tensors in self._state_kinds(dicts).items():
-                    keys.append(key)
-                    located.append(memory.locate("state:" + key, tensors))
+                dicts, keys = self._locate_state(memory, located)
             if all(k is not None for k in located):
                 found = [k for k in located if k is not None]
                 parts = [s for s in (sel, following) if s is not None]

@@ -342,11 +342,15 @@ def _check_run_parts(path: Path, what: str) -> None:
     none of them is a wrong path (an empty directory, a parent of the run directory), where
     a page saying "not verified" would only hide the mistake.
     """
-    if not any(os.path.lexists(path / part) for part in RUN_PARTS):
+    if not _has_run_parts(path):
         raise InputError(
             f"{what} {path} is not a run directory: it has none of "
             f"{', '.join(RUN_PARTS)} (what trainwarden run --run-dir writes)" + _runs_inside(path)
         )
+
+
+def _has_run_parts(path: Path) -> bool:
+    return any(os.path.lexists(path / part) for part in RUN_PARTS)
 
 
 def _runs_inside(path: Path, shown: int = 3) -> str:
@@ -361,7 +365,7 @@ def _runs_inside(path: Path, shown: int = 3) -> str:
             key=lambda p: p.name,
             reverse=True,
         )
-        runs = [p for p in runs if any(os.path.lexists(p / part) for part in RUN_PARTS)]
+        runs = [p for p in runs if _has_run_parts(p)]
     except OSError:
         return ""
     if not runs:

@@ -266,7 +266,7 @@ def skipped_preflight(view: LedgerView) -> list[str]:
     for entry in view.entries:
         if entry.event not in ("preflight.scan", "preflight.env"):
             continue
-        if (as_text(entry.data.get("verdict"), 40) or "").lower() != "skipped":
+        if _preflight_verdict(entry.data) != "skipped":
             continue
         what = "checkpoint scan" if entry.event == "preflight.scan" else "environment check"
         text = f"the pre-flight {what} was skipped"
@@ -275,13 +275,18 @@ def skipped_preflight(view: LedgerView) -> list[str]:
     return out
 
 
+def _preflight_verdict(data: Mapping[str, Any]) -> str:
+    """A pre-flight entry's verdict, lower case (empty when it has none)."""
+    return (as_text(data.get("verdict"), 40) or "").lower()
+
+
 def _preflight_findings(view: LedgerView, show: str) -> list[RunFinding]:
     out = []
     for entry in view.entries:
         d = entry.data
         if entry.event not in ("preflight.scan", "preflight.env"):
             continue
-        verdict = (as_text(d.get("verdict"), 40) or "").lower()
+        verdict = _preflight_verdict(d)
         if verdict in ("safe", "intact", "ok", "clean", "verified", "skipped"):
             continue  # skipped: not a finding, listed as not verified (skipped_preflight)
         scan = entry.event == "preflight.scan"

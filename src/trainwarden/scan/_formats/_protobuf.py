@@ -91,35 +91,43 @@ def spans(
         count += 1
         if count > max_fields:
             raise ProtoError("too many fields", rejected=False)
-        key = cur.varint()
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ProtoError("field number 0")
-        if wire == VARINT:
-            value = cur.varint()
-            yield number, wire, value, cur.pos
-        elif wire in (I64, I32):
-            size = 8 if wire == I64 else 4
-            at = cur.pos
-            if at + size > cur.end:
-                raise ProtoError("truncated fixed field")
-            cur.pos += size
-            yield number, wire, at, cur.pos
-        elif wire == LEN:
-            length = cur.varint()
-            at = cur.pos
-            if at + length > cur.end:
-                raise ProtoError("length-delimited field runs past its message")
-            cur.pos = at + length
-            yield number, wire, at, cur.pos
-        elif wire == SGROUP:
+        number, wire, value = _field(cur)
+        if wire == SGROUP:
             # No field of the schemas read here is a group, so parsers keep a group as an
             # unknown field, skipped whole: skipped here too, never yielded.
             _skip_group(cur, number)
         elif wire == EGROUP:
             raise ProtoError(f"group end {number} without its start")
         else:
-            raise ProtoError(f"wire type {wire} does not exist")
+            yield number, wire, value, cur.pos
+
+
+def _field(cur: _Cursor) -> tuple[int, int, int]:
+    """Read one field's key and move past its value: ``(number, wire, value_or_start)``.
+
+    A varint's value is returned; a fixed or length-delimited field's start (the cursor is
+    then at its end); a group key (start or end) is returned as read, for the caller to
+    follow. Anything a parser rejects raises.
+    """
+    key = cur.varint()
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise ProtoError("field number 0")
+    if wire == VARINT:
+        return number, wire, cur.varint()
+    if wire in (I64, I32, LEN):
+        size = {I64: 8, I32: 4}.get(wire)
+        if size is None:
+            size = cur.varint()
+        at = cur.pos
+        if at + size > cur.end:
+            what = "length-delimited field" if wire == LEN else "fixed field"
+            raise ProtoError(f"{what} runs past its message")
+        cur.pos = at + size
+        return number, wire, at
+    if wire in (SGROUP, EGROUP):
+        return number, wire, cur.pos
+    raise ProtoError(f"wire type {wire} does not exist")
 
 
 def _skip_group(cur: _Cursor, number: int) -> None:
@@ -132,26 +140,13 @@ def _skip_group(cur: _Cursor, number: int) -> None:
     while open_groups:
         if cur.pos >= cur.end:
             raise ProtoError(f"group {open_groups[-1]} is not closed")
-        key = cur.varint()
-        inner, wire = key >> 3, key & 7
-        if inner == 0:
-            raise ProtoError("field number 0")
-        if wire == VARINT:
-            cur.varint()
-        elif wire in (I64, I32, LEN):
-            size = {I64: 8, I32: 4}.get(wire) or cur.varint()
-            if cur.pos + size > cur.end:
-                raise ProtoError("field in a group runs past its message")
-            cur.pos += size
-        elif wire == SGROUP:
+        inner, wire, _ = _field(cur)
+        if wire == SGROUP:
             open_groups.append(inner)
             if len(open_groups) > _MAX_GROUP_DEPTH:
                 raise ProtoError("groups nested deeper than parsers recurse")
-        elif wire == EGROUP:
-            if open_groups.pop() != inner:
-                raise ProtoError(f"group end {inner} closes another group")
-        else:
-            raise ProtoError(f"wire type {wire} does not exist")
+        elif wire == EGROUP and open_groups.pop() != inner:
+            raise ProtoError(f"group end {inner} closes another group")
 
 
 def read_string(blob: Blob, start: int, end: int) -> str:

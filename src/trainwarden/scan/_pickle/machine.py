@@ -53,8 +53,8 @@ _MAX_NAME_CHARS = 4096
 # with "g" ("gpt_neox.layers..."), and candidates are capped.
 _EMBED_MIN_BYTES = 16
 _EMBED_MIN_TEXT = 24
-_EMBED_FIRST = frozenset(b"g8")
-_EMBED_SECOND = {ord("g"): ord("A"), ord("8"): ord("0")}
+_EMBED_SECOND = {ord("g"): ord("A"), ord("8"): ord("0")}  # first character -> second
+_EMBED_FIRST = frozenset(_EMBED_SECOND)
 _MAX_EMBEDDED = 1_000
 # Tuples longer than this are kept as an opaque tuple (persistent ids and call arguments are short).
 _MAX_TUPLE = 64
