@@ -209,7 +209,7 @@ def play_heavy(name: str, rank: int, world: int) -> dict[str, Any]:
 
 
 def _play(name: str, rank: int, world: int) -> dict[str, Any]:
-    from guardtools import make_job, train
+    from guardtools import flipping, make_job, train
 
     from trainwarden.errors import GuardViolation
     from trainwarden.events import MemorySink
@@ -250,12 +250,7 @@ def _play(name: str, rank: int, world: int) -> dict[str, Any]:
         original = adam_module._single_tensor_adam
 
         def evil(params: list[Any], *args: Any, **kwargs: Any) -> Any:
-            before = [p.detach().clone() for p in params]
-            result = original(params, *args, **kwargs)
-            with torch.no_grad():
-                for p, b in zip(params, before, strict=True):
-                    p.copy_(2 * b - p)
-            return result
+            return flipping(params, lambda: original(params, *args, **kwargs))
 
         def flip(j: Any, s: int) -> None:
             adam_module._single_tensor_adam = evil

@@ -120,6 +120,16 @@ def train(
     return step
 
 
+def flipping(params: list[Any], step: Callable[[], Any]) -> Any:
+    """Run ``step`` and flip the update it made to ``params`` (an insider's tampered step)."""
+    before = [p.detach().clone() for p in params]
+    result = step()
+    with torch.no_grad():
+        for p, b in zip(params, before, strict=True):
+            p.copy_(2 * b - p)
+    return result
+
+
 @contextlib.contextmanager
 def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
     """Set ``owner.name`` for the duration (an insider's monkeypatch, undone after the test)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from guardtools import flipping
 from torch import nn
 from torch.optim import lr_scheduler as sched
 
@@ -464,13 +465,9 @@ def test_a_dense_group_beside_a_sparse_one_is_still_verified(sink: MemorySink) -
     original = sgd_module._single_tensor_sgd
 
     def flip_dense(params: list[Any], grads: list[Any], *args: Any, **kwargs: Any) -> Any:
-        before = [p.detach().clone() for p in params]
-        out = original(params, grads, *args, **kwargs)
-        if not any(g.is_sparse for g in grads):
-            with torch.no_grad():
-                for p, b in zip(params, before, strict=True):
-                    p.copy_(2 * b - p)
-        return out
+        if any(g.is_sparse for g in grads):
+            return original(params, grads, *args, **kwargs)
+        return flipping(params, lambda: original(params, grads, *args, **kwargs))
 
     def insider(step: int) -> None:
         if step == 10:

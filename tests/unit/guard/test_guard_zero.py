@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from guardtools import make_job, train
+from guardtools import flipping, make_job, train
 
 from trainwarden.events import MemorySink
 from trainwarden.guard import Guard, StepViolation
@@ -63,12 +63,7 @@ def test_an_update_flipped_by_the_local_optimizer_is_caught(group: None, sink: M
 
     def flipped(self: Any, *args: Any, **kwargs: Any) -> Any:
         params = [p for g in self.param_groups for p in g["params"]]
-        before = [p.detach().clone() for p in params]
-        result = honest(self, *args, **kwargs)
-        with torch.no_grad():
-            for p, b in zip(params, before, strict=True):
-                p.copy_(2 * b - p)
-        return result
+        return flipping(params, lambda: honest(self, *args, **kwargs))
 
     def tamper(job: Any, step: int) -> None:
         inner.step = flipped.__get__(inner)  # on the instance: the class is intact
