@@ -85,6 +85,10 @@ class GuardConfig:
             must be to count as a stall.
         timing_rel: ...and by how much, relative to its median (0.5: half again as long).
         timing_min_excess: ...and by at least this many seconds.
+        timing_cpu_slack: How many times its median a phase may take while on a CPU before
+            that time counts toward a stall: other work on the machine (a hyperthread sibling,
+            memory bandwidth, a hypervisor) stretches computing without the run queue showing
+            it. Time off the CPU (a sleep, a block) always counts.
         timing_overrun: Seconds a phase may run, while still running, before the watchdog
             names it (capped so that a sleeping rank is named within 60 s).
         exact_ulps: Tolerance, in units in the last place of the parameter, for updates
@@ -123,6 +127,7 @@ class GuardConfig:
     timing_z: float = 10.0
     timing_rel: float = 0.5
     timing_min_excess: float = 0.1
+    timing_cpu_slack: float = 4.0
     timing_overrun: float = 30.0
     exact_ulps: float = 1.0
     approx_ulps: float = 2.0
@@ -162,6 +167,8 @@ class GuardConfig:
             raise ConfigError("telemetry_flush must be at most 5 s (docs/events.md)")
         if self.timing_warmup < 0 or self.timing_min_excess < 0 or self.timing_rel < 0:
             raise ConfigError("timing thresholds must not be negative")
+        if not self.timing_cpu_slack >= 1.0:
+            raise ConfigError(f"timing_cpu_slack must be at least 1, not {self.timing_cpu_slack!r}")
         if self.sync_timeout is not None and not self.sync_timeout > 0:
             raise ConfigError("sync_timeout must be positive")
 

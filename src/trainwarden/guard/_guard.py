@@ -46,15 +46,18 @@ from trainwarden.guard._sampling import Sampler, commitment
 from trainwarden.guard._signals import SignalRecord, active_recorder
 from trainwarden.guard._sync import (
     F_BWD,
+    F_BWD_CPU,
     F_COMMIT,
     F_FINDINGS,
     F_FLAGS,
     F_FULL,
     F_FWD,
+    F_FWD_CPU,
     F_GRAD,
     F_GUARD,
     F_MAGIC,
     F_OPT,
+    F_OPT_CPU,
     F_OTHER,
     F_PARAM,
     F_REPLICA,
@@ -1318,6 +1321,8 @@ class Guard:
             "other": other,
             "step": step_time,
         }
+        for name, seconds_on_cpu in clock.computing.items():
+            phases[name + "_cpu"] = seconds_on_cpu if phases[name] is not None else None
         if "rng" in self.config.checks and step % self.config.rng_every == 0:
             self._emit(
                 "guard.rng", rank=self.rank, step=step, when="periodic", fingerprints=fingerprints()
@@ -1391,6 +1396,9 @@ class Guard:
         row[F_FINDINGS] = count
         row[F_ROUND_WAIT] = micro(self.exchange.last_wait)
         row[F_REPLICA] = 1 if self.replicas else 0
+        row[F_FWD_CPU] = micro(phases.get("fwd_cpu"))
+        row[F_BWD_CPU] = micro(phases.get("bwd_cpu"))
+        row[F_OPT_CPU] = micro(phases.get("opt_cpu"))
         return row
 
     def _exchange(
@@ -1476,10 +1484,17 @@ class Guard:
                 ]
                 for row in rows
             ]
+            computing = [
+                [seconds(row[F_FWD_CPU]), seconds(row[F_BWD_CPU]), seconds(row[F_OPT_CPU]), None]
+                for row in rows
+            ]
             if len(rows) == 1:
                 matrix = [[phases.get(name) for name in PHASES]]
+                computing = [[phases.get(name + "_cpu") for name in PHASES]]
             waits = [seconds(row[F_ROUND_WAIT]) for row in rows]
-            for finding in self.stalls.observe(step, matrix, waits, reporter=self.rank):
+            for finding in self.stalls.observe(
+                step, matrix, waits, reporter=self.rank, computing=computing
+            ):
                 # Every rank reaches the same verdict; the stalled rank and rank 0 record it.
                 if finding.rank == self.rank or self.rank == 0:
                     if self._record(finding):

@@ -38,12 +38,14 @@ FLAG_FINDING = 2
 FLAG_CATCH_UP = 4
 # Bit 8 (a rank that overlapped its own heavy checks) is no longer set: those checks are
 # paced and subtracted from the phases. Kept unused so rows of older versions still parse.
-WIDTH = 18
+WIDTH = 21
 # Field positions in a rank's row.
 F_MAGIC, F_GUARD, F_STEP, F_FLAGS = 0, 1, 2, 3
 F_PARAM, F_GRAD, F_FULL, F_COMMIT = 4, 5, 6, 7
 F_FWD, F_BWD, F_OPT, F_OTHER, F_WAIT, F_STEP_TIME = 8, 9, 10, 11, 12, 13
 F_FINDINGS, F_ROUND_WAIT, F_ROUND, F_REPLICA = 14, 15, 16, 17
+# Of F_FWD, F_BWD and F_OPT, the part spent on a CPU (see StallDetector.observe).
+F_FWD_CPU, F_BWD_CPU, F_OPT_CPU = 18, 19, 20
 UNKNOWN = -1
 
 

@@ -116,7 +116,7 @@ def _install_gc_timer() -> None:
 
 
 # A phase boundary: (the delays so far, their run-queue part), see _mark.
-_Mark = tuple[float, float]
+_Mark = tuple[float, float, float]
 
 
 def _mark(thread: int | None = None) -> _Mark:
@@ -128,8 +128,8 @@ def _mark(thread: int | None = None) -> _Mark:
     length: the documented limit); :func:`busy` is the time the guard's paced heavy checks may
     have held the interpreter lock.
     """
-    queued = _run_queue(thread)
-    return queued + float(_gc["total"]) + busy(), queued
+    on_cpu, queued = _schedstat(thread)
+    return queued + float(_gc["total"]) + busy(), queued, on_cpu
 
 
 def _own(wall: float, start: _Mark, end: _Mark, *, workers: bool = False) -> float:
@@ -147,6 +147,19 @@ def _own(wall: float, start: _Mark, end: _Mark, *, workers: bool = False) -> flo
     """
     queued = max(0.0, end[1] - start[1]) if workers else 0.0
     return max(0.0, wall - (end[0] - start[0]) - queued)
+
+
+def _computing(own: float, start: _Mark, end: _Mark) -> float:
+    """The part of ``own`` seconds of a phase the thread spent on a CPU (not blocked or asleep).
+
+    What other work on the machine can stretch without the run queue showing it (a
+    hyperthread sibling, memory bandwidth, a hypervisor): see :meth:`StallDetector.observe`.
+    Unknown on-CPU time (no ``schedstat``) counts as none: the whole phase is judged.
+    """
+    # Collections and the guard's slices are not own work: their share of the CPU time is
+    # taken off too (all of it, even when another thread ran them: never too generous).
+    excluded = max(0.0, (end[0] - start[0]) - (end[1] - start[1]))
+    return min(own, max(0.0, end[2] - start[2] - excluded))
 
 
 # (seconds of finished slices, start of the slice in progress or 0.0): one tuple, replaced
@@ -239,8 +252,11 @@ class Pacer:
         return worked
 
 
-def _run_queue(thread: int | None = None) -> float:
-    """Seconds thread ``thread`` (native id; the caller's by default) waited for a CPU."""
+def _schedstat(thread: int | None = None) -> tuple[float, float]:
+    """Seconds thread ``thread`` (native id; the caller's by default) ran and waited to run.
+
+    ``(0.0, 0.0)`` where the kernel does not say.
+    """
     if thread is None:
         thread = threading.get_native_id()
     fd = _fd.get(thread)
@@ -251,16 +267,16 @@ def _run_queue(thread: int | None = None) -> float:
             fd = -1
         _fd[thread] = fd
     if fd < 0:
-        return 0.0
+        return 0.0, 0.0
     try:
         fields = os.pread(fd, 128, 0).split()
-        return int(fields[1]) / 1e9
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
     except OSError:  # the thread ended: its id may be reused, open again next time
         os.close(fd)
         del _fd[thread]
-        return 0.0
+        return 0.0, 0.0
     except (IndexError, ValueError):
-        return 0.0
+        return 0.0, 0.0
 
 
 @dataclass
@@ -277,26 +293,28 @@ class PhaseClock:
     fwd: float = 0.0
     bwd: float = 0.0
     opt: float = 0.0
+    # Of each phase's own work, the seconds on a CPU (the rest: blocked or asleep).
+    computing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES[:3], 0.0))
     wait: float | None = None
     excluded: float = 0.0
     forwards: int = 0
     _thread: int | None = None  # the training thread's native id (the one that runs forward)
     _workers: bool = False  # more than one intra-op thread (see _own)
     _fwd_start: float | None = None
-    _fwd_mark: _Mark = (0.0, 0.0)
+    _fwd_mark: _Mark = (0.0, 0.0, 0.0)
     _fwd_end: float | None = None
-    _fwd_end_mark: _Mark = (0.0, 0.0)
+    _fwd_end_mark: _Mark = (0.0, 0.0, 0.0)
     _last_grad: float | None = None
-    _last_grad_mark: _Mark = (0.0, 0.0)
+    _last_grad_mark: _Mark = (0.0, 0.0, 0.0)
     _opt_start: float | None = None
-    _opt_mark: _Mark = (0.0, 0.0)
+    _opt_mark: _Mark = (0.0, 0.0, 0.0)
     first_fwd: float | None = None
     current: str | None = None
     current_since: float = 0.0
     _bwd_end: float | None = None
-    _bwd_end_mark: _Mark = (0.0, 0.0)
+    _bwd_end_mark: _Mark = (0.0, 0.0, 0.0)
     _call: float | None = None  # when the job called optimizer.step(), before any pre-hook
-    _call_mark: _Mark = (0.0, 0.0)
+    _call_mark: _Mark = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         _install_gc_timer()
@@ -317,7 +335,7 @@ class PhaseClock:
             return
         now = time.monotonic()
         mark = _mark()
-        self.fwd += _own(now - self._fwd_start, self._fwd_mark, mark, workers=self._workers)
+        self.fwd += self._own("fwd", now - self._fwd_start, self._fwd_mark, mark)
         self.forwards += 1
         self._fwd_end, self._fwd_end_mark = now, mark
         self._fwd_start = None
@@ -351,19 +369,14 @@ class PhaseClock:
         end, end_mark = (now, mark) if self._call is None else (self._call, self._call_mark)
         if self._fwd_end is not None:
             if self._last_grad is not None and end >= self._last_grad >= self._fwd_end:
-                self.bwd += _own(
-                    self._last_grad - self._fwd_end,
-                    self._fwd_end_mark,
-                    self._last_grad_mark,
-                    workers=self._workers,
+                self.bwd += self._own(
+                    "bwd", self._last_grad - self._fwd_end, self._fwd_end_mark, self._last_grad_mark
                 )
                 self.wait = max(0.0, end - self._last_grad)
             else:
-                self.bwd += _own(
-                    end - self._fwd_end, self._fwd_end_mark, end_mark, workers=self._workers
-                )
+                self.bwd += self._own("bwd", end - self._fwd_end, self._fwd_end_mark, end_mark)
         if self._call is not None:
-            self.opt += _own(now - self._call, self._call_mark, mark, workers=self._workers)
+            self.opt += self._own("opt", now - self._call, self._call_mark, mark)
         self._bwd_end, self._bwd_end_mark = now, mark
         self.current, self.current_since = "opt", end
 
@@ -376,10 +389,16 @@ class PhaseClock:
         """Close the step; returns the end time."""
         now = time.monotonic()
         if self._opt_start is not None:
-            self.opt += _own(now - self._opt_start, self._opt_mark, _mark(), workers=self._workers)
+            self.opt += self._own("opt", now - self._opt_start, self._opt_mark, _mark())
         _stepping.discard(threading.get_ident())
         self.current = None
         return now
+
+    def _own(self, phase: str, wall: float, start: _Mark, end: _Mark) -> float:
+        """A stretch of ``phase``'s own work (its on-CPU part added to :attr:`computing`)."""
+        own = _own(wall, start, end, workers=self._workers)
+        self.computing[phase] += _computing(own, start, end)
+        return own
 
     def other(self, previous_end: float | None) -> float | None:
         """Time between the previous step's end and this step's first forward, minus excluded.
@@ -403,6 +422,7 @@ class StallDetector:
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self._hist: dict[tuple[int, str], deque[float]] = {}
+        self.contended = 0  # phases that ran long only while computing: contention, not stalls
         # (median, MAD, appends since computed): recomputed every 8 values, or when a value
         # looks like a stall against the cached figures (so 64 ranks cost little per step).
         self._stats: dict[tuple[int, str], tuple[float, float, int]] = {}
@@ -432,14 +452,25 @@ class StallDetector:
         waits: Sequence[float | None],
         *,
         reporter: int,
+        computing: Sequence[Sequence[float | None]] | None = None,
     ) -> list[GuardFinding]:
         """Judge ``phases[rank][i]`` (seconds, ``None`` unknown) of one step.
+
+        A phase that ran long while computing is not judged the way one that ran long while
+        blocked is. Other work on the machine can stretch a CPU-bound phase without the run
+        queue showing it: a hyperthread sibling, memory bandwidth, a hypervisor (measured
+        here: a 73 ms backward took 201 ms of own time, on a CPU, the step another process
+        started writing). A sleep is off the CPU and is judged whole; computing beyond
+        ``timing_cpu_slack`` times the phase's median is judged too (a busy loop, collections
+        the step asks for), so contention is forgiven only up to what it can plausibly do.
 
         Args:
             step: The step.
             phases: Per rank, the durations of :data:`PHASES`.
             waits: Per rank, seconds it waited for the others at the last exchange.
             reporter: This process's rank (findings carry it as the observer).
+            computing: Per rank, the part of each phase spent on a CPU (``None``: unknown,
+                the whole phase is judged).
         """
         start = time.thread_time()
         cfg = self.config
@@ -459,6 +490,11 @@ class StallDetector:
                 if value - median > threshold:
                     median, mad, threshold = self._threshold(key, hist, name, fresh=True)
                 excess = value - median
+                if excess > threshold:
+                    forgiven = self._contention(computing, rank, name, median)
+                    if excess - forgiven <= threshold:
+                        self.contended += 1  # an outlier, kept out of the history
+                        continue
                 # Between steps live data loading, logging and evaluation: a pause every rank
                 # shares (an epoch boundary) is not one rank stalling.
                 if (
@@ -496,6 +532,27 @@ class StallDetector:
         del reporter
         self.cost += time.thread_time() - start
         return findings
+
+    def _contention(
+        self,
+        computing: Sequence[Sequence[float | None]] | None,
+        rank: int,
+        name: str,
+        median: float,
+    ) -> float:
+        """Seconds of a phase's excess that contention could explain (0 when unknown).
+
+        Its on-CPU time beyond the median, up to ``timing_cpu_slack - 1`` times the median.
+        """
+        if computing is None or rank >= len(computing):
+            return 0.0
+        row = computing[rank]
+        index = PHASES.index(name)
+        on_cpu = row[index] if index < len(row) else None
+        if on_cpu is None:
+            return 0.0
+        extra = max(0.0, on_cpu - median)
+        return min(extra, (self.config.timing_cpu_slack - 1.0) * median)
 
     def _consistently_slow(self, step: int, world: int) -> list[GuardFinding]:
         """A rank whose own work is always slower than the others' (a sleep in every step).

@@ -203,18 +203,20 @@ def test_a_phase_own_work_excludes_contention_but_never_a_sleep(
 
 def test_run_queue_delay_is_read_for_the_training_thread_from_any_thread() -> None:
     # On CUDA the last-gradient hook runs on an autograd thread: the delays it marks must be
-    # the training thread's, or the backward's own work mixes two threads' counters.
+    # the training thread's, or the backward's own work mixes two threads' counters. The
+    # same goes for its time on a CPU.
     import threading
 
-    from trainwarden.guard._timing import _run_queue
+    from trainwarden.guard._timing import _schedstat
 
     main = threading.get_native_id()
-    seen: list[float] = []
-    worker = threading.Thread(target=lambda: seen.append(_run_queue(main)))
-    before = _run_queue()
-    if before == 0.0:
+    seen: list[tuple[float, float]] = []
+    worker = threading.Thread(target=lambda: seen.append(_schedstat(main)))
+    before = _schedstat()
+    if before[1] == 0.0:
         pytest.skip("no run-queue delay recorded for this thread (or no schedstat)")
     worker.start()
     worker.join()
-    after = _run_queue()
-    assert before <= seen[0] <= after
+    after = _schedstat()
+    assert before[1] <= seen[0][1] <= after[1]
+    assert 0.0 < before[0] <= seen[0][0] <= after[0]
