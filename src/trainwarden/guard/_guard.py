@@ -17,12 +17,13 @@ import functools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from trainwarden import patching
 from trainwarden.errors import ConfigError, GuardViolation
@@ -198,6 +199,23 @@ def _is_data_parallel(model: Any) -> bool:
     import torch
 
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a hook TorchDynamo calls as it is, never traces (once Dynamo is loaded).
+
+    A ``torch.compile``'d model runs its hooks inside the compiled forward: traced, the
+    guard's checks broke the graph at every line and were recompiled for every parameter
+    (the recompile limit was hit in the first step). Without Dynamo loaded (no
+    ``torch.compile`` before the guard attached) the hook is returned as it is: loading
+    Dynamo costs a second; compiling after attaching is documented (docs/guard.md).
+    """
+    if "torch._dynamo" not in sys.modules:
+        return fn
+    import torch
+
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return fn if disable is None else cast("Callable[..., Any]", disable(fn))
 
 
 class Guard:
@@ -397,9 +415,9 @@ class Guard:
         self._step_base = self._optimizer_counters()
         # Bound methods are made once: hook containers and the patch registry compare by
         # identity, and every attribute access would create a new bound method.
-        pre, post = self._pre_step, self._post_step
-        fwd_pre, fwd_post = self._forward_pre, self._forward_post
-        opt_reloaded, model_reloaded = self._optimizer_reloaded, self._model_reloaded
+        pre, post = _eager(self._pre_step), _eager(self._post_step)
+        fwd_pre, fwd_post = _eager(self._forward_pre), _eager(self._forward_post)
+        opt_reloaded, model_reloaded = self._optimizer_reloaded, _eager(self._model_reloaded)
         self._track(opt.register_step_pre_hook(pre), pre, "optimizer step pre-hook")
         self._track(opt.register_step_post_hook(post), post, "optimizer step post-hook")
         # The step's start (see PhaseClock.step_called). A guard attached by the global guard
@@ -925,6 +943,7 @@ class Guard:
                 clock_ref._last_grad_param = index
             return
 
+        hook = _eager(hook)
         try:
             handle = p.register_hook(hook)
         except RuntimeError:
@@ -1754,7 +1773,7 @@ class Guard:
             and "timing" in self.config.checks
             and self.step > self.config.timing_warmup
         ):
-            running = now - clock.current_since
+            running = clock.running(now)
             if self.stalls.overrun(clock.current, running, self.rank):
                 median = self.stalls.median(self.rank, clock.current)
                 shown_median = f"{median:.3g} s" if median is not None else "unknown"

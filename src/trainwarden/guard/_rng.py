@@ -154,10 +154,12 @@ def _state(label: str) -> bytes | None:
         return None
 
 
-_contained: tuple[Any, Any, frozenset[Any]] | None = None
+# (fork_rng, torch.utils.checkpoint, {id(code): code}): keyed by identity, never by hash
+# (a code object hashes its constants; TorchDynamo's rewritten frames hold unhashable ones).
+_contained: tuple[Any, Any, dict[int, Any]] | None = None
 
 
-def _contained_codes() -> frozenset[Any]:
+def _contained_codes() -> dict[int, Any]:
     """Code objects of torch's own restores whose effect ends with a ``fork_rng`` block.
 
     ``torch.random.fork_rng`` restores, when its block ends, the states it saved when the
@@ -173,19 +175,19 @@ def _contained_codes() -> frozenset[Any]:
     checkpoint = sys.modules.get("torch.utils.checkpoint")
     if _contained is not None and _contained[0] is fork and _contained[1] is checkpoint:
         return _contained[2]
-    codes: set[Any] = set()
+    codes: list[Any] = []
     inner = getattr(fork, "__wrapped__", None)
     if inner is not None:
-        codes.add(inner.__code__)
+        codes.append(inner.__code__)
     if checkpoint is not None:
         backward = getattr(getattr(checkpoint, "CheckpointFunction", None), "backward", None)
         if backward is not None:
-            codes.add(backward.__code__)
+            codes.append(backward.__code__)
         for value in vars(checkpoint).values():
             code = getattr(value, "__code__", None)
             if code is not None and getattr(value, "__module__", None) == checkpoint.__name__:
-                codes.update(c for c in _nested(code) if c.co_name == "recompute_fn")
-    _contained = (fork, checkpoint, frozenset(codes))
+                codes.extend(c for c in _nested(code) if c.co_name == "recompute_fn")
+    _contained = (fork, checkpoint, {id(c): c for c in codes})
     return _contained[2]
 
 
@@ -207,7 +209,7 @@ def _is_contained(frame: types.FrameType | None) -> bool:
     if frame is None:
         return False
     codes = _contained_codes()
-    if frame.f_code in codes:
+    if codes.get(id(frame.f_code)) is frame.f_code:
         return True
     checkpoint = sys.modules.get("torch.utils.checkpoint")
     helper = getattr(checkpoint, "set_device_states", None)
@@ -215,7 +217,7 @@ def _is_contained(frame: types.FrameType | None) -> bool:
     return (
         getattr(helper, "__code__", None) is frame.f_code
         and back is not None
-        and back.f_code in codes
+        and codes.get(id(back.f_code)) is back.f_code
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import threading
 import time
 from collections import deque
@@ -115,6 +116,52 @@ def _install_gc_timer() -> None:
         _gc["installed"] = True
 
 
+# TorchDynamo's compilations: (seconds finished, start of the one in progress or 0.0).
+# "installed": False until looked up, then Dynamo's callback handler (None: none exists).
+_compiles: dict[str, Any] = {"total": 0.0, "start": 0.0, "installed": False}
+
+
+def _compile_started(args: Any) -> None:
+    del args
+    _compiles["start"] = time.monotonic()
+
+
+def _compile_ended(args: Any) -> None:
+    del args
+    if _compiles["start"]:
+        _compiles["total"] += time.monotonic() - _compiles["start"]
+        _compiles["start"] = 0.0
+
+
+def _install_compile_timer() -> None:
+    """Time TorchDynamo's compilations, once it is loaded (the guard never loads it).
+
+    A compilation (the first step of a ``torch.compile``'d model, a recompilation for a new
+    shape, the last batch of an epoch) takes seconds inside a forward: not a stall. Its
+    callbacks run once per outermost compilation, nested ones counted in it.
+    """
+    handler = _compiles["installed"]
+    if handler is None or "torch._dynamo" not in sys.modules:
+        return
+    if handler is False:
+        try:
+            from torch._dynamo.callback import callback_handler as handler
+        except ImportError:  # a torch without compilation callbacks: compilations stay own work
+            _compiles["installed"] = None
+            return
+        _compiles["installed"] = handler
+    # Checked at every step: ``torch._dynamo.reset()`` clears the callbacks.
+    if _compile_started not in handler.start_callbacks:
+        handler.register_start_callback(_compile_started)
+        handler.register_end_callback(_compile_ended)
+
+
+def compiling() -> float:
+    """Seconds spent in TorchDynamo's compilations so far, the one in progress included."""
+    since = _compiles["start"]
+    return float(_compiles["total"]) + (time.monotonic() - since if since else 0.0)
+
+
 # A phase boundary: (the delays so far, their run-queue part), see _mark.
 _Mark = tuple[float, float, float]
 
@@ -129,7 +176,7 @@ def _mark(thread: int | None = None) -> _Mark:
     have held the interpreter lock.
     """
     on_cpu, queued = _schedstat(thread)
-    return queued + float(_gc["total"]) + busy(), queued, on_cpu
+    return queued + float(_gc["total"]) + busy() + compiling(), queued, on_cpu
 
 
 def _own(wall: float, start: _Mark, end: _Mark, *, workers: bool = False) -> float:
@@ -311,6 +358,7 @@ class PhaseClock:
     first_fwd: float | None = None
     current: str | None = None
     current_since: float = 0.0
+    _since_compiling: float = 0.0  # compiling() when the current phase began
     _bwd_end: float | None = None
     _bwd_end_mark: _Mark = (0.0, 0.0, 0.0)
     _call: float | None = None  # when the job called optimizer.step(), before any pre-hook
@@ -318,6 +366,7 @@ class PhaseClock:
 
     def __post_init__(self) -> None:
         _install_gc_timer()
+        _install_compile_timer()
 
     def forward_start(self) -> None:
         now = time.monotonic()
@@ -328,7 +377,7 @@ class PhaseClock:
         self._fwd_start, self._fwd_mark = now, _mark()
         if self.first_fwd is None:
             self.first_fwd, self._first_busy = now, busy()
-        self.current, self.current_since = "fwd", now
+        self._enter("fwd", now)
 
     def forward_end(self) -> None:
         if self._fwd_start is None:
@@ -339,7 +388,7 @@ class PhaseClock:
         self.forwards += 1
         self._fwd_end, self._fwd_end_mark = now, mark
         self._fwd_start = None
-        self.current, self.current_since = "bwd", now
+        self._enter("bwd", now)
 
     def last_gradient(self) -> None:
         # On CUDA the hook runs on an autograd thread: the delays are the training thread's.
@@ -378,7 +427,7 @@ class PhaseClock:
         if self._call is not None:
             self.opt += self._own("opt", now - self._call, self._call_mark, mark)
         self._bwd_end, self._bwd_end_mark = now, mark
-        self.current, self.current_since = "opt", end
+        self._enter("opt", end)
 
     def optimizer_start(self) -> None:
         """The guard's pre-step checks are done: the optimizer's own work starts now."""
@@ -393,6 +442,14 @@ class PhaseClock:
         _stepping.discard(threading.get_ident())
         self.current = None
         return now
+
+    def _enter(self, phase: str, since: float) -> None:
+        self.current, self.current_since = phase, since
+        self._since_compiling = compiling()
+
+    def running(self, now: float) -> float:
+        """Seconds the current phase has run by ``now``, less compilations meanwhile."""
+        return now - self.current_since - (compiling() - self._since_compiling)
 
     def _own(self, phase: str, wall: float, start: _Mark, end: _Mark) -> float:
         """A stretch of ``phase``'s own work (its on-CPU part added to :attr:`computing`)."""

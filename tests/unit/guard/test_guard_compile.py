@@ -1,0 +1,96 @@
+"""The guard on a ``torch.compile``'d model: hooks run eagerly, compilations are not stalls.
+
+Before, TorchDynamo traced the guard's hooks inside the compiled forward: the first step
+broke the graph at every line of them, recompiled the gradient hook per parameter, and then
+raised ``TypeError: unhashable type: 'dict'`` from the guard's RNG wrapper (a rewritten
+frame's code object hashes unhashable constants); and a recompilation for the smaller last
+batch of an epoch (seconds inside one forward) was named a stall.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import torch
+from guardtools import make_job
+
+from trainwarden.guard import Guard, GuardConfig
+from trainwarden.guard._timing import compiling
+
+SLOW = 0.6  # seconds each compilation takes with the test's backend
+
+
+def _slow_backend(gm: Any, example_inputs: Any) -> Any:
+    # A compiler that takes its time, like inductor on a real model, without a C compiler.
+    del example_inputs
+    time.sleep(SLOW)
+    return gm.forward
+
+
+def _flipping(original: Any, model: Any) -> Any:
+    """``original`` (an optimizer's step) with the update it makes reversed."""
+
+    def flipped(*args: Any, **kwargs: Any) -> Any:
+        before = [p.detach().clone() for p in model.parameters()]
+        out = original(*args, **kwargs)
+        with torch.no_grad():
+            for p, b in zip(model.parameters(), before, strict=True):
+                p.copy_(2 * b - p)
+        return out
+
+    return flipped
+
+
+def _train(compiled: Any, job: Any, steps: int, *, flip_at: int | None = None) -> int:
+    """Train ``steps`` steps through ``compiled``; batches of 8 with an odd one each epoch."""
+    step = 0
+    while step < steps:
+        for inputs, targets in job.loader:
+            if step >= steps:
+                break
+            if step + 1 == flip_at:
+                job.optimizer.step = _flipping(job.optimizer.step, job.model)
+            logits = compiled(inputs)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, job.cfg.vocab), targets.reshape(-1)
+            )
+            job.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            job.optimizer.step()
+            job.scheduler.step()
+            step += 1
+    return step
+
+
+def _job() -> Any:
+    job = make_job(steps=40, samples=100)  # 100 samples: 12 batches of 8, then one of 4
+    torch._dynamo.reset()
+    return job
+
+
+def test_a_compiled_model_trains_clean_and_its_recompilation_is_not_a_stall() -> None:
+    job = _job()
+    compiled = torch.compile(job.model, backend=_slow_backend)
+    config = GuardConfig(timing_warmup=3, timing_min_excess=0.1)
+    before = compiling()
+    with Guard(job.model, job.optimizer, scheduler=job.scheduler, config=config) as guard:
+        assert _train(compiled, job, 30) == 30  # epochs end at steps 13 and 26: recompiled
+    assert compiling() - before >= 2 * SLOW, "the compilations were timed"
+    assert guard.findings == (), [f.message for f in guard.findings]
+    assert guard.update.verified_steps >= 25
+
+
+def test_tampering_under_a_compiled_model_is_still_caught() -> None:
+    from trainwarden.errors import GuardViolation
+
+    job = _job()
+    compiled = torch.compile(job.model, backend="eager")
+    with (
+        Guard(job.model, job.optimizer, scheduler=job.scheduler),
+        pytest.raises(GuardViolation) as info,
+    ):
+        _train(compiled, job, 30, flip_at=18)
+    assert info.value.step == 18
+    assert info.value.findings, "the halt names what it found"
