@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from guardtools import make_job
+from guardtools import flipping, make_job
 
 from trainwarden.guard import Guard, GuardConfig
 from trainwarden.guard._timing import compiling
@@ -29,20 +29,6 @@ def _slow_backend(gm: Any, example_inputs: Any) -> Any:
     return gm.forward
 
 
-def _flipping(original: Any, model: Any) -> Any:
-    """``original`` (an optimizer's step) with the update it makes reversed."""
-
-    def flipped(*args: Any, **kwargs: Any) -> Any:
-        before = [p.detach().clone() for p in model.parameters()]
-        out = original(*args, **kwargs)
-        with torch.no_grad():
-            for p, b in zip(model.parameters(), before, strict=True):
-                p.copy_(2 * b - p)
-        return out
-
-    return flipped
-
-
 def _train(compiled: Any, job: Any, steps: int, *, flip_at: int | None = None) -> int:
     """Train ``steps`` steps through ``compiled``; batches of 8 with an odd one each epoch."""
     step = 0
@@ -50,15 +36,16 @@ def _train(compiled: Any, job: Any, steps: int, *, flip_at: int | None = None) -
         for inputs, targets in job.loader:
             if step >= steps:
                 break
-            if step + 1 == flip_at:
-                job.optimizer.step = _flipping(job.optimizer.step, job.model)
             logits = compiled(inputs)
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, job.cfg.vocab), targets.reshape(-1)
             )
             job.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            job.optimizer.step()
+            if step + 1 == flip_at:
+                flipping(list(job.model.parameters()), job.optimizer.step)
+            else:
+                job.optimizer.step()
             job.scheduler.step()
             step += 1
     return step
