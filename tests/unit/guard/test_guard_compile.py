@@ -81,4 +81,4 @@ def test_tampering_under_a_compiled_model_is_still_caught() -> None:
         _train(compiled, job, 30, flip_at=18)
     # Flipped after step 18's optimizer returned: an edit between steps 18 and 19.
     assert info.value.step == 19
-    assert [f.rule_id for f in info.value.findings] == ["guard.weights"], info.value.findings
+    assert {f.rule_id for f in info.value.findings} == {"guard.weights"}, info.value.findings
