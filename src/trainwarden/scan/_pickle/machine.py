@@ -54,7 +54,14 @@ _MAX_NAME_CHARS = 4096
 _EMBED_MIN_BYTES = 16
 _EMBED_MIN_TEXT = 24
 _EMBED_SECOND = {ord("g"): ord("A"), ord("8"): ord("0")}  # first character -> second
-_EMBED_FIRST = frozenset(_EMBED_SECOND)
+# Decoders skip what comes before those two characters: ``bytes.fromhex`` ASCII whitespace,
+# ``base64.b64decode`` (not validating, its default) every character outside its alphabet,
+# between them too (MIME breaks base64 into lines). So a literal is a candidate when its
+# first byte is "g", "8" or an ASCII byte that is neither a letter nor a digit (a backslash
+# too: UNICODE and STRING spell characters with escapes); the patterns then decide.
+_EMBED_FIRST = frozenset(_EMBED_SECOND) | frozenset(b for b in range(128) if not chr(b).isalnum())
+_EMBED_BASE64_HEAD = re.compile(rb"[^A-Za-z0-9]*g[^A-Za-z0-9]*A")
+_EMBED_HEX_HEAD = re.compile(rb"\s*80")
 _MAX_EMBEDDED = 1_000
 # Tuples longer than this are kept as an opaque tuple (persistent ids and call arguments are short).
 _MAX_TUPLE = 64
@@ -696,9 +703,24 @@ class _Machine:
         return _Global(rec)
 
     def _embed_text(self, buf: Any, start: int, end: int) -> None:
-        """Record a text literal that starts like base64 ("gA") or hex ("80") of a pickle."""
-        if buf[start + 1] == _EMBED_SECOND[buf[start]]:
+        """Record a text literal that starts like base64 ("gA") or hex ("80") of a pickle.
+
+        What a decoder skips may come first (whitespace, line breaks, for base64 any
+        character outside its alphabet), so the two characters are looked for after it.
+        """
+        if _EMBED_HEX_HEAD.match(buf, start, end) or _EMBED_BASE64_HEAD.match(buf, start, end):
             self._embed(start, end)
+
+    def _embed_escaped(self, start: int, raw: bytes, text: bytes) -> None:
+        """Record a UNICODE or STRING argument whose decoded text starts like an encoded pickle.
+
+        ``raw`` (at ``start``) still has its escapes, which can spell the "gA" or "80";
+        ``text`` is what the loader gets.
+        """
+        if len(text) < _EMBED_MIN_TEXT or not raw or raw[0] not in _EMBED_FIRST:
+            return
+        if _EMBED_HEX_HEAD.match(text) or _EMBED_BASE64_HEAD.match(text):
+            self._embed(start, start + len(raw))
 
     def _embed(self, start: int, end: int) -> None:
         """Record a literal that may hold a pickle as data (the format layer checks it).
@@ -1384,6 +1406,8 @@ class _Machine:
             # PROTO 2-5 first, as every pickler writes it: raw weights rarely start so.
             if ln >= _EMBED_MIN_BYTES and buf[p1] == 0x80 and 2 <= buf[p1 + 1] <= 5:
                 self._embed(p1, e2)
+            elif ln >= _EMBED_MIN_TEXT and buf[p1] in _EMBED_FIRST:
+                self._embed_text(buf, p1, e2)  # base64 or hex text kept as bytes
             self.alloc_cold += _SZ_RESULT
             return e2
         if op in (0x8D,):  # BINUNICODE8
@@ -1406,6 +1430,8 @@ class _Machine:
             ln = int.from_bytes(buf[p0:e], "little")
             p1, e2 = self._take(e, ln, f"{_OPNAMES[op]} data")
             stack.append(self._py2_string(buf[p1:e2]))
+            if ln >= _EMBED_MIN_TEXT and buf[p1] in _EMBED_FIRST:
+                self._embed_text(buf, p1, e2)  # a str under the loader's encoding
             return e2
         if op == 0x53:  # STRING
             line, pos = self._readline(pos, "STRING")
@@ -1417,13 +1443,25 @@ class _Machine:
             else:
                 raise _Fail(RULE_MALFORMED, "the STRING opcode argument must be quoted")
             stack.append(self._py2_string(body))
+            self._embed_escaped(pos - len(line), line[1:-1], body)
             return pos
         if op == 0x56:  # UNICODE
             line, pos = self._readline(pos, "UNICODE")
-            if line is None or len(line) > _MAX_NAME_CHARS:
+            if line is None:
                 stack.append(_LONGSTR)
+                return pos
+            if len(line) <= _MAX_NAME_CHARS:
+                text = codecs.raw_unicode_escape_decode(line)[0]
+                stack.append(text)
             else:
-                stack.append(codecs.raw_unicode_escape_decode(line)[0])
+                stack.append(_LONGSTR)
+                if line[0] not in _EMBED_FIRST:
+                    return pos
+                try:
+                    text = codecs.raw_unicode_escape_decode(line)[0]
+                except UnicodeDecodeError:
+                    return pos  # the loader fails here; nothing is embedded
+            self._embed_escaped(pos - 1 - len(line), line, text.encode("utf-8", "surrogatepass"))
             return pos
         if op in (0x49, 0x4C):  # INT, LONG
             line, pos = self._readline(pos, _OPNAMES[op])
