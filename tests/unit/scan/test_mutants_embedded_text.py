@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import struct
 import subprocess
@@ -30,9 +31,24 @@ from trainwarden.findings import Verdict
 from trainwarden.scan import scan_path
 
 
-def _inner(canary: Canary) -> bytes:
+class _System:
+    """Pickled by ``pickle.dumps`` as a call of ``posix.system`` (protocols 0 and 1: no PROTO)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+def _inner(canary: Canary, protocol: int = 4) -> bytes:
     # The shell comment's "~~~~~~" puts "+" (URL-safe: "-") into the base64, wherever it falls.
-    return p4(call(g("posix", "system"), f"touch {canary.path} #~~~~~~"))
+    command = f"touch {canary.path} #~~~~~~"
+    if protocol < 2:
+        return pickle.dumps(
+            {"cb": _System(command)} if protocol == 0 else _System(command), protocol
+        )
+    return p4(call(g("posix", "system"), command))
 
 
 def _unicode_op(text: str) -> bytes:
@@ -87,6 +103,28 @@ CASES: dict[str, tuple[Writer, str]] = {
     "base64-binstring": (lambda p: _binstring(base64.b64encode(p).decode()), "b64"),
     "hex-short-binstring": (lambda p: _short_binstring(p.hex()), "hex"),
 }
+# Protocols 0 and 1 write no PROTO: the pickle starts with GLOBAL ("c") or MARK ("(").
+PROTOCOL_0_1: dict[str, int] = {
+    "protocol0-raw-bytes": 0,
+    "protocol1-raw-bytes": 1,
+    "protocol0-base64": 0,
+    "protocol1-base64-mime-lines": 1,
+    "protocol0-hex": 0,
+    "protocol1-hex-in-bytes": 1,
+}
+CASES.update(
+    {
+        "protocol0-raw-bytes": (_field, "raw"),
+        "protocol1-raw-bytes": (_field, "raw"),
+        "protocol0-base64": (lambda p: _field(base64.b64encode(p).decode()), "b64"),
+        "protocol1-base64-mime-lines": (
+            lambda p: _field(base64.encodebytes(p).decode()),
+            "b64",
+        ),
+        "protocol0-hex": (lambda p: _field(p.hex()), "hex"),
+        "protocol1-hex-in-bytes": (lambda p: _field(p.hex().encode()), "hexbytes"),
+    }
+)
 
 # The second stage: load the outer pickle, decode the field, unpickle it (a fresh interpreter).
 SECOND_STAGE = """
@@ -95,7 +133,9 @@ for path, how in json.loads(sys.stdin.read()):
     with open(path, "rb") as f:
         value = pickle.load(f)["w"]
     try:
-        if how == "b64":
+        if how == "raw":
+            data = value
+        elif how == "b64":
             data = base64.b64decode(value)
         elif how == "urlsafe":
             data = base64.urlsafe_b64decode(value)
@@ -115,7 +155,8 @@ def _build(tmp_path: Path) -> dict[str, tuple[Path, Canary, str]]:
         canary = Canary(tmp_path / case / "canary")
         canary.path.parent.mkdir(parents=True)
         path = tmp_path / case / "state.pkl"
-        path.write_bytes(b"\x80\x04}(" + _field("w") + write(_inner(canary)) + b"u.")
+        inner = _inner(canary, PROTOCOL_0_1.get(case, 4))
+        path.write_bytes(b"\x80\x04}(" + _field("w") + write(inner) + b"u.")
         out[case] = (path, canary, how)
     return out
 
@@ -160,6 +201,11 @@ def test_scan_flags_the_embedded_pickle(
         "-- 80 " + "ff" * 30,
         b"gAAAAA" + b"\x00" * 40,
         "note: " + "g" * 60,
+        pickle.dumps({"lr": 0.1, "betas": [0.9, 0.99]}, protocol=0),  # benign, no PROTO
+        base64.b64encode(pickle.dumps([1, 2, 3] * 10, protocol=1)).decode(),
+        b"cats and dogs " * 4,  # starts like GLOBAL, is no pickle
+        "KGRw" + "A" * 40,  # base64 of "(dp" then nothing loadable
+        "2023-12-04T02:15:33+00:00 run started",
     ],
 )
 def test_text_that_only_looks_encoded_stays_safe(value: str | bytes, tmp_path: Path) -> None:

@@ -167,9 +167,12 @@ def _decode_embedded(raw: bytes) -> list[bytes]:
     its escapes, so both unescapings are tried. Decoders are lenient, and so is this:
     ``bytes.fromhex`` skips whitespace, ``base64.b64decode`` (not validating, its default)
     every character outside its alphabet (line breaks, indentation), and the URL-safe
-    alphabet is ``urlsafe_b64decode``'s. Only a decoding that starts with PROTO is kept; the
-    caller keeps only complete pickles that import something.
+    alphabet is ``urlsafe_b64decode``'s. Only a decoding that starts like a pickle is kept
+    (PROTO, or how protocols 0 and 1 start); the caller keeps only complete pickles that
+    import something.
     """
+    from trainwarden.scan._pickle import starts_like_pickle
+
     texts = [raw]
     if b"\\" in raw:
         for unescape in (codecs.escape_decode, codecs.raw_unicode_escape_decode):
@@ -187,7 +190,7 @@ def _decode_embedded(raw: bytes) -> list[bytes]:
                 data = decode(text)
             except (ValueError, UnicodeDecodeError):
                 continue
-            if data[:1] == b"\x80" and data not in out:
+            if starts_like_pickle(data) and data not in out:
                 out.append(data)
     return out
 
