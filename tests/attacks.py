@@ -3435,3 +3435,48 @@ def _load_in_child(attack: Attack, sample: Path, canary: Path, timeout: float = 
         return "ran"
     reason = err_file.read_text() if err_file.exists() else "timeout or crash"
     return "not-run: " + (reason.strip().splitlines()[-1] if reason.strip() else "no error")
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants found by the mutation campaign (scripts/mutate_attacks.py): each scanned safe.
+# ---------------------------------------------------------------------------------------------
+
+ATTACKS = (
+    *ATTACKS,
+    _a(
+        "peer-embedded-pickle-base64-lines",
+        "pickle kept as MIME base64 (76-column lines), decoded and unpickled by a second stage",
+        T,
+        "base64.encodebytes breaks the text into lines; b64decode skips the line breaks. The "
+        "scanner read only unbroken base64 (safe).",
+        _pkl(
+            lambda c, d: p4(
+                enc({"w": base64.encodebytes(p4(call(g("posix", "system"), _sh(c)))).decode()})
+            )
+        ),
+        pickle_load_then_fields,
+        expected=Verdict.UNKNOWN,
+    ),
+    _a(
+        "peer-embedded-pickle-protocol0",
+        "protocol-0 pickle (no PROTO) kept as bytes data, unpickled by a second stage",
+        T,
+        "pickle.dumps(..., protocol=0) starts with GLOBAL, not PROTO; the scanner looked only "
+        "for bytes starting with PROTO (safe).",
+        _pkl(
+            lambda c, d: p4(
+                enc(
+                    {
+                        "step": 3,
+                        "extra": bytes(text_global("posix", "system"))
+                        + b"(V"
+                        + _sh(c).encode()
+                        + b"\ntR.",
+                    }
+                )
+            )
+        ),
+        pickle_load_then_fields,
+        expected=Verdict.UNKNOWN,
+    ),
+)

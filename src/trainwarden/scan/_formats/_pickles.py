@@ -7,6 +7,8 @@ a window, so a pickle followed by gigabytes of storage bytes (legacy torch) stay
 from __future__ import annotations
 
 import base64
+import codecs
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -135,10 +137,9 @@ def _analyse_embedded(
             continue  # a payload handed to a nested loader: analysed as such already
         done.add((start, end))
         ctx.check_time(member)
-        data = _decode_embedded(bytes(source.read(base + start, end - start)))
-        if data is None:
-            continue
-        inner = _embedded_analysis(ctx, data)
+        decoded = _decode_embedded(bytes(source.read(base + start, end - start)))
+        found = ((d, _embedded_analysis(ctx, d)) for d in decoded)
+        data, inner = next(((d, a) for d, a in found if a is not None), (b"", None))
         if inner is None:
             continue
         where = join_member(member, f"(data@{base + start})")
@@ -159,18 +160,53 @@ def _analyse_embedded(
             _analyse_embedded(ctx, inner, where, MemoryBlob(data), 0, depth + 1)
 
 
-def _decode_embedded(raw: bytes) -> bytes | None:
-    """The pickle bytes a literal holds (as is, base64 or hex), or None when it holds none."""
-    if raw[:1] == b"\x80":
-        return raw
-    try:
-        if raw[:1] == b"g":
-            data = base64.b64decode(raw, validate=True)
-        else:
-            data = bytes.fromhex(raw.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if data[:1] == b"\x80" else None
+def _decode_embedded(raw: bytes) -> list[bytes]:
+    """Every pickle a decoder could read from a literal (as is, base64 or hex): none, usually.
+
+    The literal's bytes as they sit in the pickle: a UNICODE or STRING argument still has
+    its escapes, so both unescapings are tried. Decoders are lenient, and so is this:
+    ``bytes.fromhex`` skips whitespace, ``base64.b64decode`` (not validating, its default)
+    every character outside its alphabet (line breaks, indentation), and the URL-safe
+    alphabet is ``urlsafe_b64decode``'s. Only a decoding that starts like a pickle is kept
+    (PROTO, or how protocols 0 and 1 start); the caller keeps only complete pickles that
+    import something.
+    """
+    from trainwarden.scan._pickle import starts_like_pickle
+
+    texts = [raw]
+    if b"\\" in raw:
+        for unescape in (codecs.escape_decode, codecs.raw_unicode_escape_decode):
+            try:
+                with warnings.catch_warnings():  # "\u" is no escape to escape_decode
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    text = unescape(raw)[0]
+            except (ValueError, UnicodeDecodeError):
+                continue
+            texts.append(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    out: list[bytes] = []
+    for text in texts:
+        for decode in _DECODERS:
+            try:
+                data = decode(text)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if starts_like_pickle(data) and data not in out:
+                out.append(data)
+    return out
+
+
+def _from_hex(text: bytes) -> bytes:
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def _from_urlsafe_base64(text: bytes) -> bytes:
+    if b"-" not in text and b"_" not in text:
+        raise ValueError("not the URL-safe alphabet")
+    return base64.b64decode(text, altchars=b"-_")
+
+
+# As is, hex, base64, URL-safe base64 (the text's first bytes say which may apply).
+_DECODERS = (lambda text: text, _from_hex, base64.b64decode, _from_urlsafe_base64)
 
 
 def _embedded_analysis(ctx: Context, data: bytes) -> PickleAnalysis | None:

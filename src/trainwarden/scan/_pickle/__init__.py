@@ -7,6 +7,7 @@ unpickles what it reads.
 
 from __future__ import annotations
 
+from trainwarden.scan._pickle.machine import starts_like_pickle
 from trainwarden.scan._pickle.results import (
     NESTED_LOADERS,
     RULE_FRAME_OVERRUN,
@@ -41,4 +42,5 @@ __all__ = [
     "analyse_pickle_stream",
     "compat_name",
     "gc_paused",
+    "starts_like_pickle",
 ]

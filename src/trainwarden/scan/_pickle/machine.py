@@ -13,6 +13,7 @@ and the stack by count, every value the machine keeps alive by an estimate of it
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import re
 import struct
@@ -40,7 +41,7 @@ from trainwarden.scan._pickle.results import (
     compat_name,
 )
 
-__all__ = ["Memo", "Raw", "cut", "freeze", "run_pickle", "to_buffer"]
+__all__ = ["Memo", "Raw", "cut", "freeze", "run_pickle", "starts_like_pickle", "to_buffer"]
 
 # The highest protocol the C unpickler accepts in a PROTO opcode (3.8-3.13).
 _HIGHEST_PROTOCOL = 5
@@ -53,8 +54,88 @@ _MAX_NAME_CHARS = 4096
 # with "g" ("gpt_neox.layers..."), and candidates are capped.
 _EMBED_MIN_BYTES = 16
 _EMBED_MIN_TEXT = 24
-_EMBED_SECOND = {ord("g"): ord("A"), ord("8"): ord("0")}  # first character -> second
-_EMBED_FIRST = frozenset(_EMBED_SECOND)
+# Pickles start with PROTO ("gA" in base64, "80" in hex), except those of protocols 0 and 1:
+# ``pickle.dumps`` starts them with GLOBAL (an object: "c" and a module line), MARK (a dict
+# or list: "(dp0", "(lp0"; a tuple or instance: "(V", "(S'", "(c", "(i") or EMPTY_DICT /
+# EMPTY_LIST and BINPUT 0 ("}q\0"). Decoders skip what comes before the text:
+# ``bytes.fromhex`` ASCII whitespace, ``base64.b64decode`` (not validating, its default) every
+# character outside its alphabet, between characters too (MIME breaks base64 into lines).
+# So a text literal is a candidate when its first byte is one a pickle's base64 ("g", "Y",
+# "K", "f", "X") or hex ("8", "6", "2", "7", "5") starts with, or an ASCII byte that is not
+# a letter or digit (a backslash too: UNICODE and STRING spell characters with escapes); the
+# first bytes it decodes to then decide. Bytes literals are raw data as often as text, so
+# only whitespace may come first there.
+_EMBED_FIRST = frozenset(b"gYKfX86275") | frozenset(b for b in range(128) if not chr(b).isalnum())
+_PICKLE01 = rb"c[A-Za-z_][\w.]{0,62}\n|\((?:[dl]p[0-9]|[ci][A-Za-z_][\w.]{0,62}\n|V|S')|[}\]]q\x00"
+# What the first six bytes of such a pickle can be (base64 and hex are decoded that far).
+_PICKLE01_PREFIX = re.compile(
+    rb"c[A-Za-z_][\w.\n]{4}|\((?:[dl]p[0-9]|[ci][A-Za-z_]|V|S')|[}\]]q\x00"
+)
+_PICKLE_HEAD = re.compile(rb"\x80|" + _PICKLE01)
+_PICKLE01_FIRST = frozenset(b"c(}]")
+_PICKLE01_HEAD = re.compile(_PICKLE01)
+
+
+def _encoded_heads(junk: bytes, alphabet: bytes) -> re.Pattern[bytes]:
+    """The first eight base64 characters of ``alphabet`` after ``junk`` (and between)."""
+    return re.compile((junk + b"([" + alphabet + b"])") * 8)
+
+
+_STANDARD, _URLSAFE = rb"A-Za-z0-9+/", rb"A-Za-z0-9_\-"
+_HEX_SIX = re.compile(rb"\s*" + rb"([0-9a-fA-F]{2})\s*" * 6)
+# Text: everything outside either base64 alphabet may come first. Bytes: only whitespace.
+_TEXT_HEADS = (
+    _encoded_heads(rb"[^" + _STANDARD + rb"]*", _STANDARD),
+    _encoded_heads(rb"[^" + _URLSAFE + rb"]*", _URLSAFE),
+)
+_BYTES_HEADS = (_encoded_heads(rb"\s*", _STANDARD), _encoded_heads(rb"\s*", _URLSAFE))
+# The first two characters when nothing comes before: base64 of PROTO ("gA"), of GLOBAL and
+# a letter or "_" ("Y0"-"Y3"), of "(d", "(l", "(c", "(i" ("KG") and "(V", "(S" ("KF"), of "}q"
+# ("fX") and "]q" ("XX"); hex of the same first bytes. Anything else is no encoded pickle,
+# and is dismissed without a pattern.
+_ENCODED_PAIRS = frozenset((b"gA", b"Y0", b"Y1", b"Y2", b"Y3", b"KG", b"KF", b"fX", b"XX")) | (
+    frozenset((b"80", b"63", b"28", b"7d", b"7D", b"5d", b"5D"))
+)
+_ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def starts_like_pickle(data: bytes) -> bool:
+    """Whether decoded bytes may be a pickle: PROTO first, or how protocols 0 and 1 start."""
+    return _PICKLE_HEAD.match(data) is not None
+
+
+def _encoded_pickle(buf: Any, start: int, end: int, *, text: bool) -> bool:
+    """Whether base64 or hex at ``buf[start:end]`` decodes to what starts a pickle.
+
+    ``text``: a str literal, where any character outside the base64 alphabet may come
+    first; in bytes only whitespace may.
+    """
+    first = buf[start]
+    if first in _ALNUM:
+        if bytes(buf[start : start + 2]) not in _ENCODED_PAIRS:
+            return False
+    elif not text and first not in b" \t\n\r\x0b\x0c":
+        return False
+    for pattern in _TEXT_HEADS if text else _BYTES_HEADS:
+        m = pattern.match(buf, start, end)
+        if m is not None and _starts_pickle(_b64_head(b"".join(m.groups()))):
+            return True
+    m = _HEX_SIX.match(buf, start, end)
+    return m is not None and _starts_pickle(_hex_head(b"".join(m.groups())))
+
+
+def _starts_pickle(head: bytes) -> bool:
+    return head[:1] == b"\x80" or _PICKLE01_PREFIX.match(head) is not None
+
+
+def _b64_head(chars: bytes) -> bytes:
+    return binascii.a2b_base64(chars.replace(b"-", b"+").replace(b"_", b"/"))
+
+
+def _hex_head(chars: bytes) -> bytes:
+    return bytes.fromhex(chars.decode("ascii"))
+
+
 _MAX_EMBEDDED = 1_000
 # Tuples longer than this are kept as an opaque tuple (persistent ids and call arguments are short).
 _MAX_TUPLE = 64
@@ -695,10 +776,25 @@ class _Machine:
         )
         return _Global(rec)
 
-    def _embed_text(self, buf: Any, start: int, end: int) -> None:
-        """Record a text literal that starts like base64 ("gA") or hex ("80") of a pickle."""
-        if buf[start + 1] == _EMBED_SECOND[buf[start]]:
+    def _embed_text(self, buf: Any, start: int, end: int, *, text: bool = True) -> None:
+        """Record a literal whose base64 or hex decodes to what starts a pickle.
+
+        What a decoder skips may come first (whitespace, line breaks, for base64 in a text
+        literal any character outside its alphabet); the first bytes are decoded after it.
+        """
+        if _encoded_pickle(buf, start, end, text=text):
             self._embed(start, end)
+
+    def _embed_escaped(self, start: int, raw: bytes, text: bytes) -> None:
+        """Record a UNICODE or STRING argument whose decoded text starts like an encoded pickle.
+
+        ``raw`` (at ``start``) still has its escapes, which can spell the "gA" or "80";
+        ``text`` is what the loader gets, and what is matched.
+        """
+        if len(text) < _EMBED_MIN_TEXT or not raw or raw[0] not in _EMBED_FIRST:
+            return
+        if _encoded_pickle(text, 0, len(text), text=True):
+            self._embed(start, start + len(raw))
 
     def _embed(self, start: int, end: int) -> None:
         """Record a literal that may hold a pickle as data (the format layer checks it).
@@ -1384,6 +1480,14 @@ class _Machine:
             # PROTO 2-5 first, as every pickler writes it: raw weights rarely start so.
             if ln >= _EMBED_MIN_BYTES and buf[p1] == 0x80 and 2 <= buf[p1 + 1] <= 5:
                 self._embed(p1, e2)
+            elif (
+                ln >= _EMBED_MIN_BYTES
+                and buf[p1] in _PICKLE01_FIRST
+                and _PICKLE01_HEAD.match(buf, p1, e2)
+            ):
+                self._embed(p1, e2)  # protocol 0 or 1: no PROTO
+            elif ln >= _EMBED_MIN_TEXT and buf[p1] in _EMBED_FIRST:
+                self._embed_text(buf, p1, e2, text=False)  # base64 or hex kept as bytes
             self.alloc_cold += _SZ_RESULT
             return e2
         if op in (0x8D,):  # BINUNICODE8
@@ -1406,6 +1510,8 @@ class _Machine:
             ln = int.from_bytes(buf[p0:e], "little")
             p1, e2 = self._take(e, ln, f"{_OPNAMES[op]} data")
             stack.append(self._py2_string(buf[p1:e2]))
+            if ln >= _EMBED_MIN_TEXT and buf[p1] in _EMBED_FIRST:
+                self._embed_text(buf, p1, e2)  # a str under the loader's encoding
             return e2
         if op == 0x53:  # STRING
             line, pos = self._readline(pos, "STRING")
@@ -1417,13 +1523,25 @@ class _Machine:
             else:
                 raise _Fail(RULE_MALFORMED, "the STRING opcode argument must be quoted")
             stack.append(self._py2_string(body))
+            self._embed_escaped(pos - len(line), line[1:-1], body)
             return pos
         if op == 0x56:  # UNICODE
             line, pos = self._readline(pos, "UNICODE")
-            if line is None or len(line) > _MAX_NAME_CHARS:
+            if line is None:
                 stack.append(_LONGSTR)
+                return pos
+            if len(line) <= _MAX_NAME_CHARS:
+                text = codecs.raw_unicode_escape_decode(line)[0]
+                stack.append(text)
             else:
-                stack.append(codecs.raw_unicode_escape_decode(line)[0])
+                stack.append(_LONGSTR)
+                if line[0] not in _EMBED_FIRST:
+                    return pos
+                try:
+                    text = codecs.raw_unicode_escape_decode(line)[0]
+                except UnicodeDecodeError:
+                    return pos  # the loader fails here; nothing is embedded
+            self._embed_escaped(pos - 1 - len(line), line, text.encode("utf-8", "surrogatepass"))
             return pos
         if op in (0x49, 0x4C):  # INT, LONG
             line, pos = self._readline(pos, _OPNAMES[op])
