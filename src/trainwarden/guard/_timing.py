@@ -162,7 +162,7 @@ def compiling() -> float:
     return float(_compiles["total"]) + (time.monotonic() - since if since else 0.0)
 
 
-# A phase boundary: (the delays so far, their run-queue part), see _mark.
+# A phase boundary: (the delays so far, their run-queue part, time on a CPU), see _mark.
 _Mark = tuple[float, float, float]
 
 
