@@ -266,6 +266,14 @@ def _catalogue(out: Path) -> int:
     return count
 
 
+def _catalogue_ids() -> list[str]:
+    """Every attack id of the test suite's catalogue (built into the corpus, or skipped)."""
+    _tests_on_path()
+    from attacks import ATTACKS
+
+    return [attack.id for attack in ATTACKS]
+
+
 def _attacks(out: Path, canaries: Path) -> tuple[tuple[str, ...], dict[str, str]]:
     _tests_on_path()
     from attacks import ATTACKS
@@ -309,7 +317,8 @@ def build_corpus(*, rebuild: bool = False, big: bool = True) -> Corpus:
         shutil.rmtree(root)
     if manifest.exists():
         meta = json.loads(manifest.read_text(encoding="utf-8"))
-        if meta.get("version") != CORPUS_VERSION:
+        # A corpus of another layout, or of another catalogue (attacks added since): rebuilt.
+        if meta.get("version") != CORPUS_VERSION or meta.get("catalogue") != _catalogue_ids():
             shutil.rmtree(root)
     if not manifest.exists():
         if root.exists():
@@ -330,6 +339,7 @@ def build_corpus(*, rebuild: bool = False, big: bool = True) -> Corpus:
             "benign_files": n,
             "attack_ids": list(ids),
             "attack_expected": expected,
+            "catalogue": _catalogue_ids(),
         }
         manifest.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         print(f"corpus: built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
