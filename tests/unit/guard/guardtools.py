@@ -84,12 +84,17 @@ def train(
     tamper: dict[int, Tamper] | None = None,
     between: dict[int, Tamper] | None = None,
     clip: bool = True,
+    forward: Callable[[Any], Any] | None = None,
+    after_forward: Callable[[int], None] | None = None,
 ) -> int:
     """Train ``steps`` optimizer steps; returns the steps done.
 
     ``tamper[s]`` runs right before step ``s``'s forward (steps count from 1); ``between[s]``
-    right after step ``s``'s ``optimizer.step()`` and scheduler step.
+    right after step ``s``'s ``optimizer.step()`` and scheduler step. ``forward`` runs the
+    batch (``job.model`` by default; a compiled model, say); ``after_forward(s)`` is the job's
+    own work between step ``s``'s forward and backward.
     """
+    run = job.model if forward is None else forward
     tamper = tamper or {}
     between = between or {}
     step = 0
@@ -101,10 +106,12 @@ def train(
                 break
             if step + 1 in tamper:
                 tamper[step + 1](job, step + 1)
-            logits = job.model(inputs)
+            logits = run(inputs)
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, job.cfg.vocab), targets.reshape(-1)
             )
+            if after_forward is not None:
+                after_forward(step + 1)
             job.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -120,13 +127,23 @@ def train(
     return step
 
 
-def flipping(params: list[Any], step: Callable[[], Any]) -> Any:
-    """Run ``step`` and flip the update it made to ``params`` (an insider's tampered step)."""
-    before = [p.detach().clone() for p in params]
-    result = step()
+def snapshot(params: list[Any]) -> list[Any]:
+    """Copies of ``params`` (what an update is later flipped against)."""
+    return [p.detach().clone() for p in params]
+
+
+def flip(params: list[Any], before: list[Any]) -> None:
+    """Reverse the update ``params`` received since ``before`` (an insider's edit)."""
     with torch.no_grad():
         for p, b in zip(params, before, strict=True):
             p.copy_(2 * b - p)
+
+
+def flipping(params: list[Any], step: Callable[[], Any]) -> Any:
+    """Run ``step`` and flip the update it made to ``params`` (an insider's tampered step)."""
+    before = snapshot(params)
+    result = step()
+    flip(params, before)
     return result
 
 

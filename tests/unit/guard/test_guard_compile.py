@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from guardtools import flipping, make_job
+from guardtools import flip, make_job, snapshot, train
 
 from trainwarden.guard import Guard, GuardConfig
 from trainwarden.guard._timing import compiling
@@ -29,28 +29,6 @@ def _slow_backend(gm: Any, example_inputs: Any) -> Any:
     return gm.forward
 
 
-def _train(compiled: Any, job: Any, steps: int, *, flip_at: int | None = None) -> int:
-    """Train ``steps`` steps through ``compiled``; batches of 8 with an odd one each epoch."""
-    step = 0
-    while step < steps:
-        for inputs, targets in job.loader:
-            if step >= steps:
-                break
-            logits = compiled(inputs)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, job.cfg.vocab), targets.reshape(-1)
-            )
-            job.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if step + 1 == flip_at:
-                flipping(list(job.model.parameters()), job.optimizer.step)
-            else:
-                job.optimizer.step()
-            job.scheduler.step()
-            step += 1
-    return step
-
-
 def _job() -> Any:
     job = make_job(steps=40, samples=100)  # 100 samples: 12 batches of 8, then one of 4
     torch._dynamo.reset()
@@ -63,7 +41,8 @@ def test_a_compiled_model_trains_clean_and_its_recompilation_is_not_a_stall() ->
     config = GuardConfig(timing_warmup=3, timing_min_excess=0.1)
     before = compiling()
     with Guard(job.model, job.optimizer, scheduler=job.scheduler, config=config) as guard:
-        assert _train(compiled, job, 30) == 30  # epochs end at steps 13 and 26: recompiled
+        # Epochs end at steps 13 and 26 with a batch of 4: recompiled.
+        assert train(job, 30, clip=False, forward=compiled) == 30
     assert compiling() - before >= 2 * SLOW, "the compilations were timed"
     assert guard.findings == (), [f.message for f in guard.findings]
     assert guard.update.verified_steps >= 25
@@ -74,11 +53,15 @@ def test_tampering_under_a_compiled_model_is_still_caught() -> None:
 
     job = _job()
     compiled = torch.compile(job.model, backend="eager")
+    params = list(job.model.parameters())
+    saved: dict[str, list[Any]] = {}
+    # Step 18's update reversed once the step is over: an edit between steps 18 and 19.
+    tamper = {18: lambda job, s: saved.update(before=snapshot(params))}
+    between = {18: lambda job, s: flip(params, saved["before"])}
     with (
         Guard(job.model, job.optimizer, scheduler=job.scheduler),
         pytest.raises(GuardViolation) as info,
     ):
-        _train(compiled, job, 30, flip_at=18)
-    # Flipped after step 18's optimizer returned: an edit between steps 18 and 19.
+        train(job, 30, clip=False, forward=compiled, tamper=tamper, between=between)
     assert info.value.step == 19
     assert {f.rule_id for f in info.value.findings} == {"guard.weights"}, info.value.findings

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
-from guardtools import make_job
+from guardtools import make_job, train
 
 from trainwarden.errors import ConfigError
 from trainwarden.guard import Guard, GuardConfig
@@ -35,25 +34,16 @@ def _run(extra: Callable[[], None], at: int = 24, steps: int = 30) -> list[Any]:
     """Train with ``BASE`` of computing per backward, ``extra()`` added at step ``at``."""
     config = GuardConfig(timing_warmup=3, timing_min_excess=0.05)
     job = make_job(steps=steps)
-    guard = Guard(job.model, job.optimizer, scheduler=job.scheduler, config=config,
-                  on_violation="warn")  # fmt: skip
-    with guard:
-        step = 0
-        batches = iter(job.loader)
-        while step < steps:
-            inputs, targets = next(batches)
-            logits = job.model(inputs)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, job.cfg.vocab), targets.reshape(-1)
-            )
-            _spin(BASE)  # the job's own work, between forward and backward
-            step += 1
-            if step == at:
-                extra()
-            job.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            job.optimizer.step()
-            job.scheduler.step()
+
+    def work(step: int) -> None:  # the job's own work, between forward and backward
+        _spin(BASE)
+        if step == at:
+            extra()
+
+    with Guard(
+        job.model, job.optimizer, scheduler=job.scheduler, config=config, on_violation="warn"
+    ) as guard:
+        train(job, steps, clip=False, after_forward=work)
     return [f for f in guard.findings if f.rule_id == "guard.timing"]
 
 
