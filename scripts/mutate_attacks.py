@@ -309,50 +309,57 @@ def m_memoize_end(data: bytes, rng: random.Random) -> bytes | None:
     return apply_edits(flat, [(ops[-1].pos, ops[-1].pos, b"\x94")])
 
 
+def _swap_ops(data: bytes, respell: Callable[[Op], bytes | None]) -> bytes | None:
+    """``data`` with each opcode ``respell`` gives new bytes for rewritten (None: unchanged)."""
+    flat = deframe(data)
+    edits = []
+    for op in parse_ops(flat):
+        repl = respell(op)
+        if repl is not None:
+            edits.append((op.pos, op.end, repl))
+    return apply_edits(flat, edits) if edits else None
+
+
 def m_strings(data: bytes, rng: random.Random) -> bytes | None:
     """String opcodes swapped for equivalent ones (BINUNICODE8, UNICODE, BINSTRING...)."""
-    flat = deframe(data)
-    ops = parse_ops(flat)
-    edits = []
-    for op in ops:
+
+    def respell(op: Op) -> bytes | None:
         if op.name in STR_OPS + BYTESTR_OPS and isinstance(op.arg, str) and rng.random() < 0.7:
             kinds = list(STR_OPS) + (list(BYTESTR_OPS) if rng.random() < 0.3 else [])
-            repl = enc_str(op.arg, rng.choice(kinds))
-            if repl is not None:
-                edits.append((op.pos, op.end, repl))
-    return apply_edits(flat, edits) if edits else None
+            return enc_str(op.arg, rng.choice(kinds))
+        return None
+
+    return _swap_ops(data, respell)
 
 
 def m_ints(data: bytes, rng: random.Random) -> bytes | None:
     """Integer opcodes swapped for equivalent ones (INT text, LONG1, BININT...)."""
-    flat = deframe(data)
-    ops = parse_ops(flat)
-    edits = []
-    for op in ops:
+
+    def respell(op: Op) -> bytes | None:
         if op.name in INT_OPS and isinstance(op.arg, int) and not isinstance(op.arg, bool):
-            repl = enc_int(op.arg, rng.choice(INT_OPS))
-            if repl is not None:
-                edits.append((op.pos, op.end, repl))
-    return apply_edits(flat, edits) if edits else None
+            return enc_int(op.arg, rng.choice(INT_OPS))
+        return None
+
+    return _swap_ops(data, respell)
 
 
 def m_bytes(data: bytes, rng: random.Random) -> bytes | None:
     """Bytes opcodes swapped (SHORT_BINBYTES, BINBYTES, BINBYTES8)."""
-    flat = deframe(data)
-    ops = parse_ops(flat)
-    edits = []
-    for op in ops:
-        if op.name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8") and isinstance(op.arg, bytes):
-            current = {"SHORT_BINBYTES": "C", "BINBYTES": "B", "BINBYTES8": "\x8e"}[op.name]
-            kind = rng.choice([k for k in ("C", "B", "\x8e") if k != current])
-            if kind == "C" and len(op.arg) < 256:
-                repl = b"C" + bytes([len(op.arg)]) + op.arg
-            elif kind == "B":
-                repl = b"B" + struct.pack("<I", len(op.arg)) + op.arg
-            else:
-                repl = b"\x8e" + struct.pack("<Q", len(op.arg)) + op.arg
-            edits.append((op.pos, op.end, repl))
-    return apply_edits(flat, edits) if edits else None
+
+    def respell(op: Op) -> bytes | None:
+        if op.name not in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8"):
+            return None
+        if not isinstance(op.arg, bytes):
+            return None
+        current = {"SHORT_BINBYTES": "C", "BINBYTES": "B", "BINBYTES8": "\x8e"}[op.name]
+        kind = rng.choice([k for k in ("C", "B", "\x8e") if k != current])
+        if kind == "C" and len(op.arg) < 256:
+            return b"C" + bytes([len(op.arg)]) + op.arg
+        if kind == "B":
+            return b"B" + struct.pack("<I", len(op.arg)) + op.arg
+        return b"\x8e" + struct.pack("<Q", len(op.arg)) + op.arg
+
+    return _swap_ops(data, respell)
 
 
 def m_tuples(data: bytes, rng: random.Random) -> bytes | None:
@@ -660,23 +667,6 @@ def mutate_member(name: str, data: bytes, kind: str, rng: random.Random) -> byte
     return None
 
 
-class _NoSeek(io.RawIOBase):
-    """A write-only stream that cannot seek: zipfile then writes data descriptors."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.buf += bytes(b)
-        return len(b)
-
-    def seekable(self) -> bool:
-        return False
-
-
 ZIP_KINDS = (
     "stored",
     "deflated",
@@ -726,6 +716,8 @@ def rezip(data: bytes, kind: str, rng: random.Random, member_kind: str | None) -
             ["README", ".data/extra", "notes.txt"]
         )
         entries.insert(where, (extra, b"harmless extra member\n", zipfile.ZIP_STORED))
+    from attacks import _NoSeek  # zipfile writes data descriptors to a sink it cannot seek
+
     sink: Any = _NoSeek() if kind == "descriptor" else io.BytesIO()
     with zipfile.ZipFile(sink, "w") as out:
         for name, body, method in entries:
@@ -735,7 +727,7 @@ def rezip(data: bytes, kind: str, rng: random.Random, member_kind: str | None) -
                 f.write(body)
         if kind == "comment":
             out.comment = b"trainwarden mutation campaign " * rng.randint(1, 3)
-    result = bytes(sink.buf) if kind == "descriptor" else sink.getvalue()
+    result = bytes(sink.data) if kind == "descriptor" else sink.getvalue()
     if member_kind is not None and not changed:
         return None
     return result
