@@ -167,13 +167,14 @@ _Mark = tuple[float, float, float]
 
 
 def _mark(thread: int | None = None) -> _Mark:
-    """Seconds the training thread has not spent on the job's own work, and their queued part.
+    """Seconds not the job's own work so far, their queued part, and seconds on a CPU.
 
     ``thread`` is its native id (the caller's by default), so any thread can mark it. Run-queue
-    delay comes from its ``schedstat`` (0 where unavailable); the collector's pauses are the
-    interpreter's, not the job's (one that another thread runs during a sleep hides up to its
-    length: the documented limit); :func:`busy` is the time the guard's paced heavy checks may
-    have held the interpreter lock.
+    delay and time on a CPU come from its ``schedstat`` (0 where unavailable); the collector's
+    pauses are the interpreter's, not the job's (one that another thread runs during a sleep
+    hides up to its length: the documented limit), and so are TorchDynamo's compilations
+    (:func:`compiling`); :func:`busy` is the time the guard's paced heavy checks may have held
+    the interpreter lock.
     """
     on_cpu, queued = _schedstat(thread)
     return queued + float(_gc["total"]) + busy() + compiling(), queued, on_cpu
