@@ -764,12 +764,13 @@ class UpdateCheck:
         """
         memory = part.memory
         if memory is not None:
-            located = [memory.locate("param", params)]
+            entries = sel.entries
+            located = [memory.locate("param", params, entries)]
             keys: list[str] = []
             dicts: list[Any] = []
             if grads is not None:
-                located.append(memory.locate("grad", grads, fresh=True))
-                dicts, keys = self._locate_state(memory, located)
+                located.append(memory.locate("grad", grads, entries, fresh=True))
+                dicts, keys = self._locate_state(memory, located, entries)
             if all(k is not None for k in located):
                 found = [k for k in located if k is not None]
                 out = memory.read(found, sel.owner, sel.local)
@@ -785,14 +786,17 @@ class UpdateCheck:
         return before, grad_values, self._read_state(part, sel)
 
     def _locate_state(
-        self, memory: Memory, located: list[Located | None]
+        self, memory: Memory, located: list[Located | None], entries: list[int]
     ) -> tuple[list[Any], list[str]]:
-        """Locate every state kind (appended to ``located``); the state dicts and kinds' keys."""
+        """Locate every state kind at ``entries`` (appended to ``located``).
+
+        Returns the state dicts and the kinds' keys.
+        """
         dicts = self._state_tensors()
         keys = []
         for key, tensors in self._state_kinds(dicts).items():
             keys.append(key)
-            located.append(memory.locate("state:" + key, tensors))
+            located.append(memory.locate("state:" + key, tensors, entries))
         return dicts, keys
 
     def _state_rows(
@@ -831,14 +835,17 @@ class UpdateCheck:
         want_now = sel is not None and state_now
         want_next = following is not None and state_next
         if memory is not None and (sel is not None or following is not None):
-            located: list[Located | None] = [memory.locate("param", params)]
+            parts = [s for s in (sel, following) if s is not None]
+            entries = parts[0].entries
+            if len(parts) == 2:
+                entries = sorted({*entries, *parts[1].entries})
+            located: list[Located | None] = [memory.locate("param", params, entries)]
             keys: list[str] = []
             dicts: list[Any] = []
             if want_now or want_next:
-                dicts, keys = self._locate_state(memory, located)
+                dicts, keys = self._locate_state(memory, located, entries)
             if all(k is not None for k in located):
                 found = [k for k in located if k is not None]
-                parts = [s for s in (sel, following) if s is not None]
                 owner, local = parts[0].owner, parts[0].local
                 if len(parts) == 2:
                     owner = np.concatenate([parts[0].owner, parts[1].owner])

@@ -83,6 +83,78 @@ def test_an_entry_without_a_tensor_never_reads_at_its_own_offsets() -> None:
     assert got[0, 2:].tolist() == [0.0, 0.0, 0.0]
 
 
+def test_only_the_entries_a_read_touches_are_validated() -> None:
+    # A step's sample touches the large tensors and a few small ones: only those are
+    # validated, so a tensor that cannot be read directly slows only the reads that touch it.
+    sizes = [100, 100, 100]
+    weights = [torch.randn(100), torch.randn(10, 10).t(), torch.randn(100)]  # 1 is strided
+    memory = _memory(sizes)
+    owner = np.array([0, 0, 2], dtype=np.int64)
+    local = np.array([7, 99, 0], dtype=np.int64)
+    located = memory.locate("param", weights, [0, 2])
+    assert located is not None
+    got = memory.read([located], owner, local)
+    np.testing.assert_array_equal(got[0], _expected(weights, owner, local))
+    assert memory.locate("param", weights, [0, 1]) is None
+    assert memory.locate("param", weights, [2]) is not None  # a refusal is not remembered
+
+
+def test_an_entry_that_moved_while_not_read_is_validated_again_before_it_is_read() -> None:
+    # Entry 1 is validated, then its tensor is replaced by a smaller one and the old memory
+    # freed while reads touch only entry 0: the first read that touches it again must see
+    # the new tensor (and refuse it), never read the old address.
+    sizes = [100, 100]
+    weights = [torch.randn(100), torch.randn(100)]
+    memory = _memory(sizes)
+    assert memory.locate("param", weights, [0, 1]) is not None
+    weights[1] = torch.randn(50)
+    assert memory.locate("param", weights, [0]) is not None
+    assert memory.locate("param", weights, [0, 1]) is None
+    weights[1] = torch.randn(100)  # a tensor that fits again: read where it now lives
+    located = memory.locate("param", weights, [1])
+    assert located is not None
+    owner = np.array([1, 1], dtype=np.int64)
+    local = np.array([0, 99], dtype=np.int64)
+    np.testing.assert_array_equal(
+        memory.read([located], owner, local)[0], _expected(weights, owner, local)
+    )
+
+
+def test_a_tensor_shrunk_in_place_at_the_same_address_is_validated_again() -> None:
+    # Same address, fewer elements (``set_`` on the same storage; or ``p.data = x`` landing
+    # where the old memory was): reading the validated count would run past its memory.
+    sizes = [100]
+    weight = torch.randn(100)
+    memory = _memory(sizes)
+    assert memory.locate("param", [weight], [0]) is not None
+    address = weight.data_ptr()
+    weight.set_(weight.untyped_storage(), 0, (50,))
+    assert weight.data_ptr() == address
+    assert memory.locate("param", [weight], [0]) is None
+
+
+def test_a_read_of_entries_without_tensors_reads_nothing() -> None:
+    # A state kind that the touched entries lack (their parameters never stepped): zeros,
+    # without reading any address, also when other entries have the kind.
+    sizes = [100, 100, 100]
+    params = [torch.randn(100) for _ in sizes]
+    state = [torch.randn(100), None, None]
+    memory = _memory(sizes)
+    assert memory.locate("state:exp_avg", state, [1, 2]) is None  # nothing there to read
+    assert memory.locate("state:exp_avg", state, [0]) is not None
+    assert memory.locate("state:exp_avg", state, [1, 2]) is None
+    # Read with a kind that has them: the state row is zeros, its addresses never used.
+    kinds = [memory.locate("param", params, [1, 2]), memory.locate("state:exp_avg", state, [1])]
+    assert kinds[1] is None
+    kinds[1] = memory.locate("state:exp_avg", state, [0, 1])
+    owner = np.array([1, 1, 2], dtype=np.int64)
+    local = np.array([3, 4, 5], dtype=np.int64)
+    assert all(k is not None for k in kinds)
+    got = memory.read([k for k in kinds if k is not None], owner, local)
+    np.testing.assert_array_equal(got[0], _expected(params, owner, local))
+    assert got[1].tolist() == [0.0, 0.0, 0.0]
+
+
 def test_bf16_is_read_as_its_bit_patterns() -> None:
     sizes = [300, 77]
     weights = [torch.randn(n).to(torch.bfloat16) for n in sizes]
