@@ -93,7 +93,7 @@ def new_hasher(algorithm: str) -> Any:
     """
     if algorithm == "blake3":
         try:
-            import blake3  # type: ignore[import-not-found]  # optional accelerator
+            import blake3  # optional in the core; the torch extra installs it
         except ImportError:
             raise ValueError("blake3 requested but the 'blake3' package is not installed") from None
         # max_threads=1: we parallelise across files already.

@@ -218,6 +218,18 @@ def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn if disable is None else cast("Callable[..., Any]", disable(fn))
 
 
+def _require_extra() -> None:
+    """Fail at attach, not hundreds of steps in, when the torch extra's packages are missing."""
+    import importlib.util
+
+    missing = [name for name in ("numpy", "blake3") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the guard needs {' and '.join(missing)}, which this environment lacks: "
+            "install trainwarden with its torch extra (pip install 'trainwarden[torch]')"
+        )
+
+
 class Guard:
     """Watches one optimizer (and its model) for tampering, from inside the training process.
 
@@ -263,6 +275,7 @@ class Guard:
     ) -> None:
         import torch.distributed as dist
 
+        _require_extra()
         defaults = current_defaults()
         self.config = config if config is not None else GuardConfig()
         self.sink = sink if sink is not None else defaults.sink

@@ -1862,10 +1862,16 @@ def _digest(arrays: Any) -> int:
 
 
 def full_digest(tensors: Sequence[Any]) -> int:
-    """A digest of every byte of ``tensors`` (local shards), for full comparisons."""
+    """A digest of every byte of ``tensors`` (local shards), for full comparisons.
+
+    BLAKE3, on the calling thread: every byte of the model passes through it twice every
+    ``full_digest_every`` steps, and it hashes 2.5-3x faster than SHA-256 (with SHA
+    instructions) on one core.
+    """
+    import blake3
     import torch
 
-    h = hashlib.sha256(b"tw.full")
+    h = blake3.blake3(b"tw.full")
     for t in tensors:
         x = local(t)
         if x.device.type != "cpu":

@@ -27,6 +27,7 @@ SCENARIOS = (
     "lr-one-rank",
     "flip-all-ranks",
     "weights-one-rank",
+    "one-weight-one-rank",
     "sleep-one-rank",
     "reseed-one-rank",
     "fsdp-clean",
@@ -234,7 +235,8 @@ def _play(name: str, rank: int, world: int) -> dict[str, Any]:
             job.model.parameters(), optimizer_class=torch.optim.AdamW, lr=3e-3, weight_decay=0.1
         )
         job.scheduler = None
-    config = GuardConfig(timing_warmup=3, timing_min_excess=0.4)
+    # A full digest after step 22 (and before 23): what the one-weight scenario relies on.
+    config = GuardConfig(timing_warmup=3, timing_min_excess=0.4, full_digest_every=22)
     sink = MemorySink()
     tamper: dict[int, Any] = {}
     between: dict[int, Any] = {}
@@ -264,6 +266,13 @@ def _play(name: str, rank: int, world: int) -> dict[str, Any]:
                 j.plain.head.weight.mul_(1.01)
 
         between[start] = edit
+    elif name == "one-weight-one-rank" and one:
+
+        def nudge(j: Any, s: int) -> None:
+            with torch.no_grad():
+                j.plain.head.weight.view(-1)[7] += 1e-3
+
+        between[start] = nudge
     elif name == "sleep-one-rank" and one:
         import torch.optim.adam as adam_module
 

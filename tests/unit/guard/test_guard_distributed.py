@@ -85,6 +85,24 @@ def test_weights_edited_on_one_rank_are_named(records: Any) -> None:
     assert all("rank(s) 1 " in f["message"] for f in cross)
 
 
+def test_one_weight_edited_on_one_rank_is_named_by_the_full_digests(records: Any) -> None:
+    # One coordinate: the secret sample of the step after the edit catches it about one run
+    # in a hundred (rank 1 halts everyone there, as guard.weights); otherwise the replicas'
+    # full digests after step 22 differ and the majority names rank 1.
+    ranks = _all(records, "one-weight-one-rank")
+    start = ranks[0]["start"]
+    halted = {r["halted"] for r in ranks}
+    assert len(halted) == 1
+    if halted == {start + 1}:
+        assert "guard.weights" in _rules(ranks[1])
+        return
+    assert halted == {22}
+    cross = [f for r in ranks for f in r["findings"] if f["rule"] == "guard.cross-rank"]
+    assert cross
+    assert all("full weight digest" in f["message"] for f in cross)
+    assert all("rank(s) 1 " in f["message"] for f in cross)
+
+
 def test_sleeping_rank_is_named_with_its_phase(records: Any) -> None:
     ranks = _all(records, "sleep-one-rank")
     start = ranks[0]["start"]

@@ -220,3 +220,24 @@ def test_run_queue_delay_is_read_for_the_training_thread_from_any_thread() -> No
     after = _schedstat()
     assert before[1] <= seen[0][1] <= after[1]
     assert 0.0 < before[0] <= seen[0][0] <= after[0]
+
+
+@pytest.mark.torch
+def test_a_guard_without_its_extra_is_refused_at_attach(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The full digest hashes with blake3 every full_digest_every steps: without the package
+    # the job would fail a hundred steps in, inside the optimizer step. It fails at attach.
+    import importlib.util
+
+    import torch
+
+    from trainwarden.guard import Guard
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "blake3" else real(name, *a)
+    )
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"blake3.*trainwarden\[torch\]"):
+        Guard(model, optimizer)
+    assert not optimizer._optimizer_step_pre_hooks  # nothing attached

@@ -124,3 +124,36 @@ def test_a_declared_state_reset_is_no_finding(sink: MemorySink) -> None:
     with guard:
         train(job, 16, between={START: reset})
     assert not guard.findings, [f.message for f in guard.findings]
+
+
+@pytest.mark.parametrize("window", [8, 7], ids=["after-a-digest", "between-digests"])
+def test_one_weight_edited_between_steps_is_found_by_the_full_digest(
+    sink: MemorySink, window: int
+) -> None:
+    # One coordinate of the model: the secret sample misses it nearly always. The full digest,
+    # taken after step N and before step N + 1 every `full_digest_every` steps, does not: an
+    # edit in that window is named in step N + 1; one in another window is not the digest's
+    # to find (the edited value is what the next digest starts from).
+    job = make_job()
+    every = 4
+    largest = _largest(job)
+    where = largest.numel() // 2 + 3
+
+    def nudge(job: Job, step: int) -> None:
+        with torch.no_grad():
+            largest.view(-1)[where] += 1e-3
+
+    config = GuardConfig(full_digest_every=every)
+    guard = Guard(
+        job.model, job.optimizer, scheduler=job.scheduler, sink=sink, config=config,
+        on_violation="warn",
+    )  # fmt: skip
+    with guard:
+        train(job, STEPS, between={window: nudge})
+    digest = [f for f in guard.findings if "full digest" in f.message]
+    if window % every:
+        assert not digest
+        return
+    assert [f.step for f in digest] == [window + 1]
+    assert digest[0].rule_id == "guard.weights"
+    assert digest[0].established
