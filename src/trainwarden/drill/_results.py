@@ -125,7 +125,7 @@ class Detection:
 
     def after(self) -> str:
         """How long after the attack began, as the table says it (``3 steps, 1.2 s``)."""
-        steps = "-" if self.steps is None else f"{self.steps} steps"
+        steps = "-" if self.steps is None else f"{self.steps} step{'' if self.steps == 1 else 's'}"
         seconds = "-" if self.seconds is None else f"{self.seconds:.1f} s"
         return f"{steps}, {seconds}"
 

@@ -163,3 +163,19 @@ def test_html_index_escapes_and_links_each_run() -> None:
     assert "<script" not in page
     # Control clean and the one attack detected.
     assert 'trainwarden drill: <span class="passed">passed</span>' in page
+
+
+@pytest.mark.parametrize(
+    ("steps", "seconds", "said"),
+    [
+        (1, 0.42, "1 step, 0.4 s"),
+        (0, 1.5, "0 steps, 1.5 s"),
+        (17, None, "17 steps, -"),
+        (None, None, "-, -"),
+    ],
+)
+def test_how_long_after_reads_as_english(
+    steps: int | None, seconds: float | None, said: str
+) -> None:
+    detection = Detection("guard.timing", "guard.timing", "m", None, seconds, steps, True, "ledger")
+    assert detection.after() == said
