@@ -2,10 +2,11 @@
 
 Run: python benchmarks/bench_guard.py [--steps N] [--repeats R] [--no-write]
 
-For three model sizes (tinygpt's tiny default, 0.11 M parameters in 29 tensors, ~10-20 ms a
+For four model sizes (tinygpt's tiny default, 0.11 M parameters in 29 tensors, ~10-20 ms a
 step; a small realistic one, 1.8 M parameters in 53 tensors, ~110 ms a step on one core; a
-medium one, 7.5 M parameters in 77 tensors, ~0.4 s a step: the guard's cost is nearly
-constant per step, so the three show how its share falls as steps grow) and for 1 and 2
+medium one, 7.5 M parameters in 77 tensors, ~0.35 s a step; a large one, 25 M parameters in
+101 tensors, ~1.1 s a step, run for a third of the steps: the guard's cost is nearly constant
+per step, so the four show how its share falls as steps grow) and for 1 and 2
 ranks (DDP over gloo), the same
 process trains alternately without a guard and with ``Guard(model, optimizer,
 scheduler=scheduler)`` at its defaults, in blocks of N steps, R times; median step times
@@ -35,6 +36,7 @@ SIZES = {
     "tiny": (64, 2, 32, 8),
     "realistic": (192, 4, 64, 8),
     "medium": (320, 6, 64, 8),
+    "large": (512, 8, 64, 8),
 }
 
 
@@ -112,6 +114,8 @@ def measure(
     costs: dict[str, float] = {}
     total = 0.0
     attach: list[float] = []
+    digests: list[float] = []
+    every = 1
     guarded_steps = 0
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
@@ -144,8 +148,15 @@ def measure(
             for key, value in after.items():
                 costs[key] = costs.get(key, 0.0) + value - before.get(key, 0.0)
             assert guard.findings == (), guard.findings
+            every = guard.config.full_digest_every
             guard.close()
+            digests += _full_digest_cpu(model)
     per_step = {k: v / guarded_steps for k, v in costs.items()}
+    # The full digest runs twice every `every` steps (after the step, before the next); the
+    # blocks are shorter than that, so it is timed apart and added, amortized.
+    full = 2 * median(digests) / every
+    per_step["weights"] = per_step.get("weights", 0.0) + full
+    total += full * guarded_steps
     return {
         "size": size,
         "settings": ", ".join(f"{k}={v}" for k, v in (overrides or {}).items()) or "defaults",
@@ -160,6 +171,19 @@ def measure(
         "total": total / guarded_steps,
         "per_check": per_step,
     }
+
+
+def _full_digest_cpu(model: Any) -> list[float]:
+    """CPU seconds of the guard's full digest of the weights, three times."""
+    from trainwarden.guard._update import full_digest
+
+    params = list(model.parameters())
+    times = []
+    for _ in range(3):
+        start = time.thread_time()
+        full_digest(params)
+        times.append(time.thread_time() - start)
+    return times
 
 
 def _rank(rank: int, world: int, port: int, size: str, steps: int, repeats: int, out: str) -> None:
@@ -224,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="steps per block")
     parser.add_argument("--repeats", type=int, default=3, help="bare/guarded block pairs")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
-    parser.add_argument("--sizes", default="tiny,realistic,medium")
+    parser.add_argument("--sizes", default="tiny,realistic,medium,large")
     parser.add_argument("--worlds", default="1,2")
     parser.add_argument("--sync", action="store_true", help="verify updates on the training thread")
     args = parser.parse_args(argv)
@@ -234,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         for world in (int(w) for w in args.worlds.split(",")):
             start = time.time()
+            # The large model's steps take ~1 s: a third of the steps keeps the run short.
+            steps = max(10, args.steps // 3) if size == "large" else args.steps
             if world == 1:
-                r = measure(size, args.steps, args.repeats)
+                r = measure(size, steps, args.repeats)
             else:
-                r = measure_ranks(size, args.steps, args.repeats, world)
+                r = measure_ranks(size, steps, args.repeats, world)
             results.append(r)
             print(_row(r), f"({time.time() - start:.0f} s)", flush=True)
     # What the defaults buy, against lighter settings (same job, one rank).
@@ -262,9 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             "(the update check, most of it: reading the sampled values and recomputing them, "
             "in caches the step has just flushed), which the noise of a shared machine does "
             "not blur; the verification thread's CPU (with verify_async) is listed with the "
-            "checks. Attach (a one-time cost, plus a first code-integrity pass of about 2 s "
-            "of CPU in the watchdog thread, paced over about ten times as much wall time) is "
-            "excluded from the step times.",
+            "checks. The full digest of the weights (BLAKE3 of every byte, after a step and "
+            "before the next, every 100 steps) falls outside the blocks: it is timed apart and "
+            "its amortized cost added to the guard's own CPU (the `weights` check). Attach (a "
+            "one-time cost, plus a first code-integrity pass of about 2 s of CPU in the "
+            "watchdog thread, paced over about ten times as much wall time) is excluded from "
+            "the step times.",
             "",
             "| model | guard settings | ranks | wall step, no guard (ms) | wall step, guard (ms) "
             "| wall overhead "
