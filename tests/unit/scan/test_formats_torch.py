@@ -149,6 +149,25 @@ def test_bad_crc_zipfile_refuses_torch_loads(tmp_path: Path, canary) -> None:  #
     assert "archive.crc-mismatch" in _rules(report)
 
 
+@pytest.mark.parametrize("spoil", ["zip64-entries-on-disk", "zip64-disk-number"])
+def test_archives_torch_refuses_as_multi_disk_are_not_safe(tmp_path: Path, spoil: str) -> None:
+    # Fields zipfile ignores and torch's reader (miniz) checks: the scanner reads what torch
+    # would refuse to load, so it cannot vouch for it (found by byte-level damage).
+    raw = bytearray(_benign_bytes())
+    if spoil == "zip64-entries-on-disk":
+        pos = raw.rfind(b"PK\x06\x06")
+        count = struct.unpack_from("<Q", raw, pos + 24)[0]
+        struct.pack_into("<Q", raw, pos + 24, count + 1)
+    else:
+        pos = raw.rfind(b"PK\x06\x06")
+        struct.pack_into("<I", raw, pos + 16, 1)  # the number of this disk
+    with pytest.raises(RuntimeError):
+        torch.load(io.BytesIO(bytes(raw)), weights_only=True)
+    report = _scan(bytes(raw), tmp_path)
+    assert report.verdict is Verdict.UNKNOWN
+    assert "archive.malformed" in _rules(report)
+
+
 def test_local_name_differs_from_central_name(tmp_path: Path) -> None:
     raw = bytearray(_benign_bytes())
     # Rename data.pkl in its local header only (same length): central says data.pkl.

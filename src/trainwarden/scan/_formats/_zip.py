@@ -132,7 +132,7 @@ def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
     if len(rec) < _EOCD_SIZE:
         ctx.unknown("archive.malformed", "truncated zip end record", member, offset=eocd)
         return None
-    (_, disk, cd_disk, _, n_total, cd_size, cd_offset, _) = struct.unpack("<4sHHHHIIH", rec)
+    (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _) = struct.unpack("<4sHHHHIIH", rec)
     eocd_for_prefix = eocd
     # A zip64 end record sits right before its locator, which sits right before the end
     # record. torch always writes one; like zipfile, we use it whenever it is there.
@@ -144,8 +144,13 @@ def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
         if len(rec64) < 56 or rec64[:4] != _EOCD64:
             ctx.unknown("archive.malformed", "bad zip64 end record", member, offset=eocd - 20)
             return None
-        (_, _, _, _, _, _, _, n_total, cd_size, cd_offset) = struct.unpack("<4sQHHIIQQQQ", rec64)
+        (_, _, _, _, disk64, cd_disk64, n_disk, n_total, cd_size, cd_offset) = struct.unpack(
+            "<4sQHHIIQQQQ", rec64
+        )
         eocd_for_prefix = rec64_pos
+        # torch's reader (miniz) takes the disk numbers and both entry counts from this
+        # record and refuses an archive where they disagree: it would not load what we read.
+        disk, cd_disk = disk | disk64, cd_disk | cd_disk64
         if stored_off + (rec64_pos - cd_size - cd_offset) != rec64_pos:
             ctx.unknown(
                 "archive.malformed",
@@ -153,6 +158,16 @@ def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
                 member,
                 offset=eocd - 20,
             )
+    if n_disk != n_total:
+        # torch's reader (miniz) takes this for a multi-disk archive and refuses it.
+        ctx.unknown(
+            "archive.malformed",
+            "the zip end record counts a different number of entries on this disk than in all",
+            member,
+            offset=eocd_for_prefix,
+            evidence=f"{n_disk} != {n_total}",
+        )
+        return None
     if disk != 0 or cd_disk != 0:
         ctx.unknown("archive.malformed", "multi-disk zip archives are not supported", member)
         return None
