@@ -149,7 +149,9 @@ def test_bad_crc_zipfile_refuses_torch_loads(tmp_path: Path, canary) -> None:  #
     assert "archive.crc-mismatch" in _rules(report)
 
 
-@pytest.mark.parametrize("spoil", ["zip64-entries-on-disk", "zip64-disk-number"])
+@pytest.mark.parametrize(
+    "spoil", ["zip64-entries-on-disk", "zip64-disk-number", "member-disk-number", "stored-sizes"]
+)
 def test_archives_torch_refuses_as_multi_disk_are_not_safe(tmp_path: Path, spoil: str) -> None:
     # Fields zipfile ignores and torch's reader (miniz) checks: the scanner reads what torch
     # would refuse to load, so it cannot vouch for it (found by byte-level damage).
@@ -158,9 +160,16 @@ def test_archives_torch_refuses_as_multi_disk_are_not_safe(tmp_path: Path, spoil
         pos = raw.rfind(b"PK\x06\x06")
         count = struct.unpack_from("<Q", raw, pos + 24)[0]
         struct.pack_into("<Q", raw, pos + 24, count + 1)
-    else:
+    elif spoil == "zip64-disk-number":
         pos = raw.rfind(b"PK\x06\x06")
         struct.pack_into("<I", raw, pos + 16, 1)  # the number of this disk
+    elif spoil == "member-disk-number":
+        pos = raw.find(b"PK\x01\x02")
+        struct.pack_into("<H", raw, pos + 34, 40)  # the disk the member starts on
+    else:
+        pos = raw.find(b"PK\x01\x02")  # the first member (data.pkl), stored
+        size = struct.unpack_from("<I", raw, pos + 24)[0]
+        struct.pack_into("<I", raw, pos + 24, size + 1000)  # its uncompressed size
     with pytest.raises(RuntimeError):
         torch.load(io.BytesIO(bytes(raw)), weights_only=True)
     report = _scan(bytes(raw), tmp_path)

@@ -228,7 +228,7 @@ def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
             name_len,
             extra_len,
             comment_len_e,
-            _,
+            disk_start,
             _,
             ext_attr,
             header_off,
@@ -241,7 +241,20 @@ def read_zip(ctx: Context, blob: Blob, member: str | None) -> ZipArchive | None:
         if pos > len(cd):
             ctx.unknown("archive.malformed", "truncated central-directory record", member)
             return None
+        if disk_start > 1:
+            # torch's reader (miniz) accepts disk 0 or 1 here and refuses the archive else.
+            ctx.unknown("archive.malformed", "multi-disk zip archives are not supported", member)
+            return None
         name = _decode(raw_name, flags)
+        if method == 0 and csize != usize and not flags & 1:
+            # Legitimate writers never produce it; torch's reader refuses the archive, and
+            # readers that trust one size or the other read different bytes.
+            ctx.unknown(
+                "archive.malformed",
+                "a stored (uncompressed) member's compressed and uncompressed sizes differ",
+                join_member(member, name),
+                evidence=f"{csize} != {usize}",
+            )
         is_symlink = (version_made >> 8) == 3 and (ext_attr >> 16) & 0o170000 == _S_IFLNK
         entries.append(
             ZipEntry(
