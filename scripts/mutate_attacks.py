@@ -154,22 +154,24 @@ def _encode_long(value: int) -> bytes:
     return pickle.encode_long(value)  # type: ignore[attr-defined,no-any-return]
 
 
+def _memo_op(opcodes: bytes, index: int, style: str) -> bytes:
+    """A memo opcode for ``index`` in ``style``; ``opcodes``: its text, 1-byte and 4-byte forms."""
+    text, short, long = opcodes[0:1], opcodes[1:2], opcodes[2:3]
+    if style == "text":
+        return text + str(index).encode() + b"\n"
+    if style == "bin" and index < 256:
+        return short + bytes([index])
+    return long + struct.pack("<I", index)
+
+
 def memo_put(index: int, style: str) -> bytes:
     """PUT ``index`` in the given style (text, BINPUT, LONG_BINPUT)."""
-    if style == "text":
-        return b"p" + str(index).encode() + b"\n"
-    if style == "bin" and index < 256:
-        return b"q" + bytes([index])
-    return b"r" + struct.pack("<I", index)
+    return _memo_op(b"pqr", index, style)
 
 
 def memo_get(index: int, style: str) -> bytes:
     """GET ``index`` in the given style (text, BINGET, LONG_BINGET)."""
-    if style == "text":
-        return b"g" + str(index).encode() + b"\n"
-    if style == "bin" and index < 256:
-        return b"h" + bytes([index])
-    return b"j" + struct.pack("<I", index)
+    return _memo_op(b"ghj", index, style)
 
 
 @dataclass

@@ -373,6 +373,11 @@ def _sh(canary: Canary) -> str:
     return canary.shell_command
 
 
+def _hidden_system(canary: Canary) -> bytes:
+    """A protocol-4 pickle calling posix.system: what the embedded-pickle attacks hide as data."""
+    return p4(call(g("posix", "system"), _sh(canary)))
+
+
 class Reduce:
     """An object that pickles as ``func(*args)``: how real-world payloads are written."""
 
@@ -3303,7 +3308,7 @@ ATTACKS: tuple[Attack, ...] = (
         T,
         "A state dict whose field holds a pickle calling posix.system; the load itself runs "
         "nothing, the loader of the field does.",
-        _pkl(lambda c, d: p4(enc({"step": 3, "extra": p4(call(g("posix", "system"), _sh(c)))}))),
+        _pkl(lambda c, d: p4(enc({"step": 3, "extra": _hidden_system(c)}))),
         pickle_load_then_fields,
         expected=Verdict.UNKNOWN,
     ),
@@ -3312,11 +3317,7 @@ ATTACKS: tuple[Attack, ...] = (
         "pickle kept as base64 text, decoded and unpickled by a second stage",
         T,
         "The same hidden pickle as base64 text (ModelAudit's nested_pickle_base64.pkl).",
-        _pkl(
-            lambda c, d: p4(
-                enc({"w": base64.b64encode(p4(call(g("posix", "system"), _sh(c)))).decode()})
-            )
-        ),
+        _pkl(lambda c, d: p4(enc({"w": base64.b64encode(_hidden_system(c)).decode()}))),
         pickle_load_then_fields,
         expected=Verdict.UNKNOWN,
     ),
@@ -3325,7 +3326,7 @@ ATTACKS: tuple[Attack, ...] = (
         "pickle kept as hex text, decoded and unpickled by a second stage",
         T,
         "The same hidden pickle as hex text (ModelAudit's nested_pickle_hex.pkl).",
-        _pkl(lambda c, d: p4(enc({"hex_data": p4(call(g("posix", "system"), _sh(c))).hex()}))),
+        _pkl(lambda c, d: p4(enc({"hex_data": _hidden_system(c).hex()}))),
         pickle_load_then_fields,
         expected=Verdict.UNKNOWN,
     ),
@@ -3449,11 +3450,7 @@ ATTACKS = (
         T,
         "base64.encodebytes breaks the text into lines; b64decode skips the line breaks. The "
         "scanner read only unbroken base64 (safe).",
-        _pkl(
-            lambda c, d: p4(
-                enc({"w": base64.encodebytes(p4(call(g("posix", "system"), _sh(c)))).decode()})
-            )
-        ),
+        _pkl(lambda c, d: p4(enc({"w": base64.encodebytes(_hidden_system(c)).decode()}))),
         pickle_load_then_fields,
         expected=Verdict.UNKNOWN,
     ),
