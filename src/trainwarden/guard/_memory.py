@@ -158,44 +158,48 @@ class Memory:
     def _record(self, known: _Known, e: int, t: Any, now: tuple[int, int]) -> bool:
         """Validate entry ``e``'s tensor ``t`` into ``known``; ``False``: refused.
 
-        ``now`` is its address and element count. Reading ``numel`` elements from
-        ``data_ptr()`` is within the tensor's memory exactly when it is contiguous with that
-        many elements; a view with the negative bit would read without its sign.
+        ``now`` is its address and element count.
         """
         if t is None:
             known.seen[e] = _NONE
             known.missing[e] = True
             known.any_missing = True
             return True
-        if (
-            not t.is_cpu
-            or t.dtype != self.dtype
-            or t.numel() != self.numel[e]
-            or not t.is_contiguous()
-            or t.is_neg()
-            or (address := now[0]) <= 0
-            or address % self.itemsize
-        ):
+        address = now[0]
+        if not self._readable(e, t, address):
             return False
         known.seen[e] = now
         known.elements[e] = address // self.itemsize
         known.missing[e] = False
         return True
 
+    def _readable(self, e: int, t: Any, address: int, *, fresh: bool = False) -> bool:
+        """Whether entry ``e``'s ``numel`` elements can be read from ``address`` (``t``'s).
+
+        That is within the tensor's memory exactly when it is a contiguous tensor of the
+        partition's dtype with that many elements; a view with the negative bit would read
+        without its sign. For gradients (``fresh``) torch itself enforces the device of
+        ``param.grad`` (also through ``.data``), so that check is skipped on the hot path, and
+        so is the negative bit: autograd never produces it, and it would show as a mismatch,
+        never as a read outside memory. The dtype is checked: ``grad.data = x.half()`` is
+        allowed and halves the memory.
+        """
+        if not fresh and (not t.is_cpu or t.is_neg()):
+            return False
+        return bool(
+            t.dtype == self.dtype
+            and t.numel() == self.numel[e]
+            and t.is_contiguous()
+            and address > 0
+            and not address % self.itemsize
+        )
+
     def _fresh(
         self, entries: Sequence[int], members: list[Any], tensors: Sequence[Any]
     ) -> Located | None:
-        """Where each member's elements lie, validated now (tensors new every step).
-
-        For gradients torch itself enforces the device of ``param.grad`` (also through
-        ``.data``), so that check is skipped on the hot path; a view with the negative bit
-        (reads would miss the sign) is not something autograd produces, and would show as a
-        mismatch, never as a read outside memory. The dtype is checked: ``grad.data =
-        x.half()`` is allowed and halves the memory.
-        """
+        """Where each member's elements lie, validated now (tensors new every step)."""
         import numpy as np
 
-        dtype, isz, numel = self.dtype, self.itemsize, self.numel
         starts: list[int] = []
         missing: list[int] = []
         for e, t in zip(entries, members, strict=True):
@@ -203,12 +207,10 @@ class Memory:
                 missing.append(e)
                 starts.append(-1)
                 continue
-            if t.dtype != dtype or t.numel() != numel[e] or not t.is_contiguous():
-                return None
             address = t.data_ptr()
-            if address <= 0 or address % isz:
+            if not self._readable(e, t, address, fresh=True):
                 return None
-            starts.append(address // isz)
+            starts.append(address // self.itemsize)
         if len(missing) == len(starts):
             return None  # no member has a tensor of this kind: nothing to read fast
         elements = np.zeros(self.table_size, dtype=np.int64)
